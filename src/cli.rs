@@ -1,0 +1,190 @@
+//! The command line: parsed once by clap into [`Cli`], then dispatched.
+//! Every command returns an [`Exit`]; nothing below `main` calls `exit()`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, DEFAULT_PATH};
+use crate::exit::{self, Exit};
+use crate::logging;
+use crate::status::{self, Observed};
+use crate::timefmt::unix_now;
+
+const ABOUT: &str = "Highly available chroot SFTP on two hosts: master and standby";
+
+const LONG_ABOUT: &str = "\
+sftp-ha turns two ordinary Linux hosts, a master and a standby, into one highly
+available SFTP service on the hosts' own OpenSSH. It runs as the systemd service
+sftp-ha.service (`sftp-ha run`); the other commands inspect and manage it.";
+
+const AFTER_HELP: &str = "\
+FILES:
+    /etc/sftp-ha/config.toml   the configuration (see the comments in it)
+    /run/sftp-ha/status.json   what the running daemon is doing (sftp-ha status)
+    /var/lib/sftp-ha           the daemon's state (default state_dir)
+    /srv/sftp-ha               one chroot per user (default data_dir)
+
+ENVIRONMENT:
+    SFTP_HA_CONFIG       config file, like --config
+    SFTP_HA_RUNTIME_DIR  folder of status.json (default /run/sftp-ha)
+    RUST_LOG             log filter (e.g. debug); overrides log_level in the config
+
+SIGNALS (sftp-ha run):
+    SIGHUP          reload the config; a broken one is refused and the old one kept
+    SIGTERM, SIGINT stop cleanly
+
+";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sftp-ha",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = format!("{AFTER_HELP}{}", exit::HELP),
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Config file to use
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = DEFAULT_PATH,
+        env = "SFTP_HA_CONFIG"
+    )]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (what sftp-ha.service starts)
+    ///
+    /// Loads the config, prepares the data and state folders, tells systemd it
+    /// is ready (Type=notify) and serves until SIGTERM. SIGHUP reloads the config.
+    /// Logs go to the journal when there is one, else to stderr.
+    Run,
+
+    /// Check a config file and print what it means
+    ///
+    /// Exits 0 if the file is valid (warnings go to stderr), 78 if not, with a
+    /// message naming the file, line, column and key and how to fix it.
+    CheckConfig {
+        /// The file to check (default: --config)
+        path: Option<PathBuf>,
+    },
+
+    /// Show what the running daemon is doing
+    ///
+    /// Exits 0 if it runs, 3 if it does not.
+    Status {
+        /// Print JSON for scripts instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return match err.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Exit::Ok,
+                _ => Exit::Usage,
+            }
+            .into();
+        }
+    };
+    run(cli).into()
+}
+
+fn run(cli: Cli) -> Exit {
+    match cli.command {
+        Command::Run => run_daemon(&cli.config),
+        Command::CheckConfig { path } => check_config(path.as_deref().unwrap_or(&cli.config)),
+        Command::Status { json } => show_status(json),
+    }
+}
+
+fn run_daemon(config_path: &Path) -> Exit {
+    let log = logging::init_daemon(config::LogLevel::Info);
+    match crate::daemon::run(config_path, log) {
+        Ok(()) => Exit::Ok,
+        Err(err) => {
+            tracing::error!(config = %config_path.display(), "{err}");
+            err.exit()
+        }
+    }
+}
+
+fn check_config(path: &Path) -> Exit {
+    logging::init_cli();
+    match config::load(path) {
+        Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}: OK ({})", path.display(), config.summary());
+            Exit::Ok
+        }
+        Err(err) => {
+            eprintln!("sftp-ha: {err}");
+            Exit::Config
+        }
+    }
+}
+
+fn show_status(json: bool) -> Exit {
+    logging::init_cli();
+    let dir = status::runtime_dir();
+    let observed = match status::read(&dir) {
+        Ok(o) => o,
+        Err(err) => {
+            eprintln!(
+                "sftp-ha: cannot read the status in {}: {err}",
+                dir.display()
+            );
+            return Exit::Failure;
+        }
+    };
+    let now = unix_now();
+    if json {
+        let value = match &observed {
+            Observed::Running(s) => serde_json::json!({
+                "running": true,
+                "uptime_secs": now.saturating_sub(s.started_at),
+                "status": s,
+            }),
+            Observed::Stale(s) => serde_json::json!({ "running": false, "stale_status": s }),
+            Observed::NotRunning => serde_json::json!({ "running": false }),
+        };
+        println!("{value:#}");
+    } else {
+        match &observed {
+            Observed::Running(s) => print!("{}", s.render(now)),
+            Observed::Stale(s) => println!(
+                "sftp-ha is not running: pid {} (started {}) ended without cleaning up; see journalctl -u sftp-ha",
+                s.pid,
+                crate::timefmt::format_utc(s.started_at)
+            ),
+            Observed::NotRunning => println!(
+                "sftp-ha is not running (no status in {}); start it with systemctl start sftp-ha",
+                dir.display()
+            ),
+        }
+    }
+    match observed {
+        Observed::Running(_) => Exit::Ok,
+        _ => Exit::NotRunning,
+    }
+}

@@ -1,0 +1,661 @@
+//! `/etc/sftp-ha/config.toml`: parsing, defaults and the semantic check.
+//!
+//! Parsing happens in two steps, as in ntpd-rs: serde reads the file into
+//! [`ConfigFile`] (every field optional and spanned, unknown keys refused), then
+//! [`ConfigFile::check`] turns it into the validated [`Config`] the daemon uses.
+//! Every error names the file, the line and column, the key, what is wrong and
+//! how to fix it, in one line that reads well in the journal.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::timefmt::{format_duration, parse_duration};
+
+/// Where the daemon and the CLI look for the config unless `--config` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/sftp-ha/config.toml";
+/// Default root of the per-user chroots.
+pub const DEFAULT_DATA_DIR: &str = "/srv/sftp-ha";
+/// Default home of the daemon's own state (index, keys); systemd's StateDirectory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sftp-ha";
+/// Default period of the full fallback scan.
+pub const DEFAULT_FALLBACK_INTERVAL: Duration = Duration::from_secs(100);
+/// Default SSH port of the standby.
+pub const DEFAULT_SSH_PORT: u16 = 22;
+
+/// Shortest and longest accepted fallback interval: shorter scans would only burn CPU,
+/// longer ones would leave a missed file unreplicated for more than a day.
+const FALLBACK_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
+/// What this host is in the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Takes uploads and replicates them to the standby.
+    Master,
+    /// Receives the master's files and users.yaml, ready to take over.
+    Standby,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Master => "master",
+            Role::Standby => "standby",
+        })
+    }
+}
+
+/// Log verbosity; `RUST_LOG`, when set, takes precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// A standby's SSH address, `host` or `host:port` (IPv6 as `[addr]:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Endpoint {
+    /// Parses `host`, `host:port`, `[v6]` or `[v6]:port`; the message says what is wrong.
+    pub fn parse(text: &str) -> Result<Endpoint, String> {
+        let text = text.trim();
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or("an IPv6 address needs a closing `]`")?;
+            match after {
+                "" => (host, None),
+                _ => (
+                    host,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or("expected `:PORT` after `]`")?,
+                    ),
+                ),
+            }
+        } else {
+            match text.matches(':').count() {
+                0 => (text, None),
+                1 => {
+                    let (host, port) = text.split_once(':').unwrap_or((text, ""));
+                    (host, Some(port))
+                }
+                _ => {
+                    return Err("write an IPv6 address in brackets, like `[2001:db8::2]:22`".into());
+                }
+            }
+        };
+        if host.is_empty() {
+            return Err("the host name is empty".into());
+        }
+        let bracketed = text.starts_with('[');
+        let valid_char = |c: char| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') || (bracketed && c == ':')
+        };
+        if let Some(bad) = host.chars().find(|c| !valid_char(*c)) {
+            return Err(format!("the host name contains {bad:?}"));
+        }
+        let port = match port {
+            None => DEFAULT_SSH_PORT,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => return Err(format!("`{p}` is not a port number (1-65535)")),
+            },
+        };
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// The validated configuration the daemon runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from, for messages.
+    pub path: PathBuf,
+    pub role: Role,
+    pub data_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub log_level: LogLevel,
+    pub sync: SyncConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncConfig {
+    /// Where the master replicates to; `None` on a standby or a master without a standby yet.
+    pub standby: Option<Endpoint>,
+    pub fallback_interval: Duration,
+}
+
+impl Config {
+    /// Things that are allowed but probably not what the admin wants.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.role == Role::Master && self.sync.standby.is_none() {
+            warnings.push(format!(
+                "{}: no [sync] standby is set, so nothing is replicated; set standby = \"HOST:PORT\" under [sync]",
+                self.path.display()
+            ));
+        }
+        warnings
+    }
+
+    /// One line for logs and `check-config`.
+    pub fn summary(&self) -> String {
+        let standby = match (&self.role, &self.sync.standby) {
+            (Role::Master, Some(s)) => format!(", standby {s}"),
+            (Role::Master, None) => ", no standby".to_string(),
+            (Role::Standby, _) => String::new(),
+        };
+        format!(
+            "role {}, data in {}{}, fallback scan every {}",
+            self.role,
+            self.data_dir.display(),
+            standby,
+            format_duration(self.sync.fallback_interval)
+        )
+    }
+}
+
+/// The config file as written: every key optional, each value with its place in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    role: Option<Spanned<Role>>,
+    data_dir: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+    log_level: Option<Spanned<LogLevel>>,
+    sync: Option<SyncFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncFile {
+    standby: Option<Spanned<String>>,
+    fallback_interval: Option<Spanned<String>>,
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; {hint}", hint = read_hint(source))]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", format_invalid(path, *line, *column, key.as_deref(), message, hint))]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        /// Dotted key path such as `sync.standby`, where one could be named.
+        key: Option<String>,
+        message: String,
+        hint: String,
+    },
+}
+
+fn read_hint(err: &std::io::Error) -> &'static str {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            "create it (the package ships a commented one) or point --config at the right file"
+        }
+        std::io::ErrorKind::PermissionDenied => "run as root or make the file readable",
+        _ => "check the file and the file system it is on",
+    }
+}
+
+fn format_invalid(
+    path: &Path,
+    line: usize,
+    column: usize,
+    key: Option<&str>,
+    message: &str,
+    hint: &str,
+) -> String {
+    let key = key.map(|k| format!(" key `{k}`:")).unwrap_or_default();
+    format!(
+        "config error in {}, line {line}, column {column}:{key} {message}; fix: {hint}",
+        path.display()
+    )
+}
+
+/// Reads and checks the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and checks config text; `path` is only used in messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let file: ConfigFile = toml::from_str(text).map_err(|err| {
+        let span = err.span().unwrap_or(0..0);
+        let key = unknown_key(err.message()).or_else(|| key_at(text, &span));
+        let message =
+            err.message()
+                .trim()
+                .replace('\n', " ")
+                .replacen("unknown field", "unknown key", 1);
+        let hint = hint_for(key.as_deref(), &message);
+        invalid(text, path, span, key, message, hint)
+    })?;
+    file.check(text, path)
+}
+
+fn invalid(
+    text: &str,
+    path: &Path,
+    span: Range<usize>,
+    key: Option<String>,
+    message: String,
+    hint: String,
+) -> ConfigError {
+    let (line, column) = line_column(text, span.start);
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        column,
+        key,
+        message,
+        hint,
+    }
+}
+
+impl ConfigFile {
+    /// The semantic check: what serde cannot know, with the place of each bad value.
+    pub fn check(self, text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let fail = |span: Range<usize>, key: &str, message: String, hint: &str| {
+            invalid(
+                text,
+                path,
+                span,
+                Some(key.to_string()),
+                message,
+                hint.to_string(),
+            )
+        };
+        let role = match self.role {
+            Some(role) => role.into_inner(),
+            None => {
+                return Err(fail(
+                    0..0,
+                    "role",
+                    "missing key: this host's role is never guessed".into(),
+                    "add role = \"master\" or role = \"standby\" at the top of the file",
+                ));
+            }
+        };
+        let data_dir = checked_dir(self.data_dir, DEFAULT_DATA_DIR).map_err(|(span, msg)| {
+            fail(
+                span,
+                "data_dir",
+                msg,
+                "use an absolute path such as \"/srv/sftp-ha\"",
+            )
+        })?;
+        let state_dir = checked_dir(self.state_dir, DEFAULT_STATE_DIR).map_err(|(span, msg)| {
+            fail(
+                span,
+                "state_dir",
+                msg,
+                "use an absolute path such as \"/var/lib/sftp-ha\"",
+            )
+        })?;
+        if data_dir.starts_with(&state_dir) || state_dir.starts_with(&data_dir) {
+            return Err(fail(
+                0..0,
+                "state_dir",
+                format!(
+                    "data_dir ({}) and state_dir ({}) overlap, so users could reach the daemon's state",
+                    data_dir.display(),
+                    state_dir.display()
+                ),
+                "keep the two folders apart",
+            ));
+        }
+        let sync = self.sync.unwrap_or_default();
+        let standby = match sync.standby {
+            None => None,
+            Some(s) if role == Role::Standby => {
+                return Err(fail(
+                    s.span(),
+                    "sync.standby",
+                    "a standby does not replicate anywhere".into(),
+                    "remove `standby` from [sync] on this host, or set role = \"master\"",
+                ));
+            }
+            Some(s) => Some(Endpoint::parse(s.get_ref()).map_err(|msg| {
+                fail(
+                    s.span(),
+                    "sync.standby",
+                    format!("`{}` is not a valid address: {msg}", s.get_ref()),
+                    "write HOST or HOST:PORT, e.g. \"standby.example:22\"",
+                )
+            })?),
+        };
+        let fallback_interval = match sync.fallback_interval {
+            None => DEFAULT_FALLBACK_INTERVAL,
+            Some(s) => {
+                let hint =
+                    "write a duration between 1s and 24h, e.g. \"100s\", \"5m\" or \"1h30m\"";
+                let value = parse_duration(s.get_ref())
+                    .map_err(|msg| fail(s.span(), "sync.fallback_interval", msg, hint))?;
+                let (min, max) = FALLBACK_INTERVAL_RANGE;
+                if value < min || value > max {
+                    return Err(fail(
+                        s.span(),
+                        "sync.fallback_interval",
+                        format!("{} is out of range", s.get_ref()),
+                        hint,
+                    ));
+                }
+                value
+            }
+        };
+        Ok(Config {
+            path: path.to_path_buf(),
+            role,
+            data_dir,
+            state_dir,
+            log_level: self.log_level.map(Spanned::into_inner).unwrap_or_default(),
+            sync: SyncConfig {
+                standby,
+                fallback_interval,
+            },
+        })
+    }
+}
+
+/// An absolute, normalised directory that is not `/`.
+fn checked_dir(
+    value: Option<Spanned<String>>,
+    default: &str,
+) -> Result<PathBuf, (Range<usize>, String)> {
+    let Some(value) = value else {
+        return Ok(PathBuf::from(default));
+    };
+    let text = value.get_ref();
+    let path = Path::new(text);
+    let problem = if !path.is_absolute() {
+        Some("is not an absolute path")
+    } else if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        Some("contains `..`")
+    } else if path.parent().is_none() {
+        Some("is the root directory")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err((value.span(), format!("`{text}` {p}"))),
+        // `components()` drops `.` and doubled slashes, so the daemon compares clean paths.
+        None => Ok(path.components().collect()),
+    }
+}
+
+/// The key named in serde's "unknown field `x`" message.
+fn unknown_key(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+/// The dotted path of the innermost key whose key or value covers `span`.
+/// Tables are searched whole: a `[table]` header's span does not cover its keys.
+fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
+    fn search(table: &toml::de::DeTable<'_>, offset: usize, path: &mut Vec<String>) -> bool {
+        let covers = |r: Range<usize>| r.start <= offset && offset < r.end.max(r.start + 1);
+        for (key, value) in table.iter() {
+            path.push(key.get_ref().to_string());
+            if let toml::de::DeValue::Table(inner) = value.get_ref()
+                && search(inner, offset, path)
+            {
+                return true;
+            }
+            if covers(key.span()) || covers(value.span()) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    search(doc.get_ref(), span.start, &mut path).then(|| path.join("."))
+}
+
+/// How to fix a serde-level error, by key.
+fn hint_for(key: Option<&str>, message: &str) -> String {
+    if message.starts_with("unknown key") {
+        return "correct the key's spelling or remove it; the shipped /etc/sftp-ha/config.toml documents every key"
+            .into();
+    }
+    match key {
+        Some("role") => "write role = \"master\" or role = \"standby\"".into(),
+        Some("log_level") => {
+            "write one of \"error\", \"warn\", \"info\", \"debug\", \"trace\"".into()
+        }
+        Some("data_dir" | "state_dir") => "write an absolute path in quotes".into(),
+        Some("sync.standby") => {
+            "write HOST or HOST:PORT in quotes, e.g. \"standby.example:22\"".into()
+        }
+        Some("sync.fallback_interval") => {
+            "write a duration in quotes, e.g. \"100s\" or \"5m\"".into()
+        }
+        Some("sync") => "[sync] is a table: put its keys under a [sync] line".into(),
+        _ => "correct the TOML syntax at that place".into(),
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Config {
+        parse(text, Path::new("/etc/sftp-ha/config.toml")).expect("config should parse")
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text, Path::new("/etc/sftp-ha/config.toml"))
+            .expect_err("config should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_master_gets_documented_defaults() {
+        let c = parse_ok("role = \"master\"\n");
+        assert_eq!(c.role, Role::Master);
+        assert_eq!(c.data_dir, Path::new(DEFAULT_DATA_DIR));
+        assert_eq!(c.state_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(c.sync.fallback_interval, Duration::from_secs(100));
+        assert_eq!(c.sync.standby, None);
+        assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(
+            c.warnings().len(),
+            1,
+            "a master without standby is warned about"
+        );
+    }
+
+    #[test]
+    fn full_master() {
+        let c = parse_ok(
+            "role = \"master\"\ndata_dir = \"/data//sftp/\"\nlog_level = \"debug\"\n[sync]\nstandby = \"standby.example:2222\"\nfallback_interval = \"1m40s\"\n",
+        );
+        assert_eq!(c.data_dir, Path::new("/data/sftp"));
+        assert_eq!(
+            c.sync.standby,
+            Some(Endpoint {
+                host: "standby.example".into(),
+                port: 2222
+            })
+        );
+        assert_eq!(c.sync.fallback_interval, Duration::from_secs(100));
+        assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../etc/sftp-ha/config.toml");
+        let c = parse_ok(text);
+        assert_eq!(c.role, Role::Master);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_line_and_column() {
+        let e = parse_err("role = \"master\"\n\nrolee = 1\n");
+        assert!(e.contains("line 3, column 1"), "{e}");
+        assert!(e.contains("key `rolee`"), "{e}");
+        assert!(e.contains("/etc/sftp-ha/config.toml"), "{e}");
+        assert!(e.contains("fix:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_table() {
+        let e = parse_err("role = \"master\"\n[sync]\nstandbi = \"x\"\n");
+        assert!(e.contains("line 3") && e.contains("`standbi`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = parse_err("role = \"master\"\n[sync]\nfallback_interval = 100\n");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("key `sync.fallback_interval`"), "{e}");
+        assert!(e.contains("\"100s\""), "{e}");
+    }
+
+    #[test]
+    fn bad_role_value() {
+        let e = parse_err("role = \"primary\"\n");
+        assert!(e.contains("line 1, column 8"), "{e}");
+        assert!(e.contains("key `role`"), "{e}");
+        assert!(e.contains("master"), "{e}");
+    }
+
+    #[test]
+    fn missing_role_is_refused() {
+        let e = parse_err("data_dir = \"/srv/x\"\n");
+        assert!(e.contains("key `role`") && e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_place() {
+        let e = parse_err("role = \"master\"\ndata_dir = \"/srv\n");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn standby_on_standby_is_refused() {
+        let e = parse_err("role = \"standby\"\n[sync]\nstandby = \"a:22\"\n");
+        assert!(
+            e.contains("line 3, column 11") && e.contains("sync.standby"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn relative_or_root_dirs_are_refused() {
+        assert!(parse_err("role = \"master\"\ndata_dir = \"srv\"\n").contains("absolute"));
+        assert!(parse_err("role = \"master\"\ndata_dir = \"/\"\n").contains("root directory"));
+        assert!(parse_err("role = \"master\"\ndata_dir = \"/srv/../etc\"\n").contains(".."));
+        assert!(
+            parse_err("role = \"master\"\ndata_dir = \"/var/lib/sftp-ha/d\"\n").contains("overlap")
+        );
+    }
+
+    #[test]
+    fn fallback_interval_range() {
+        assert!(
+            parse_err("role = \"master\"\n[sync]\nfallback_interval = \"0s\"\n")
+                .contains("out of range")
+        );
+        assert!(
+            parse_err("role = \"master\"\n[sync]\nfallback_interval = \"2d\"\n")
+                .contains("out of range")
+        );
+        assert!(
+            parse_err("role = \"master\"\n[sync]\nfallback_interval = \"soon\"\n")
+                .contains("sync.fallback_interval")
+        );
+    }
+
+    #[test]
+    fn endpoints() {
+        let ep = |s| Endpoint::parse(s);
+        assert_eq!(ep("h").map(|e| e.port), Ok(22));
+        assert_eq!(ep("h:2222").map(|e| e.to_string()), Ok("h:2222".into()));
+        assert_eq!(
+            ep("[2001:db8::2]:23").map(|e| e.to_string()),
+            Ok("[2001:db8::2]:23".into())
+        );
+        assert_eq!(ep("[::1]").map(|e| e.host), Ok("::1".into()));
+        assert!(ep("2001:db8::2").is_err());
+        assert!(ep("h:0").is_err());
+        assert!(ep("h:99999").is_err());
+        assert!(ep(":22").is_err());
+        assert!(ep("a b:22").is_err());
+        assert!(ep("[::1").is_err());
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("ab\ncdé\nx", 0), (1, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 3), (2, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 8), (3, 1));
+        assert_eq!(line_column("ab", 100), (1, 3));
+    }
+}

@@ -1,0 +1,314 @@
+//! The daemon's lifecycle: load the config, do the start-up work, tell systemd
+//! it is ready, then run one single-threaded main loop that handles signals and
+//! pings the watchdog, and nothing else, so that a ping really means "healthy".
+
+mod notify;
+mod signals;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::config::{self, Config, ConfigError, Role};
+use crate::exit::Exit;
+use crate::logging::LogHandle;
+use crate::status::{self, DaemonStatus, Phase, ReloadOutcome};
+use crate::timefmt::{format_duration, unix_now};
+
+use notify::Notifier;
+use signals::{Request, Signals};
+
+/// The longest the main loop sleeps, so it notices a stop request promptly even
+/// when no watchdog is configured.
+const MAX_TICK: Duration = Duration::from_secs(1);
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "cannot create {what} {path}: {source}; fix: check that the parent folder exists and is writable by root"
+    )]
+    CreateDir {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{what} {path} exists but is not a folder; fix: move it away or point the config elsewhere"
+    )]
+    NotADir { what: &'static str, path: PathBuf },
+    #[error("cannot set up {what}: {source}")]
+    Os {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+impl DaemonError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            DaemonError::Config(_) => Exit::Config,
+            DaemonError::CreateDir { .. } | DaemonError::NotADir { .. } => Exit::CantCreate,
+            DaemonError::Os { .. } => Exit::OsError,
+        }
+    }
+}
+
+struct Daemon {
+    config: Config,
+    notifier: Notifier,
+    log: LogHandle,
+    runtime_dir: PathBuf,
+    /// What the daemon does, in words; `status.activity` adds warnings to it.
+    activity: String,
+    status: DaemonStatus,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. `log` is already set up; its level follows the config.
+pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
+    // Before anything else (and before any thread exists): signals become events.
+    let mut signals = Signals::install().map_err(|source| DaemonError::Os {
+        what: "signal handling",
+        source,
+    })?;
+    let notifier = Notifier::from_env();
+    notifier.status(&format!("loading {}", config_path.display()));
+
+    let config = config::load(config_path)?;
+    log.set_level(config.log_level);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        role = %config.role,
+        config = %config.path.display(),
+        "sftp-ha {} starting: {}",
+        env!("CARGO_PKG_VERSION"),
+        config.summary()
+    );
+
+    prepare_dirs(&config)?;
+
+    let now = unix_now();
+    let mut daemon = Daemon {
+        status: DaemonStatus {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            role: config.role,
+            phase: Phase::Starting,
+            activity: String::new(),
+            started_at: now,
+            updated_at: now,
+            config_path: config.path.clone(),
+            config_loaded_at: now,
+            data_dir: config.data_dir.clone(),
+            standby: None,
+            fallback_interval: String::new(),
+            last_reload: None,
+        },
+        config,
+        notifier,
+        log,
+        runtime_dir: status::runtime_dir(),
+        activity: String::new(),
+    };
+    daemon.refresh_config_fields();
+    daemon.set_phase(Phase::Running);
+    daemon.notifier.ready(&daemon.status.activity);
+    tracing::info!("ready: {}", daemon.status.activity);
+
+    daemon.main_loop(&mut signals)?;
+
+    daemon.set_phase(Phase::Stopping);
+    daemon.notifier.stopping("stopping");
+    tracing::info!("stopped");
+    status::remove(&daemon.runtime_dir);
+    Ok(())
+}
+
+impl Daemon {
+    fn main_loop(&mut self, signals: &mut Signals) -> Result<(), DaemonError> {
+        let tick = self
+            .notifier
+            .watchdog_interval()
+            .map_or(MAX_TICK, |w| w.min(MAX_TICK));
+        let mut last_ping = Instant::now();
+        self.notifier.watchdog();
+        loop {
+            let wait = tick.saturating_sub(last_ping.elapsed());
+            let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(signals.fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(source) => {
+                    return Err(DaemonError::Os {
+                        what: "the main loop (poll)",
+                        source,
+                    });
+                }
+            }
+            while let Some(request) = signals.next().map_err(|source| DaemonError::Os {
+                what: "signal handling (read)",
+                source,
+            })? {
+                match request {
+                    Request::Stop => {
+                        tracing::info!("stop requested");
+                        return Ok(());
+                    }
+                    Request::Reload => self.reload(),
+                }
+            }
+            if last_ping.elapsed() >= tick {
+                self.notifier.watchdog();
+                last_ping = Instant::now();
+            }
+        }
+    }
+
+    /// SIGHUP: read the config again; a broken one is refused and the old one kept.
+    fn reload(&mut self) {
+        let path = self.config.path.clone();
+        self.set_phase(Phase::Reloading);
+        self.notifier
+            .reloading(&format!("reloading {}", path.display()));
+        let outcome = match config::load(&path).map_err(|e| e.to_string()).and_then(|new| {
+            if new.role != self.config.role {
+                Err(format!(
+                    "{}: role changed from {} to {}; a role change needs a restart: systemctl restart sftp-ha",
+                    path.display(),
+                    self.config.role,
+                    new.role
+                ))
+            } else {
+                Ok(new)
+            }
+        }) {
+            Ok(new) => match prepare_dirs(&new) {
+                Ok(()) => {
+                    for warning in new.warnings() {
+                        tracing::warn!("{warning}");
+                    }
+                    self.log.set_level(new.log_level);
+                    let message = if new == self.config {
+                        "no change".to_string()
+                    } else {
+                        new.summary()
+                    };
+                    tracing::info!(config = %path.display(), "config reloaded: {message}");
+                    self.config = new;
+                    self.status.config_loaded_at = unix_now();
+                    self.refresh_config_fields();
+                    ReloadOutcome {
+                        at: unix_now(),
+                        ok: true,
+                        message,
+                    }
+                }
+                Err(err) => self.refused(err.to_string()),
+            },
+            Err(message) => self.refused(message),
+        };
+        self.status.last_reload = Some(outcome);
+        self.set_phase(Phase::Running);
+        self.notifier.ready(&self.status.activity);
+    }
+
+    fn refused(&self, message: String) -> ReloadOutcome {
+        tracing::error!(
+            config = %self.config.path.display(),
+            "reload refused, still running on the previous config: {message}"
+        );
+        ReloadOutcome {
+            at: unix_now(),
+            ok: false,
+            message,
+        }
+    }
+
+    /// Copies what the status shows of the config, and words the activity line.
+    fn refresh_config_fields(&mut self) {
+        let c = &self.config;
+        self.status.data_dir = c.data_dir.clone();
+        self.status.standby = c.sync.standby.as_ref().map(ToString::to_string);
+        self.status.fallback_interval = format_duration(c.sync.fallback_interval);
+        self.activity = match (c.role, &c.sync.standby) {
+            (Role::Master, Some(s)) => format!(
+                "master serving {}; standby {s} (replication not active in this version)",
+                c.data_dir.display()
+            ),
+            (Role::Master, None) => format!(
+                "master serving {}; no standby configured",
+                c.data_dir.display()
+            ),
+            (Role::Standby, _) => format!("standby keeping {}", c.data_dir.display()),
+        };
+    }
+
+    /// Records the phase, words the activity line and rewrites the status file.
+    fn set_phase(&mut self, phase: Phase) {
+        self.status.phase = phase;
+        self.status.updated_at = unix_now();
+        self.status.activity = match &self.status.last_reload {
+            Some(r) if !r.ok => format!(
+                "{} (last reload refused, running on the previous config: see journalctl -u sftp-ha)",
+                self.activity
+            ),
+            _ => self.activity.clone(),
+        };
+        if let Err(err) = status::write(&self.runtime_dir, &self.status) {
+            tracing::warn!(
+                path = %self.runtime_dir.display(),
+                "cannot write the status file, `sftp-ha status` will be out of date: {err}"
+            );
+        }
+    }
+}
+
+/// Creates the data and state folders if missing. The data folder holds root-owned
+/// chroots, so it is made root-only-writable (0755), as sshd requires of every
+/// folder above a chroot.
+fn prepare_dirs(config: &Config) -> Result<(), DaemonError> {
+    for (what, path, mode) in [
+        ("data folder", &config.data_dir, 0o755),
+        ("state folder", &config.state_dir, 0o700),
+    ] {
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => continue,
+            Ok(_) => {
+                return Err(DaemonError::NotADir {
+                    what,
+                    path: path.clone(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(DaemonError::CreateDir {
+                    what,
+                    path: path.clone(),
+                    source,
+                });
+            }
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
+            .map_err(|source| DaemonError::CreateDir {
+                what,
+                path: path.clone(),
+                source,
+            })?;
+        tracing::info!(path = %path.display(), "created {what}");
+    }
+    Ok(())
+}

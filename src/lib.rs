@@ -1,0 +1,14 @@
+//! sftp-ha: highly available chroot SFTP on two ordinary Linux hosts.
+//!
+//! The binary is a thin shell over this library: [`cli::main`] parses the
+//! command line and dispatches. Areas live in their own modules: [`config`]
+//! (the TOML file and its check), [`daemon`] (lifecycle, systemd notify,
+//! signals), [`logging`], [`status`] (what `sftp-ha status` shows).
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod exit;
+pub mod logging;
+pub mod status;
+pub mod timefmt;

@@ -1,0 +1,228 @@
+//! The daemon's status file, `/run/sftp-ha/status.json`: the daemon rewrites it
+//! atomically whenever what it is doing changes, and `sftp-ha status` reads it.
+//! A file (rather than a socket) means `status` works even while the daemon is
+//! stopped by a debugger or hung, and says so.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Role;
+use crate::timefmt::{format_duration, format_utc};
+
+/// Default runtime folder (systemd's RuntimeDirectory=sftp-ha).
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/sftp-ha";
+/// Overrides [`DEFAULT_RUNTIME_DIR`], e.g. to run the daemon in the foreground as a normal user.
+pub const RUNTIME_DIR_ENV: &str = "SFTP_HA_RUNTIME_DIR";
+const FILE_NAME: &str = "status.json";
+
+/// Where the status file lives: `$SFTP_HA_RUNTIME_DIR`, else `/run/sftp-ha`.
+pub fn runtime_dir() -> PathBuf {
+    std::env::var_os(RUNTIME_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR), PathBuf::from)
+}
+
+/// The daemon's phase, as systemd sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Starting,
+    Running,
+    Reloading,
+    Stopping,
+}
+
+/// The outcome of the last SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub at: u64,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Everything `sftp-ha status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub version: String,
+    pub role: Role,
+    pub phase: Phase,
+    /// The same words as the unit's STATUS= line.
+    pub activity: String,
+    pub started_at: u64,
+    pub updated_at: u64,
+    pub config_path: PathBuf,
+    pub config_loaded_at: u64,
+    pub data_dir: PathBuf,
+    pub standby: Option<String>,
+    pub fallback_interval: String,
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+/// Writes the status file: a temporary file, then rename, so a reader never sees half of it.
+pub fn write(dir: &Path, status: &DaemonStatus) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
+    let mut json = serde_json::to_vec_pretty(status).map_err(io::Error::other)?;
+    json.push(b'\n');
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    file.write_all(&json)?;
+    drop(file);
+    fs::rename(&tmp, dir.join(FILE_NAME))
+}
+
+/// Removes the status file when the daemon ends cleanly.
+pub fn remove(dir: &Path) {
+    let _ = fs::remove_file(dir.join(FILE_NAME));
+}
+
+/// What `sftp-ha status` found.
+#[derive(Debug)]
+pub enum Observed {
+    Running(DaemonStatus),
+    /// A status file whose daemon is gone (it crashed, or was killed).
+    Stale(DaemonStatus),
+    NotRunning,
+}
+
+/// Reads the status file and checks that its daemon still lives.
+pub fn read(dir: &Path) -> io::Result<Observed> {
+    let text = match fs::read(dir.join(FILE_NAME)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Observed::NotRunning),
+        Err(e) => return Err(e),
+    };
+    let status: DaemonStatus = serde_json::from_slice(&text).map_err(io::Error::other)?;
+    Ok(if process_is_sftp_ha(status.pid) {
+        Observed::Running(status)
+    } else {
+        Observed::Stale(status)
+    })
+}
+
+/// True if `pid` is alive and is an sftp-ha process (not a recycled pid).
+fn process_is_sftp_ha(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "sftp-ha")
+}
+
+impl DaemonStatus {
+    /// The human-readable form of `sftp-ha status`.
+    pub fn render(&self, now: u64) -> String {
+        let uptime = std::time::Duration::from_secs(now.saturating_sub(self.started_at));
+        let mut out = format!(
+            "sftp-ha {} ({}) - {} since {} (up {}), pid {}\n",
+            self.version,
+            self.role,
+            match self.phase {
+                Phase::Starting => "starting",
+                Phase::Running => "running",
+                Phase::Reloading => "reloading",
+                Phase::Stopping => "stopping",
+            },
+            format_utc(self.started_at),
+            format_duration(uptime),
+            self.pid
+        );
+        let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<12} {v}\n"));
+        row("doing:", self.activity.clone());
+        row(
+            "config:",
+            format!(
+                "{} (loaded {})",
+                self.config_path.display(),
+                format_utc(self.config_loaded_at)
+            ),
+        );
+        row("data dir:", self.data_dir.display().to_string());
+        if self.role == Role::Master {
+            row(
+                "standby:",
+                self.standby
+                    .clone()
+                    .unwrap_or_else(|| "none configured".into()),
+            );
+        }
+        row(
+            "fallback:",
+            format!("full scan every {}", self.fallback_interval),
+        );
+        if let Some(r) = &self.last_reload {
+            row(
+                "last reload:",
+                format!(
+                    "{} {}{}",
+                    format_utc(r.at),
+                    if r.ok { "applied" } else { "REFUSED" },
+                    if r.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", r.message)
+                    }
+                ),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> DaemonStatus {
+        DaemonStatus {
+            pid: std::process::id(),
+            version: "0.1.0".into(),
+            role: Role::Master,
+            phase: Phase::Running,
+            activity: "serving".into(),
+            started_at: 1_000,
+            updated_at: 1_000,
+            config_path: "/etc/sftp-ha/config.toml".into(),
+            config_loaded_at: 1_000,
+            data_dir: "/srv/sftp-ha".into(),
+            standby: None,
+            fallback_interval: "1m40s".into(),
+            last_reload: Some(ReloadOutcome {
+                at: 1_060,
+                ok: false,
+                message: "config error".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn write_then_read_round_trips_and_detects_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(read(dir.path()).unwrap(), Observed::NotRunning));
+        let s = sample();
+        write(dir.path(), &s).unwrap();
+        // The test binary is not called sftp-ha, so its own pid reads as stale.
+        match read(dir.path()).unwrap() {
+            Observed::Stale(back) => assert_eq!(back, s),
+            other => panic!("expected stale, got {other:?}"),
+        }
+        remove(dir.path());
+        assert!(matches!(read(dir.path()).unwrap(), Observed::NotRunning));
+    }
+
+    #[test]
+    fn render_mentions_what_an_admin_needs() {
+        let text = sample().render(1_000 + 3_725);
+        assert!(
+            text.contains("running since 1970-01-01 00:16:40 UTC (up 1h2m5s)"),
+            "{text}"
+        );
+        assert!(text.contains("none configured"), "{text}");
+        assert!(text.contains("REFUSED: config error"), "{text}");
+    }
+}
