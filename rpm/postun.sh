@@ -1,0 +1,8 @@
+# %postun: what %systemd_postun_with_restart does. $1 is 0 on removal, 1 on upgrade.
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || :
+fi
+if [ "$1" -ge 1 ]; then
+    # Upgrade: restart the service if it was running, so the new binary serves.
+    systemctl try-restart sftp-ha.service >/dev/null 2>&1 || :
+fi

@@ -1,0 +1,207 @@
+//! Helpers for the end-to-end tests: a [`Testbed`] of two booted Debian
+//! containers (see `tests/testbed/testbed`), commands inside them, and waiting
+//! for a condition with a generous deadline (a wait, never a timed assertion).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MASTER: &str = "master";
+pub const STANDBY: &str = "standby";
+
+/// How long any wait may last before the test fails: far above what each step
+/// needs, so a slow CI machine is never mistaken for a bug.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn script() -> PathBuf {
+    repo_root().join("tests/testbed/testbed")
+}
+
+/// The package of `kind` ("deb" or "rpm") built by `tests/build-packages`:
+/// `which` is "current" or "next" (the same code with a higher version).
+pub fn package(which: &str, kind: &str) -> PathBuf {
+    let dir = std::env::var_os("SFTP_HA_PACKAGES")
+        .map_or_else(|| repo_root().join("target/packages"), PathBuf::from)
+        .join(which);
+    let found = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| {
+            panic!(
+                "no packages in {} ({e}): run tests/build-packages",
+                dir.display()
+            )
+        })
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == kind));
+    found.unwrap_or_else(|| panic!("no .{kind} in {}: run tests/build-packages", dir.display()))
+}
+
+/// Text of a command's output, for messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Polls `probe` until it returns `Some`, or fails the test after [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "gave up waiting for {what} after {PATIENCE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Two booted hosts; powered off and removed when dropped, even when the test fails.
+pub struct Testbed {
+    _private: (),
+}
+
+impl Testbed {
+    /// Boots master and standby (tearing down any leftovers of an interrupted run first).
+    pub fn up() -> Testbed {
+        let out = Command::new(script())
+            .arg("up")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tests/testbed/testbed up");
+        assert!(
+            out.status.success(),
+            "testbed up failed:\n{}",
+            describe(&out)
+        );
+        Testbed { _private: () }
+    }
+
+    fn testbed(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(script());
+        cmd.args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run tests/testbed/testbed");
+        if let Some(data) = input {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            stdin.write_all(data).expect("write to testbed stdin");
+        }
+        child.wait_with_output().expect("wait for testbed")
+    }
+
+    /// Runs a shell script inside `host` (as root, all of its namespaces).
+    pub fn sh(&self, host: &str, script: &str) -> Output {
+        self.testbed(&["exec", host, "sh", "-c", script], None)
+    }
+
+    /// Like [`Testbed::sh`], and the script must succeed; returns its stdout.
+    pub fn ok(&self, host: &str, script: &str) -> String {
+        let out = self.sh(host, script);
+        assert!(
+            out.status.success(),
+            "on {host}: `{script}` failed:\n{}",
+            describe(&out)
+        );
+        stdout(&out)
+    }
+
+    /// Runs a command on this machine inside `host`'s network namespace,
+    /// e.g. the stock `ssh`/`sftp` clients.
+    pub fn client(&self, host: &str, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut all = vec!["client", host];
+        all.extend_from_slice(args);
+        self.testbed(&all, input)
+    }
+
+    /// Writes a file inside `host` (through its root file system on this machine).
+    pub fn write(&self, host: &str, path: &str, contents: &str) {
+        let target = self.path(host, path);
+        std::fs::write(&target, contents)
+            .unwrap_or_else(|e| panic!("write {} on {host}: {e}", path));
+    }
+
+    /// Where `path` inside `host` is on this machine.
+    pub fn path(&self, host: &str, path: &str) -> PathBuf {
+        let out = self.testbed(&["root", host], None);
+        assert!(out.status.success(), "{}", describe(&out));
+        Path::new(stdout(&out).trim()).join(path.trim_start_matches('/'))
+    }
+
+    /// Installs a .deb (apt-get) or .rpm (rpm -i --nodeps) into `host`.
+    pub fn install(&self, host: &str, package: &Path) {
+        let pkg = package.to_str().expect("package path is UTF-8");
+        let out = self.testbed(&["install", host, pkg], None);
+        assert!(
+            out.status.success(),
+            "installing {pkg} on {host} failed:\n{}",
+            describe(&out)
+        );
+    }
+
+    pub fn cut(&self, host: &str) {
+        let out = self.testbed(&["cut", host], None);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+
+    pub fn uncut(&self, host: &str) {
+        let out = self.testbed(&["uncut", host], None);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+
+    pub fn poweroff(&self, host: &str) {
+        let out = self.testbed(&["poweroff", host], None);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+
+    pub fn boot(&self, host: &str) {
+        let out = self.testbed(&["boot", host], None);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+
+    /// `systemctl show -p PROP --value UNIT` inside `host`.
+    pub fn unit_property(&self, host: &str, unit: &str, prop: &str) -> String {
+        self.ok(host, &format!("systemctl show -p {prop} --value {unit}"))
+            .trim()
+            .to_string()
+    }
+
+    /// The unit's journal inside `host`, as text, with `args` added to journalctl.
+    pub fn journal(&self, host: &str, args: &str) -> String {
+        self.ok(host, &format!("journalctl -u sftp-ha --no-pager {args}"))
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let out = self.testbed(&["down"], None);
+        if !out.status.success() {
+            eprintln!("testbed down failed:\n{}", describe(&out));
+        }
+    }
+}
