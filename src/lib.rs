@@ -5,6 +5,7 @@
 //! (the TOML file and its check), [`daemon`] (lifecycle, systemd notify,
 //! signals), [`logging`], [`status`] (what `sftp-ha status` shows).
 
+pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod daemon;
