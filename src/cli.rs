@@ -80,6 +80,10 @@ pub enum Command {
         path: Option<PathBuf>,
     },
 
+    /// Manage the SFTP accounts (users.yaml)
+    #[command(subcommand)]
+    Users(UsersCommand),
+
     /// Show what the running daemon is doing
     ///
     /// Exits 0 if it runs, 3 if it does not.
@@ -88,6 +92,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Validate a users.yaml and print what applying it would change
+    ///
+    /// Changes nothing. Exits 0 if the file is valid, 65 if not, with every
+    /// problem's line, column and fix.
+    Check {
+        /// The users.yaml to check
+        file: PathBuf,
+    },
+    /// Apply a users.yaml now (as root); how the first admin is created
+    ///
+    /// Creates, updates and locks accounts to match the file, then rewrites the
+    /// file with password hashes in place of plaintext and every user's uid.
+    /// A file with any error changes nothing. Exits 0, 65 (invalid file) or 1.
+    Apply {
+        /// The users.yaml to apply
+        file: PathBuf,
+    },
+    /// List the accounts sftp-ha manages
+    List,
 }
 
 /// Parses the command line and runs the command.
@@ -113,6 +140,7 @@ fn run(cli: Cli) -> Exit {
         Command::Run => run_daemon(&cli.config),
         Command::CheckConfig { path } => check_config(path.as_deref().unwrap_or(&cli.config)),
         Command::Status { json } => show_status(json),
+        Command::Users(cmd) => users(&cli.config, cmd),
     }
 }
 
@@ -186,5 +214,47 @@ fn show_status(json: bool) -> Exit {
     match observed {
         Observed::Running(_) => Exit::Ok,
         _ => Exit::NotRunning,
+    }
+}
+
+fn users(config_path: &Path, cmd: UsersCommand) -> Exit {
+    logging::init_cli();
+    let (file, dry_run) = match cmd {
+        UsersCommand::List => {
+            return match crate::accounts::list() {
+                Ok(lines) if lines.is_empty() => {
+                    println!("no accounts managed by sftp-ha yet");
+                    Exit::Ok
+                }
+                Ok(lines) => {
+                    lines.iter().for_each(|l| println!("{l}"));
+                    Exit::Ok
+                }
+                Err(err) => {
+                    eprintln!("sftp-ha: {err}");
+                    Exit::NoPermission
+                }
+            };
+        }
+        UsersCommand::Check { file } => (file, true),
+        UsersCommand::Apply { file } => (file, false),
+    };
+    if !dry_run && !nix::unistd::Uid::effective().is_root() {
+        eprintln!("sftp-ha: users apply changes accounts: run it as root");
+        return Exit::NoPermission;
+    }
+    let config = match config::load(config_path) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("sftp-ha: {err}");
+            return Exit::Config;
+        }
+    };
+    let report = crate::accounts::apply_file(&file, &config.data_dir, config.hash_method, dry_run);
+    print!("{}", report.render());
+    match report.outcome {
+        Ok(_) => Exit::Ok,
+        Err(crate::accounts::Failure::Invalid(_)) => Exit::DataError,
+        Err(crate::accounts::Failure::System(_)) => Exit::Failure,
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::accounts::crypt::Method;
 use crate::timefmt::{format_duration, parse_duration};
 
 /// Where the daemon and the CLI look for the config unless `--config` says otherwise.
@@ -157,6 +158,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub log_level: LogLevel,
     pub sync: SyncConfig,
+    /// Password hashing method; `None`: ENCRYPT_METHOD from /etc/login.defs.
+    pub hash_method: Option<Method>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +208,13 @@ pub struct ConfigFile {
     state_dir: Option<Spanned<String>>,
     log_level: Option<Spanned<LogLevel>>,
     sync: Option<SyncFile>,
+    accounts: Option<AccountsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountsFile {
+    hash_method: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -395,7 +405,19 @@ impl ConfigFile {
                 value
             }
         };
+        let hash_method = match self.accounts.and_then(|a| a.hash_method) {
+            None => None,
+            Some(m) => Some(Method::from_name(m.get_ref()).ok_or_else(|| {
+                fail(
+                    m.span(),
+                    "accounts.hash_method",
+                    format!("`{}` is not a supported method", m.get_ref()),
+                    "write \"yescrypt\", \"sha512\" or \"sha256\", or leave it out to follow ENCRYPT_METHOD in /etc/login.defs",
+                )
+            })?),
+        };
         Ok(Config {
+            hash_method,
             path: path.to_path_buf(),
             role,
             data_dir,
@@ -487,6 +509,7 @@ fn hint_for(key: Option<&str>, message: &str) -> String {
             "write a duration in quotes, e.g. \"100s\" or \"5m\"".into()
         }
         Some("sync") => "[sync] is a table: put its keys under a [sync] line".into(),
+        Some("accounts.hash_method") => "write \"yescrypt\", \"sha512\" or \"sha256\" in quotes".into(),
         _ => "correct the TOML syntax at that place".into(),
     }
 }
@@ -615,6 +638,13 @@ mod tests {
         assert!(
             parse_err("role = \"master\"\ndata_dir = \"/var/lib/sftp-ha/d\"\n").contains("overlap")
         );
+    }
+
+    #[test]
+    fn hash_method() {
+        let c = parse_ok("role = \"master\"\n[accounts]\nhash_method = \"SHA512\"\n");
+        assert_eq!(c.hash_method, Some(Method::Sha512));
+        assert!(parse_err("role = \"master\"\n[accounts]\nhash_method = \"md5\"\n").contains("line 3, column 15"));
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub enum Exit {
     NotRunning = 3,
     /// The command line is wrong (EX_USAGE).
     Usage = 64,
+    /// An input file (users.yaml) is invalid (EX_DATAERR).
+    DataError = 65,
     /// An operating-system call failed (EX_OSERR).
     OsError = 71,
     /// A folder or file could not be created (EX_CANTCREAT).
@@ -38,6 +40,7 @@ EXIT STATUS:
     1   runtime error
     3   status: the daemon is not running
     64  wrong command line
+    65  users.yaml is invalid (nothing was changed)
     71  an operating-system call failed
     73  a folder or file could not be created
     77  needs root

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod exit;
+pub mod fsutil;
 pub mod logging;
 pub mod status;
 pub mod timefmt;

@@ -4,8 +4,7 @@
 //! stopped by a debugger or hung, and says so.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -66,18 +65,9 @@ pub struct DaemonStatus {
 /// Writes the status file: a temporary file, then rename, so a reader never sees half of it.
 pub fn write(dir: &Path, status: &DaemonStatus) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
     let mut json = serde_json::to_vec_pretty(status).map_err(io::Error::other)?;
     json.push(b'\n');
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)?;
-    file.write_all(&json)?;
-    drop(file);
-    fs::rename(&tmp, dir.join(FILE_NAME))
+    crate::fsutil::write_atomic(&dir.join(FILE_NAME), &json, 0o644, None)
 }
 
 /// Removes the status file when the daemon ends cleanly.

@@ -4,3 +4,208 @@
 pub mod crypt;
 pub mod users_file;
 pub mod plan;
+pub mod system;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::timefmt::{format_utc, unix_now};
+use crypt::Method;
+use plan::Plan;
+use users_file::{MAX_FILE_BYTES, Problem, Secret};
+
+/// Name of the file admins upload, and of the outcome written next to it.
+pub const USERS_FILE: &str = "users.yaml";
+pub const STATUS_FILE: &str = "users.yaml.status";
+
+/// Why an apply changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The file is wrong: every problem, with its place.
+    Invalid(Vec<Problem>),
+    /// The host refused a step (useradd failed, a folder could not be made, ...).
+    System(String),
+}
+
+/// The outcome of one attempt, for users.yaml.status, the journal and `sftp-ha status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub at: u64,
+    pub file: PathBuf,
+    pub dry_run: bool,
+    /// Per user, in file order: (name, what happened).
+    pub outcome: Result<Vec<(String, String)>, Failure>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.outcome.is_ok()
+    }
+
+    /// The text of users.yaml.status: human-readable, complete.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{} {} {}\n",
+            format_utc(self.at),
+            if self.dry_run { "checked" } else { "applied" },
+            self.file.display()
+        );
+        match &self.outcome {
+            Ok(users) => {
+                out.push_str(if self.dry_run {
+                    "OK: the file is valid. What applying it would do:\n"
+                } else {
+                    "OK: the accounts now match the file.\n"
+                });
+                for (name, what) in users {
+                    out.push_str(&format!("  {name}: {what}\n"));
+                }
+            }
+            Err(Failure::Invalid(problems)) => {
+                out.push_str(&format!(
+                    "ERROR: {} problem(s) in the file. Nothing was changed: every account is as before.\n",
+                    problems.len()
+                ));
+                for p in problems {
+                    out.push_str(&format!("  {p}\n"));
+                }
+                out.push_str("Fix the file and upload it again.\n");
+            }
+            Err(Failure::System(msg)) => {
+                out.push_str(&format!(
+                    "ERROR: the host refused a change: {msg}\nThe file itself is valid; accounts changed before the error stay changed and the rest follow once it is fixed (upload the file again or run `sftp-ha users apply`).\n"
+                ));
+            }
+        }
+        out
+    }
+
+    /// One line for the journal.
+    pub fn summary(&self) -> String {
+        match &self.outcome {
+            Ok(users) => {
+                let changed = users.iter().filter(|(_, w)| w != "unchanged").count();
+                format!("{} users, {changed} changed", users.len())
+            }
+            Err(Failure::Invalid(p)) => format!(
+                "refused, nothing changed: {}",
+                p.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")
+            ),
+            Err(Failure::System(m)) => format!("failed: {m}"),
+        }
+    }
+}
+
+/// Reads users.yaml without following a symlink (it sits in a folder a user
+/// writes), refusing anything but a regular file within the size limit.
+pub fn read_users_file(path: &Path) -> Result<(String, fs::Metadata), Problem> {
+    let fail = |what: String| Problem::new(None, what, "upload users.yaml as a plain file");
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot stat {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(fail(format!("{} is not a regular file", path.display())));
+    }
+    let mut bytes = Vec::new();
+    file.by_ref()
+        .take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(Problem::new(
+            None,
+            format!("the file is larger than {MAX_FILE_BYTES} bytes"),
+            "remove what is not a user",
+        ));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Problem::new(None, "the file is not UTF-8 text", "save it as UTF-8"))?;
+    Ok((text, meta))
+}
+
+/// The hashing method: the config's, else login.defs' ENCRYPT_METHOD, else SHA-512.
+fn method(configured: Option<Method>, defs: &system::LoginDefs) -> Method {
+    configured.or(defs.encrypt_method).unwrap_or(Method::Sha512)
+}
+
+/// Checks (and unless `dry_run`, applies) the users.yaml at `path`. On success
+/// the file is rewritten without plaintext and with every uid.
+pub fn apply_file(path: &Path, data_dir: &Path, configured: Option<Method>, dry_run: bool) -> Report {
+    let outcome = run_apply(path, data_dir, configured, dry_run);
+    Report {
+        at: unix_now(),
+        file: path.to_path_buf(),
+        dry_run,
+        outcome,
+    }
+}
+
+fn run_apply(
+    path: &Path,
+    data_dir: &Path,
+    configured: Option<Method>,
+    dry_run: bool,
+) -> Result<Vec<(String, String)>, Failure> {
+    let invalid = |p: Problem| Failure::Invalid(vec![p]);
+    let (text, meta) = read_users_file(path).map_err(invalid)?;
+    let entries = users_file::parse(&text).map_err(invalid)?;
+    let (snapshot, defs) = system::snapshot().map_err(|e| Failure::System(e.to_string()))?;
+    let plan: Plan = plan::plan(&entries, &snapshot, method(configured, &defs)).map_err(Failure::Invalid)?;
+    let outcome: Vec<(String, String)> = plan.users.iter().map(|u| (u.name.clone(), u.outcome())).collect();
+    if dry_run {
+        return Ok(outcome);
+    }
+    system::apply(&plan, &snapshot, data_dir).map_err(|e| Failure::System(e.to_string()))?;
+    if plan.users.iter().any(|u| u.rewrite) {
+        let hashes: BTreeMap<String, String> = entries
+            .iter()
+            .filter(|e| matches!(e.secret, Some(Secret::Password(_))))
+            .filter_map(|e| Some((e.name.clone(), plan.users.iter().find(|u| u.name == e.name)?.hash.clone())))
+            .collect();
+        let uids: BTreeMap<String, u32> = plan.users.iter().map(|u| (u.name.clone(), u.uid)).collect();
+        let new_text = users_file::rewrite(&text, &entries, &hashes, &uids).ok_or_else(|| {
+            Failure::System(format!(
+                "the accounts are applied, but {} could not be rewritten without its plaintext passwords: replace `password:` by `password_hash:` by hand",
+                path.display()
+            ))
+        })?;
+        crate::fsutil::write_atomic(
+            path,
+            new_text.as_bytes(),
+            meta.permissions().mode() & 0o7777,
+            Some((meta.uid(), meta.gid())),
+        )
+        .map_err(|e| Failure::System(format!("cannot rewrite {}: {e}", path.display())))?;
+    }
+    Ok(outcome)
+}
+
+/// Lines for `sftp-ha users list`: every managed account with its state.
+pub fn list() -> Result<Vec<String>, system::SystemError> {
+    let (snapshot, _) = system::snapshot()?;
+    Ok(snapshot
+        .accounts
+        .values()
+        .filter(|a| a.managed)
+        .map(|a| {
+            let state = if a.locked || a.expired { "locked" } else { "active" };
+            format!(
+                "{:<32} uid {:<6} {:<7} {}",
+                a.name,
+                a.uid,
+                state,
+                if a.admin { "admin" } else { "" }
+            )
+            .trim_end()
+            .to_string()
+        })
+        .collect())
+}

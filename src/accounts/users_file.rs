@@ -276,6 +276,51 @@ fn fix_for(message: &str) -> String {
     }
 }
 
+/// The file with every plaintext `password` replaced by `password_hash` and a
+/// `uid` added where missing. Edits are made in the text itself, so comments,
+/// labels, order and style (flow or block) stay as the admin wrote them.
+/// `hashes` and `uids` are by user name; entries not in them are left alone.
+pub fn rewrite(
+    text: &str,
+    entries: &[Entry],
+    hashes: &std::collections::BTreeMap<String, String>,
+    uids: &std::collections::BTreeMap<String, u32>,
+) -> Option<String> {
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    for e in entries {
+        if let (Some((start, end)), Some(hash)) = (e.password_span, hashes.get(&e.name)) {
+            let key = key_before(text, start, "password")?;
+            edits.push((key, key + "password".len(), "password_hash".into()));
+            edits.push((start, end, format!("\"{hash}\"")));
+        }
+        if let (false, Some((start, end)), Some(uid)) = (e.uid_given, e.name_span, uids.get(&e.name)) {
+            let key = key_before(text, start, "name")?;
+            let before = text.get(..key)?.trim_end_matches([' ', '\t']);
+            let insertion = if before.ends_with('{') || before.ends_with(',') {
+                format!(", uid: {uid}")
+            } else {
+                let line_start = text.get(..key)?.rfind('\n').map_or(0, |i| i + 1);
+                format!("\n{}uid: {uid}", " ".repeat(key - line_start))
+            };
+            edits.push((end, end, insertion));
+        }
+    }
+    edits.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    let mut out = text.to_string();
+    for (start, end, replacement) in edits {
+        out.replace_range(start..end, &replacement);
+    }
+    Some(out)
+}
+
+/// Offset of `key` written just before a value at `value_start` (`key: value`).
+fn key_before(text: &str, value_start: usize, key: &str) -> Option<usize> {
+    let head = text.get(..value_start)?;
+    let at = head.rfind(key)?;
+    let between = head.get(at + key.len()..)?;
+    (between.trim() == ":").then_some(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +392,29 @@ mod tests {
     fn oversized_file_is_refused() {
         let text = format!("users: {{}}\n#{}\n", "x".repeat(MAX_FILE_BYTES));
         assert!(parse(&text).unwrap_err().message.contains("limit"));
+    }
+
+    #[test]
+    fn rewrite_replaces_plaintext_and_adds_uids_keeping_the_rest() {
+        let text = "# our users\nusers:\n  ADMIN: {name: admin, password: \"35oi3g4l3he\", admin: true}  # boss\n  1: {name: EPuser, password: \"1234\"}\n  bob:\n    name: bob\n    password: secret\n";
+        let entries = parse(text).unwrap();
+        let hashes = [("admin", "$y$h1"), ("EPuser", "$y$h2"), ("bob", "$y$h3")]
+            .map(|(n, h)| (n.to_string(), h.to_string()))
+            .into_iter()
+            .collect();
+        let uids = [("admin", 1001), ("EPuser", 1002), ("bob", 1003)]
+            .map(|(n, u)| (n.to_string(), u))
+            .into_iter()
+            .collect();
+        let out = rewrite(text, &entries, &hashes, &uids).unwrap();
+        assert_eq!(
+            out,
+            "# our users\nusers:\n  ADMIN: {name: admin, uid: 1001, password_hash: \"$y$h1\", admin: true}  # boss\n  1: {name: EPuser, uid: 1002, password_hash: \"$y$h2\"}\n  bob:\n    name: bob\n    uid: 1003\n    password_hash: \"$y$h3\"\n"
+        );
+        let again = parse(&out).unwrap();
+        assert_eq!(again[0].secret, Some(Secret::Hash("$y$h1".into())));
+        assert_eq!(again[2].uid.map(|u| u.0), Some(1003));
+        assert!(!out.contains("1234") && !out.contains("secret") && !out.contains("35oi3g4l3he"));
     }
 
     #[test]
