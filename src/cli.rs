@@ -252,6 +252,12 @@ fn users(config_path: &Path, cmd: UsersCommand) -> Exit {
     };
     let report = crate::accounts::apply_file(&file, &config.data_dir, config.hash_method, dry_run);
     print!("{}", report.render());
+    if !dry_run && report.ok() {
+        // The admins find the file they manage users with in /admin.
+        let text = crate::accounts::read_users_file(&file).ok().map(|(t, _)| t);
+        let dirs = crate::accounts::admin_dirs(&config.data_dir);
+        crate::accounts::publish(&dirs, &file, text.as_deref(), &report.render());
+    }
     match report.outcome {
         Ok(_) => Exit::Ok,
         Err(crate::accounts::Failure::Invalid(_)) => Exit::DataError,

@@ -509,7 +509,9 @@ fn hint_for(key: Option<&str>, message: &str) -> String {
             "write a duration in quotes, e.g. \"100s\" or \"5m\"".into()
         }
         Some("sync") => "[sync] is a table: put its keys under a [sync] line".into(),
-        Some("accounts.hash_method") => "write \"yescrypt\", \"sha512\" or \"sha256\" in quotes".into(),
+        Some("accounts.hash_method") => {
+            "write \"yescrypt\", \"sha512\" or \"sha256\" in quotes".into()
+        }
         _ => "correct the TOML syntax at that place".into(),
     }
 }
@@ -644,7 +646,10 @@ mod tests {
     fn hash_method() {
         let c = parse_ok("role = \"master\"\n[accounts]\nhash_method = \"SHA512\"\n");
         assert_eq!(c.hash_method, Some(Method::Sha512));
-        assert!(parse_err("role = \"master\"\n[accounts]\nhash_method = \"md5\"\n").contains("line 3, column 15"));
+        assert!(
+            parse_err("role = \"master\"\n[accounts]\nhash_method = \"md5\"\n")
+                .contains("line 3, column 15")
+        );
     }
 
     #[test]

@@ -4,11 +4,16 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, chown};
+use std::os::unix::fs::{OpenOptionsExt, fchown};
 use std::path::Path;
 
 /// Writes `data` to `path` atomically with `mode` and, if given, owner `(uid, gid)`.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -27,7 +32,8 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32
             .open(&tmp)?;
         file.write_all(data)?;
         if let Some((uid, gid)) = owner {
-            chown(&tmp, Some(uid), Some(gid))?;
+            // fchown on the open file: a path could be swapped for a symlink meanwhile.
+            fchown(&file, Some(uid), Some(gid))?;
         }
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         file.sync_all()?;
@@ -51,7 +57,14 @@ mod tests {
         write_atomic(&p, b"one", 0o600, None).unwrap();
         write_atomic(&p, b"two", 0o640, None).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 }

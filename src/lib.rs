@@ -12,5 +12,6 @@ pub mod daemon;
 pub mod exit;
 pub mod fsutil;
 pub mod logging;
+pub mod sshd;
 pub mod status;
 pub mod timefmt;

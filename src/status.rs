@@ -60,6 +60,21 @@ pub struct DaemonStatus {
     pub standby: Option<String>,
     pub fallback_interval: String,
     pub last_reload: Option<ReloadOutcome>,
+    /// The sshd drop-in: installed, or what is wrong with it.
+    #[serde(default)]
+    pub sshd: String,
+    /// The last users.yaml apply.
+    #[serde(default)]
+    pub users_apply: Option<UsersApply>,
+}
+
+/// The outcome of the last users.yaml apply, in short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsersApply {
+    pub at: u64,
+    pub file: PathBuf,
+    pub ok: bool,
+    pub summary: String,
 }
 
 /// Writes the status file: a temporary file, then rename, so a reader never sees half of it.
@@ -145,6 +160,22 @@ impl DaemonStatus {
             "fallback:",
             format!("full scan every {}", self.fallback_interval),
         );
+        if !self.sshd.is_empty() {
+            row("sshd:", self.sshd.clone());
+        }
+        match &self.users_apply {
+            Some(u) => row(
+                "users.yaml:",
+                format!(
+                    "{} {} {}: {}",
+                    format_utc(u.at),
+                    if u.ok { "applied" } else { "REFUSED" },
+                    u.file.display(),
+                    u.summary
+                ),
+            ),
+            None => row("users.yaml:", "none applied since start".into()),
+        }
         if let Some(r) = &self.last_reload {
             row(
                 "last reload:",
@@ -187,6 +218,8 @@ mod tests {
                 ok: false,
                 message: "config error".into(),
             }),
+            sshd: "drop-in installed".into(),
+            users_apply: None,
         }
     }
 

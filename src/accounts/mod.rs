@@ -2,9 +2,9 @@
 //! applying a plan to the host's real account database (system).
 
 pub mod crypt;
-pub mod users_file;
 pub mod plan;
 pub mod system;
+pub mod users_file;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -48,9 +48,9 @@ impl Report {
     /// The text of users.yaml.status: human-readable, complete.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "{} {} {}\n",
+            "{}: {} {}\n",
             format_utc(self.at),
-            if self.dry_run { "checked" } else { "applied" },
+            if self.dry_run { "checked" } else { "read" },
             self.file.display()
         );
         match &self.outcome {
@@ -92,7 +92,10 @@ impl Report {
             }
             Err(Failure::Invalid(p)) => format!(
                 "refused, nothing changed: {}",
-                p.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")
+                p.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
             ),
             Err(Failure::System(m)) => format!("failed: {m}"),
         }
@@ -138,7 +141,12 @@ fn method(configured: Option<Method>, defs: &system::LoginDefs) -> Method {
 
 /// Checks (and unless `dry_run`, applies) the users.yaml at `path`. On success
 /// the file is rewritten without plaintext and with every uid.
-pub fn apply_file(path: &Path, data_dir: &Path, configured: Option<Method>, dry_run: bool) -> Report {
+pub fn apply_file(
+    path: &Path,
+    data_dir: &Path,
+    configured: Option<Method>,
+    dry_run: bool,
+) -> Report {
     let outcome = run_apply(path, data_dir, configured, dry_run);
     Report {
         at: unix_now(),
@@ -158,8 +166,13 @@ fn run_apply(
     let (text, meta) = read_users_file(path).map_err(invalid)?;
     let entries = users_file::parse(&text).map_err(invalid)?;
     let (snapshot, defs) = system::snapshot().map_err(|e| Failure::System(e.to_string()))?;
-    let plan: Plan = plan::plan(&entries, &snapshot, method(configured, &defs)).map_err(Failure::Invalid)?;
-    let outcome: Vec<(String, String)> = plan.users.iter().map(|u| (u.name.clone(), u.outcome())).collect();
+    let plan: Plan =
+        plan::plan(&entries, &snapshot, method(configured, &defs)).map_err(Failure::Invalid)?;
+    let outcome: Vec<(String, String)> = plan
+        .users
+        .iter()
+        .map(|u| (u.name.clone(), u.outcome()))
+        .collect();
     if dry_run {
         return Ok(outcome);
     }
@@ -168,9 +181,15 @@ fn run_apply(
         let hashes: BTreeMap<String, String> = entries
             .iter()
             .filter(|e| matches!(e.secret, Some(Secret::Password(_))))
-            .filter_map(|e| Some((e.name.clone(), plan.users.iter().find(|u| u.name == e.name)?.hash.clone())))
+            .filter_map(|e| {
+                Some((
+                    e.name.clone(),
+                    plan.users.iter().find(|u| u.name == e.name)?.hash.clone(),
+                ))
+            })
             .collect();
-        let uids: BTreeMap<String, u32> = plan.users.iter().map(|u| (u.name.clone(), u.uid)).collect();
+        let uids: BTreeMap<String, u32> =
+            plan.users.iter().map(|u| (u.name.clone(), u.uid)).collect();
         let new_text = users_file::rewrite(&text, &entries, &hashes, &uids).ok_or_else(|| {
             Failure::System(format!(
                 "the accounts are applied, but {} could not be rewritten without its plaintext passwords: replace `password:` by `password_hash:` by hand",
@@ -196,7 +215,11 @@ pub fn list() -> Result<Vec<String>, system::SystemError> {
         .values()
         .filter(|a| a.managed)
         .map(|a| {
-            let state = if a.locked || a.expired { "locked" } else { "active" };
+            let state = if a.locked || a.expired {
+                "locked"
+            } else {
+                "active"
+            };
             format!(
                 "{:<32} uid {:<6} {:<7} {}",
                 a.name,
@@ -208,4 +231,56 @@ pub fn list() -> Result<Vec<String>, system::SystemError> {
             .to_string()
         })
         .collect())
+}
+
+/// One admin folder (`<data_dir>/<admin>/admin`) and the admin who owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminDir {
+    pub path: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The admin folders of the managed admins, where they exist as real folders
+/// owned by their admin (never a symlink).
+pub fn admin_dirs(data_dir: &Path) -> Vec<AdminDir> {
+    let Ok((snapshot, _)) = system::snapshot() else {
+        return Vec::new();
+    };
+    snapshot
+        .accounts
+        .values()
+        .filter(|a| a.managed && a.admin)
+        .filter_map(|a| {
+            let path = data_dir.join(&a.name).join("admin");
+            let meta = fs::symlink_metadata(&path).ok()?;
+            (meta.is_dir() && meta.uid() == a.uid).then_some(AdminDir {
+                path,
+                uid: a.uid,
+                gid: a.gid,
+            })
+        })
+        .collect()
+}
+
+/// Makes every admin folder show the same thing: `users_text` (when the apply
+/// succeeded) as users.yaml, except in the folder it came from, and `status` as
+/// users.yaml.status. Each file belongs to the admin whose folder it is in.
+pub fn publish(dirs: &[AdminDir], source: &Path, users_text: Option<&str>, status: &str) {
+    let write = |dir: &AdminDir, name: &str, text: &str| {
+        let path = dir.path.join(name);
+        if let Err(err) =
+            crate::fsutil::write_atomic(&path, text.as_bytes(), 0o640, Some((dir.uid, dir.gid)))
+        {
+            tracing::warn!(path = %path.display(), "cannot write: {err}");
+        }
+    };
+    for dir in dirs {
+        if let Some(text) = users_text
+            && dir.path.join(USERS_FILE) != source
+        {
+            write(dir, USERS_FILE, text);
+        }
+        write(dir, STATUS_FILE, status);
+    }
 }

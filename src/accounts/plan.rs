@@ -16,7 +16,16 @@ pub const ADMIN_GROUP: &str = "sftp-ha-admin";
 
 /// Names never accepted, whether or not they exist on this host.
 const RESERVED: &[&str] = &[
-    "root", "daemon", "bin", "sys", "sync", "nobody", "sshd", "messagebus", "_apt", MANAGED_GROUP,
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "nobody",
+    "sshd",
+    "messagebus",
+    "_apt",
+    MANAGED_GROUP,
     ADMIN_GROUP,
 ];
 
@@ -214,7 +223,11 @@ pub fn plan(entries: &[Entry], snapshot: &Snapshot, method: Method) -> Result<Pl
                 )]);
             }
         };
-        let keys: Vec<String> = e.public_keys.iter().map(|(k, _)| normalise_key(k)).collect();
+        let keys: Vec<String> = e
+            .public_keys
+            .iter()
+            .map(|(k, _)| normalise_key(k))
+            .collect();
         let action = match existing {
             None => Action::Create,
             Some(a) => {
@@ -305,7 +318,10 @@ fn check_entry(e: &Entry, snapshot: &Snapshot, problems: &mut Vec<Problem>) {
         {
             refuse(
                 place,
-                format!("`{}` already has uid {}; a uid cannot change", e.name, a.uid),
+                format!(
+                    "`{}` already has uid {}; a uid cannot change",
+                    e.name, a.uid
+                ),
                 "write the current uid, or leave uid out",
             );
         }
@@ -333,7 +349,7 @@ fn check_entry(e: &Entry, snapshot: &Snapshot, problems: &mut Vec<Problem>) {
                 format!("uid {uid} belongs to the account `{}`", owner.name),
                 "choose a free uid, or leave uid out",
             );
-        } else if snapshot.accounts.get(&e.name).is_none()
+        } else if !snapshot.accounts.contains_key(&e.name)
             && snapshot.groups.values().any(|g| *g == uid)
         {
             refuse(
@@ -346,7 +362,10 @@ fn check_entry(e: &Entry, snapshot: &Snapshot, problems: &mut Vec<Problem>) {
     match &e.secret {
         None => refuse(
             e.place,
-            format!("`{}` needs exactly one of `password` and `password_hash`", e.name),
+            format!(
+                "`{}` needs exactly one of `password` and `password_hash`",
+                e.name
+            ),
             "keep one of them",
         ),
         Some(Secret::Password(p)) if p.is_empty() => refuse(
@@ -361,7 +380,10 @@ fn check_entry(e: &Entry, snapshot: &Snapshot, problems: &mut Vec<Problem>) {
         ),
         Some(Secret::Hash(h)) if !crypt::hash_is_supported(h) => refuse(
             e.secret_place,
-            format!("the password_hash of `{}` is not a crypt hash this host supports", e.name),
+            format!(
+                "the password_hash of `{}` is not a crypt hash this host supports",
+                e.name
+            ),
             "use a yescrypt ($y$) or SHA-512 ($6$) hash, e.g. from `mkpasswd`, or give `password` instead",
         ),
         Some(_) => {}
@@ -385,7 +407,10 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
     if !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
         return Err("it must start with a letter or `_`");
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
         return Err("it may only contain letters, digits, `_`, `-` and `.`");
     }
     Ok(())
@@ -410,7 +435,9 @@ pub fn check_public_key(line: &str) -> Result<(), String> {
     let mut parts = line.split_whitespace();
     let kind = parts.next().ok_or("it is empty")?;
     if !KEY_TYPES.contains(&kind) {
-        return Err(format!("unknown key type `{kind}` (options before the key are not allowed)"));
+        return Err(format!(
+            "unknown key type `{kind}` (options before the key are not allowed)"
+        ));
     }
     let body = parts.next().ok_or("the key data is missing")?;
     if body.len() < 16
@@ -495,7 +522,10 @@ mod tests {
         assert_eq!(p.users[0].uid, 1001, "1000 is alice's");
         assert_eq!(p.users[1].uid, 1002);
         assert!(p.users[0].admin && !p.users[1].admin);
-        assert!(crypt::verify_password("35oi3g4l3he", p.users[0].new_hash.as_ref().unwrap()));
+        assert!(crypt::verify_password(
+            "35oi3g4l3he",
+            p.users[0].new_hash.as_ref().unwrap()
+        ));
         assert!(p.users.iter().all(|u| u.rewrite));
     }
 
@@ -534,11 +564,20 @@ mod tests {
         let text = "users:\n  a: {name: root, password: \"x\"}\n  b: {name: alice, password: \"x\"}\n  c: {name: 9lives, password: \"x\"}\n  d: {name: dup, password: \"\"}\n  e: {name: dup, password: \"y\", uid: 5}\n";
         let p = problems(text, &snapshot());
         let all = p.join("\n");
-        assert!(all.contains("line 2, column 13: `root` is a system account name"), "{all}");
-        assert!(all.contains("`alice` is an existing account (uid 1000) that sftp-ha does not manage"), "{all}");
+        assert!(
+            all.contains("line 2, column 13: `root` is a system account name"),
+            "{all}"
+        );
+        assert!(
+            all.contains("`alice` is an existing account (uid 1000) that sftp-ha does not manage"),
+            "{all}"
+        );
         assert!(all.contains("`9lives` is not a valid user name"), "{all}");
         assert!(all.contains("empty password"), "{all}");
-        assert!(all.contains("the name `dup` is also used at line 5"), "{all}");
+        assert!(
+            all.contains("the name `dup` is also used at line 5"),
+            "{all}"
+        );
         assert!(all.contains("uid 5 is outside the range"), "{all}");
         assert!(all.contains("no enabled admin"), "{all}");
     }
@@ -558,7 +597,9 @@ mod tests {
     #[test]
     fn keys() {
         assert!(check_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG bob@x").is_ok());
-        assert!(check_public_key("command=\"/bin/sh\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG").is_err());
+        assert!(
+            check_public_key("command=\"/bin/sh\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG").is_err()
+        );
         assert!(check_public_key("ssh-ed25519").is_err());
         assert!(check_public_key("ssh-ed25519 not*base64!!!!!!!!!!!").is_err());
     }
@@ -566,7 +607,11 @@ mod tests {
     #[test]
     fn fixed_uid_conflicts() {
         let text = "users:\n  a: {name: admin, password: \"x\", admin: true, uid: 1000}\n";
-        assert!(problems(text, &snapshot()).join("").contains("uid 1000 belongs to the account `alice`"));
+        assert!(
+            problems(text, &snapshot())
+                .join("")
+                .contains("uid 1000 belongs to the account `alice`")
+        );
         let mut s = snapshot();
         managed(&mut s, "admin", 1001, "x", true);
         let text = "users:\n  a: {name: admin, password: \"x\", admin: true, uid: 1005}\n";

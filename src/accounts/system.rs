@@ -69,7 +69,11 @@ pub fn parse_passwd(text: &str) -> Vec<(String, u32, u32)> {
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            Some((f.first()?.to_string(), f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+            Some((
+                f.first()?.to_string(),
+                f.get(2)?.parse().ok()?,
+                f.get(3)?.parse().ok()?,
+            ))
         })
         .collect()
 }
@@ -111,7 +115,14 @@ pub fn parse_shadow(text: &str, today: u64) -> BTreeMap<String, ShadowEntry> {
                 .get(7)
                 .and_then(|e| e.parse::<u64>().ok())
                 .is_some_and(|e| e <= today);
-            Some((f.first()?.to_string(), ShadowEntry { hash, locked, expired }))
+            Some((
+                f.first()?.to_string(),
+                ShadowEntry {
+                    hash,
+                    locked,
+                    expired,
+                },
+            ))
         })
         .collect()
 }
@@ -148,7 +159,12 @@ pub fn snapshot() -> Result<(Snapshot, LoginDefs), SystemError> {
         let is_managed = managed.contains(&name);
         if is_managed {
             let keys = fs::read_to_string(Path::new(KEYS_DIR).join(&name))
-                .map(|t| t.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect())
+                .map(|t| {
+                    t.lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(String::from)
+                        .collect()
+                })
                 .unwrap_or_default();
             snap.keys.insert(name.clone(), keys);
         }
@@ -180,7 +196,11 @@ fn run(program: &str, args: &[&str], input: Option<&[u8]>) -> Result<(), SystemE
     let mut child = Command::new(program)
         .args(args)
         .env("LC_ALL", "C")
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -188,11 +208,15 @@ fn run(program: &str, args: &[&str], input: Option<&[u8]>) -> Result<(), SystemE
     if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
         stdin.write_all(data).map_err(|e| failed(e.to_string()))?;
     }
-    let out = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
     if out.status.success() {
         Ok(())
     } else {
-        let msg = String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ");
+        let msg = String::from_utf8_lossy(&out.stderr)
+            .trim()
+            .replace('\n', "; ");
         Err(failed(if msg.is_empty() {
             out.status.to_string()
         } else {
@@ -331,20 +355,46 @@ mod tests {
     #[test]
     fn login_defs() {
         let d = parse_login_defs("# c\nUID_MIN\t\t 2000\nUID_MAX 3000\nENCRYPT_METHOD YESCRYPT\n");
-        assert_eq!((d.uid_min, d.uid_max, d.encrypt_method), (2000, 3000, Some(Method::Yescrypt)));
+        assert_eq!(
+            (d.uid_min, d.uid_max, d.encrypt_method),
+            (2000, 3000, Some(Method::Yescrypt))
+        );
         let d = parse_login_defs("");
-        assert_eq!((d.uid_min, d.uid_max, d.encrypt_method), (1000, 60000, None));
+        assert_eq!(
+            (d.uid_min, d.uid_max, d.encrypt_method),
+            (1000, 60000, None)
+        );
     }
 
     #[test]
     fn passwd_group_shadow() {
-        assert_eq!(parse_passwd("root:x:0:0:root:/root:/bin/bash\nbad line\n"), vec![("root".into(), 0, 0)]);
+        assert_eq!(
+            parse_passwd("root:x:0:0:root:/root:/bin/bash\nbad line\n"),
+            vec![("root".into(), 0, 0)]
+        );
         let g = parse_group("sftp-ha:x:999:a,b\nempty:x:5:\n");
         assert_eq!(g[0], ("sftp-ha".into(), 999, vec!["a".into(), "b".into()]));
         assert!(g[1].2.is_empty());
-        let s = parse_shadow("a:!$6$x$y:1::::::\nb:$y$j$z:1:0:99999:7::1:\nc:*:1::::::\n", 20000);
-        assert_eq!(s["a"], ShadowEntry { hash: Some("$6$x$y".into()), locked: true, expired: false });
-        assert_eq!(s["b"], ShadowEntry { hash: Some("$y$j$z".into()), locked: false, expired: true });
+        let s = parse_shadow(
+            "a:!$6$x$y:1::::::\nb:$y$j$z:1:0:99999:7::1:\nc:*:1::::::\n",
+            20000,
+        );
+        assert_eq!(
+            s["a"],
+            ShadowEntry {
+                hash: Some("$6$x$y".into()),
+                locked: true,
+                expired: false
+            }
+        );
+        assert_eq!(
+            s["b"],
+            ShadowEntry {
+                hash: Some("$y$j$z".into()),
+                locked: false,
+                expired: true
+            }
+        );
         assert_eq!(s["c"].hash, None);
     }
 }

@@ -13,8 +13,8 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
 /// Larger files are refused before parsing.
@@ -91,7 +91,11 @@ impl fmt::Display for Problem {
 }
 
 impl Problem {
-    pub fn new(place: Option<Place>, message: impl Into<String>, fix: impl Into<String>) -> Problem {
+    pub fn new(
+        place: Option<Place>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Problem {
         Problem {
             place,
             message: message.into(),
@@ -208,7 +212,10 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Problem> {
     if text.len() > MAX_FILE_BYTES {
         return Err(Problem::new(
             None,
-            format!("the file is {} bytes, more than the limit of {MAX_FILE_BYTES}", text.len()),
+            format!(
+                "the file is {} bytes, more than the limit of {MAX_FILE_BYTES}",
+                text.len()
+            ),
             "split it or remove what is not a user",
         ));
     }
@@ -243,7 +250,10 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Problem> {
                     Some(Secret::Password(_)) => secret_loc.as_ref().and_then(byte_span),
                     _ => None,
                 },
-                secret_place: secret_loc.as_ref().map(place_of).unwrap_or_else(|| place_of(&entry.referenced)),
+                secret_place: secret_loc
+                    .as_ref()
+                    .map(place_of)
+                    .unwrap_or_else(|| place_of(&entry.referenced)),
                 secret,
                 public_keys: e
                     .public_keys
@@ -293,7 +303,9 @@ pub fn rewrite(
             edits.push((key, key + "password".len(), "password_hash".into()));
             edits.push((start, end, format!("\"{hash}\"")));
         }
-        if let (false, Some((start, end)), Some(uid)) = (e.uid_given, e.name_span, uids.get(&e.name)) {
+        if let (false, Some((start, end)), Some(uid)) =
+            (e.uid_given, e.name_span, uids.get(&e.name))
+        {
             let key = key_before(text, start, "name")?;
             let before = text.get(..key)?.trim_end_matches([' ', '\t']);
             let insertion = if before.ends_with('{') || before.ends_with(',') {
@@ -334,11 +346,20 @@ mod tests {
         assert_eq!(entries[0].label, "ADMIN");
         assert_eq!(entries[0].name, "admin");
         assert!(entries[0].admin);
-        assert_eq!(entries[0].secret, Some(Secret::Password("35oi3g4l3he".into())));
+        assert_eq!(
+            entries[0].secret,
+            Some(Secret::Password("35oi3g4l3he".into()))
+        );
         assert_eq!(entries[1].label, "1");
         assert_eq!(entries[1].name, "EPuser");
         assert!(!entries[1].admin);
-        assert_eq!(entries[1].name_place, Place { line: 3, column: 13 });
+        assert_eq!(
+            entries[1].name_place,
+            Place {
+                line: 3,
+                column: 13
+            }
+        );
         let (s, e) = entries[0].password_span.unwrap();
         assert_eq!(&SAMPLE[s..e], "\"35oi3g4l3he\"");
         let (s, e) = entries[1].name_span.unwrap();
@@ -365,7 +386,10 @@ mod tests {
 
     #[test]
     fn duplicate_labels_and_fields_are_refused() {
-        assert!(parse("users:\n  1: {name: a, password: \"x\"}\n  1: {name: b, password: \"y\"}\n").is_err());
+        assert!(
+            parse("users:\n  1: {name: a, password: \"x\"}\n  1: {name: b, password: \"y\"}\n")
+                .is_err()
+        );
         assert!(parse("users:\n  1: {name: a, name: b, password: \"x\"}\n").is_err());
     }
 
@@ -377,7 +401,9 @@ mod tests {
 
     #[test]
     fn alias_bomb_is_refused() {
-        let mut text = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let mut text = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
         let names = ["b", "c", "d", "e", "f", "g", "h", "i"];
         let mut prev = "a";
         for n in names {

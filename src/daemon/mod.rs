@@ -4,6 +4,7 @@
 
 mod notify;
 mod signals;
+mod users_watch;
 
 use std::fs;
 use std::io;
@@ -21,6 +22,7 @@ use crate::timefmt::{format_duration, unix_now};
 
 use notify::Notifier;
 use signals::{Request, Signals};
+use users_watch::UsersWatch;
 
 /// The longest the main loop sleeps, so it notices a stop request promptly even
 /// when no watchdog is configured.
@@ -70,6 +72,7 @@ struct Daemon {
     /// What the daemon does, in words; `status.activity` adds warnings to it.
     activity: String,
     status: DaemonStatus,
+    users: UsersWatch,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `log` is already set up; its level follows the config.
@@ -113,7 +116,15 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
             standby: None,
             fallback_interval: String::new(),
             last_reload: None,
+            sshd: String::new(),
+            users_apply: None,
         },
+        users: UsersWatch::new(&config.data_dir, config.hash_method).map_err(|e| {
+            DaemonError::Os {
+                what: "inotify for the admin folders",
+                source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            }
+        })?,
         config,
         notifier,
         log,
@@ -121,6 +132,11 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         activity: String::new(),
     };
     daemon.refresh_config_fields();
+    daemon.install_sshd();
+    daemon.notifier.status("applying users.yaml");
+    if let Some(report) = daemon.users.startup() {
+        daemon.record_users(&report);
+    }
     daemon.set_phase(Phase::Running);
     daemon.notifier.ready(&daemon.status.activity);
     tracing::info!("ready: {}", daemon.status.activity);
@@ -143,9 +159,17 @@ impl Daemon {
         let mut last_ping = Instant::now();
         self.notifier.watchdog();
         loop {
-            let wait = tick.saturating_sub(last_ping.elapsed());
+            let mut wait = tick.saturating_sub(last_ping.elapsed());
+            wait = wait.min(
+                self.users
+                    .deadline()
+                    .saturating_duration_since(Instant::now()),
+            );
             let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
-            let mut fds = [PollFd::new(signals.fd(), PollFlags::POLLIN)];
+            let mut fds = [
+                PollFd::new(signals.fd(), PollFlags::POLLIN),
+                PollFd::new(self.users.fd(), PollFlags::POLLIN),
+            ];
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(source) => {
@@ -154,6 +178,17 @@ impl Daemon {
                         source,
                     });
                 }
+            }
+            let users_ready = fds[1]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+            if users_ready {
+                self.users.on_readable();
+            }
+            if let Some(report) = self.users.run_due() {
+                self.record_users(&report);
+                self.set_phase(Phase::Running);
+                self.notifier.status(&self.status.activity);
             }
             while let Some(request) = signals.next().map_err(|source| DaemonError::Os {
                 what: "signal handling (read)",
@@ -204,9 +239,14 @@ impl Daemon {
                         new.summary()
                     };
                     tracing::info!(config = %path.display(), "config reloaded: {message}");
+                    let data_dir_changed = new.data_dir != self.config.data_dir;
+                    self.users.set_config(&new.data_dir, new.hash_method);
                     self.config = new;
                     self.status.config_loaded_at = unix_now();
                     self.refresh_config_fields();
+                    if data_dir_changed {
+                        self.install_sshd();
+                    }
                     ReloadOutcome {
                         at: unix_now(),
                         ok: true,
@@ -232,6 +272,37 @@ impl Daemon {
             ok: false,
             message,
         }
+    }
+
+    /// Writes the sshd drop-in (checked by `sshd -t`) and records the outcome.
+    fn install_sshd(&mut self) {
+        if let Some(warning) = crate::sshd::include_warning() {
+            tracing::error!("{warning}");
+        }
+        self.status.sshd = match crate::sshd::install(&self.config.data_dir) {
+            Ok(installed) => {
+                let words = match installed {
+                    crate::sshd::Installed::Unchanged => "drop-in up to date",
+                    crate::sshd::Installed::Reloaded => "drop-in installed, sshd reloaded",
+                    crate::sshd::Installed::NotReloaded => "drop-in installed (sshd not running)",
+                };
+                tracing::info!(path = crate::sshd::DROP_IN, "sshd {words}");
+                format!("{words} ({})", crate::sshd::DROP_IN)
+            }
+            Err(err) => {
+                tracing::error!(path = crate::sshd::DROP_IN, "{err}");
+                format!("ERROR: {err}")
+            }
+        };
+    }
+
+    fn record_users(&mut self, report: &crate::accounts::Report) {
+        self.status.users_apply = Some(crate::status::UsersApply {
+            at: report.at,
+            file: report.file.clone(),
+            ok: report.ok(),
+            summary: report.summary(),
+        });
     }
 
     /// Copies what the status shows of the config, and words the activity line.

@@ -13,7 +13,7 @@ pub const STANDBY: &str = "standby";
 
 /// How long any wait may last before the test fails: far above what each step
 /// needs, so a slow CI machine is never mistaken for a bug.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -75,6 +75,24 @@ pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Password logins, non-interactive, trusting the test hosts' fresh host keys.
+const PASSWORD_SSH_OPTIONS: [&str; 14] = [
+    "-o",
+    "BatchMode=no",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "PubkeyAuthentication=no",
+    "-o",
+    "PreferredAuthentications=password",
+    "-o",
+    "ConnectTimeout=5",
+];
+
 /// Two booted hosts; powered off and removed when dropped, even when the test fails.
 pub struct Testbed {
     _private: (),
@@ -97,8 +115,13 @@ impl Testbed {
     }
 
     fn testbed(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        self.testbed_env(args, input, &[])
+    }
+
+    fn testbed_env(&self, args: &[&str], input: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(script());
         cmd.args(args)
+            .envs(env.iter().copied())
             .stdin(if input.is_some() {
                 Stdio::piped()
             } else {
@@ -137,6 +160,36 @@ impl Testbed {
         let mut all = vec!["client", host];
         all.extend_from_slice(args);
         self.testbed(&all, input)
+    }
+
+    /// The stock `sftp` client, from `host`'s network namespace, logging in to
+    /// `addr` as `user` with `password` (through sshpass, from the environment,
+    /// never on a command line) and running `batch` (`sftp -b`). Each command
+    /// must succeed unless prefixed with `-`, as in sftp's batch mode.
+    pub fn sftp(&self, host: &str, addr: &str, user: &str, password: &str, batch: &str) -> Output {
+        let target = format!("{user}@{addr}");
+        let mut args = vec!["client", host, "sshpass", "-e", "sftp"];
+        // Before -b: sftp turns -b into BatchMode=yes, and ssh keeps the first value given.
+        args.extend(PASSWORD_SSH_OPTIONS);
+        args.extend(["-b", "-", &target]);
+        self.testbed_env(&args, Some(batch.as_bytes()), &[("SSHPASS", password)])
+    }
+
+    /// The stock `ssh` client with a password, like [`Testbed::sftp`].
+    pub fn ssh(
+        &self,
+        host: &str,
+        addr: &str,
+        user: &str,
+        password: &str,
+        extra: &[&str],
+    ) -> Output {
+        let target = format!("{user}@{addr}");
+        let mut args = vec!["client", host, "sshpass", "-e", "ssh"];
+        args.extend(PASSWORD_SSH_OPTIONS);
+        args.extend_from_slice(extra);
+        args.push(&target);
+        self.testbed_env(&args, None, &[("SSHPASS", password)])
     }
 
     /// Writes a file inside `host` (through its root file system on this machine).

@@ -1,0 +1,182 @@
+//! The one sshd drop-in sftp-ha owns: chroot SFTP only, for the group sftp-ha.
+//! It is written atomically, checked with `sshd -t` against the host's whole
+//! config, put back as it was if sshd refuses it, and only then is sshd reloaded.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::accounts::plan::MANAGED_GROUP;
+use crate::accounts::system::KEYS_DIR;
+
+pub const DROP_IN: &str = "/etc/ssh/sshd_config.d/50-sftp-ha.conf";
+const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
+const SSHD: &str = "/usr/sbin/sshd";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshdError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "sshd -t refused the new {DROP_IN} ({message}); the previous file was put back and sshd was not touched; fix: check data_dir in the config and the host's sshd_config"
+    )]
+    Refused { message: String },
+    #[error("cannot run {SSHD} -t: {0}; fix: install openssh-server")]
+    NoSshd(io::Error),
+    #[error("sshd did not reload: {0}; fix: systemctl status ssh (or sshd)")]
+    Reload(String),
+}
+
+/// The drop-in's text for a data dir (pure, so it is unit-tested).
+pub fn render(data_dir: &Path) -> String {
+    format!(
+        "\
+# Written by sftp-ha (see /etc/sftp-ha/config.toml); do not edit: it is
+# rewritten whenever sftp-ha starts or reloads.
+# Members of the group {MANAGED_GROUP} get SFTP only, chrooted to their folder under
+# {data}, with nothing else: no shell, no forwarding, no tunnels, no TTY.
+Match Group {MANAGED_GROUP}
+    ChrootDirectory {data}/%u
+    ForceCommand internal-sftp -l INFO -u 0027
+    AuthorizedKeysFile {KEYS_DIR}/%u
+    PasswordAuthentication yes
+    PubkeyAuthentication yes
+    DisableForwarding yes
+    AllowTcpForwarding no
+    AllowAgentForwarding no
+    AllowStreamLocalForwarding no
+    X11Forwarding no
+    PermitTunnel no
+    PermitTTY no
+",
+        data = data_dir.display()
+    )
+}
+
+/// What [`install`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Installed {
+    Unchanged,
+    Reloaded,
+    /// Written and checked, but no running sshd unit was found to reload.
+    NotReloaded,
+}
+
+/// Writes the drop-in if it differs, checks it with `sshd -t`, reloads sshd.
+pub fn install(data_dir: &Path) -> Result<Installed, SshdError> {
+    install_at(Path::new(DROP_IN), data_dir)
+}
+
+fn install_at(path: &Path, data_dir: &Path) -> Result<Installed, SshdError> {
+    let text = render(data_dir);
+    let previous = fs::read(path).ok();
+    if previous.as_deref() == Some(text.as_bytes()) {
+        return Ok(Installed::Unchanged);
+    }
+    let write_err = |source| SshdError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(write_err)?;
+    }
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o644, Some((0, 0))).map_err(write_err)?;
+    let check = Command::new(SSHD)
+        .arg("-t")
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(SshdError::NoSshd)?;
+    if !check.status.success() {
+        let restored = match &previous {
+            Some(old) => crate::fsutil::write_atomic(path, old, 0o644, Some((0, 0))),
+            None => fs::remove_file(path),
+        };
+        let mut message = String::from_utf8_lossy(&check.stderr)
+            .trim()
+            .replace('\n', "; ");
+        if let Err(e) = restored {
+            message.push_str(&format!("; and putting the previous file back failed: {e}"));
+        }
+        return Err(SshdError::Refused { message });
+    }
+    reload()
+}
+
+/// Reloads sshd if it runs: unit `ssh` on Debian, `sshd` on RHEL.
+fn reload() -> Result<Installed, SshdError> {
+    let unit = ["ssh.service", "sshd.service"].into_iter().find(|u| {
+        Command::new("systemctl")
+            .args(["is-active", "--quiet", u])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(unit) = unit else {
+        return Ok(Installed::NotReloaded);
+    };
+    let out = Command::new("systemctl")
+        .args(["reload", unit])
+        .output()
+        .map_err(|e| SshdError::Reload(e.to_string()))?;
+    if out.status.success() {
+        Ok(Installed::Reloaded)
+    } else {
+        Err(SshdError::Reload(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// A warning if the host's sshd_config does not include the drop-in folder
+/// (Debian 12 and RHEL 9 do, from the top of the file).
+pub fn include_warning() -> Option<String> {
+    let text = fs::read_to_string(SSHD_CONFIG).ok()?;
+    (!includes_drop_ins(&text)).then(|| {
+        format!(
+            "{SSHD_CONFIG} does not Include /etc/ssh/sshd_config.d/*.conf, so sshd ignores {DROP_IN} and no sftp-ha user can log in; fix: add `Include /etc/ssh/sshd_config.d/*.conf` as the first line of {SSHD_CONFIG}"
+        )
+    })
+}
+
+/// True if an uncommented `Include` line names the sshd_config.d folder.
+pub fn includes_drop_ins(sshd_config: &str) -> bool {
+    sshd_config.lines().any(|l| {
+        let mut words = l.split_whitespace();
+        words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("include"))
+            && words.any(|w| w.contains("sshd_config.d"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_in_confines_the_group() {
+        let text = render(Path::new("/srv/sftp-ha"));
+        assert!(text.contains("Match Group sftp-ha\n"));
+        assert!(text.contains("ChrootDirectory /srv/sftp-ha/%u"));
+        assert!(text.contains("ForceCommand internal-sftp -l INFO"));
+        assert!(text.contains("PermitTTY no"));
+        assert!(text.contains("AllowTcpForwarding no"));
+        assert!(text.contains("AuthorizedKeysFile /etc/sftp-ha/authorized_keys/%u"));
+    }
+
+    #[test]
+    fn include_detection() {
+        assert!(includes_drop_ins(
+            "Include /etc/ssh/sshd_config.d/*.conf\nPort 22\n"
+        ));
+        assert!(includes_drop_ins("  include sshd_config.d/*.conf\n"));
+        assert!(!includes_drop_ins(
+            "#Include /etc/ssh/sshd_config.d/*.conf\n"
+        ));
+        assert!(!includes_drop_ins("Port 22\n"));
+    }
+}

@@ -1,0 +1,317 @@
+//! End-to-end tests of the SFTP service on the test bed: an admin uploads
+//! users.yaml with the stock `sftp` client, and those users log in with real
+//! passwords (through the host's PAM) to chroot SFTP on the host's own OpenSSH.
+//! Run by `tests/run-all` (needs root and the packages).
+
+mod util;
+
+use util::{MASTER, Testbed, describe, package, stdout, wait_for};
+
+const ADDR: &str = "10.231.0.1";
+const ADMIN_PASSWORD: &str = "35oi3g4l3he";
+
+const FIRST_ADMIN: &str = "# managed with sftp-ha\nusers:\n  ADMIN: {name: admin, password: \"35oi3g4l3he\", admin: true}\n";
+
+/// A master with the package installed and the first admin created by `users apply`.
+fn master_with_admin() -> Testbed {
+    let tb = Testbed::up();
+    tb.install(MASTER, &package("current", "deb"));
+    wait_for("sftp-ha active", || {
+        (tb.unit_property(MASTER, "sftp-ha", "ActiveState") == "active").then_some(())
+    });
+    tb.write(MASTER, "/root/users.yaml", FIRST_ADMIN);
+    let out = tb.sh(MASTER, "sftp-ha users apply /root/users.yaml");
+    assert!(out.status.success(), "users apply: {}", describe(&out));
+    assert!(
+        stdout(&out).contains("admin: created"),
+        "{}",
+        describe(&out)
+    );
+    tb
+}
+
+/// Uploads `text` as /admin/users.yaml (as `admin`), directly or WinSCP-style
+/// (a temporary name, then rename), and waits for its users.yaml.status to
+/// contain `expect`. Returns the status text.
+fn upload_users(tb: &Testbed, text: &str, via_rename: bool, expect: &str) -> String {
+    let local = tb.path(MASTER, "/var/tmp/upload-users.yaml");
+    std::fs::write(&local, text).expect("write local users.yaml");
+    // The client runs on this machine, in the master's network namespace.
+    let local = local.display();
+    let batch = if via_rename {
+        format!(
+            "put {local} /admin/users.yaml.filepart\nrename /admin/users.yaml.filepart /admin/users.yaml\n"
+        )
+    } else {
+        format!("put {local} /admin/users.yaml\n")
+    };
+    // The previous outcome goes first, so the one read below is this upload's.
+    let status_path = tb.path(MASTER, "/srv/sftp-ha/admin/admin/users.yaml.status");
+    let _ = std::fs::remove_file(&status_path);
+    let out = tb.sftp(MASTER, ADDR, "admin", ADMIN_PASSWORD, &batch);
+    assert!(
+        out.status.success(),
+        "upload users.yaml: {}",
+        describe(&out)
+    );
+    let status = wait_for("users.yaml.status", || {
+        std::fs::read_to_string(&status_path).ok()
+    });
+    assert!(
+        status.contains(expect),
+        "users.yaml.status does not say {expect:?}:\n{status}"
+    );
+    status
+}
+
+fn can_log_in(tb: &Testbed, user: &str, password: &str) -> bool {
+    tb.sftp(MASTER, ADDR, user, password, "pwd\n")
+        .status
+        .success()
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn admin_uploads_users_yaml_and_users_work_in_their_chroot() {
+    let tb = master_with_admin();
+
+    // The admin logs in with the password and finds users.yaml and its status in /admin.
+    let out = tb.sftp(
+        MASTER,
+        ADDR,
+        "admin",
+        ADMIN_PASSWORD,
+        "pwd\nls -1 /\nls -1 /admin\n",
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let listing = stdout(&out);
+    assert!(
+        listing.contains("Remote working directory: /upload"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("/admin/users.yaml\n") && listing.contains("/admin/users.yaml.status"),
+        "{listing}"
+    );
+
+    // A direct put: EPuser is created within the debounce and apply time.
+    let two = format!("{FIRST_ADMIN}  1: {{name: EPuser, password: \"1234\"}}\n");
+    let status = upload_users(&tb, &two, false, "EPuser: created");
+    assert!(status.contains("admin: unchanged"), "{status}");
+
+    // WinSCP style: a temporary name, then rename.
+    let three = format!("{two}  2: {{name: carol, password: \"c4r0l pass\"}}\n");
+    upload_users(&tb, &three, true, "carol: created");
+
+    // Both log in with their passwords, land in /upload and can work there.
+    let local = tb.path(MASTER, "/var/tmp/payload.txt");
+    std::fs::write(&local, "hello from EPuser\n").unwrap();
+    let back = tb.path(MASTER, "/var/tmp/payload.back");
+    let batch = format!(
+        "pwd\nput {l} report.txt\nget report.txt {b}\nrename report.txt final.txt\nls -1\nput {l} gone.txt\nrm gone.txt\nmkdir sub\nrmdir sub\n",
+        l = local.display(),
+        b = back.display()
+    );
+    let out = tb.sftp(MASTER, ADDR, "EPuser", "1234", &batch);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stdout(&out).contains("Remote working directory: /upload"));
+    assert!(stdout(&out).contains("final.txt"));
+    assert_eq!(
+        std::fs::read_to_string(&back).unwrap(),
+        "hello from EPuser\n"
+    );
+    let on_disk = tb.ok(
+        MASTER,
+        "stat -c '%U %a' /srv/sftp-ha/EPuser/upload/final.txt",
+    );
+    assert!(on_disk.starts_with("EPuser "), "{on_disk}");
+    assert!(can_log_in(&tb, "carol", "c4r0l pass"));
+
+    // Confined: not above the chroot, not in /, not /admin, no shell, no forwarding.
+    let out = tb.sftp(MASTER, ADDR, "EPuser", "1234", "cd ..\npwd\nls -1 /\n");
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Remote working directory: /\n"), "{text}");
+    assert!(
+        !text.contains("admin") && !text.contains("carol"),
+        "sees more than its own folder: {text}"
+    );
+    for forbidden in [
+        "mkdir /x",
+        &format!("put {} /evil.txt", local.display()),
+        "ls /admin",
+        "get /admin/users.yaml /dev/null",
+    ] {
+        let out = tb.sftp(MASTER, ADDR, "EPuser", "1234", &format!("{forbidden}\n"));
+        assert!(
+            !out.status.success(),
+            "`{forbidden}` succeeded: {}",
+            describe(&out)
+        );
+    }
+    let out = tb.ssh(MASTER, ADDR, "EPuser", "1234", &["id"]);
+    assert!(
+        !stdout(&out).contains("uid="),
+        "got a shell: {}",
+        describe(&out)
+    );
+    let out = tb.ssh(MASTER, ADDR, "EPuser", "1234", &["-W", "127.0.0.1:22"]);
+    assert!(
+        !out.status.success(),
+        "port forwarding worked: {}",
+        describe(&out)
+    );
+    let out = tb.ssh(MASTER, ADDR, "EPuser", "1234", &["-tt", "/bin/sh"]);
+    assert!(
+        !stdout(&out).contains('#') && !stdout(&out).contains("$ "),
+        "{}",
+        describe(&out)
+    );
+
+    // No plaintext stays on disk; the hashes in the file are the ones PAM accepts.
+    let users_yaml = tb.ok(MASTER, "cat /srv/sftp-ha/admin/admin/users.yaml");
+    for secret in ["35oi3g4l3he", "1234\"", "c4r0l pass"] {
+        assert!(
+            !users_yaml.contains(secret),
+            "plaintext {secret:?} left:\n{users_yaml}"
+        );
+    }
+    assert_eq!(
+        users_yaml.matches("password_hash:").count(),
+        3,
+        "{users_yaml}"
+    );
+    assert!(
+        users_yaml.starts_with("# managed with sftp-ha\n"),
+        "comment lost:\n{users_yaml}"
+    );
+    assert!(users_yaml.contains("uid: 1001"), "{users_yaml}");
+    // Uploading the rewritten file again changes nothing and re-hashes nothing.
+    let status = upload_users(&tb, &users_yaml, false, "carol: unchanged");
+    assert!(
+        status.contains("EPuser: unchanged") && status.contains("admin: unchanged"),
+        "{status}"
+    );
+    assert_eq!(
+        tb.ok(MASTER, "cat /srv/sftp-ha/admin/admin/users.yaml"),
+        users_yaml
+    );
+    assert!(tb.ok(MASTER, "sftp-ha status").contains("users.yaml:"));
+    let list = tb.ok(MASTER, "sftp-ha users list");
+    assert!(
+        list.contains("EPuser") && list.contains("carol") && list.contains("admin"),
+        "{list}"
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_bad_users_yaml_changes_no_account() {
+    let tb = master_with_admin();
+    let good = format!("{FIRST_ADMIN}  1: {{name: EPuser, password: \"1234\"}}\n");
+    upload_users(&tb, &good, false, "EPuser: created");
+    tb.ok(MASTER, "useradd -m localuser");
+    let shadow_before = tb.ok(MASTER, "cat /etc/shadow /etc/passwd /etc/group");
+
+    let cases = [
+        (
+            "users:\n  1: {name: EPuser, password: \"x\"\n",
+            "line 3",
+            "broken YAML",
+        ),
+        (
+            &*format!("{FIRST_ADMIN}  1: {{name: \"bad name\", password: \"x\"}}\n"),
+            "line 4, column 13: `bad name` is not a valid user name",
+            "invalid name",
+        ),
+        (
+            &*format!("{FIRST_ADMIN}  1: {{name: root, password: \"x\"}}\n"),
+            "`root` is a system account name",
+            "root",
+        ),
+        (
+            &*format!("{FIRST_ADMIN}  1: {{name: localuser, password: \"x\"}}\n"),
+            "`localuser` is an existing account",
+            "unmanaged account",
+        ),
+        (
+            &*format!(
+                "{FIRST_ADMIN}  1: {{name: EPuser, password: \"x\"}}\n  2: {{name: EPuser, password: \"y\"}}\n"
+            ),
+            "the name `EPuser` is also used at line 4",
+            "duplicate",
+        ),
+        (
+            &*format!("{FIRST_ADMIN}  1: {{name: EPuser, password: \"x\", shell: /bin/sh}}\n"),
+            "shell",
+            "unknown field",
+        ),
+    ];
+    for (text, expected, what) in cases {
+        let status = upload_users(&tb, text, false, "Nothing was changed");
+        assert!(
+            status.contains(expected),
+            "{what}: status lacks {expected:?}:\n{status}"
+        );
+        assert!(
+            status.contains("fix:") || what == "broken YAML",
+            "{what}:\n{status}"
+        );
+        assert_eq!(
+            tb.ok(MASTER, "cat /etc/shadow /etc/passwd /etc/group"),
+            shadow_before,
+            "{what} changed accounts"
+        );
+        assert!(
+            can_log_in(&tb, "EPuser", "1234"),
+            "{what}: EPuser can no longer log in"
+        );
+    }
+    let journal = tb.journal(MASTER, "");
+    assert!(
+        journal.contains("users.yaml not applied: refused, nothing changed"),
+        "{journal}"
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn password_change_removal_and_return() {
+    let tb = master_with_admin();
+    let with =
+        |password: &str| format!("{FIRST_ADMIN}  1: {{name: EPuser, password: \"{password}\"}}\n");
+    upload_users(&tb, &with("1234"), false, "EPuser: created");
+    assert!(can_log_in(&tb, "EPuser", "1234"));
+    tb.ok(MASTER, "echo kept > /srv/sftp-ha/EPuser/upload/file.txt");
+
+    upload_users(
+        &tb,
+        &with("n3w pass"),
+        false,
+        "EPuser: updated: password changed",
+    );
+    assert!(
+        !can_log_in(&tb, "EPuser", "1234"),
+        "old password still works"
+    );
+    assert!(can_log_in(&tb, "EPuser", "n3w pass"));
+
+    upload_users(&tb, FIRST_ADMIN, false, "EPuser: locked");
+    assert!(
+        !can_log_in(&tb, "EPuser", "n3w pass"),
+        "removed user still logs in"
+    );
+    assert_eq!(
+        tb.ok(MASTER, "cat /srv/sftp-ha/EPuser/upload/file.txt")
+            .trim(),
+        "kept"
+    );
+
+    upload_users(&tb, &with("n3w pass"), false, "EPuser: updated: unlocked");
+    assert!(can_log_in(&tb, "EPuser", "n3w pass"));
+
+    let disabled =
+        format!("{FIRST_ADMIN}  1: {{name: EPuser, password: \"n3w pass\", disabled: true}}\n");
+    upload_users(&tb, &disabled, false, "EPuser: updated: disabled");
+    assert!(!can_log_in(&tb, "EPuser", "n3w pass"));
+}
