@@ -216,7 +216,7 @@ fn a_bad_users_yaml_changes_no_account() {
     let cases = [
         (
             "users:\n  1: {name: EPuser, password: \"x\"\n",
-            "line 3",
+            "line 2, column 6: unclosed bracket '{'; fix:",
             "broken YAML",
         ),
         (

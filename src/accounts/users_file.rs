@@ -223,7 +223,13 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Problem> {
         let place = err.location().map(|l| place_of(&l));
         let message = err.without_snippet().to_string();
         // The library's message repeats the place; keep the first line only.
-        let message = message.lines().next().unwrap_or("").trim().to_string();
+        let mut message = message.lines().next().unwrap_or("").trim().to_string();
+        // ... and may end with the place again, which the Problem already gives.
+        if let Some(at) = message.rfind(" at line ")
+            && message[at..].contains(", column ")
+        {
+            message.truncate(at);
+        }
         let fix = fix_for(&message);
         Problem::new(place, message, fix)
     })?;
