@@ -127,6 +127,29 @@ fn admin_uploads_users_yaml_and_users_work_in_their_chroot() {
     assert!(on_disk.starts_with("EPuser "), "{on_disk}");
     assert!(can_log_in(&tb, "carol", "c4r0l pass"));
 
+    // The journal has the login and each upload with its size, filterable by user.
+    let journal = wait_for("EPuser's upload in the journal", || {
+        let j = tb.journal(MASTER, "SFTP_HA_USER=EPuser -o verbose");
+        j.contains("SFTP_HA_PATH=/upload/gone.txt").then_some(j)
+    });
+    assert!(
+        journal.contains("MESSAGE=sftp login: EPuser from 10.231.0.1"),
+        "{journal}"
+    );
+    assert!(
+        journal.contains("MESSAGE=upload: EPuser wrote /upload/report.txt (18 bytes)"),
+        "{journal}"
+    );
+    assert!(journal.contains("SFTP_HA_BYTES=18"), "{journal}");
+    assert!(
+        journal.contains("MESSAGE=rename: EPuser renamed /upload/report.txt to /upload/final.txt"),
+        "{journal}"
+    );
+    assert!(
+        journal.contains("MESSAGE=delete: EPuser removed /upload/gone.txt"),
+        "{journal}"
+    );
+
     // Confined: not above the chroot, not in /, not /admin, no shell, no forwarding.
     let out = tb.sftp(MASTER, ADDR, "EPuser", "1234", "cd ..\npwd\nls -1 /\n");
     assert!(out.status.success(), "{}", describe(&out));

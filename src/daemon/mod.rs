@@ -3,6 +3,7 @@
 //! pings the watchdog, and nothing else, so that a ping really means "healthy".
 
 mod notify;
+mod sftp_log;
 mod signals;
 mod users_watch;
 
@@ -21,6 +22,7 @@ use crate::status::{self, DaemonStatus, Phase, ReloadOutcome};
 use crate::timefmt::{format_duration, unix_now};
 
 use notify::Notifier;
+use sftp_log::SftpLog;
 use signals::{Request, Signals};
 use users_watch::UsersWatch;
 
@@ -73,6 +75,8 @@ struct Daemon {
     activity: String,
     status: DaemonStatus,
     users: UsersWatch,
+    /// Receives internal-sftp's log from the chroots; `None` if it could not be set up.
+    sftp_log: Option<SftpLog>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `log` is already set up; its level follows the config.
@@ -130,9 +134,11 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         log,
         runtime_dir: status::runtime_dir(),
         activity: String::new(),
+        sftp_log: None,
     };
     daemon.refresh_config_fields();
     daemon.install_sshd();
+    daemon.bind_sftp_log();
     daemon.notifier.status("applying users.yaml");
     if let Some(report) = daemon.users.startup() {
         daemon.record_users(&report);
@@ -166,10 +172,13 @@ impl Daemon {
                     .saturating_duration_since(Instant::now()),
             );
             let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
-            let mut fds = [
+            let mut fds = vec![
                 PollFd::new(signals.fd(), PollFlags::POLLIN),
                 PollFd::new(self.users.fd(), PollFlags::POLLIN),
             ];
+            if let Some(log) = &self.sftp_log {
+                fds.push(PollFd::new(log.fd(), PollFlags::POLLIN));
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(source) => {
@@ -179,9 +188,16 @@ impl Daemon {
                     });
                 }
             }
-            let users_ready = fds[1]
-                .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+            let ready = |i: usize| {
+                fds.get(i)
+                    .and_then(PollFd::revents)
+                    .is_some_and(|r| r.contains(PollFlags::POLLIN))
+            };
+            let (users_ready, log_ready) = (ready(1), ready(2));
+            drop(fds);
+            if log_ready && let Some(log) = &mut self.sftp_log {
+                log.drain();
+            }
             if users_ready {
                 self.users.on_readable();
             }
@@ -189,6 +205,11 @@ impl Daemon {
                 self.record_users(&report);
                 self.set_phase(Phase::Running);
                 self.notifier.status(&self.status.activity);
+            }
+            if std::mem::take(&mut self.users.rewatched)
+                && let Some(log) = &mut self.sftp_log
+            {
+                log.link_chroots(&self.config.data_dir);
             }
             while let Some(request) = signals.next().map_err(|source| DaemonError::Os {
                 what: "signal handling (read)",
@@ -246,6 +267,7 @@ impl Daemon {
                     self.refresh_config_fields();
                     if data_dir_changed {
                         self.install_sshd();
+                        self.bind_sftp_log();
                     }
                     ReloadOutcome {
                         at: unix_now(),
@@ -292,6 +314,23 @@ impl Daemon {
             Err(err) => {
                 tracing::error!(path = crate::sshd::DROP_IN, "{err}");
                 format!("ERROR: {err}")
+            }
+        };
+    }
+
+    /// Sets up the SFTP log socket and links it into every chroot.
+    fn bind_sftp_log(&mut self) {
+        self.sftp_log = match SftpLog::bind(&self.config.data_dir) {
+            Ok(mut log) => {
+                log.link_chroots(&self.config.data_dir);
+                Some(log)
+            }
+            Err(err) => {
+                tracing::error!(
+                    path = %self.config.data_dir.display(),
+                    "cannot set up the SFTP log socket, uploads will not be logged: {err}"
+                );
+                None
             }
         };
     }

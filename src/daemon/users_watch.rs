@@ -43,6 +43,9 @@ pub struct UsersWatch {
     /// for a file still in that state is our own and is not applied again.
     ours: HashMap<PathBuf, FileStamp>,
     pub last_report: Option<Report>,
+    /// Set when the admin folders were looked for again, so the daemon can
+    /// bring other per-user set-up (the SFTP log link) up to date too.
+    pub rewatched: bool,
 }
 
 impl UsersWatch {
@@ -66,6 +69,7 @@ impl UsersWatch {
             rewatch_at: Instant::now(),
             ours: HashMap::new(),
             last_report: None,
+            rewatched: false,
         })
     }
 
@@ -87,6 +91,7 @@ impl UsersWatch {
     /// Watches exactly the current admin folders.
     pub fn rewatch(&mut self) {
         self.rewatch_at = Instant::now() + REWATCH_EVERY;
+        self.rewatched = true;
         let dirs = self.admin_dirs();
         let mut watches = self.inotify.watches();
         self.watched.retain(|wd, path| {

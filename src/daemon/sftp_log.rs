@@ -1,0 +1,343 @@
+//! The journal of what users do over SFTP.
+//!
+//! sshd's internal-sftp runs inside the user's chroot, where there is no
+//! /dev/log, so its log (`-l INFO`: sessions, uploads with their size,
+//! renames, deletes) would be lost. The daemon binds one datagram socket in the
+//! data dir and hard-links it into every managed chroot as `dev/log`. The kernel
+//! tells us the sender's uid with each message (SCM_CREDENTIALS), so every event
+//! is logged with the real user, whatever the message claims, as structured
+//! fields: `journalctl -u sftp-ha SFTP_HA_USER=bob`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
+};
+
+/// The socket, in the data dir but outside every chroot.
+const SOCKET_NAME: &str = ".sftp-ha-log.sock";
+/// Longer messages are cut: they come from users' sessions.
+const MAX_MESSAGE: usize = 4096;
+
+/// What internal-sftp reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SftpEvent {
+    SessionOpened {
+        from: String,
+    },
+    SessionClosed,
+    /// A file closed after writing: an upload of `bytes`.
+    Upload {
+        path: String,
+        bytes: u64,
+    },
+    Download {
+        path: String,
+        bytes: u64,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Remove {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+    },
+    Rmdir {
+        path: String,
+    },
+    /// Anything else (open, stat, errors): logged at debug level.
+    Other(String),
+}
+
+/// The message part of a syslog datagram (`<PRI>Mmm dd hh:mm:ss tag[pid]: message`).
+pub fn syslog_message(datagram: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&datagram[..datagram.len().min(MAX_MESSAGE)]);
+    let text = text.trim_end_matches(['\n', '\0']);
+    let body = match text.find("]: ") {
+        Some(i) => &text[i + 3..],
+        None => text.split_once(": ").map_or(text, |(_, m)| m),
+    };
+    // Control characters in a path would forge journal lines; make them visible.
+    body.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Parses an internal-sftp log message (OpenSSH sftp-server's wording).
+pub fn parse(message: &str) -> SftpEvent {
+    let quoted = |s: &str| -> Option<String> {
+        let start = s.find('"')? + 1;
+        let end = s.rfind('"')?;
+        (end >= start).then(|| s[start..end].to_string())
+    };
+    let other = || SftpEvent::Other(message.to_string());
+    if let Some(rest) = message.strip_prefix("session opened for local user ") {
+        let from = rest
+            .split_once(" from [")
+            .map_or("", |(_, f)| f.trim_end_matches(']'));
+        return SftpEvent::SessionOpened {
+            from: from.to_string(),
+        };
+    }
+    if message.starts_with("session closed for local user ") {
+        return SftpEvent::SessionClosed;
+    }
+    if let Some(rest) = message.strip_prefix("close ") {
+        let Some(at) = rest.rfind("\" bytes read ") else {
+            return other();
+        };
+        let path = quoted(&rest[..=at]).unwrap_or_default();
+        let mut words = rest[at..].split_whitespace();
+        let read = words.nth(3).and_then(|w| w.parse().ok()).unwrap_or(0);
+        let written = words.nth(1).and_then(|w| w.parse().ok()).unwrap_or(0);
+        return if written > 0 {
+            SftpEvent::Upload {
+                path,
+                bytes: written,
+            }
+        } else if read > 0 {
+            SftpEvent::Download { path, bytes: read }
+        } else {
+            other()
+        };
+    }
+    // `rename` for SSH_FXP_RENAME, `posix-rename` for OpenSSH's extension (what sftp uses).
+    let rename = message
+        .strip_prefix("rename old \"")
+        .or_else(|| message.strip_prefix("posix-rename old \""));
+    if let Some(rest) = rename {
+        if let Some((from, to)) = rest.split_once("\" new \"") {
+            return SftpEvent::Rename {
+                from: from.to_string(),
+                to: to.trim_end_matches('"').to_string(),
+            };
+        }
+        return other();
+    }
+    let named = |prefix: &str| message.strip_prefix(prefix).and_then(quoted);
+    if let Some(path) = named("remove name ") {
+        return SftpEvent::Remove { path };
+    }
+    if let Some(path) = named("rmdir name ") {
+        return SftpEvent::Rmdir { path };
+    }
+    if let Some(rest) = message.strip_prefix("mkdir name ") {
+        let path = rest.rsplit_once(" mode ").map_or(rest, |(p, _)| p);
+        if let Some(path) = quoted(path) {
+            return SftpEvent::Mkdir { path };
+        }
+    }
+    other()
+}
+
+pub struct SftpLog {
+    socket: UnixDatagram,
+    path: PathBuf,
+    names: HashMap<u32, String>,
+}
+
+impl SftpLog {
+    /// Binds the socket in `data_dir` (replacing a stale one from an earlier run).
+    pub fn bind(data_dir: &Path) -> std::io::Result<SftpLog> {
+        let path = data_dir.join(SOCKET_NAME);
+        let _ = fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path)?;
+        socket.set_nonblocking(true)?;
+        setsockopt(&socket, sockopt::PassCred, &true).map_err(std::io::Error::from)?;
+        // Users' sessions (their own uid) must be able to send to it.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666))?;
+        Ok(SftpLog {
+            socket,
+            path,
+            names: HashMap::new(),
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// Makes `<data_dir>/<user>/dev/log` a hard link to the socket for every
+    /// managed user, replacing links to an earlier run's socket.
+    pub fn link_chroots(&mut self, data_dir: &Path) {
+        let Ok((snapshot, _)) = crate::accounts::system::snapshot() else {
+            return;
+        };
+        self.names = snapshot
+            .accounts
+            .values()
+            .filter(|a| a.managed)
+            .map(|a| (a.uid, a.name.clone()))
+            .collect();
+        for name in self.names.values() {
+            let root = data_dir.join(name);
+            // Only inside a real, root-owned chroot folder; never through a symlink.
+            if !fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            let dev = root.join("dev");
+            if !fs::symlink_metadata(&dev).is_ok_and(|m| m.is_dir()) {
+                let _ = fs::remove_file(&dev);
+                if let Err(err) = fs::DirBuilder::new().mode(0o755).create(&dev) {
+                    tracing::warn!(path = %dev.display(), "cannot create: {err}");
+                    continue;
+                }
+            }
+            let link = dev.join("log");
+            let _ = fs::remove_file(&link);
+            if let Err(err) = fs::hard_link(&self.path, &link) {
+                tracing::warn!(path = %link.display(), "cannot link the SFTP log socket: {err}");
+            }
+        }
+    }
+
+    /// Reads every waiting message and logs it for its sender.
+    pub fn drain(&mut self) {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        loop {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let (bytes, uid) = match recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(msg) => {
+                    let uid = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|c| match c {
+                            ControlMessageOwned::ScmCredentials(cred) => Some(cred.uid()),
+                            _ => None,
+                        })
+                    });
+                    (msg.bytes, uid)
+                }
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(err) => {
+                    tracing::warn!("reading the SFTP log socket failed: {err}");
+                    return;
+                }
+            };
+            let message = syslog_message(&buf[..bytes]);
+            let user = uid.map_or_else(
+                || "unknown".to_string(),
+                |uid| {
+                    self.names
+                        .get(&uid)
+                        .cloned()
+                        .unwrap_or_else(|| format!("uid {uid}"))
+                },
+            );
+            log_event(&user, parse(&message));
+        }
+    }
+}
+
+fn log_event(user: &str, event: SftpEvent) {
+    match event {
+        SftpEvent::SessionOpened { from } => {
+            tracing::info!(user, remote = %from, "sftp login: {user} from {from}");
+        }
+        SftpEvent::SessionClosed => tracing::info!(user, "sftp logout: {user}"),
+        SftpEvent::Upload { path, bytes } => {
+            tracing::info!(user, path = %path, bytes, "upload: {user} wrote {path} ({bytes} bytes)");
+        }
+        SftpEvent::Download { path, bytes } => {
+            tracing::info!(user, path = %path, bytes, "download: {user} read {path} ({bytes} bytes)");
+        }
+        SftpEvent::Rename { from, to } => {
+            tracing::info!(user, path = %to, from = %from, "rename: {user} renamed {from} to {to}");
+        }
+        SftpEvent::Remove { path } => {
+            tracing::info!(user, path = %path, "delete: {user} removed {path}")
+        }
+        SftpEvent::Mkdir { path } => {
+            tracing::info!(user, path = %path, "mkdir: {user} created {path}")
+        }
+        SftpEvent::Rmdir { path } => {
+            tracing::info!(user, path = %path, "rmdir: {user} removed {path}")
+        }
+        SftpEvent::Other(message) => tracing::debug!(user, "internal-sftp: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syslog_framing_is_stripped() {
+        assert_eq!(
+            syslog_message(b"<134>Nov 24 09:11:17 internal-sftp[231]: close \"/upload/a b\" bytes read 0 written 12\n"),
+            "close \"/upload/a b\" bytes read 0 written 12"
+        );
+        assert_eq!(syslog_message(b"<134>x[1]: evil\nline\x1b"), "evil?line?");
+    }
+
+    #[test]
+    fn internal_sftp_messages() {
+        assert_eq!(
+            parse("close \"/upload/a \"b\" bytes read 0 written 1234"),
+            SftpEvent::Upload {
+                path: "/upload/a \"b".into(),
+                bytes: 1234
+            }
+        );
+        assert_eq!(
+            parse("close \"/upload/x\" bytes read 77 written 0"),
+            SftpEvent::Download {
+                path: "/upload/x".into(),
+                bytes: 77
+            }
+        );
+        assert_eq!(
+            parse("rename old \"/upload/a\" new \"/upload/b\""),
+            SftpEvent::Rename {
+                from: "/upload/a".into(),
+                to: "/upload/b".into()
+            }
+        );
+        assert_eq!(
+            parse("remove name \"/upload/b\""),
+            SftpEvent::Remove {
+                path: "/upload/b".into()
+            }
+        );
+        assert_eq!(
+            parse("mkdir name \"/upload/d\" mode 0777"),
+            SftpEvent::Mkdir {
+                path: "/upload/d".into()
+            }
+        );
+        assert_eq!(
+            parse("rmdir name \"/upload/d\""),
+            SftpEvent::Rmdir {
+                path: "/upload/d".into()
+            }
+        );
+        assert_eq!(
+            parse("session opened for local user bob from [10.0.0.1]"),
+            SftpEvent::SessionOpened {
+                from: "10.0.0.1".into()
+            }
+        );
+        assert!(matches!(
+            parse("open \"/x\" flags READ mode 0666"),
+            SftpEvent::Other(_)
+        ));
+        assert!(matches!(
+            parse("close \"/x\" bytes read 0 written 0"),
+            SftpEvent::Other(_)
+        ));
+        assert!(matches!(parse("close garbage"), SftpEvent::Other(_)));
+    }
+}
