@@ -338,3 +338,104 @@ fn password_change_removal_and_return() {
     upload_users(&tb, &disabled, false, "EPuser: updated: disabled");
     assert!(!can_log_in(&tb, "EPuser", "n3w pass"));
 }
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn public_keys_and_a_second_admin() {
+    let tb = master_with_admin();
+    let dir =
+        std::env::var("SFTP_HA_TESTBED_DIR").unwrap_or_else(|_| "/var/tmp/sftp-ha-testbed".into());
+    let key = format!("{dir}/client/id_ed25519");
+    let public = std::fs::read_to_string(format!("{key}.pub")).expect("test bed client key");
+    let with_key = format!(
+        "{FIRST_ADMIN}  2: {{name: admin2, password: \"s3cond\", admin: true}}\n  3:\n    name: keyuser\n    password: \"k3yuser\"\n    public_keys:\n      - {}\n",
+        public.trim()
+    );
+    upload_users(&tb, &with_key, false, "keyuser: created");
+
+    let key_login = || {
+        let batch = b"pwd\n";
+        tb.client(
+            MASTER,
+            &[
+                "sftp",
+                "-i",
+                &key,
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "PasswordAuthentication=no",
+                "-b",
+                "-",
+                "keyuser@10.231.0.1",
+            ],
+            Some(batch),
+        )
+    };
+    let out = key_login();
+    assert!(out.status.success(), "key login: {}", describe(&out));
+    let keys = tb.ok(
+        MASTER,
+        "stat -c '%U %a' /etc/sftp-ha/authorized_keys/keyuser",
+    );
+    assert_eq!(
+        keys.trim(),
+        "root 644",
+        "keys must be root's, outside every chroot"
+    );
+
+    // The second admin sees the same users.yaml (rewritten, no plaintext) and the outcome.
+    let got = tb.path(MASTER, "/var/tmp/admin2-got");
+    let _ = std::fs::create_dir(&got);
+    let batch = format!(
+        "get /admin/users.yaml {g}/\nget /admin/users.yaml.status {g}/\n",
+        g = got.display()
+    );
+    let out = tb.sftp(MASTER, ADDR, "admin2", "s3cond", &batch);
+    assert!(out.status.success(), "{}", describe(&out));
+    let seen = std::fs::read_to_string(got.join("users.yaml")).unwrap_or_default()
+        + &std::fs::read_to_string(got.join("users.yaml.status")).unwrap_or_default();
+    assert!(
+        seen.contains("name: keyuser") && seen.contains("keyuser: created"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("s3cond") && !seen.contains("k3yuser"),
+        "plaintext published: {seen}"
+    );
+
+    // The second admin removes the key: key logins stop, the password still works.
+    let without = with_key
+        .lines()
+        .take_while(|l| !l.contains("public_keys"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let local = tb.path(MASTER, "/var/tmp/admin2-users.yaml");
+    std::fs::write(&local, &without).unwrap();
+    let out = tb.sftp(
+        MASTER,
+        ADDR,
+        "admin2",
+        "s3cond",
+        &format!("put {} /admin/users.yaml\n", local.display()),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_for("keyuser's key to be removed", || {
+        let status =
+            std::fs::read_to_string(tb.path(MASTER, "/srv/sftp-ha/admin/admin/users.yaml.status"))
+                .ok()?;
+        status
+            .contains("keyuser: updated: public keys changed")
+            .then_some(())
+    });
+    assert!(
+        !key_login().status.success(),
+        "the removed key still logs in"
+    );
+    assert!(can_log_in(&tb, "keyuser", "k3yuser"));
+}
