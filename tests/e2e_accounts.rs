@@ -209,6 +209,21 @@ fn admin_uploads_users_yaml_and_users_work_in_their_chroot() {
         "comment lost:\n{users_yaml}"
     );
     assert!(users_yaml.contains("uid: 1001"), "{users_yaml}");
+    // Hashed with the method the host's login.defs names (SHA512 on bookworm, YESCRYPT on trixie).
+    let method = tb.ok(
+        MASTER,
+        "awk '$1 == \"ENCRYPT_METHOD\" {print $2}' /etc/login.defs",
+    );
+    let prefix = match method.trim() {
+        "YESCRYPT" => "$y$",
+        _ => "$6$",
+    };
+    let shadow = tb.ok(MASTER, "getent shadow EPuser | cut -d: -f2");
+    assert!(shadow.starts_with(prefix), "{method}: {shadow}");
+    assert!(
+        users_yaml.contains(&format!("password_hash: \"{prefix}")),
+        "{users_yaml}"
+    );
     // Uploading the rewritten file again changes nothing and re-hashes nothing.
     let status = upload_users(&tb, &users_yaml, false, "carol: unchanged");
     assert!(
