@@ -450,6 +450,12 @@ fn checked_dir(
         Some("contains `..`")
     } else if path.parent().is_none() {
         Some("is the root directory")
+    } else if !text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'))
+    {
+        // It ends up in sshd's ChrootDirectory, where spaces, quotes and `%` mean something.
+        Some("may only contain letters, digits and `/._-`")
     } else {
         None
     };
@@ -637,6 +643,12 @@ mod tests {
         assert!(parse_err("role = \"master\"\ndata_dir = \"srv\"\n").contains("absolute"));
         assert!(parse_err("role = \"master\"\ndata_dir = \"/\"\n").contains("root directory"));
         assert!(parse_err("role = \"master\"\ndata_dir = \"/srv/../etc\"\n").contains(".."));
+        assert!(
+            parse_err("role = \"master\"\ndata_dir = \"/srv/a b\"\n").contains("may only contain")
+        );
+        assert!(
+            parse_err("role = \"master\"\ndata_dir = \"/srv/%u\"\n").contains("may only contain")
+        );
         assert!(
             parse_err("role = \"master\"\ndata_dir = \"/var/lib/sftp-ha/d\"\n").contains("overlap")
         );

@@ -107,3 +107,22 @@ pub fn init_cli() {
         )
         .try_init();
 }
+
+/// A tool's output as one journal-friendly line: lines joined with "; ",
+/// other control characters (which make journalctl show a "blob") dropped.
+pub fn one_line(text: &str) -> String {
+    text.trim()
+        .lines()
+        .map(|l| l.chars().filter(|c| !c.is_control()).collect::<String>())
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_joins_and_cleans() {
+        assert_eq!(super::one_line("a\r\nb\x1b[0m\n\n"), "a; b[0m");
+    }
+}

@@ -96,9 +96,7 @@ fn install_at(path: &Path, data_dir: &Path) -> Result<Installed, SshdError> {
             Some(old) => crate::fsutil::write_atomic(path, old, 0o644, Some((0, 0))),
             None => fs::remove_file(path),
         };
-        let mut message = String::from_utf8_lossy(&check.stderr)
-            .trim()
-            .replace('\n', "; ");
+        let mut message = crate::logging::one_line(&String::from_utf8_lossy(&check.stderr));
         if let Err(e) = restored {
             message.push_str(&format!("; and putting the previous file back failed: {e}"));
         }
@@ -125,9 +123,9 @@ fn reload() -> Result<Installed, SshdError> {
     if out.status.success() {
         Ok(Installed::Reloaded)
     } else {
-        Err(SshdError::Reload(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
+        Err(SshdError::Reload(crate::logging::one_line(
+            &String::from_utf8_lossy(&out.stderr),
+        )))
     }
 }
 

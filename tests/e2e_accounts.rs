@@ -454,3 +454,58 @@ fn public_keys_and_a_second_admin() {
     );
     assert!(can_log_in(&tb, "keyuser", "k3yuser"));
 }
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn sshd_refusing_the_drop_in_leaves_sshd_untouched() {
+    let tb = master_with_admin();
+    let drop_in = "/etc/ssh/sshd_config.d/50-sftp-ha.conf";
+    let before = tb.ok(MASTER, &format!("cat {drop_in}"));
+    let sshd_pid = tb.unit_property(MASTER, "ssh", "MainPID");
+
+    // Another drop-in breaks sshd's config; then a new data_dir makes sftp-ha rewrite its own.
+    tb.write(
+        MASTER,
+        "/etc/ssh/sshd_config.d/40-broken.conf",
+        "NoSuchOption yes\n",
+    );
+    tb.write(
+        MASTER,
+        "/etc/sftp-ha/config.toml",
+        "role = \"master\"\ndata_dir = \"/srv/other\"\n",
+    );
+    tb.ok(MASTER, "systemctl reload sftp-ha");
+    let status = wait_for("the refused drop-in in sftp-ha status", || {
+        let s = tb.ok(MASTER, "sftp-ha status");
+        s.contains("sshd:        ERROR").then_some(s)
+    });
+    assert!(status.contains("sshd -t refused"), "{status}");
+    assert!(
+        status.contains("NoSuchOption"),
+        "sshd's own words are kept: {status}"
+    );
+    assert_eq!(
+        tb.ok(MASTER, &format!("cat {drop_in}")),
+        before,
+        "the previous drop-in was not put back"
+    );
+    assert_eq!(tb.unit_property(MASTER, "ssh", "MainPID"), sshd_pid);
+    assert!(
+        tb.journal(MASTER, "")
+            .contains("the previous file was put back and sshd was not touched")
+    );
+    // Users still log in on the old config.
+    assert!(can_log_in(&tb, "admin", ADMIN_PASSWORD));
+
+    // A host whose sshd_config does not include the drop-in folder is told so at start.
+    tb.ok(
+        MASTER,
+        "rm /etc/ssh/sshd_config.d/40-broken.conf && sed -i '/^Include/d' /etc/ssh/sshd_config",
+    );
+    tb.ok(MASTER, "systemctl restart sftp-ha");
+    let journal = tb.journal(MASTER, "");
+    assert!(
+        journal.contains("does not Include /etc/ssh/sshd_config.d/*.conf"),
+        "{journal}"
+    );
+}

@@ -214,9 +214,7 @@ fn run(program: &str, args: &[&str], input: Option<&[u8]>) -> Result<(), SystemE
     if out.status.success() {
         Ok(())
     } else {
-        let msg = String::from_utf8_lossy(&out.stderr)
-            .trim()
-            .replace('\n', "; ");
+        let msg = crate::logging::one_line(&String::from_utf8_lossy(&out.stderr));
         Err(failed(if msg.is_empty() {
             out.status.to_string()
         } else {
