@@ -378,14 +378,20 @@ fn check_entry(e: &Entry, snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             format!("the password of `{}` contains a NUL or newline", e.name),
             "use printable characters",
         ),
-        Some(Secret::Hash(h)) if !crypt::hash_is_supported(h) => refuse(
-            e.secret_place,
-            format!(
-                "the password_hash of `{}` is not a crypt hash this host supports",
-                e.name
-            ),
-            "use a yescrypt ($y$) or SHA-512 ($6$) hash, e.g. from `mkpasswd`, or give `password` instead",
-        ),
+        // A hash already in /etc/shadow is known to work; checking costs a full hashing.
+        Some(Secret::Hash(h))
+            if snapshot.accounts.get(&e.name).and_then(|a| a.hash.as_ref()) != Some(h)
+                && !crypt::hash_is_supported(h) =>
+        {
+            refuse(
+                e.secret_place,
+                format!(
+                    "the password_hash of `{}` is not a crypt hash this host supports",
+                    e.name
+                ),
+                "use a yescrypt ($y$) or SHA-512 ($6$) hash, e.g. from `mkpasswd`, or give `password` instead",
+            );
+        }
         Some(_) => {}
     }
     for (key, place) in &e.public_keys {
