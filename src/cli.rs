@@ -84,6 +84,10 @@ pub enum Command {
     #[command(subcommand)]
     Users(UsersCommand),
 
+    /// Pair master and standby with pinned keys
+    #[command(subcommand)]
+    Pair(PairCommand),
+
     /// Show what the running daemon is doing
     ///
     /// Exits 0 if it runs, 3 if it does not.
@@ -91,6 +95,34 @@ pub enum Command {
         /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PairCommand {
+    /// On the master: print the master's sync key (made on first use)
+    ///
+    /// Paste the printed line into `sftp-ha pair accept-master` on the standby.
+    ShowKey,
+    /// On the standby: let the master's sync key do SFTP into the data dir, and nothing else
+    ///
+    /// Creates the account sftp-ha-sync (uid 0, so files keep their owners),
+    /// installs the key with `restrict`, and makes sshd confine the account to
+    /// the data dir with internal-sftp. Idempotent: accepting again replaces the key.
+    AcceptMaster {
+        /// The public key line printed by `sftp-ha pair show-key` on the master
+        key: String,
+    },
+    /// On the master: fetch, pin and print the standby's ed25519 host key
+    ///
+    /// Compare the fingerprint with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`
+    /// on the standby. A different key later is refused unless --replace is given.
+    TrustStandby {
+        /// HOST[:PORT] of the standby (default: [sync] standby from the config)
+        standby: Option<String>,
+        /// Replace a pinned key that differs (after a reinstall of the standby)
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -141,6 +173,7 @@ fn run(cli: Cli) -> Exit {
         Command::CheckConfig { path } => check_config(path.as_deref().unwrap_or(&cli.config)),
         Command::Status { json } => show_status(json),
         Command::Users(cmd) => users(&cli.config, cmd),
+        Command::Pair(cmd) => pair(&cli.config, cmd),
     }
 }
 
@@ -262,5 +295,66 @@ fn users(config_path: &Path, cmd: UsersCommand) -> Exit {
         Ok(_) => Exit::Ok,
         Err(crate::accounts::Failure::Invalid(_)) => Exit::DataError,
         Err(crate::accounts::Failure::System(_)) => Exit::Failure,
+    }
+}
+
+fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
+    logging::init_cli();
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("sftp-ha: pairing reads and writes the daemon's keys: run it as root");
+        return Exit::NoPermission;
+    }
+    let config = match config::load(config_path) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("sftp-ha: {err}");
+            return Exit::Config;
+        }
+    };
+    let result = match cmd {
+        PairCommand::ShowKey => crate::pair::show_key(&config.state_dir).map(|key| {
+            println!("{key}");
+            eprintln!("On the standby, run: sftp-ha pair accept-master '{key}'");
+        }),
+        PairCommand::AcceptMaster { key } => crate::pair::accept_master(&key, &config.data_dir)
+            .map(|()| {
+                println!(
+                    "accepted: the master may now do SFTP into {} as {}, and nothing else",
+                    config.data_dir.display(),
+                    crate::pair::SYNC_USER
+                );
+            }),
+        PairCommand::TrustStandby { standby, replace } => {
+            let endpoint = match standby.as_deref().map(config::Endpoint::parse) {
+                Some(Ok(e)) => e,
+                Some(Err(why)) => {
+                    eprintln!("sftp-ha: not a standby address: {why}");
+                    return Exit::Usage;
+                }
+                None => match config.sync.standby.clone() {
+                    Some(e) => e,
+                    None => {
+                        eprintln!(
+                            "sftp-ha: no standby given and none in {}; fix: sftp-ha pair trust-standby HOST[:PORT]",
+                            config.path.display()
+                        );
+                        return Exit::Usage;
+                    }
+                },
+            };
+            crate::pair::trust_standby(&endpoint, &config.state_dir, replace).map(|fp| {
+                println!("pinned the ed25519 host key of {endpoint}: {fp}");
+                eprintln!(
+                    "Compare it on the standby with: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"
+                );
+            })
+        }
+    };
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(err) => {
+            eprintln!("sftp-ha: {err}");
+            Exit::Failure
+        }
     }
 }

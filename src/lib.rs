@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod exit;
 pub mod fsutil;
 pub mod logging;
+pub mod pair;
 pub mod sshd;
 pub mod status;
 pub mod timefmt;

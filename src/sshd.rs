@@ -9,6 +9,7 @@ use std::process::Command;
 
 use crate::accounts::plan::MANAGED_GROUP;
 use crate::accounts::system::KEYS_DIR;
+use crate::pair::{SYNC_KEYS, SYNC_USER};
 
 pub const DROP_IN: &str = "/etc/ssh/sshd_config.d/50-sftp-ha.conf";
 const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
@@ -38,6 +39,23 @@ pub fn render(data_dir: &Path) -> String {
         "\
 # Written by sftp-ha (see /etc/sftp-ha/config.toml); do not edit: it is
 # rewritten whenever sftp-ha starts or reloads.
+# The master's sync key (sftp-ha pair accept-master) may do SFTP in {data} and
+# nothing else. The account has uid 0 only so that files keep their owners.
+Match User {SYNC_USER}
+    ChrootDirectory {data}
+    ForceCommand internal-sftp -u 0000
+    AuthorizedKeysFile {SYNC_KEYS}
+    PubkeyAuthentication yes
+    PasswordAuthentication no
+    KbdInteractiveAuthentication no
+    PermitRootLogin prohibit-password
+    DisableForwarding yes
+    AllowTcpForwarding no
+    AllowAgentForwarding no
+    AllowStreamLocalForwarding no
+    X11Forwarding no
+    PermitTunnel no
+    PermitTTY no
 # Members of the group {MANAGED_GROUP} get SFTP only, chrooted to their folder under
 # {data}, with nothing else: no shell, no forwarding, no tunnels, no TTY.
 Match Group {MANAGED_GROUP}
@@ -164,6 +182,8 @@ mod tests {
         assert!(text.contains("PermitTTY no"));
         assert!(text.contains("AllowTcpForwarding no"));
         assert!(text.contains("AuthorizedKeysFile /etc/sftp-ha/authorized_keys/%u"));
+        assert!(text.contains("Match User sftp-ha-sync\n    ChrootDirectory /srv/sftp-ha\n"));
+        assert!(text.contains("AuthorizedKeysFile /etc/sftp-ha/sync_authorized_keys"));
     }
 
     #[test]

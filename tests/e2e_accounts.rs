@@ -509,3 +509,39 @@ fn sshd_refusing_the_drop_in_leaves_sshd_untouched() {
         "{journal}"
     );
 }
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn admin_flag_gives_and_takes_the_admin_folder_and_uids_stay_fixed() {
+    let tb = master_with_admin();
+    let with = |admin: bool| {
+        format!(
+            "{FIRST_ADMIN}  1: {{name: EPuser, password: \"1234\", uid: 2345, admin: {admin}}}\n"
+        )
+    };
+    upload_users(&tb, &with(false), false, "EPuser: created");
+    assert_eq!(tb.ok(MASTER, "id -u EPuser").trim(), "2345");
+    assert_eq!(tb.ok(MASTER, "id -g EPuser").trim(), "2345");
+    assert!(
+        !tb.sftp(MASTER, ADDR, "EPuser", "1234", "ls /admin\n")
+            .status
+            .success()
+    );
+
+    upload_users(&tb, &with(true), false, "EPuser: updated: made admin");
+    let out = tb.sftp(MASTER, ADDR, "EPuser", "1234", "ls -1 /admin\n");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("users.yaml"),
+        "the new admin's folder lacks users.yaml: {}",
+        describe(&out)
+    );
+
+    upload_users(&tb, &with(false), false, "EPuser: updated: no longer admin");
+    assert!(
+        !tb.sftp(MASTER, ADDR, "EPuser", "1234", "ls /admin\n")
+            .status
+            .success()
+    );
+    assert!(can_log_in(&tb, "EPuser", "1234"));
+}

@@ -1,0 +1,241 @@
+//! Pairing master and standby, with trust pinned by the admin, never guessed.
+//!
+//! - `pair show-key` (master): the master's ed25519 sync key, made on first use
+//!   in the state dir; prints the public line.
+//! - `pair accept-master 'KEY'` (standby): lets that key, and only it, do SFTP
+//!   into the data dir as the account `sftp-ha-sync`, and nothing else.
+//! - `pair trust-standby HOST[:PORT]` (master): fetches the standby's ed25519
+//!   host key once, pins it in the state dir and prints its fingerprint for the
+//!   admin to compare. A different key later is refused, never re-learnt.
+//!
+//! Why `sftp-ha-sync` has uid 0: the standby must give every file the owner it
+//! has on the master, and only root may chown. sshd confines the account to
+//! `ChrootDirectory <data_dir>` with `ForceCommand internal-sftp`, no password,
+//! no shell, no forwarding (see [`crate::sshd::render`]), so the key can reach
+//! the data dir and nothing else.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::accounts::plan::check_public_key;
+use crate::config::Endpoint;
+
+/// The standby account the master logs in as.
+pub const SYNC_USER: &str = "sftp-ha-sync";
+/// The master's public key, on the standby (root, 0600, outside the data dir).
+pub const SYNC_KEYS: &str = "/etc/sftp-ha/sync_authorized_keys";
+const KEY_FILE: &str = "sync_key";
+const PINNED_FILE: &str = "standby_host_key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PairError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` failed: {message}")]
+    Command { command: String, message: String },
+    #[error(
+        "not an OpenSSH public key: {0}; fix: paste the whole line `sftp-ha pair show-key` printed on the master"
+    )]
+    BadKey(String),
+    #[error(
+        "no ed25519 host key answered at {0}; fix: check that sshd runs there and the address is right"
+    )]
+    NoHostKey(String),
+    #[error(
+        "the standby {endpoint} now has the host key {new}, but {old} is pinned; if the standby was really reinstalled, check the new fingerprint on it and run `sftp-ha pair trust-standby --replace {endpoint}`"
+    )]
+    HostKeyChanged {
+        endpoint: String,
+        old: String,
+        new: String,
+    },
+    #[error(transparent)]
+    Sshd(#[from] crate::sshd::SshdError),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Error) -> PairError + 'a {
+    move |source| PairError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Runs a tool and returns its stdout; stderr becomes the error.
+fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, PairError> {
+    let command = format!("{program} {}", args.join(" "));
+    let failed = |message: String| PairError::Command {
+        command: command.clone(),
+        message,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(failed(crate::logging::one_line(&String::from_utf8_lossy(
+            &out.stderr,
+        ))))
+    }
+}
+
+/// The master's sync key (private part), made if missing; returns the public line.
+pub fn show_key(state_dir: &Path) -> Result<String, PairError> {
+    let key = state_dir.join(KEY_FILE);
+    let public = state_dir.join(format!("{KEY_FILE}.pub"));
+    if !key.exists() {
+        fs::create_dir_all(state_dir).map_err(io_err("create", state_dir))?;
+        let host = run("hostname", &[], None).unwrap_or_default();
+        let comment = format!("sftp-ha-sync@{}", host.trim());
+        let key_str = key.to_string_lossy();
+        run(
+            "ssh-keygen",
+            &[
+                "-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f", &key_str,
+            ],
+            None,
+        )?;
+    }
+    let line = fs::read_to_string(&public).map_err(io_err("read", &public))?;
+    Ok(line.trim().to_string())
+}
+
+/// The path of the master's private sync key.
+pub fn key_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(KEY_FILE)
+}
+
+/// On the standby: installs the master's key for `sftp-ha-sync` (creating the
+/// account if needed) and makes sure sshd has the confining drop-in.
+pub fn accept_master(key_line: &str, data_dir: &Path) -> Result<(), PairError> {
+    let key_line = key_line.trim();
+    check_public_key(key_line).map_err(PairError::BadKey)?;
+    let exists = run("getent", &["passwd", SYNC_USER], None).is_ok();
+    if !exists {
+        run(
+            "useradd",
+            &[
+                "-o",
+                "-u",
+                "0",
+                "-g",
+                "0",
+                "-M",
+                "-d",
+                "/",
+                "-s",
+                "/usr/sbin/nologin",
+                "-c",
+                "sftp-ha sync from the master",
+                SYNC_USER,
+            ],
+            None,
+        )?;
+        // No password: the key is the only way in.
+        run("usermod", &["-p", "*", SYNC_USER], None)?;
+    }
+    let path = Path::new(SYNC_KEYS);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    }
+    // `restrict` turns off every forwarding and the TTY even if sshd's config changed.
+    let text = format!("restrict {key_line}\n");
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o600, Some((0, 0)))
+        .map_err(io_err("write", path))?;
+    crate::sshd::install(data_dir)?;
+    Ok(())
+}
+
+/// A pinned host key: `ssh-ed25519 AAAA...`.
+fn read_pinned(state_dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(state_dir.join(PINNED_FILE)).ok()?;
+    let mut words = text.split_whitespace();
+    Some(format!("{} {}", words.next()?, words.next()?))
+}
+
+/// SHA256 fingerprint of a public key line, as ssh-keygen prints it.
+fn fingerprint(key: &str) -> Result<String, PairError> {
+    let out = run(
+        "ssh-keygen",
+        &["-l", "-E", "sha256", "-f", "-"],
+        Some(&format!("{key}\n")),
+    )?;
+    Ok(out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// On the master: fetches the standby's host key and pins it. Returns the fingerprint.
+pub fn trust_standby(
+    endpoint: &Endpoint,
+    state_dir: &Path,
+    replace: bool,
+) -> Result<String, PairError> {
+    let port = endpoint.port.to_string();
+    let scan = run(
+        "ssh-keyscan",
+        &["-T", "5", "-t", "ed25519", "-p", &port, &endpoint.host],
+        None,
+    )?;
+    let key = scan
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let mut w = l.split_whitespace().skip(1);
+            match (w.next(), w.next()) {
+                (Some(kind @ "ssh-ed25519"), Some(body)) => Some(format!("{kind} {body}")),
+                _ => None,
+            }
+        })
+        .ok_or_else(|| PairError::NoHostKey(endpoint.to_string()))?;
+    let new = fingerprint(&key)?;
+    if let Some(old) = read_pinned(state_dir)
+        && old != key
+        && !replace
+    {
+        return Err(PairError::HostKeyChanged {
+            endpoint: endpoint.to_string(),
+            old: fingerprint(&old)?,
+            new,
+        });
+    }
+    let path = state_dir.join(PINNED_FILE);
+    fs::create_dir_all(state_dir).map_err(io_err("create", state_dir))?;
+    let text = format!("{key} {endpoint}\n");
+    crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600, None)
+        .map_err(io_err("write", &path))?;
+    Ok(new)
+}
+
+/// The pinned standby host key, for the sync transport to compare against.
+pub fn pinned_host_key(state_dir: &Path) -> Option<String> {
+    read_pinned(state_dir)
+}
