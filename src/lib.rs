@@ -15,4 +15,5 @@ pub mod logging;
 pub mod pair;
 pub mod sshd;
 pub mod status;
+pub mod sync;
 pub mod timefmt;

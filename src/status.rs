@@ -66,6 +66,9 @@ pub struct DaemonStatus {
     /// The last users.yaml apply.
     #[serde(default)]
     pub users_apply: Option<UsersApply>,
+    /// Replication, on a master with a standby.
+    #[serde(default)]
+    pub sync: Option<crate::sync::SyncStatus>,
 }
 
 /// The outcome of the last users.yaml apply, in short.
@@ -160,6 +163,20 @@ impl DaemonStatus {
             "fallback:",
             format!("full scan every {}", self.fallback_interval),
         );
+        if let Some(sync) = &self.sync {
+            row("sync:", sync_words(sync));
+            if sync.files_synced > 0 || sync.last_sync.is_some() {
+                row(
+                    "synced:",
+                    format!(
+                        "{} files, {} bytes since start; last {}",
+                        sync.files_synced,
+                        sync.bytes_synced,
+                        sync.last_sync.map_or("never".into(), format_utc)
+                    ),
+                );
+            }
+        }
         if !self.sshd.is_empty() {
             row("sshd:", self.sshd.clone());
         }
@@ -195,6 +212,30 @@ impl DaemonStatus {
     }
 }
 
+/// The standby's reachability and the queue, in words.
+pub fn sync_words(s: &crate::sync::SyncStatus) -> String {
+    let mut words = if s.connected {
+        format!(
+            "standby {} reachable since {}",
+            s.standby,
+            format_utc(s.since)
+        )
+    } else if let Some(err) = &s.last_error {
+        format!(
+            "standby {} UNREACHABLE since {}: {err}",
+            s.standby,
+            format_utc(s.since)
+        )
+    } else {
+        format!("standby {} not contacted yet", s.standby)
+    };
+    words.push_str(&format!(", {} pending", s.pending));
+    if s.deletes_held_back {
+        words.push_str(", DELETES HELD BACK: the data dir looks empty or unmounted");
+    }
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +261,7 @@ mod tests {
             }),
             sshd: "drop-in installed".into(),
             users_apply: None,
+            sync: None,
         }
     }
 

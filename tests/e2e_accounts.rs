@@ -54,14 +54,20 @@ fn upload_users(tb: &Testbed, text: &str, via_rename: bool, expect: &str) -> Str
         "upload users.yaml: {}",
         describe(&out)
     );
-    let status = wait_for("users.yaml.status", || {
-        std::fs::read_to_string(&status_path).ok()
-    });
-    assert!(
-        status.contains(expect),
-        "users.yaml.status does not say {expect:?}:\n{status}"
-    );
-    status
+    // An earlier apply may still finish after the upload (the daemon re-reads a
+    // users.yaml it has not seen yet); wait for the outcome of this one.
+    let start = std::time::Instant::now();
+    loop {
+        let status = std::fs::read_to_string(&status_path).unwrap_or_default();
+        if status.contains(expect) {
+            return status;
+        }
+        assert!(
+            start.elapsed() < util::PATIENCE,
+            "users.yaml.status does not say {expect:?}:\n{status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn can_log_in(tb: &Testbed, user: &str, password: &str) -> bool {

@@ -263,6 +263,26 @@ pub fn admin_dirs(data_dir: &Path) -> Vec<AdminDir> {
         .collect()
 }
 
+/// On a standby: every `<data_dir>/<name>/admin` folder that is a real folder,
+/// whoever owns it (the master's admins may not have accounts here yet).
+pub fn admin_dirs_on_disk(data_dir: &Path) -> Vec<AdminDir> {
+    let Ok(entries) = fs::read_dir(data_dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let path = e.path().join("admin");
+            let meta = fs::symlink_metadata(&path).ok()?;
+            (meta.is_dir() && fs::symlink_metadata(e.path()).ok()?.is_dir()).then_some(AdminDir {
+                path,
+                uid: meta.uid(),
+                gid: meta.gid(),
+            })
+        })
+        .collect()
+}
+
 /// Makes every admin folder show the same thing: `users_text` (when the apply
 /// succeeded) as users.yaml, except in the folder it came from, and `status` as
 /// users.yaml.status. Each file belongs to the admin whose folder it is in.

@@ -77,6 +77,8 @@ struct Daemon {
     users: UsersWatch,
     /// Receives internal-sftp's log from the chroots; `None` if it could not be set up.
     sftp_log: Option<SftpLog>,
+    /// The replication worker, on a master with a standby.
+    sync: Option<crate::sync::SyncHandle>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `log` is already set up; its level follows the config.
@@ -122,8 +124,9 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
             last_reload: None,
             sshd: String::new(),
             users_apply: None,
+            sync: None,
         },
-        users: UsersWatch::new(&config.data_dir, config.hash_method).map_err(|e| {
+        users: UsersWatch::new(&config.data_dir, config.hash_method, config.role).map_err(|e| {
             DaemonError::Os {
                 what: "inotify for the admin folders",
                 source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
@@ -135,6 +138,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         runtime_dir: status::runtime_dir(),
         activity: String::new(),
         sftp_log: None,
+        sync: None,
     };
     daemon.refresh_config_fields();
     daemon.install_sshd();
@@ -143,6 +147,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
     if let Some(report) = daemon.users.startup() {
         daemon.record_users(&report);
     }
+    daemon.start_sync();
     daemon.set_phase(Phase::Running);
     daemon.notifier.ready(&daemon.status.activity);
     tracing::info!("ready: {}", daemon.status.activity);
@@ -151,6 +156,9 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
 
     daemon.set_phase(Phase::Stopping);
     daemon.notifier.stopping("stopping");
+    if let Some(sync) = daemon.sync.take() {
+        sync.stop(Duration::from_secs(3));
+    }
     tracing::info!("stopped");
     status::remove(&daemon.runtime_dir);
     Ok(())
@@ -206,6 +214,7 @@ impl Daemon {
                 self.set_phase(Phase::Running);
                 self.notifier.status(&self.status.activity);
             }
+            self.refresh_sync_status();
             if std::mem::take(&mut self.users.rewatched)
                 && let Some(log) = &mut self.sftp_log
             {
@@ -261,6 +270,8 @@ impl Daemon {
                     };
                     tracing::info!(config = %path.display(), "config reloaded: {message}");
                     let data_dir_changed = new.data_dir != self.config.data_dir;
+                    let sync_changed = crate::sync::settings(&new).map(|s| format!("{s:?}"))
+                        != crate::sync::settings(&self.config).map(|s| format!("{s:?}"));
                     self.users.set_config(&new.data_dir, new.hash_method);
                     self.config = new;
                     self.status.config_loaded_at = unix_now();
@@ -268,6 +279,13 @@ impl Daemon {
                     if data_dir_changed {
                         self.install_sshd();
                         self.bind_sftp_log();
+                    }
+                    if sync_changed {
+                        if let Some(sync) = self.sync.take() {
+                            sync.stop(Duration::from_secs(3));
+                        }
+                        self.status.sync = None;
+                        self.start_sync();
                     }
                     ReloadOutcome {
                         at: unix_now(),
@@ -318,6 +336,38 @@ impl Daemon {
         };
     }
 
+    /// Starts replication on a master with a standby configured.
+    fn start_sync(&mut self) {
+        if self.config.role != Role::Master {
+            return;
+        }
+        let Some(settings) = crate::sync::settings(&self.config) else {
+            return;
+        };
+        match crate::sync::start(settings) {
+            Ok(handle) => {
+                self.status.sync = Some(handle.snapshot());
+                self.sync = Some(handle);
+                self.refresh_activity();
+            }
+            Err(err) => tracing::error!("cannot start replication: {err}"),
+        }
+    }
+
+    /// Copies the worker's status into the status file and the STATUS= line when it changed.
+    fn refresh_sync_status(&mut self) {
+        let Some(sync) = &self.sync else {
+            return;
+        };
+        let now = sync.snapshot();
+        if self.status.sync.as_ref() != Some(&now) {
+            self.status.sync = Some(now);
+            self.refresh_activity();
+            self.set_phase(self.status.phase);
+            self.notifier.status(&self.status.activity);
+        }
+    }
+
     /// Sets up the SFTP log socket and links it into every chroot.
     fn bind_sftp_log(&mut self) {
         self.sftp_log = match SftpLog::bind(&self.config.data_dir) {
@@ -350,11 +400,21 @@ impl Daemon {
         self.status.data_dir = c.data_dir.clone();
         self.status.standby = c.sync.standby.as_ref().map(ToString::to_string);
         self.status.fallback_interval = format_duration(c.sync.fallback_interval);
+        self.refresh_activity();
+    }
+
+    /// Words the activity line (also the unit's STATUS=).
+    fn refresh_activity(&mut self) {
+        let c = &self.config;
         self.activity = match (c.role, &c.sync.standby) {
-            (Role::Master, Some(s)) => format!(
-                "master serving {}; standby {s} (replication not active in this version)",
-                c.data_dir.display()
-            ),
+            (Role::Master, Some(s)) => match &self.status.sync {
+                Some(sync) => format!(
+                    "master serving {}; {}",
+                    c.data_dir.display(),
+                    crate::status::sync_words(sync)
+                ),
+                None => format!("master serving {}; standby {s}", c.data_dir.display()),
+            },
             (Role::Master, None) => format!(
                 "master serving {}; no standby configured",
                 c.data_dir.display()

@@ -20,6 +20,7 @@ use inotify::{Inotify, WatchDescriptor, WatchMask};
 
 use crate::accounts::crypt::Method;
 use crate::accounts::{self, AdminDir, Report, USERS_FILE};
+use crate::config::Role;
 
 /// Quiet time after the last event before applying.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -39,9 +40,13 @@ pub struct UsersWatch {
     /// When to look for admin folders again: soon after /etc/group changes
     /// (useradd makes the folder just after), and every REWATCH_EVERY.
     rewatch_at: Instant,
-    /// The users.yaml files as we last wrote them (rewritten or copied): an event
-    /// for a file still in that state is our own and is not applied again.
-    ours: HashMap<PathBuf, FileStamp>,
+    /// The users.yaml files as last applied or written by us: a file still in
+    /// that state is not applied again; any other is (an upload, or on a
+    /// standby the master's copy arriving).
+    known: HashMap<PathBuf, FileStamp>,
+    /// On a standby the admin folders come from the master, before their
+    /// accounts exist: every `<data_dir>/*/admin` folder counts.
+    standby: bool,
     pub last_report: Option<Report>,
     /// Set when the admin folders were looked for again, so the daemon can
     /// bring other per-user set-up (the SFTP log link) up to date too.
@@ -49,7 +54,11 @@ pub struct UsersWatch {
 }
 
 impl UsersWatch {
-    pub fn new(data_dir: &Path, hash_method: Option<Method>) -> std::io::Result<UsersWatch> {
+    pub fn new(
+        data_dir: &Path,
+        hash_method: Option<Method>,
+        role: Role,
+    ) -> std::io::Result<UsersWatch> {
         let inotify = Inotify::init()?;
         let etc = inotify
             .watches()
@@ -67,7 +76,8 @@ impl UsersWatch {
             watched: HashMap::new(),
             pending: None,
             rewatch_at: Instant::now(),
-            ours: HashMap::new(),
+            known: HashMap::new(),
+            standby: role == Role::Standby,
             last_report: None,
             rewatched: false,
         })
@@ -85,12 +95,21 @@ impl UsersWatch {
     }
 
     fn admin_dirs(&self) -> Vec<AdminDir> {
-        accounts::admin_dirs(&self.data_dir)
+        if self.standby {
+            accounts::admin_dirs_on_disk(&self.data_dir)
+        } else {
+            accounts::admin_dirs(&self.data_dir)
+        }
     }
 
     /// Watches exactly the current admin folders.
     pub fn rewatch(&mut self) {
-        self.rewatch_at = Instant::now() + REWATCH_EVERY;
+        self.rewatch_at = Instant::now()
+            + if self.standby {
+                Duration::from_secs(1)
+            } else {
+                REWATCH_EVERY
+            };
         self.rewatched = true;
         let dirs = self.admin_dirs();
         let mut watches = self.inotify.watches();
@@ -115,6 +134,20 @@ impl UsersWatch {
                 }
                 Err(err) => {
                     tracing::warn!(path = %d.path.display(), "cannot watch the admin folder: {err}")
+                }
+            }
+        }
+        // A users.yaml not applied yet (it arrived before its folder was watched,
+        // or while we were down): apply it once it has settled.
+        if self.pending.is_none() {
+            for path in self.watched.values() {
+                let file = path.join(USERS_FILE);
+                if let Some(stamp) = FileStamp::of(&file)
+                    && self.known.get(&file) != Some(&stamp)
+                    && stamp.settled()
+                {
+                    self.pending = Some((file, Instant::now() + DEBOUNCE));
+                    break;
                 }
             }
         }
@@ -184,11 +217,11 @@ impl UsersWatch {
             return None;
         }
         if self
-            .ours
+            .known
             .get(&path)
             .is_some_and(|s| Some(*s) == FileStamp::of(&path))
         {
-            // Our own rewrite or copy: already applied.
+            // Our own rewrite or copy, or a file already applied.
             return None;
         }
         Some(self.apply(&path))
@@ -216,12 +249,15 @@ impl UsersWatch {
         };
         let dirs = self.admin_dirs();
         accounts::publish(&dirs, path, published.as_deref(), &report.render());
+        if let Some(stamp) = FileStamp::of(path) {
+            self.known.insert(path.to_path_buf(), stamp);
+        }
         if published.is_some() {
-            self.ours = dirs
-                .iter()
-                .map(|d| d.path.join(USERS_FILE))
-                .filter_map(|p| Some((p.clone(), FileStamp::of(&p)?)))
-                .collect();
+            for p in dirs.iter().map(|d| d.path.join(USERS_FILE)) {
+                if let Some(stamp) = FileStamp::of(&p) {
+                    self.known.insert(p, stamp);
+                }
+            }
         }
         self.last_report = Some(report.clone());
         report
@@ -239,6 +275,11 @@ struct FileStamp {
 }
 
 impl FileStamp {
+    /// Last modified more than a second ago: not in the middle of an upload.
+    fn settled(&self) -> bool {
+        crate::timefmt::unix_now() as i64 > self.mtime + 1
+    }
+
     fn of(path: &Path) -> Option<FileStamp> {
         let m = fs::symlink_metadata(path).ok()?;
         Some(FileStamp {

@@ -1,0 +1,484 @@
+//! A small SFTP v3 client over any byte stream (an ssh2 channel in the `sftp`
+//! subsystem), with the two OpenSSH extensions replication needs:
+//! `posix-rename@openssh.com` (atomic replace, which plain SSH_FXP_RENAME
+//! refuses when the target exists) and `fsync@openssh.com` (durability).
+//!
+//! Why not ssh2's own SFTP API: it has no posix-rename, and libssh2 pipelines
+//! only within one write call. Here writes are pipelined explicitly: up to
+//! [`WINDOW`] requests are in flight before the first reply is read.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+
+const INIT: u8 = 1;
+const VERSION: u8 = 2;
+const OPEN: u8 = 3;
+const CLOSE: u8 = 4;
+const WRITE: u8 = 6;
+const LSTAT: u8 = 7;
+const FSETSTAT: u8 = 10;
+const SETSTAT: u8 = 9;
+const REMOVE: u8 = 13;
+const MKDIR: u8 = 14;
+const RMDIR: u8 = 15;
+const STATUS: u8 = 101;
+const HANDLE: u8 = 102;
+const ATTRS: u8 = 105;
+const EXTENDED: u8 = 200;
+
+pub const OPEN_WRITE: u32 = 0x02;
+pub const OPEN_CREATE: u32 = 0x08;
+pub const OPEN_TRUNCATE: u32 = 0x10;
+
+const ATTR_SIZE: u32 = 0x1;
+const ATTR_UIDGID: u32 = 0x2;
+const ATTR_PERMISSIONS: u32 = 0x4;
+const ATTR_ACMODTIME: u32 = 0x8;
+
+const FX_OK: u32 = 0;
+const FX_NO_SUCH_FILE: u32 = 2;
+
+/// Bytes per WRITE request (OpenSSH accepts packets up to 256 KiB).
+pub const CHUNK: usize = 64 * 1024;
+/// WRITE requests in flight at once: 32 × 64 KiB = 2 MiB, well inside the channel window.
+pub const WINDOW: usize = 32;
+/// Replies larger than this are refused: they cannot come from a sane server.
+const MAX_PACKET: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SftpError {
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("{what}: {message} (SFTP status {code})")]
+    Status {
+        what: String,
+        code: u32,
+        message: String,
+    },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the standby's sftp-server lacks {0}; fix: use OpenSSH 5.x or later on the standby")]
+    MissingExtension(&'static str),
+}
+
+impl SftpError {
+    pub fn is_no_such_file(&self) -> bool {
+        matches!(
+            self,
+            SftpError::Status {
+                code: FX_NO_SUCH_FILE,
+                ..
+            }
+        )
+    }
+}
+
+/// File attributes as SFTP v3 carries them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attrs {
+    pub size: Option<u64>,
+    pub owner: Option<(u32, u32)>,
+    pub mode: Option<u32>,
+    /// (atime, mtime) in whole seconds: SFTP v3 has no sub-second times.
+    pub times: Option<(u32, u32)>,
+}
+
+impl Attrs {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut flags = 0;
+        if self.size.is_some() {
+            flags |= ATTR_SIZE;
+        }
+        if self.owner.is_some() {
+            flags |= ATTR_UIDGID;
+        }
+        if self.mode.is_some() {
+            flags |= ATTR_PERMISSIONS;
+        }
+        if self.times.is_some() {
+            flags |= ATTR_ACMODTIME;
+        }
+        put_u32(out, flags);
+        if let Some(size) = self.size {
+            out.extend_from_slice(&size.to_be_bytes());
+        }
+        if let Some((uid, gid)) = self.owner {
+            put_u32(out, uid);
+            put_u32(out, gid);
+        }
+        if let Some(mode) = self.mode {
+            put_u32(out, mode);
+        }
+        if let Some((atime, mtime)) = self.times {
+            put_u32(out, atime);
+            put_u32(out, mtime);
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Attrs, SftpError> {
+        let flags = r.u32()?;
+        let mut a = Attrs::default();
+        if flags & ATTR_SIZE != 0 {
+            a.size = Some(r.u64()?);
+        }
+        if flags & ATTR_UIDGID != 0 {
+            a.owner = Some((r.u32()?, r.u32()?));
+        }
+        if flags & ATTR_PERMISSIONS != 0 {
+            a.mode = Some(r.u32()?);
+        }
+        if flags & ATTR_ACMODTIME != 0 {
+            a.times = Some((r.u32()?, r.u32()?));
+        }
+        Ok(a)
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    put_u32(out, s.len() as u32);
+    out.extend_from_slice(s);
+}
+
+/// Reads fields from a packet body, failing cleanly on a short packet.
+struct Reader<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SftpError> {
+        if self.data.len() < n {
+            return Err(SftpError::Protocol("a reply ended early".into()));
+        }
+        let (head, rest) = self.data.split_at(n);
+        self.data = rest;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, SftpError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, SftpError> {
+        Ok((u64::from(self.u32()?) << 32) | u64::from(self.u32()?))
+    }
+    fn string(&mut self) -> Result<&'a [u8], SftpError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+/// One reply: its type and body after the request id.
+struct Reply {
+    kind: u8,
+    body: Vec<u8>,
+}
+
+pub struct SftpClient<S: Read + Write> {
+    stream: S,
+    next_id: u32,
+    extensions: HashSet<String>,
+    /// Replies read while waiting for another id (pipelining).
+    early: HashMap<u32, Reply>,
+}
+
+impl<S: Read + Write> SftpClient<S> {
+    /// Sends INIT and reads the server's VERSION with its extensions.
+    pub fn new(mut stream: S) -> Result<SftpClient<S>, SftpError> {
+        let mut init = Vec::new();
+        put_u32(&mut init, 5);
+        init.push(INIT);
+        put_u32(&mut init, 3);
+        // Never flush(): on an ssh2 channel it discards received data (libssh2_channel_flush).
+        stream.write_all(&init)?;
+        let (kind, body) = read_packet(&mut stream)?;
+        if kind != VERSION {
+            return Err(SftpError::Protocol(format!(
+                "expected VERSION, got type {kind}"
+            )));
+        }
+        let mut r = Reader { data: &body };
+        let version = r.u32()?;
+        if version < 3 {
+            return Err(SftpError::Protocol(format!(
+                "server speaks SFTP version {version}"
+            )));
+        }
+        let mut extensions = HashSet::new();
+        while !r.data.is_empty() {
+            let name = r.string()?;
+            let _data = r.string()?;
+            extensions.insert(String::from_utf8_lossy(name).into_owned());
+        }
+        Ok(SftpClient {
+            stream,
+            next_id: 1,
+            extensions,
+            early: HashMap::new(),
+        })
+    }
+
+    fn send(&mut self, kind: u8, payload: &[u8]) -> Result<u32, SftpError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let mut packet = Vec::with_capacity(payload.len() + 9);
+        put_u32(&mut packet, (payload.len() + 5) as u32);
+        packet.push(kind);
+        put_u32(&mut packet, id);
+        packet.extend_from_slice(payload);
+        self.stream.write_all(&packet)?;
+        Ok(id)
+    }
+
+    fn reply(&mut self, id: u32) -> Result<Reply, SftpError> {
+        if let Some(r) = self.early.remove(&id) {
+            return Ok(r);
+        }
+        loop {
+            let (kind, body) = read_packet(&mut self.stream)?;
+            let mut r = Reader { data: &body };
+            let got = r.u32()?;
+            let reply = Reply {
+                kind,
+                body: r.data.to_vec(),
+            };
+            if got == id {
+                return Ok(reply);
+            }
+            self.early.insert(got, reply);
+        }
+    }
+
+    fn status(&mut self, id: u32, what: impl Fn() -> String) -> Result<(), SftpError> {
+        let reply = self.reply(id)?;
+        check_status(&reply, what)
+    }
+
+    fn request(
+        &mut self,
+        kind: u8,
+        payload: &[u8],
+        what: impl Fn() -> String,
+    ) -> Result<(), SftpError> {
+        let id = self.send(kind, payload)?;
+        self.status(id, what)
+    }
+
+    fn extended(
+        &mut self,
+        name: &'static str,
+        args: &[&[u8]],
+        what: impl Fn() -> String,
+    ) -> Result<(), SftpError> {
+        if !self.extensions.contains(name) {
+            return Err(SftpError::MissingExtension(name));
+        }
+        let mut payload = Vec::new();
+        put_str(&mut payload, name.as_bytes());
+        for a in args {
+            put_str(&mut payload, a);
+        }
+        self.request(EXTENDED, &payload, what)
+    }
+
+    /// Opens `path` for writing (created, truncated) with `attrs`; returns the handle.
+    pub fn create(&mut self, path: &[u8], attrs: Attrs) -> Result<Vec<u8>, SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, path);
+        put_u32(&mut p, OPEN_WRITE | OPEN_CREATE | OPEN_TRUNCATE);
+        attrs.encode(&mut p);
+        let id = self.send(OPEN, &p)?;
+        let reply = self.reply(id)?;
+        if reply.kind == HANDLE {
+            let mut r = Reader { data: &reply.body };
+            return Ok(r.string()?.to_vec());
+        }
+        check_status(&reply, || format!("open {}", show(path)))?;
+        Err(SftpError::Protocol(
+            "OPEN answered OK without a handle".into(),
+        ))
+    }
+
+    /// Writes everything `source` yields to `handle`, pipelined. Returns the byte count.
+    pub fn write_from(&mut self, handle: &[u8], source: &mut impl Read) -> Result<u64, SftpError> {
+        let mut offset = 0u64;
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = read_full(source, &mut buf)?;
+            if n > 0 {
+                let mut p = Vec::with_capacity(n + handle.len() + 16);
+                put_str(&mut p, handle);
+                p.extend_from_slice(&offset.to_be_bytes());
+                put_str(&mut p, &buf[..n]);
+                in_flight.push_back(self.send(WRITE, &p)?);
+                offset += n as u64;
+            }
+            if in_flight.len() >= WINDOW || (n == 0 && !in_flight.is_empty()) {
+                if let Some(id) = in_flight.pop_front() {
+                    self.status(id, || "write".into())?;
+                }
+            }
+            if n == 0 && in_flight.is_empty() {
+                return Ok(offset);
+            }
+        }
+    }
+
+    pub fn fsetstat(&mut self, handle: &[u8], attrs: Attrs) -> Result<(), SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, handle);
+        attrs.encode(&mut p);
+        self.request(FSETSTAT, &p, || "set attributes".into())
+    }
+
+    pub fn fsync(&mut self, handle: &[u8]) -> Result<(), SftpError> {
+        self.extended("fsync@openssh.com", &[handle], || "fsync".into())
+    }
+
+    pub fn close(&mut self, handle: &[u8]) -> Result<(), SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, handle);
+        self.request(CLOSE, &p, || "close".into())
+    }
+
+    /// Atomically replaces `to` with `from` (rename(2) on the standby).
+    pub fn posix_rename(&mut self, from: &[u8], to: &[u8]) -> Result<(), SftpError> {
+        self.extended("posix-rename@openssh.com", &[from, to], || {
+            format!("rename {} to {}", show(from), show(to))
+        })
+    }
+
+    pub fn remove(&mut self, path: &[u8]) -> Result<(), SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, path);
+        self.request(REMOVE, &p, || format!("remove {}", show(path)))
+    }
+
+    pub fn rmdir(&mut self, path: &[u8]) -> Result<(), SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, path);
+        self.request(RMDIR, &p, || format!("rmdir {}", show(path)))
+    }
+
+    pub fn mkdir(&mut self, path: &[u8], attrs: Attrs) -> Result<(), SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, path);
+        attrs.encode(&mut p);
+        self.request(MKDIR, &p, || format!("mkdir {}", show(path)))
+    }
+
+    pub fn setstat(&mut self, path: &[u8], attrs: Attrs) -> Result<(), SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, path);
+        attrs.encode(&mut p);
+        self.request(SETSTAT, &p, || format!("set attributes of {}", show(path)))
+    }
+
+    /// Attributes of `path` without following a symlink; `None` if it does not exist.
+    pub fn lstat(&mut self, path: &[u8]) -> Result<Option<Attrs>, SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, path);
+        let id = self.send(LSTAT, &p)?;
+        let reply = self.reply(id)?;
+        if reply.kind == ATTRS {
+            return Ok(Some(Attrs::decode(&mut Reader { data: &reply.body })?));
+        }
+        match check_status(&reply, || format!("lstat {}", show(path))) {
+            Err(e) if e.is_no_such_file() => Ok(None),
+            Err(e) => Err(e),
+            Ok(()) => Err(SftpError::Protocol(
+                "LSTAT answered OK without attributes".into(),
+            )),
+        }
+    }
+}
+
+fn check_status(reply: &Reply, what: impl Fn() -> String) -> Result<(), SftpError> {
+    if reply.kind != STATUS {
+        return Err(SftpError::Protocol(format!(
+            "expected STATUS, got type {}",
+            reply.kind
+        )));
+    }
+    let mut r = Reader { data: &reply.body };
+    let code = r.u32()?;
+    if code == FX_OK {
+        return Ok(());
+    }
+    let message = r
+        .string()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .unwrap_or_default();
+    Err(SftpError::Status {
+        what: what(),
+        code,
+        message,
+    })
+}
+
+fn read_packet(stream: &mut impl Read) -> Result<(u8, Vec<u8>), SftpError> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_PACKET {
+        return Err(SftpError::Protocol(format!("a reply of {len} bytes")));
+    }
+    let mut data = vec![0u8; len];
+    stream.read_exact(&mut data)?;
+    let kind = data[0];
+    data.remove(0);
+    Ok((kind, data))
+}
+
+/// Fills `buf` unless the source ends first; returns how much it read.
+fn read_full(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// A path for messages: bytes shown as text where they are UTF-8.
+pub fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attrs_round_trip() {
+        let a = Attrs {
+            size: Some(1 << 40),
+            owner: Some((1000, 1001)),
+            mode: Some(0o100640),
+            times: Some((1, 2)),
+        };
+        let mut out = Vec::new();
+        a.encode(&mut out);
+        assert_eq!(Attrs::decode(&mut Reader { data: &out }).unwrap(), a);
+        let mut out = Vec::new();
+        Attrs::default().encode(&mut out);
+        assert_eq!(out, vec![0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn short_replies_are_errors_not_panics() {
+        let mut r = Reader {
+            data: &[0, 0, 0, 9, 1],
+        };
+        assert!(r.string().is_err());
+        assert!(read_packet(&mut &[0u8, 0, 0, 0][..]).is_err());
+        assert!(read_packet(&mut &[0xffu8, 0, 0, 0][..]).is_err());
+    }
+}

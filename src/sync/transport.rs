@@ -1,0 +1,150 @@
+//! The connection to the standby: SSH (libssh2, through ssh2) with the pinned
+//! host key and the master's sync key, then the SFTP subsystem.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use ssh2::Session;
+
+use super::sftp::{SftpClient, SftpError};
+use crate::config::Endpoint;
+use crate::pair::SYNC_USER;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Any single SSH operation that takes longer means the standby is unreachable
+/// (a cut link shows as silence, not as an error).
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keepalives keep NAT and firewalls open and notice a dead peer.
+const KEEPALIVE_SECS: u32 = 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot reach the standby {endpoint}: {message}")]
+    Connect { endpoint: String, message: String },
+    #[error("no standby host key is pinned; fix: run `sftp-ha pair trust-standby` on the master")]
+    NotPinned,
+    #[error(
+        "the standby {endpoint} presented a host key that is not the pinned one: sync stopped; if the standby was reinstalled, check its fingerprint and run `sftp-ha pair trust-standby --replace`"
+    )]
+    HostKeyMismatch { endpoint: String },
+    #[error(
+        "the standby {endpoint} refused the master's sync key: {message}; fix: run `sftp-ha pair accept-master '<key from sftp-ha pair show-key>'` on the standby"
+    )]
+    Auth { endpoint: String, message: String },
+    #[error("SFTP with the standby: {0}")]
+    Sftp(#[from] SftpError),
+}
+
+impl TransportError {
+    /// Errors that trying again cannot fix: they need the admin.
+    pub fn needs_admin(&self) -> bool {
+        matches!(
+            self,
+            TransportError::NotPinned
+                | TransportError::HostKeyMismatch { .. }
+                | TransportError::Auth { .. }
+        )
+    }
+}
+
+pub struct Standby {
+    // Kept alive for the channel inside `sftp`.
+    _session: Session,
+    pub sftp: SftpClient<ssh2::Channel>,
+}
+
+impl Standby {
+    /// Connects, checks the host key against `pinned` (`ssh-ed25519 BASE64`),
+    /// authenticates with `key`, and opens SFTP.
+    pub fn connect(
+        endpoint: &Endpoint,
+        pinned: Option<&str>,
+        key: &Path,
+    ) -> Result<Standby, TransportError> {
+        let pinned = pinned.ok_or(TransportError::NotPinned)?;
+        let fail = |message: String| TransportError::Connect {
+            endpoint: endpoint.to_string(),
+            message,
+        };
+        let addr = (endpoint.host.as_str(), endpoint.port)
+            .to_socket_addrs()
+            .map_err(|e| fail(e.to_string()))?
+            .next()
+            .ok_or_else(|| fail("the name has no address".into()))?;
+        let tcp =
+            TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| fail(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let mut session = Session::new().map_err(|e| fail(e.to_string()))?;
+        session.set_tcp_stream(tcp);
+        session.set_timeout(IO_TIMEOUT.as_millis() as u32);
+        // Only the key type we pin, so the server cannot offer another one instead.
+        session
+            .method_pref(ssh2::MethodType::HostKey, "ssh-ed25519")
+            .map_err(|e| fail(e.to_string()))?;
+        session.handshake().map_err(|e| fail(e.to_string()))?;
+        let (blob, _) = session
+            .host_key()
+            .ok_or_else(|| fail("no host key".into()))?;
+        let offered = format!("ssh-ed25519 {}", base64(blob));
+        if offered != pinned {
+            return Err(TransportError::HostKeyMismatch {
+                endpoint: endpoint.to_string(),
+            });
+        }
+        session
+            .userauth_pubkey_file(SYNC_USER, None, key, None)
+            .map_err(|e| TransportError::Auth {
+                endpoint: endpoint.to_string(),
+                message: e.message().to_string(),
+            })?;
+        session.set_keepalive(true, KEEPALIVE_SECS);
+        let mut channel = session.channel_session().map_err(|e| fail(e.to_string()))?;
+        channel.subsystem("sftp").map_err(|e| fail(e.to_string()))?;
+        let sftp = SftpClient::new(channel)?;
+        Ok(Standby {
+            _session: session,
+            sftp,
+        })
+    }
+}
+
+/// Standard base64 with padding (what OpenSSH writes in key lines).
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(super::base64(input.as_bytes()), expected);
+        }
+    }
+}

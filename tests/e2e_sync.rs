@@ -1,0 +1,185 @@
+//! End-to-end tests of replication on the test bed: files uploaded to the
+//! master with the stock sftp client reach the standby intact, users.yaml
+//! travels too and the same users log in there. Run by `tests/run-all`.
+
+mod util;
+
+use util::{MASTER, STANDBY, Testbed, describe, package, stdout, wait_for};
+
+const USERS: &str = "users:\n  ADMIN: {name: admin, password: \"35oi3g4l3he\", admin: true}\n  1: {name: EPuser, password: \"1234\"}\n";
+
+/// A paired master and standby with users applied on the master.
+fn replicating_pair() -> Testbed {
+    let tb = Testbed::up();
+    for host in [MASTER, STANDBY] {
+        tb.install(host, &package("current", "deb"));
+    }
+    tb.write(STANDBY, "/etc/sftp-ha/config.toml", "role = \"standby\"\n");
+    tb.ok(STANDBY, "systemctl restart sftp-ha");
+    let key = tb.ok(MASTER, "sftp-ha pair show-key").trim().to_string();
+    tb.ok(STANDBY, &format!("sftp-ha pair accept-master '{key}'"));
+    tb.ok(MASTER, "sftp-ha pair trust-standby 10.231.0.2");
+    tb.write(
+        MASTER,
+        "/etc/sftp-ha/config.toml",
+        "role = \"master\"\n[sync]\nstandby = \"10.231.0.2\"\n",
+    );
+    tb.ok(MASTER, "systemctl restart sftp-ha");
+    tb.write(MASTER, "/root/users.yaml", USERS);
+    tb.ok(MASTER, "sftp-ha users apply /root/users.yaml");
+    tb
+}
+
+/// `stat` of a path on a host: size, owner, group, mode, mtime (seconds).
+fn stat(tb: &Testbed, host: &str, path: &str) -> Option<String> {
+    let out = tb.sh(host, &format!("stat -c '%s %u %g %a %Y' '{path}'"));
+    out.status
+        .success()
+        .then(|| stdout(&out).trim().to_string())
+}
+
+fn same_on_standby(tb: &Testbed, path: &str) -> String {
+    let want = stat(tb, MASTER, path).unwrap_or_else(|| panic!("{path} missing on the master"));
+    wait_for(&format!("{path} on the standby"), || {
+        (stat(tb, STANDBY, path).as_deref() == Some(want.as_str())).then_some(())
+    });
+    let sums = format!("sha256sum '{path}' | cut -d' ' -f1");
+    assert_eq!(
+        tb.ok(MASTER, &sums),
+        tb.ok(STANDBY, &sums),
+        "{path}: content differs"
+    );
+    want
+}
+
+/// A checksum listing of the whole data dir (names, types, owners, modes, contents).
+/// Empty while a tree is changing under `find` (then the caller's wait tries again).
+fn listing(tb: &Testbed, host: &str) -> String {
+    let out = tb.sh(
+        host,
+        "cd /srv/sftp-ha && find . \\( -type f -o -type d \\) ! -name 'users.yaml.status' ! -path './*/dev*' -print0 | sort -z | \
+         xargs -0 stat -c '%n|%F|%u|%g|%a|%s' && find . -type f ! -name 'users.yaml.status' -print0 | sort -z | xargs -0 sha256sum",
+    );
+    if out.status.success() {
+        stdout(&out)
+    } else {
+        format!("{host}: changing")
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn uploads_reach_the_standby_and_the_same_users_log_in_there() {
+    let tb = replicating_pair();
+
+    // users.yaml travels and the standby applies it: same uids, same hashes.
+    wait_for("EPuser on the standby", || {
+        tb.sh(STANDBY, "id EPuser").status.success().then_some(())
+    });
+    assert_eq!(
+        tb.ok(STANDBY, "id -u EPuser"),
+        tb.ok(MASTER, "id -u EPuser")
+    );
+    assert_eq!(
+        tb.ok(STANDBY, "getent shadow EPuser | cut -d: -f2"),
+        tb.ok(MASTER, "getent shadow EPuser | cut -d: -f2")
+    );
+
+    // A user uploads with the stock sftp client; the file arrives intact.
+    let local = tb.path(MASTER, "/var/tmp/report.bin");
+    std::fs::write(
+        &local,
+        (0..200_000u32)
+            .flat_map(|i| i.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let out = tb.sftp(
+        MASTER,
+        "10.231.0.1",
+        "EPuser",
+        "1234",
+        &format!("put {} report.bin\n", local.display()),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    same_on_standby(&tb, "/srv/sftp-ha/EPuser/upload/report.bin");
+
+    // After a failover the user logs in to the standby with the same password and finds it.
+    let out = tb.sftp(STANDBY, "10.231.0.2", "EPuser", "1234", "ls -l\n");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stdout(&out).contains("report.bin"), "{}", describe(&out));
+
+    // Folders, empty files, awkward names, a rename and a delete.
+    tb.ok(
+        MASTER,
+        "cd /srv/sftp-ha/EPuser/upload && mkdir -p 'a dir/nested/empty' && : > zero && \
+         printf x > 'with space' && printf y > 'ünïcødé' && printf z > \"$(printf 'new\\nline')\" && \
+         chown -R EPuser:EPuser . && chmod 600 zero && mv report.bin renamed.bin",
+    );
+    wait_for("identical trees", || {
+        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
+    });
+    assert!(
+        tb.sh(STANDBY, "test -e /srv/sftp-ha/EPuser/upload/report.bin")
+            .status
+            .code()
+            == Some(1)
+    );
+    tb.ok(
+        MASTER,
+        "rm -r '/srv/sftp-ha/EPuser/upload/a dir' /srv/sftp-ha/EPuser/upload/zero",
+    );
+    wait_for("deletes mirrored", || {
+        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
+    });
+
+    // Symlinks are not replicated (and never followed).
+    tb.ok(MASTER, "ln -s /etc/shadow /srv/sftp-ha/EPuser/upload/evil && touch /srv/sftp-ha/EPuser/upload/after-link");
+    same_on_standby(&tb, "/srv/sftp-ha/EPuser/upload/after-link");
+    assert!(
+        tb.sh(
+            STANDBY,
+            "test -e /srv/sftp-ha/EPuser/upload/evil -o -L /srv/sftp-ha/EPuser/upload/evil"
+        )
+        .status
+        .code()
+            == Some(1)
+    );
+
+    let status = tb.ok(MASTER, "sftp-ha status");
+    assert!(status.contains("reachable since"), "{status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&tb.ok(MASTER, "sftp-ha status --json")).unwrap();
+    assert_eq!(json["status"]["sync"]["connected"], true);
+    assert_eq!(json["status"]["sync"]["pending"], 0);
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_cut_off_standby_catches_up_without_waiting_for_the_fallback_scan() {
+    let tb = replicating_pair();
+    tb.ok(MASTER, "echo first > /srv/sftp-ha/EPuser/upload/first && chown EPuser: /srv/sftp-ha/EPuser/upload/first");
+    same_on_standby(&tb, "/srv/sftp-ha/EPuser/upload/first");
+
+    tb.cut(STANDBY);
+    tb.ok(
+        MASTER,
+        "cd /srv/sftp-ha/EPuser/upload && for i in $(seq 1 200); do echo $i > f$i; done && chown EPuser: f*",
+    );
+    wait_for("the master to notice the standby is gone", || {
+        let s = tb.ok(MASTER, "sftp-ha status");
+        s.contains("UNREACHABLE").then_some(())
+    });
+    tb.uncut(STANDBY);
+    wait_for("all 200 files on the standby", || {
+        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
+    });
+    // Partial uploads lived under temporary names only, and are gone.
+    let temps = tb.ok(STANDBY, "find /srv/sftp-ha -name '.sftp-ha-tmp.*' | wc -l");
+    assert_eq!(temps.trim(), "0");
+    // The status catches up within a tick of the daemon's main loop.
+    wait_for("the status to show the standby back", || {
+        let s = tb.ok(MASTER, "sftp-ha status");
+        (s.contains("reachable since") && s.contains(", 0 pending")).then_some(())
+    });
+}
