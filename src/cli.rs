@@ -276,12 +276,9 @@ fn users(config_path: &Path, cmd: UsersCommand) -> Exit {
         eprintln!("sftp-ha: users apply changes accounts: run it as root");
         return Exit::NoPermission;
     }
-    let config = match config::load(config_path) {
+    let config = match load_config(config_path) {
         Ok(c) => c,
-        Err(err) => {
-            eprintln!("sftp-ha: {err}");
-            return Exit::Config;
-        }
+        Err(exit) => return exit,
     };
     let report = crate::accounts::apply_file(&file, &config.data_dir, config.hash_method, dry_run);
     print!("{}", report.render());
@@ -304,12 +301,9 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
         eprintln!("sftp-ha: pairing reads and writes the daemon's keys: run it as root");
         return Exit::NoPermission;
     }
-    let config = match config::load(config_path) {
+    let config = match load_config(config_path) {
         Ok(c) => c,
-        Err(err) => {
-            eprintln!("sftp-ha: {err}");
-            return Exit::Config;
-        }
+        Err(exit) => return exit,
     };
     let result = match cmd {
         PairCommand::ShowKey => crate::pair::show_key(&config.state_dir).map(|key| {
@@ -357,4 +351,12 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
             Exit::Failure
         }
     }
+}
+
+/// The config for a one-shot command; an error is printed and becomes exit 78.
+fn load_config(path: &Path) -> Result<config::Config, Exit> {
+    config::load(path).map_err(|err| {
+        eprintln!("sftp-ha: {err}");
+        Exit::Config
+    })
 }

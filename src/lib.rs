@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod exit;

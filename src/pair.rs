@@ -17,7 +17,6 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use crate::accounts::plan::check_public_key;
 use crate::config::Endpoint;
@@ -38,8 +37,8 @@ pub enum PairError {
         #[source]
         source: io::Error,
     },
-    #[error("`{command}` failed: {message}")]
-    Command { command: String, message: String },
+    #[error(transparent)]
+    Command(#[from] crate::command::CommandError),
     #[error(
         "not an OpenSSH public key: {0}; fix: paste the whole line `sftp-ha pair show-key` printed on the master"
     )]
@@ -68,41 +67,12 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Error) -> PairE
     }
 }
 
-/// Runs a tool and returns its stdout; stderr becomes the error.
 fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, PairError> {
-    let command = format!("{program} {}", args.join(" "));
-    let failed = |message: String| PairError::Command {
-        command: command.clone(),
-        message,
-    };
-    let mut child = Command::new(program)
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| failed(e.to_string()))?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        use std::io::Write;
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| failed(e.to_string()))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| failed(e.to_string()))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(failed(crate::logging::one_line(&String::from_utf8_lossy(
-            &out.stderr,
-        ))))
-    }
+    Ok(crate::command::run(
+        program,
+        args,
+        input.map(str::as_bytes),
+    )?)
 }
 
 /// The master's sync key (private part), made if missing; returns the public line.

@@ -33,6 +33,17 @@ pub enum SshdError {
     Reload(String),
 }
 
+/// What no sftp-ha account may do: forward anything or get a terminal.
+const LOCKDOWN: &str = concat!(
+    "    DisableForwarding yes\n",
+    "    AllowTcpForwarding no\n",
+    "    AllowAgentForwarding no\n",
+    "    AllowStreamLocalForwarding no\n",
+    "    X11Forwarding no\n",
+    "    PermitTunnel no\n",
+    "    PermitTTY no\n",
+);
+
 /// The drop-in's text for a data dir (pure, so it is unit-tested).
 pub fn render(data_dir: &Path) -> String {
     format!(
@@ -49,14 +60,7 @@ Match User {SYNC_USER}
     PasswordAuthentication no
     KbdInteractiveAuthentication no
     PermitRootLogin prohibit-password
-    DisableForwarding yes
-    AllowTcpForwarding no
-    AllowAgentForwarding no
-    AllowStreamLocalForwarding no
-    X11Forwarding no
-    PermitTunnel no
-    PermitTTY no
-# Members of the group {MANAGED_GROUP} get SFTP only, chrooted to their folder under
+{LOCKDOWN}# Members of the group {MANAGED_GROUP} get SFTP only, chrooted to their folder under
 # {data}, with nothing else: no shell, no forwarding, no tunnels, no TTY.
 Match Group {MANAGED_GROUP}
     ChrootDirectory {data}/%u
@@ -64,14 +68,7 @@ Match Group {MANAGED_GROUP}
     AuthorizedKeysFile {KEYS_DIR}/%u
     PasswordAuthentication yes
     PubkeyAuthentication yes
-    DisableForwarding yes
-    AllowTcpForwarding no
-    AllowAgentForwarding no
-    AllowStreamLocalForwarding no
-    X11Forwarding no
-    PermitTunnel no
-    PermitTTY no
-",
+{LOCKDOWN}",
         data = data_dir.display()
     )
 }
@@ -179,7 +176,12 @@ mod tests {
         assert!(text.contains("Match Group sftp-ha\n"));
         assert!(text.contains("ChrootDirectory /srv/sftp-ha/%u"));
         assert!(text.contains("ForceCommand internal-sftp -l INFO"));
-        assert!(text.contains("PermitTTY no"));
+        assert_eq!(text.matches("\n    PermitTTY no\n").count(), 2, "{text}");
+        assert_eq!(
+            text.matches("\n    AllowTcpForwarding no\n").count(),
+            2,
+            "{text}"
+        );
         assert!(text.contains("AllowTcpForwarding no"));
         assert!(text.contains("AuthorizedKeysFile /etc/sftp-ha/authorized_keys/%u"));
         assert!(text.contains("Match User sftp-ha-sync\n    ChrootDirectory /srv/sftp-ha\n"));

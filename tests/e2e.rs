@@ -28,25 +28,7 @@ fn wait_active(tb: &Testbed, host: &str) -> String {
 
 /// Options that make the stock ssh client non-interactive against the test hosts.
 fn ssh_opts() -> Vec<String> {
-    let dir =
-        std::env::var("SFTP_HA_TESTBED_DIR").unwrap_or_else(|_| "/var/tmp/sftp-ha-testbed".into());
-    [
-        "-i",
-        &format!("{dir}/client/id_ed25519"),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=3",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect()
+    util::key_options(&util::client_key())
 }
 
 #[test]

@@ -364,9 +364,7 @@ fn password_change_removal_and_return() {
 #[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
 fn public_keys_and_a_second_admin() {
     let tb = master_with_admin();
-    let dir =
-        std::env::var("SFTP_HA_TESTBED_DIR").unwrap_or_else(|_| "/var/tmp/sftp-ha-testbed".into());
-    let key = format!("{dir}/client/id_ed25519");
+    let key = util::client_key();
     let public = std::fs::read_to_string(format!("{key}.pub")).expect("test bed client key");
     let with_key = format!(
         "{FIRST_ADMIN}  2: {{name: admin2, password: \"s3cond\", admin: true}}\n  3:\n    name: keyuser\n    password: \"k3yuser\"\n    public_keys:\n      - {}\n",
@@ -375,27 +373,17 @@ fn public_keys_and_a_second_admin() {
     upload_users(&tb, &with_key, false, "keyuser: created");
 
     let key_login = || {
-        let batch = b"pwd\n";
-        tb.client(
-            MASTER,
-            &[
-                "sftp",
-                "-i",
-                &key,
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "PasswordAuthentication=no",
-                "-b",
-                "-",
-                "keyuser@10.231.0.1",
-            ],
-            Some(batch),
-        )
+        let options = util::key_options(&key);
+        let mut args: Vec<&str> = vec!["sftp"];
+        args.extend(options.iter().map(String::as_str));
+        args.extend([
+            "-o",
+            "PasswordAuthentication=no",
+            "-b",
+            "-",
+            "keyuser@10.231.0.1",
+        ]);
+        tb.client(MASTER, &args, Some(b"pwd\n"))
     };
     let out = key_login();
     assert!(out.status.success(), "key login: {}", describe(&out));

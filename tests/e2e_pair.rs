@@ -45,22 +45,9 @@ fn as_master(
     input: Option<&[u8]>,
 ) -> std::process::Output {
     let key = tb.path(MASTER, "/var/lib/sftp-ha/sync_key");
-    let key = key.to_str().expect("UTF-8 path").to_string();
-    let mut args = vec![
-        program,
-        "-i",
-        &key,
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=5",
-    ];
+    let options = util::key_options(key.to_str().expect("UTF-8 path"));
+    let mut args: Vec<&str> = vec![program];
+    args.extend(options.iter().map(String::as_str));
     args.extend_from_slice(extra);
     tb.client(MASTER, &args, input)
 }

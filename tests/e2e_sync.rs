@@ -114,11 +114,37 @@ fn uploads_reach_the_standby_and_the_same_users_log_in_there() {
         MASTER,
         "cd /srv/sftp-ha/EPuser/upload && mkdir -p 'a dir/nested/empty' && : > zero && \
          printf x > 'with space' && printf y > 'ünïcødé' && printf z > \"$(printf 'new\\nline')\" && \
-         chown -R EPuser:EPuser . && chmod 600 zero && mv report.bin renamed.bin",
+         printf w > 'a dir/nested/deep' && chown -R EPuser:EPuser . && chmod 600 zero",
     );
     wait_for("identical trees", || {
         (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
     });
+
+    // Renames of a file and of a folder are renames on the standby: same inodes there,
+    // nothing re-sent.
+    let inode = |path: &str| tb.ok(STANDBY, &format!("stat -c %i '{path}'"));
+    let up = "/srv/sftp-ha/EPuser/upload";
+    let (file_inode, dir_inode) = (
+        inode(&format!("{up}/report.bin")),
+        inode(&format!("{up}/a dir/nested/deep")),
+    );
+    tb.ok(
+        MASTER,
+        &format!("cd {up} && mv report.bin renamed.bin && mv 'a dir' 'b dir'"),
+    );
+    wait_for("identical trees after renames", || {
+        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
+    });
+    assert_eq!(
+        inode(&format!("{up}/renamed.bin")),
+        file_inode,
+        "the renamed file was re-sent"
+    );
+    assert_eq!(
+        inode(&format!("{up}/b dir/nested/deep")),
+        dir_inode,
+        "the renamed folder was re-sent"
+    );
     assert!(
         tb.sh(STANDBY, "test -e /srv/sftp-ha/EPuser/upload/report.bin")
             .status
@@ -127,7 +153,7 @@ fn uploads_reach_the_standby_and_the_same_users_log_in_there() {
     );
     tb.ok(
         MASTER,
-        "rm -r '/srv/sftp-ha/EPuser/upload/a dir' /srv/sftp-ha/EPuser/upload/zero",
+        "rm -r '/srv/sftp-ha/EPuser/upload/b dir' /srv/sftp-ha/EPuser/upload/zero",
     );
     wait_for("deletes mirrored", || {
         (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())

@@ -6,10 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use super::crypt::Method;
 use super::plan::{ADMIN_GROUP, Account, Action, Change, MANAGED_GROUP, Plan, Snapshot, UserPlan};
@@ -27,8 +26,8 @@ pub enum SystemError {
         #[source]
         source: io::Error,
     },
-    #[error("`{command}` failed: {message}")]
-    Command { command: String, message: String },
+    #[error(transparent)]
+    Command(#[from] crate::command::CommandError),
     #[error("cannot prepare {path}: {source}")]
     Folder {
         path: PathBuf,
@@ -186,41 +185,10 @@ pub fn snapshot() -> Result<(Snapshot, LoginDefs), SystemError> {
     Ok((snap, defs))
 }
 
-/// Runs a tool; its stderr becomes the error message. `input` goes to stdin.
+/// Runs a tool for its effect (see [`crate::command::run`]).
 fn run(program: &str, args: &[&str], input: Option<&[u8]>) -> Result<(), SystemError> {
-    let command = format!("{program} {}", args.join(" "));
-    let failed = |message: String| SystemError::Command {
-        command: command.clone(),
-        message,
-    };
-    let mut child = Command::new(program)
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| failed(e.to_string()))?;
-    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(data).map_err(|e| failed(e.to_string()))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| failed(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let msg = crate::logging::one_line(&String::from_utf8_lossy(&out.stderr));
-        Err(failed(if msg.is_empty() {
-            out.status.to_string()
-        } else {
-            msg
-        }))
-    }
+    crate::command::run(program, args, input)?;
+    Ok(())
 }
 
 /// Applies `plan`: accounts, passwords, groups, locks, folders and keys.

@@ -79,6 +79,8 @@ struct Daemon {
     sftp_log: Option<SftpLog>,
     /// The replication worker, on a master with a standby.
     sync: Option<crate::sync::SyncHandle>,
+    /// On a standby: when stale temporaries were last cleaned up.
+    last_cleanup: Option<Instant>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `log` is already set up; its level follows the config.
@@ -139,6 +141,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         activity: String::new(),
         sftp_log: None,
         sync: None,
+        last_cleanup: None,
     };
     daemon.refresh_config_fields();
     daemon.install_sshd();
@@ -215,6 +218,7 @@ impl Daemon {
                 self.notifier.status(&self.status.activity);
             }
             self.refresh_sync_status();
+            self.clean_up_temporaries();
             if std::mem::take(&mut self.users.rewatched)
                 && let Some(log) = &mut self.sftp_log
             {
@@ -351,6 +355,26 @@ impl Daemon {
                 self.refresh_activity();
             }
             Err(err) => tracing::error!("cannot start replication: {err}"),
+        }
+    }
+
+    /// On a standby, every 10 minutes: removes what interrupted transfers left.
+    fn clean_up_temporaries(&mut self) {
+        const EVERY: Duration = Duration::from_secs(600);
+        const STALE: Duration = Duration::from_secs(3600);
+        if self.config.role != Role::Standby
+            || self.last_cleanup.is_some_and(|t| t.elapsed() < EVERY)
+        {
+            return;
+        }
+        self.last_cleanup = Some(Instant::now());
+        match crate::sync::tree::remove_stale_temporaries(&self.config.data_dir, STALE) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} unfinished transfer(s) older than an hour"),
+            Err(err) => tracing::warn!(
+                path = %self.config.data_dir.display(),
+                "cannot look for unfinished transfers: {err}"
+            ),
         }
     }
 

@@ -304,6 +304,9 @@ impl Worker {
                         Op::Mkdir(path, e) | Op::Put(path, e) | Op::SetAttrs(path, e) => {
                             self.index.insert(path.clone(), *e);
                         }
+                        Op::Rename { from, to } => {
+                            tree::rekey(&mut self.index, from, to);
+                        }
                     }
                     if let Op::Put(path, e) = &op {
                         tracing::debug!(path = %sftp::show(path), bytes = e.size, "synced");
@@ -395,6 +398,11 @@ impl Worker {
                     sftp.mkdir(&remote, Attrs::default()).map_err(t)?;
                 }
                 sftp.setstat(&remote, attrs(e, false)).map_err(t)?;
+                Ok(0)
+            }
+            Op::Rename { from, to } => {
+                sftp.posix_rename(&remote_path(from), &remote_path(to))
+                    .map_err(t)?;
                 Ok(0)
             }
             Op::SetAttrs(path, e) => {

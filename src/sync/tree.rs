@@ -37,6 +37,9 @@ pub struct Entry {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Inode number: a path that vanished and one that appeared with the same
+    /// inode (and content) is a rename, mirrored as a rename, not a re-upload.
+    pub ino: u64,
 }
 
 impl Entry {
@@ -53,6 +56,7 @@ impl Entry {
             mode: st.st_mode & 0o7777,
             uid: st.st_uid,
             gid: st.st_gid,
+            ino: st.st_ino,
         }
     }
 
@@ -177,6 +181,72 @@ pub fn open_file(root: &Path, rel: &[u8]) -> io::Result<(File, Entry)> {
     Ok((File::from(fd), Entry::from_stat(&st, Kind::File)))
 }
 
+/// On a standby: removes temporaries (`.sftp-ha-tmp.*`) not written to for
+/// `older_than`, left behind by a transfer the master never finished (it
+/// crashed, or the file was deleted before it could retry). Returns how many.
+pub fn remove_stale_temporaries(root: &Path, older_than: std::time::Duration) -> io::Result<usize> {
+    let (tree, _) = scan(root)?;
+    let limit = crate::timefmt::unix_now() as i64 - older_than.as_secs() as i64;
+    let mut removed = 0;
+    let folders = std::iter::once(Vec::new()).chain(
+        tree.iter()
+            .filter(|(_, e)| e.kind == Kind::Dir)
+            .map(|(p, _)| p.clone()),
+    );
+    for folder in folders {
+        let Ok(dir_fd) = open_dir(root, &folder) else {
+            continue;
+        };
+        let Ok(mut dir) = Dir::from_fd(dir_fd.try_clone()?) else {
+            continue;
+        };
+        let names: Vec<Vec<u8>> = dir
+            .iter()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_bytes().to_vec())
+            .filter(|n| n.starts_with(TEMP_PREFIX))
+            .collect();
+        for name in names {
+            let cname = std::ffi::OsStr::from_bytes(&name);
+            let old = fstatat(
+                dir_fd.as_fd(),
+                cname,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok_and(|st| st.st_mtime < limit);
+            if old
+                && nix::unistd::unlinkat(
+                    dir_fd.as_fd(),
+                    cname,
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                )
+                .is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Opens a folder of the tree, every component with O_NOFOLLOW.
+fn open_dir(root: &Path, rel: &[u8]) -> io::Result<OwnedFd> {
+    let mut dir = nix::fcntl::open(root, dir_flags(), Mode::empty()).map_err(io::Error::from)?;
+    if rel.is_empty() {
+        return Ok(dir);
+    }
+    for part in rel.split(|b| *b == b'/') {
+        dir = openat(
+            dir.as_fd(),
+            std::ffi::OsStr::from_bytes(part),
+            dir_flags(),
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
+    }
+    Ok(dir)
+}
+
 /// One step that brings the standby closer to the master.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -187,13 +257,85 @@ pub enum Op {
     Put(Vec<u8>, Entry),
     /// Only owner or mode changed: no upload.
     SetAttrs(Vec<u8>, Entry),
+    /// Moved on the master (same inode): moved on the standby, nothing re-sent.
+    Rename {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+}
+
+/// Moves `from` and everything below it to `to` in `tree` (what a rename does).
+pub fn rekey(tree: &mut Tree, from: &[u8], to: &[u8]) {
+    let mut prefix = from.to_vec();
+    prefix.push(b'/');
+    let moved: Vec<Vec<u8>> = tree
+        .range(from.to_vec()..)
+        // Everything that starts with `from` is contiguous; of it, only `from`
+        // itself and what is below `from/` moves (not `from-x`).
+        .take_while(|(k, _)| k.starts_with(from))
+        .filter(|(k, _)| k.as_slice() == from || k.starts_with(&prefix))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for old in moved {
+        if let Some(e) = tree.remove(&old) {
+            let mut new = to.to_vec();
+            new.extend_from_slice(&old[from.len()..]);
+            tree.insert(new, e);
+        }
+    }
+}
+
+fn parent(path: &[u8]) -> Option<&[u8]> {
+    path.iter().rposition(|b| *b == b'/').map(|i| &path[..i])
+}
+
+/// Renames: a confirmed path that vanished and a new path with the same inode,
+/// kind and content, whose new parent the standby already has. Parents first,
+/// so a renamed folder carries its contents along.
+fn renames(current: &Tree, confirmed: &mut Tree, ops: &mut Vec<Op>) {
+    let mut gone: std::collections::HashMap<u64, Vec<u8>> = confirmed
+        .iter()
+        .filter(|(p, e)| e.ino != 0 && current.get(*p).is_none_or(|n| n.ino != e.ino))
+        .map(|(p, e)| (e.ino, p.clone()))
+        .collect();
+    for (path, new) in current {
+        if new.ino == 0 || confirmed.get(path).is_some_and(|o| o.ino == new.ino) {
+            continue;
+        }
+        let Some(from) = gone.get(&new.ino).cloned() else {
+            continue;
+        };
+        let Some(old) = confirmed.get(&from) else {
+            continue;
+        };
+        let same = old.kind == new.kind && (new.kind == Kind::Dir || old.same_content(new));
+        let parent_there = parent(path).is_none_or(|p| confirmed.contains_key(p));
+        let into_itself = path.starts_with(&from) && path.get(from.len()) == Some(&b'/');
+        if same && parent_there && !into_itself && !confirmed.contains_key(path) {
+            gone.remove(&new.ino);
+            ops.push(Op::Rename {
+                from: from.clone(),
+                to: path.clone(),
+            });
+            rekey(confirmed, &from, path);
+        }
+    }
 }
 
 /// The operations that make `confirmed` (what the standby has) equal `current`.
-/// Deletes come first, children before parents; then creations, parents first.
+/// Renames come first, then deletes, children before parents, then creations,
+/// parents first.
 /// With `allow_deletes` false no delete is planned.
 pub fn plan(current: &Tree, confirmed: &Tree, allow_deletes: bool) -> Vec<Op> {
     let mut ops = Vec::new();
+    let mut renamed;
+    let confirmed = if allow_deletes {
+        renamed = confirmed.clone();
+        renames(current, &mut renamed, &mut ops);
+        &renamed
+    } else {
+        confirmed
+    };
     if allow_deletes {
         for (path, old) in confirmed.iter().rev() {
             match current.get(path) {
@@ -242,19 +384,20 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 /// Saves the index: one line per entry, the path hex-encoded (names are bytes).
 pub fn save_index(path: &Path, tree: &Tree) -> io::Result<()> {
     let mut out = Vec::with_capacity(tree.len() * 64);
-    writeln!(out, "sftp-ha-index 1")?;
+    writeln!(out, "sftp-ha-index 2")?;
     for (p, e) in tree {
         let kind = if e.kind == Kind::Dir { 'd' } else { 'f' };
         writeln!(
             out,
-            "{} {kind} {} {} {} {:o} {} {}",
+            "{} {kind} {} {} {} {:o} {} {} {}",
             hex(p),
             e.size,
             e.mtime,
             e.mtime_nsec,
             e.mode,
             e.uid,
-            e.gid
+            e.gid,
+            e.ino
         )?;
     }
     crate::fsutil::write_atomic(path, &out, 0o600, None)
@@ -266,7 +409,8 @@ pub fn load_index(path: &Path) -> Tree {
         return Tree::new();
     };
     let mut lines = text.lines();
-    if lines.next() != Some("sftp-ha-index 1") {
+    // Another version: start from nothing; the next round checks everything.
+    if lines.next() != Some("sftp-ha-index 2") {
         return Tree::new();
     }
     let parse = |line: &str| -> Option<(Vec<u8>, Entry)> {
@@ -285,6 +429,7 @@ pub fn load_index(path: &Path) -> Tree {
                 mode: u32::from_str_radix(f.get(5)?, 8).ok()?,
                 uid: f.get(6)?.parse().ok()?,
                 gid: f.get(7)?.parse().ok()?,
+                ino: f.get(8)?.parse().ok()?,
             },
         ))
     };
@@ -305,6 +450,7 @@ mod tests {
             mode: 0o640,
             uid: 1000,
             gid: 1000,
+            ino: 0,
         }
     }
     fn dir() -> Entry {
@@ -316,6 +462,7 @@ mod tests {
             mode: 0o755,
             uid: 0,
             gid: 0,
+            ino: 0,
         }
     }
     fn tree(items: &[(&str, Entry)]) -> Tree {
@@ -375,6 +522,77 @@ mod tests {
         );
     }
 
+    fn with_ino(mut e: Entry, ino: u64) -> Entry {
+        e.ino = ino;
+        e
+    }
+
+    #[test]
+    fn renames_are_renames() {
+        // A big file moved: one rename, nothing re-sent.
+        let big = with_ino(file(1 << 30, 7), 42);
+        let ops = plan(
+            &tree(&[("u", dir()), ("u/new", big)]),
+            &tree(&[("u", dir()), ("u/old", big)]),
+            true,
+        );
+        assert_eq!(
+            ops,
+            vec![Op::Rename {
+                from: b"u/old".to_vec(),
+                to: b"u/new".to_vec()
+            }]
+        );
+        // A folder moved with its contents.
+        let d = with_ino(dir(), 5);
+        let f = with_ino(file(3, 3), 6);
+        let ops = plan(
+            &tree(&[("b", d), ("b/f", f)]),
+            &tree(&[("a", d), ("a/f", f)]),
+            true,
+        );
+        assert_eq!(
+            ops,
+            vec![Op::Rename {
+                from: b"a".to_vec(),
+                to: b"b".to_vec()
+            }]
+        );
+        // Into a folder the standby does not have yet: delete and upload instead.
+        let ops = plan(&tree(&[("n", dir()), ("n/f", f)]), &tree(&[("f", f)]), true);
+        assert_eq!(
+            ops,
+            vec![
+                Op::Delete(b"f".to_vec(), Kind::File),
+                Op::Mkdir(b"n".to_vec(), dir()),
+                Op::Put(b"n/f".to_vec(), f)
+            ]
+        );
+        // Same inode but other content (rewritten in place and moved): uploaded.
+        let changed = with_ino(file(4, 9), 6);
+        let ops = plan(&tree(&[("g", changed)]), &tree(&[("f", f)]), true);
+        assert_eq!(
+            ops,
+            vec![
+                Op::Delete(b"f".to_vec(), Kind::File),
+                Op::Put(b"g".to_vec(), changed)
+            ]
+        );
+    }
+
+    #[test]
+    fn rekey_moves_a_subtree_only() {
+        let mut t = tree(&[
+            ("a", dir()),
+            ("a/x", file(1, 1)),
+            ("a-b", file(2, 2)),
+            ("ab", file(3, 3)),
+        ]);
+        rekey(&mut t, b"a", b"z");
+        let keys: Vec<&[u8]> = t.keys().map(Vec::as_slice).collect();
+        assert_eq!(keys, vec![&b"a-b"[..], b"ab", b"z", b"z/x"]);
+    }
+
     #[test]
     fn deletes_can_be_held_back() {
         let ops = plan(&Tree::new(), &tree(&[("f", file(1, 1))]), false);
@@ -421,5 +639,22 @@ mod tests {
         assert!(open_file(root, b"u/etc-dir/passwd").is_err());
         let (_, e) = open_file(root, b"u/upload/a file\n").unwrap();
         assert_eq!(e.size, 1);
+        // Fresh temporaries stay; old ones go.
+        assert_eq!(
+            remove_stale_temporaries(root, std::time::Duration::from_secs(3600)).unwrap(),
+            0
+        );
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(root.join("u/upload/.sftp-ha-tmp.x"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(
+            remove_stale_temporaries(root, std::time::Duration::from_secs(3600)).unwrap(),
+            1
+        );
+        assert!(!root.join("u/upload/.sftp-ha-tmp.x").exists());
     }
 }

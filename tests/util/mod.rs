@@ -75,6 +75,29 @@ pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The test bed's client key for root on both hosts.
+pub fn client_key() -> String {
+    let dir =
+        std::env::var("SFTP_HA_TESTBED_DIR").unwrap_or_else(|_| "/var/tmp/sftp-ha-testbed".into());
+    format!("{dir}/client/id_ed25519")
+}
+
+/// Options for key logins with the stock clients: `key`, non-interactive,
+/// trusting the test hosts' fresh host keys.
+pub fn key_options(key: &str) -> Vec<String> {
+    let mut options = vec!["-i".to_string(), key.to_string()];
+    for o in [
+        "BatchMode=yes",
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "LogLevel=ERROR",
+        "ConnectTimeout=5",
+    ] {
+        options.extend(["-o".to_string(), o.to_string()]);
+    }
+    options
+}
+
 /// Password logins, non-interactive, trusting the test hosts' fresh host keys.
 const PASSWORD_SSH_OPTIONS: [&str; 14] = [
     "-o",
