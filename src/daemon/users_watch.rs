@@ -144,7 +144,8 @@ impl UsersWatch {
                 let file = path.join(USERS_FILE);
                 if let Some(stamp) = FileStamp::of(&file)
                     && self.known.get(&file) != Some(&stamp)
-                    && stamp.settled()
+                    // On a standby files arrive whole (renamed into place).
+                    && (self.standby || stamp.settled())
                 {
                     self.pending = Some((file, Instant::now() + DEBOUNCE));
                     break;
