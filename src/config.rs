@@ -25,6 +25,10 @@ pub const DEFAULT_DATA_DIR: &str = "/srv/sftp-ha";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sftp-ha";
 /// Default period of the full fallback scan.
 pub const DEFAULT_FALLBACK_INTERVAL: Duration = Duration::from_secs(100);
+/// Default period of the remote audit.
+pub const DEFAULT_AUDIT_INTERVAL: Duration = Duration::from_secs(3600);
+const AUDIT_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(60), Duration::from_secs(7 * 24 * 3600));
 /// Default SSH port of the standby.
 pub const DEFAULT_SSH_PORT: u16 = 22;
 
@@ -167,6 +171,10 @@ pub struct SyncConfig {
     /// Where the master replicates to; `None` on a standby or a master without a standby yet.
     pub standby: Option<Endpoint>,
     pub fallback_interval: Duration,
+    /// Mirror deletes to the standby.
+    pub delete: bool,
+    /// How often the standby's tree is listed and drift repaired (also after every connect).
+    pub audit_interval: Duration,
 }
 
 impl Config {
@@ -222,6 +230,8 @@ struct AccountsFile {
 struct SyncFile {
     standby: Option<Spanned<String>>,
     fallback_interval: Option<Spanned<String>>,
+    delete: Option<bool>,
+    audit_interval: Option<Spanned<String>>,
 }
 
 /// Why a config could not be used.
@@ -386,25 +396,42 @@ impl ConfigFile {
                 )
             })?),
         };
-        let fallback_interval = match sync.fallback_interval {
-            None => DEFAULT_FALLBACK_INTERVAL,
-            Some(s) => {
-                let hint =
-                    "write a duration between 1s and 24h, e.g. \"100s\", \"5m\" or \"1h30m\"";
-                let value = parse_duration(s.get_ref())
-                    .map_err(|msg| fail(s.span(), "sync.fallback_interval", msg, hint))?;
-                let (min, max) = FALLBACK_INTERVAL_RANGE;
-                if value < min || value > max {
-                    return Err(fail(
-                        s.span(),
-                        "sync.fallback_interval",
-                        format!("{} is out of range", s.get_ref()),
-                        hint,
-                    ));
-                }
-                value
+        let duration = |value: Option<Spanned<String>>,
+                        key: &str,
+                        default: Duration,
+                        (min, max): (Duration, Duration)| {
+            let Some(s) = value else {
+                return Ok(default);
+            };
+            let hint = format!(
+                "write a duration between {} and {}, e.g. \"100s\", \"5m\" or \"1h30m\"",
+                format_duration(min),
+                format_duration(max)
+            );
+            let value =
+                parse_duration(s.get_ref()).map_err(|msg| fail(s.span(), key, msg, &hint))?;
+            if value < min || value > max {
+                return Err(fail(
+                    s.span(),
+                    key,
+                    format!("{} is out of range", s.get_ref()),
+                    &hint,
+                ));
             }
+            Ok(value)
         };
+        let fallback_interval = duration(
+            sync.fallback_interval,
+            "sync.fallback_interval",
+            DEFAULT_FALLBACK_INTERVAL,
+            FALLBACK_INTERVAL_RANGE,
+        )?;
+        let audit_interval = duration(
+            sync.audit_interval,
+            "sync.audit_interval",
+            DEFAULT_AUDIT_INTERVAL,
+            AUDIT_INTERVAL_RANGE,
+        )?;
         let hash_method = match self.accounts.and_then(|a| a.hash_method) {
             None => None,
             Some(m) => Some(Method::from_name(m.get_ref()).ok_or_else(|| {
@@ -426,6 +453,8 @@ impl ConfigFile {
             sync: SyncConfig {
                 standby,
                 fallback_interval,
+                delete: sync.delete.unwrap_or(true),
+                audit_interval,
             },
         })
     }
@@ -511,7 +540,8 @@ fn hint_for(key: Option<&str>, message: &str) -> String {
         Some("sync.standby") => {
             "write HOST or HOST:PORT in quotes, e.g. \"standby.example:22\"".into()
         }
-        Some("sync.fallback_interval") => {
+        Some("sync.delete") => "write delete = true or delete = false (no quotes)".into(),
+        Some("sync.fallback_interval" | "sync.audit_interval") => {
             "write a duration in quotes, e.g. \"100s\" or \"5m\"".into()
         }
         Some("sync") => "[sync] is a table: put its keys under a [sync] line".into(),
@@ -662,6 +692,21 @@ mod tests {
             parse_err("role = \"master\"\n[accounts]\nhash_method = \"md5\"\n")
                 .contains("line 3, column 15")
         );
+    }
+
+    #[test]
+    fn delete_and_audit() {
+        let c = parse_ok("role = \"master\"\n");
+        assert!(c.sync.delete);
+        assert_eq!(c.sync.audit_interval, Duration::from_secs(3600));
+        let c = parse_ok("role = \"master\"\n[sync]\ndelete = false\naudit_interval = \"10m\"\n");
+        assert!(!c.sync.delete);
+        assert_eq!(c.sync.audit_interval, Duration::from_secs(600));
+        assert!(
+            parse_err("role = \"master\"\n[sync]\naudit_interval = \"5s\"\n")
+                .contains("between 1m and 7d")
+        );
+        assert!(parse_err("role = \"master\"\n[sync]\ndelete = \"yes\"\n").contains("sync.delete"));
     }
 
     #[test]

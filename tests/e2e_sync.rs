@@ -208,4 +208,19 @@ fn a_cut_off_standby_catches_up_without_waiting_for_the_fallback_scan() {
         let s = tb.ok(MASTER, "sftp-ha status");
         (s.contains("reachable since") && s.contains(", 0 pending")).then_some(())
     });
+
+    // Drift on the standby behind the master's back (changed, deleted, extra files)
+    // is repaired by the audit that follows every connect.
+    tb.ok(
+        STANDBY,
+        "cd /srv/sftp-ha/EPuser/upload && echo tampered > f1 && rm f2 && echo extra > extra && chmod 666 f3",
+    );
+    tb.ok(MASTER, "systemctl restart sftp-ha");
+    wait_for("the audit to repair the standby", || {
+        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
+    });
+    assert!(
+        tb.journal(MASTER, "")
+            .contains("difference(s) on the standby, repairing")
+    );
 }

@@ -55,6 +55,9 @@ pub struct SyncStatus {
     pub files_synced: u64,
     pub bytes_synced: u64,
     pub deletes_held_back: bool,
+    /// When the standby's tree was last listed and compared, and what it repaired.
+    pub last_audit: Option<u64>,
+    pub last_audit_repairs: usize,
 }
 
 /// Settings the worker runs with.
@@ -64,6 +67,9 @@ pub struct SyncSettings {
     pub state_dir: PathBuf,
     pub standby: Endpoint,
     pub fallback_interval: Duration,
+    /// Mirror deletes.
+    pub delete: bool,
+    pub audit_interval: Duration,
 }
 
 /// The running worker; dropping it does not stop it, [`SyncHandle::stop`] does.
@@ -116,6 +122,7 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         stop: stop.clone(),
         status: status.clone(),
         skipped_logged: HashSet::new(),
+        next_audit: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name("sync".into())
@@ -142,6 +149,8 @@ struct Worker {
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<SyncStatus>>,
     skipped_logged: HashSet<Vec<u8>>,
+    /// When to list the standby and repair drift next (also after every connect).
+    next_audit: Instant,
 }
 
 impl Worker {
@@ -220,6 +229,14 @@ impl Worker {
         }
         self.update_watches(&current);
         self.set_status(|s| s.last_scan = Some(unix_now()));
+        if self.standby.is_none() || Instant::now() >= self.next_audit {
+            if let Err(retry) = self.connect() {
+                return Some(retry);
+            }
+            if let Err(err) = self.audit(&current) {
+                return Some(self.failed(err));
+            }
+        }
 
         // A file modified in the last seconds and not closed yet may still be being
         // written: it keeps its confirmed version (or waits to be created) until it settles.
@@ -250,7 +267,7 @@ impl Worker {
                 "the data dir is empty but the standby has files: deletes are NOT mirrored; check that the data dir is mounted"
             );
         }
-        let ops = tree::plan(&ready, &self.index, !mass_delete);
+        let ops = tree::plan(&ready, &self.index, self.settings.delete && !mass_delete);
         self.set_status(|s| {
             s.pending = ops.len();
             s.deletes_held_back = mass_delete;
@@ -267,24 +284,121 @@ impl Worker {
         }
     }
 
+    /// Connects if not connected; a new connection is audited before anything is sent.
+    fn connect(&mut self) -> Result<(), Instant> {
+        if self.standby.is_some() {
+            return Ok(());
+        }
+        let pinned = crate::pair::pinned_host_key(&self.settings.state_dir);
+        let key = crate::pair::key_path(&self.settings.state_dir);
+        match Standby::connect(&self.settings.standby, pinned.as_deref(), &key) {
+            Ok(s) => {
+                tracing::info!(standby = %self.settings.standby, "connected to the standby");
+                self.standby = Some(s);
+                self.backoff = BACKOFF_MIN;
+                self.next_audit = Instant::now();
+                self.set_status(|s| {
+                    s.connected = true;
+                    s.since = unix_now();
+                    s.last_error = None;
+                });
+                Ok(())
+            }
+            Err(err) => Err(self.failed(err)),
+        }
+    }
+
+    /// Lists the standby's tree and corrects the index wherever the standby
+    /// differs from what it confirmed (changed or deleted behind our back, or
+    /// extra files), so the plan that follows repairs it.
+    fn audit(&mut self, current: &Tree) -> Result<(), TransportError> {
+        let Some(standby) = self.standby.as_mut() else {
+            return Err(TransportError::NotPinned);
+        };
+        let mut remote = Tree::new();
+        let mut folders = vec![Vec::new()];
+        while let Some(folder) = folders.pop() {
+            for (name, a) in standby.sftp.read_dir(&remote_path(&folder))? {
+                if name.starts_with(TEMP_PREFIX) {
+                    continue;
+                }
+                let path = join(&folder, &name);
+                let mode = a.mode.unwrap_or(0);
+                let kind = match mode & 0o170000 {
+                    0o040000 => Kind::Dir,
+                    0o100000 => Kind::File,
+                    _ => continue, // the standby's own dev/log and the like
+                };
+                if kind == Kind::Dir {
+                    folders.push(path.clone());
+                }
+                let (uid, gid) = a.owner.unwrap_or((u32::MAX, u32::MAX));
+                let mtime = a.times.map_or(-1, |(_, m)| i64::from(m));
+                remote.insert(
+                    path,
+                    Entry {
+                        kind,
+                        size: a.size.unwrap_or(0),
+                        mtime,
+                        mtime_nsec: 0,
+                        mode: mode & 0o7777,
+                        uid,
+                        gid,
+                        ino: 0,
+                    },
+                );
+            }
+        }
+        let matches = |confirmed: &Entry, there: &Entry| {
+            confirmed.kind == there.kind
+                && confirmed.mode == there.mode
+                && confirmed.uid == there.uid
+                && confirmed.gid == there.gid
+                && (confirmed.kind == Kind::Dir
+                    || (confirmed.size == there.size && confirmed.mtime == there.mtime))
+        };
+        let mut repairs = 0;
+        self.index.retain(|path, confirmed| {
+            let ok = remote
+                .get(path)
+                .is_some_and(|there| matches(confirmed, there));
+            repairs += usize::from(!ok);
+            ok
+        });
+        for (path, there) in remote {
+            if self.index.contains_key(&path) {
+                continue;
+            }
+            // Already there as the master has it (a lost index): confirmed as is.
+            // Anything else is recorded as it is, so the plan replaces or deletes it.
+            match current.get(&path) {
+                Some(mine) if matches(mine, &there) => {
+                    self.index.insert(path, *mine);
+                }
+                _ => {
+                    repairs += 1;
+                    self.index.insert(path, there);
+                }
+            }
+        }
+        if repairs > 0 {
+            tracing::warn!(standby = %self.settings.standby, "audit: {repairs} difference(s) on the standby, repairing");
+        } else {
+            tracing::debug!("audit: the standby matches");
+        }
+        self.save_index(true);
+        self.next_audit = Instant::now() + self.settings.audit_interval;
+        self.set_status(|s| {
+            s.last_audit = Some(unix_now());
+            s.last_audit_repairs = repairs;
+        });
+        Ok(())
+    }
+
     /// Runs the operations; on a transport error, stops and asks to retry later.
     fn apply(&mut self, ops: Vec<Op>) -> Option<Instant> {
-        if self.standby.is_none() {
-            let pinned = crate::pair::pinned_host_key(&self.settings.state_dir);
-            let key = crate::pair::key_path(&self.settings.state_dir);
-            match Standby::connect(&self.settings.standby, pinned.as_deref(), &key) {
-                Ok(s) => {
-                    tracing::info!(standby = %self.settings.standby, "connected to the standby");
-                    self.standby = Some(s);
-                    self.backoff = BACKOFF_MIN;
-                    self.set_status(|s| {
-                        s.connected = true;
-                        s.since = unix_now();
-                        s.last_error = None;
-                    });
-                }
-                Err(err) => return Some(self.failed(err)),
-            }
+        if let Err(retry) = self.connect() {
+            return Some(retry);
         }
         let total = ops.len();
         let mut done = 0;
@@ -547,6 +661,8 @@ pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
         state_dir: config.state_dir.clone(),
         standby: config.sync.standby.clone()?,
         fallback_interval: config.sync.fallback_interval,
+        delete: config.sync.delete,
+        audit_interval: config.sync.audit_interval,
     })
 }
 

@@ -16,6 +16,8 @@ const OPEN: u8 = 3;
 const CLOSE: u8 = 4;
 const WRITE: u8 = 6;
 const LSTAT: u8 = 7;
+const OPENDIR: u8 = 11;
+const READDIR: u8 = 12;
 const FSETSTAT: u8 = 10;
 const SETSTAT: u8 = 9;
 const REMOVE: u8 = 13;
@@ -23,6 +25,7 @@ const MKDIR: u8 = 14;
 const RMDIR: u8 = 15;
 const STATUS: u8 = 101;
 const HANDLE: u8 = 102;
+const NAME: u8 = 104;
 const ATTRS: u8 = 105;
 const EXTENDED: u8 = 200;
 
@@ -36,6 +39,7 @@ const ATTR_PERMISSIONS: u32 = 0x4;
 const ATTR_ACMODTIME: u32 = 0x8;
 
 const FX_OK: u32 = 0;
+const FX_EOF: u32 = 1;
 const FX_NO_SUCH_FILE: u32 = 2;
 
 /// Bytes per WRITE request (OpenSSH accepts packets up to 256 KiB).
@@ -375,6 +379,53 @@ impl<S: Read + Write> SftpClient<S> {
         put_str(&mut p, path);
         attrs.encode(&mut p);
         self.request(SETSTAT, &p, || format!("set attributes of {}", show(path)))
+    }
+
+    /// The entries of folder `path` (without `.` and `..`), with their attributes
+    /// (as lstat: a symlink is reported as a symlink).
+    pub fn read_dir(&mut self, path: &[u8]) -> Result<Vec<(Vec<u8>, Attrs)>, SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, path);
+        let id = self.send(OPENDIR, &p)?;
+        let reply = self.reply(id)?;
+        if reply.kind != HANDLE {
+            check_status(&reply, || format!("list {}", show(path)))?;
+            return Err(SftpError::Protocol(
+                "OPENDIR answered OK without a handle".into(),
+            ));
+        }
+        let handle = Reader { data: &reply.body }.string()?.to_vec();
+        let mut entries = Vec::new();
+        let listed = loop {
+            let mut p = Vec::new();
+            put_str(&mut p, &handle);
+            let id = self.send(READDIR, &p)?;
+            let reply = self.reply(id)?;
+            if reply.kind == STATUS {
+                let code = Reader { data: &reply.body }.u32()?;
+                if code == FX_EOF {
+                    break Ok(());
+                }
+                break check_status(&reply, || format!("list {}", show(path)));
+            }
+            if reply.kind != NAME {
+                break Err(SftpError::Protocol(format!(
+                    "READDIR answered type {}",
+                    reply.kind
+                )));
+            }
+            let mut r = Reader { data: &reply.body };
+            for _ in 0..r.u32()? {
+                let name = r.string()?.to_vec();
+                let _long = r.string()?;
+                let attrs = Attrs::decode(&mut r)?;
+                if name != b"." && name != b".." {
+                    entries.push((name, attrs));
+                }
+            }
+        };
+        self.close(&handle)?;
+        listed.map(|()| entries)
     }
 
     /// Attributes of `path` without following a symlink; `None` if it does not exist.
