@@ -224,3 +224,33 @@ fn a_cut_off_standby_catches_up_without_waiting_for_the_fallback_scan() {
             .contains("difference(s) on the standby, repairing")
     );
 }
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_burst_of_10000_files_and_a_1_gib_file_arrive_identical() {
+    let tb = replicating_pair();
+    tb.ok(
+        MASTER,
+        "cd /srv/sftp-ha/EPuser/upload && mkdir -p burst/empty/deeper && cd burst && \
+         for d in $(seq 1 100); do mkdir d$d; (cd d$d && seq 1 100 | xargs -I{} sh -c 'head -c 4096 /dev/urandom > f{}'); done && \
+         : > zero-bytes && cd .. && head -c 1073741824 /dev/urandom > big.part && mv big.part big.bin && \
+         chown -R EPuser: /srv/sftp-ha/EPuser/upload",
+    );
+    let count = "find /srv/sftp-ha/EPuser/upload/burst -type f | wc -l";
+    assert_eq!(tb.ok(MASTER, count).trim(), "10001");
+    wait_for("the burst and the big file on the standby", || {
+        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
+    });
+
+    // A renamed 1 GiB file is not re-sent: same inode on the standby.
+    let inode = |p: &str| tb.ok(STANDBY, &format!("stat -c %i {p}"));
+    let before = inode("/srv/sftp-ha/EPuser/upload/big.bin");
+    tb.ok(
+        MASTER,
+        "mv /srv/sftp-ha/EPuser/upload/big.bin /srv/sftp-ha/EPuser/upload/burst/moved.bin",
+    );
+    wait_for("the rename on the standby", || {
+        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
+    });
+    assert_eq!(inode("/srv/sftp-ha/EPuser/upload/burst/moved.bin"), before);
+}

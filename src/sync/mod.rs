@@ -196,7 +196,10 @@ impl Worker {
                 if e.mask.contains(EventMask::Q_OVERFLOW) {
                     tracing::warn!("inotify queue overflowed: a full scan follows");
                 }
-                if e.mask.contains(EventMask::CLOSE_WRITE)
+                // Closed after writing, or renamed into place (how WinSCP and `mv`
+                // finish a file): complete, so it may go at once.
+                if e.mask
+                    .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
                     && let (Some(dir), Some(name)) = (self.watches.get(&e.wd), e.name)
                 {
                     self.closed.insert(join(dir, name.as_encoded_bytes()));
