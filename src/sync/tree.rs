@@ -153,20 +153,14 @@ fn walk(
 /// Opens a file of the tree for reading, every component with O_NOFOLLOW, and
 /// returns it with its current stat. Anything but a regular file is refused.
 pub fn open_file(root: &Path, rel: &[u8]) -> io::Result<(File, Entry)> {
-    let mut dir = nix::fcntl::open(root, dir_flags(), Mode::empty()).map_err(io::Error::from)?;
-    let parts: Vec<&[u8]> = rel.split(|b| *b == b'/').collect();
-    let (last, parents) = parts
-        .split_last()
-        .ok_or_else(|| io::Error::other("empty path"))?;
-    for part in parents {
-        dir = openat(
-            dir.as_fd(),
-            std::ffi::OsStr::from_bytes(part),
-            dir_flags(),
-            Mode::empty(),
-        )
-        .map_err(io::Error::from)?;
+    let (parent, last) = match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&[][..], rel),
+    };
+    if last.is_empty() {
+        return Err(io::Error::other("empty path"));
     }
+    let dir = open_dir(root, parent)?;
     let fd = openat(
         dir.as_fd(),
         std::ffi::OsStr::from_bytes(last),
