@@ -169,10 +169,25 @@ impl DaemonStatus {
                 row(
                     "synced:",
                     format!(
-                        "{} files, {} bytes since start; last {}",
+                        "{} files, {} bytes since start; last {}{}",
                         sync.files_synced,
                         sync.bytes_synced,
-                        sync.last_sync.map_or("never".into(), format_utc)
+                        sync.last_sync.map_or("never".into(), format_utc),
+                        sync.last_lag_ms
+                            .map_or(String::new(), |ms| format!(", {ms} ms after its change"))
+                    ),
+                );
+            }
+            if let Some(at) = sync.last_audit {
+                row(
+                    "audit:",
+                    format!(
+                        "{} ({})",
+                        format_utc(at),
+                        match sync.last_audit_repairs {
+                            0 => "the standby matched".to_string(),
+                            n => format!("{n} difference(s) repaired"),
+                        }
                     ),
                 );
             }

@@ -172,7 +172,10 @@ fn uploads_reach_the_standby_and_the_same_users_log_in_there() {
             == Some(1)
     );
 
-    let status = tb.ok(MASTER, "sftp-ha status");
+    let status = wait_for("the audit and the lag in sftp-ha status", || {
+        let s = tb.ok(MASTER, "sftp-ha status");
+        (s.contains("ms after its change") && s.contains("audit:")).then_some(s)
+    });
     assert!(status.contains("reachable since"), "{status}");
     let json: serde_json::Value =
         serde_json::from_str(&tb.ok(MASTER, "sftp-ha status --json")).unwrap();
@@ -223,6 +226,36 @@ fn a_cut_off_standby_catches_up_without_waiting_for_the_fallback_scan() {
         tb.journal(MASTER, "")
             .contains("difference(s) on the standby, repairing")
     );
+
+    // A standby with another host key is never trusted silently: replication stops
+    // with a clear error until an admin pins the new key.
+    tb.ok(
+        STANDBY,
+        "rm /etc/ssh/ssh_host_* && ssh-keygen -A && systemctl restart ssh",
+    );
+    tb.ok(
+        MASTER,
+        "systemctl restart sftp-ha && echo after > /srv/sftp-ha/EPuser/upload/after-rekey",
+    );
+    let status = wait_for("the host key error in sftp-ha status", || {
+        let s = tb.ok(MASTER, "sftp-ha status");
+        s.contains("not the pinned one").then_some(s)
+    });
+    assert!(
+        status.contains("UNREACHABLE") && status.contains("trust-standby --replace"),
+        "{status}"
+    );
+    assert!(
+        tb.sh(STANDBY, "test -e /srv/sftp-ha/EPuser/upload/after-rekey")
+            .status
+            .code()
+            == Some(1)
+    );
+    assert!(tb.journal(MASTER, "").contains("not the pinned one"));
+    tb.ok(MASTER, "sftp-ha pair trust-standby --replace");
+    wait_for("replication to resume with the new key", || {
+        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
+    });
 }
 
 #[test]

@@ -249,7 +249,14 @@ impl UsersWatch {
             None
         };
         let dirs = self.admin_dirs();
-        accounts::publish(&dirs, path, published.as_deref(), &report.render());
+        // On a standby the master already replicates users.yaml into every admin
+        // folder: only the outcome is written here.
+        let copies = if self.standby {
+            None
+        } else {
+            published.as_deref()
+        };
+        accounts::publish(&dirs, path, copies, &report.render());
         if let Some(stamp) = FileStamp::of(path) {
             self.known.insert(path.to_path_buf(), stamp);
         }

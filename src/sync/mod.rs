@@ -58,6 +58,9 @@ pub struct SyncStatus {
     /// When the standby's tree was last listed and compared, and what it repaired.
     pub last_audit: Option<u64>,
     pub last_audit_repairs: usize,
+    /// How long the last file took from its last change on the master to being
+    /// safe on the standby, in milliseconds.
+    pub last_lag_ms: Option<u64>,
 }
 
 /// Settings the worker runs with.
@@ -369,7 +372,7 @@ impl Worker {
             ok
         });
         for (path, there) in remote {
-            if self.index.contains_key(&path) {
+            if self.index.contains_key(&path) || host_local(&path) {
                 continue;
             }
             // Already there as the master has it (a lost index): confirmed as is.
@@ -428,11 +431,18 @@ impl Worker {
                     if let Op::Put(path, e) = &op {
                         tracing::debug!(path = %sftp::show(path), bytes = e.size, "synced");
                     }
+                    let lag = match &op {
+                        Op::Put(_, e) => Some(lag_ms(e)),
+                        _ => None,
+                    };
                     self.set_status(|s| {
                         s.pending = total - done;
                         s.files_synced += u64::from(matches!(op, Op::Put(..)));
                         s.bytes_synced += bytes;
                         s.last_sync = Some(unix_now());
+                        if lag.is_some() {
+                            s.last_lag_ms = lag;
+                        }
                     });
                 }
                 Err(OpError::Transport(err)) => {
@@ -618,6 +628,24 @@ enum OpError {
     Transport(TransportError),
     /// The local file changed or vanished: not an error, the next round sees it.
     Local(Vec<u8>, std::io::Error),
+}
+
+/// Milliseconds from a file's modification on the master until now.
+fn lag_ms(e: &Entry) -> u64 {
+    let modified = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(e.mtime).unwrap_or(0),
+            u32::try_from(e.mtime_nsec).unwrap_or(0),
+        );
+    std::time::SystemTime::now()
+        .duration_since(modified)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The outcome files of a users.yaml apply: each host writes its own, so
+/// they are not drift for the audit to repair.
+fn host_local(path: &[u8]) -> bool {
+    path.ends_with(b"/admin/users.yaml.status")
 }
 
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
