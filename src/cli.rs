@@ -96,6 +96,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+
+    /// Write the manual pages (sftp-ha.8 and one per command) into DIR; used when building the packages
+    #[command(hide = true)]
+    Manpage {
+        /// Folder to write the pages into
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +181,7 @@ fn run(cli: Cli) -> Exit {
         Command::Status { json } => show_status(json),
         Command::Users(cmd) => users(&cli.config, cmd),
         Command::Pair(cmd) => pair(&cli.config, cmd),
+        Command::Manpage { dir } => manpage(&dir),
     }
 }
 
@@ -359,4 +367,40 @@ fn load_config(path: &Path) -> Result<config::Config, Exit> {
         eprintln!("sftp-ha: {err}");
         Exit::Config
     })
+}
+
+/// The man pages, section 8, from the same definitions as `--help`:
+/// `sftp-ha.8` and one page per command (`sftp-ha-users-apply.8`, ...), as
+/// `sftp-ha.8` refers to them.
+fn manpage(dir: &Path) -> Exit {
+    use clap::CommandFactory;
+    fn write_pages(cmd: clap::Command, name: &str, dir: &Path) -> std::io::Result<()> {
+        let subcommands: Vec<clap::Command> = cmd
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.name(name.to_string()))
+            .section("8")
+            .render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.8")), out)?;
+        for sub in subcommands {
+            let sub_name = format!("{name}-{}", sub.get_name());
+            write_pages(sub, &sub_name, dir)?;
+        }
+        Ok(())
+    }
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|()| write_pages(Cli::command().disable_help_subcommand(true), "sftp-ha", dir));
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(err) => {
+            eprintln!(
+                "sftp-ha: cannot write the manual pages to {}: {err}",
+                dir.display()
+            );
+            Exit::CantCreate
+        }
+    }
 }

@@ -45,6 +45,8 @@ fn deb_is_lintian_clean_and_ships_the_expected_files() {
         "./etc/sftp-ha/config.toml",
         "./usr/share/doc/sftp-ha/copyright",
         "./usr/share/doc/sftp-ha/changelog.Debian.gz",
+        "./usr/share/man/man8/sftp-ha.8.gz",
+        "./usr/share/man/man8/sftp-ha-users-apply.8.gz",
     ] {
         assert!(
             files.contains(path),
@@ -72,7 +74,20 @@ fn rpm_lists_files_config_and_scriptlets() {
         "/usr/lib/systemd/system/sftp-ha.service",
         "/usr/share/doc/sftp-ha/README.md",
     ];
-    assert_eq!(files.lines().collect::<Vec<_>>(), expected, "rpm -qpl");
+    let (man, other): (Vec<&str>, Vec<&str>) = files
+        .lines()
+        .partition(|l| l.starts_with("/usr/share/man/man8/"));
+    assert_eq!(other, expected, "rpm -qpl");
+    for page in [
+        "sftp-ha.8.gz",
+        "sftp-ha-run.8.gz",
+        "sftp-ha-users-apply.8.gz",
+    ] {
+        assert!(
+            man.iter().any(|m| m.ends_with(page)),
+            "{page} missing: {man:?}"
+        );
+    }
     assert_eq!(
         run("rpm", &["-qpc", rpm]).trim(),
         "/etc/sftp-ha/config.toml"
