@@ -17,19 +17,11 @@ const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 /// Prefix of our journal fields: `user` becomes `SFTP_HA_USER`.
 pub const JOURNAL_FIELD_PREFIX: &str = "SFTP_HA";
 
-/// Where the daemon's log goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sink {
-    Journal,
-    Stderr,
-}
-
 /// Changes the level after start-up (config loaded, SIGHUP).
 pub struct LogHandle {
     filter: reload::Handle<EnvFilter, Registry>,
     /// `RUST_LOG` overrides the config when set.
     from_env: bool,
-    pub sink: Sink,
 }
 
 impl LogHandle {
@@ -69,11 +61,6 @@ pub fn init_daemon(default: LogLevel) -> LogHandle {
     } else {
         None
     };
-    let sink = if journald.is_some() {
-        Sink::Journal
-    } else {
-        Sink::Stderr
-    };
     let stderr = journald.is_none().then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -89,7 +76,6 @@ pub fn init_daemon(default: LogLevel) -> LogHandle {
     LogHandle {
         filter: handle,
         from_env,
-        sink,
     }
 }
 

@@ -47,7 +47,6 @@ pub struct UsersWatch {
     /// On a standby the admin folders come from the master, before their
     /// accounts exist: every `<data_dir>/*/admin` folder counts.
     standby: bool,
-    pub last_report: Option<Report>,
     /// Set when the admin folders were looked for again, so the daemon can
     /// bring other per-user set-up (the SFTP log link) up to date too.
     pub rewatched: bool,
@@ -78,7 +77,6 @@ impl UsersWatch {
             rewatch_at: Instant::now(),
             known: HashMap::new(),
             standby: role == Role::Standby,
-            last_report: None,
             rewatched: false,
         })
     }
@@ -267,7 +265,6 @@ impl UsersWatch {
                 }
             }
         }
-        self.last_report = Some(report.clone());
         report
     }
 }

@@ -18,7 +18,7 @@ pub mod tree;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -697,12 +697,6 @@ pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
     })
 }
 
-/// True if `path` is one of the temporary names files travel under.
-pub fn is_temporary(path: &Path) -> bool {
-    path.file_name()
-        .is_some_and(|n| n.as_encoded_bytes().starts_with(TEMP_PREFIX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,6 +708,5 @@ mod tests {
             b"/u/upload/.sftp-ha-tmp.a b".to_vec()
         );
         assert_eq!(remote_path(b"u/x"), b"/u/x".to_vec());
-        assert!(is_temporary(Path::new("/srv/u/.sftp-ha-tmp.x")));
     }
 }

@@ -29,9 +29,9 @@ const NAME: u8 = 104;
 const ATTRS: u8 = 105;
 const EXTENDED: u8 = 200;
 
-pub const OPEN_WRITE: u32 = 0x02;
-pub const OPEN_CREATE: u32 = 0x08;
-pub const OPEN_TRUNCATE: u32 = 0x10;
+const OPEN_WRITE: u32 = 0x02;
+const OPEN_CREATE: u32 = 0x08;
+const OPEN_TRUNCATE: u32 = 0x10;
 
 const ATTR_SIZE: u32 = 0x1;
 const ATTR_UIDGID: u32 = 0x2;

@@ -322,8 +322,14 @@ fn renames(current: &Tree, confirmed: &mut Tree, ops: &mut Vec<Op>) {
 /// With `allow_deletes` false no delete is planned.
 pub fn plan(current: &Tree, confirmed: &Tree, allow_deletes: bool) -> Vec<Op> {
     let mut ops = Vec::new();
+    // A rename needs a confirmed path that vanished (or whose inode changed);
+    // only then is the index copied to play the renames through.
+    let may_have_renames = allow_deletes
+        && confirmed
+            .iter()
+            .any(|(p, e)| e.ino != 0 && current.get(p).is_none_or(|n| n.ino != e.ino));
     let mut renamed;
-    let confirmed = if allow_deletes {
+    let confirmed = if may_have_renames {
         renamed = confirmed.clone();
         renames(current, &mut renamed, &mut ops);
         &renamed
