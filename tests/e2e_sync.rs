@@ -4,31 +4,7 @@
 
 mod util;
 
-use util::{MASTER, STANDBY, Testbed, describe, package, stdout, wait_for};
-
-const USERS: &str = "users:\n  ADMIN: {name: admin, password: \"35oi3g4l3he\", admin: true}\n  1: {name: EPuser, password: \"1234\"}\n";
-
-/// A paired master and standby with users applied on the master.
-fn replicating_pair() -> Testbed {
-    let tb = Testbed::up();
-    for host in [MASTER, STANDBY] {
-        tb.install(host, &package("current", "deb"));
-    }
-    tb.write(STANDBY, "/etc/sftp-ha/config.toml", "role = \"standby\"\n");
-    tb.ok(STANDBY, "systemctl restart sftp-ha");
-    let key = tb.ok(MASTER, "sftp-ha pair show-key").trim().to_string();
-    tb.ok(STANDBY, &format!("sftp-ha pair accept-master '{key}'"));
-    tb.ok(MASTER, "sftp-ha pair trust-standby 10.231.0.2");
-    tb.write(
-        MASTER,
-        "/etc/sftp-ha/config.toml",
-        "role = \"master\"\n[sync]\nstandby = \"10.231.0.2\"\n",
-    );
-    tb.ok(MASTER, "systemctl restart sftp-ha");
-    tb.write(MASTER, "/root/users.yaml", USERS);
-    tb.ok(MASTER, "sftp-ha users apply /root/users.yaml");
-    tb
-}
+use util::{MASTER, STANDBY, Testbed, converged, describe, replicating_pair, stdout, wait_for};
 
 /// `stat` of a path on a host: size, owner, group, mode, mtime (seconds).
 fn stat(tb: &Testbed, host: &str, path: &str) -> Option<String> {
@@ -52,25 +28,10 @@ fn same_on_standby(tb: &Testbed, path: &str) -> String {
     want
 }
 
-/// A checksum listing of the whole data dir (names, types, owners, modes, contents).
-/// Empty while a tree is changing under `find` (then the caller's wait tries again).
-fn listing(tb: &Testbed, host: &str) -> String {
-    let out = tb.sh(
-        host,
-        "cd /srv/sftp-ha && find . \\( -type f -o -type d \\) ! -name 'users.yaml.status' ! -path './*/dev*' -print0 | sort -z | \
-         xargs -0 stat -c '%n|%F|%u|%g|%a|%s' && find . -type f ! -name 'users.yaml.status' -print0 | sort -z | xargs -0 sha256sum",
-    );
-    if out.status.success() {
-        stdout(&out)
-    } else {
-        format!("{host}: changing")
-    }
-}
-
 #[test]
 #[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
 fn uploads_reach_the_standby_and_the_same_users_log_in_there() {
-    let tb = replicating_pair();
+    let tb = replicating_pair("");
 
     // users.yaml travels and the standby applies it: same uids, same hashes.
     wait_for("EPuser on the standby", || {
@@ -116,9 +77,7 @@ fn uploads_reach_the_standby_and_the_same_users_log_in_there() {
          printf x > 'with space' && printf y > 'ünïcødé' && printf z > \"$(printf 'new\\nline')\" && \
          printf w > 'a dir/nested/deep' && chown -R EPuser:EPuser . && chmod 600 zero",
     );
-    wait_for("identical trees", || {
-        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
-    });
+    converged(&tb, "identical trees");
 
     // Renames of a file and of a folder are renames on the standby: same inodes there,
     // nothing re-sent.
@@ -132,9 +91,7 @@ fn uploads_reach_the_standby_and_the_same_users_log_in_there() {
         MASTER,
         &format!("cd {up} && mv report.bin renamed.bin && mv 'a dir' 'b dir'"),
     );
-    wait_for("identical trees after renames", || {
-        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
-    });
+    converged(&tb, "identical trees after renames");
     assert_eq!(
         inode(&format!("{up}/renamed.bin")),
         file_inode,
@@ -155,9 +112,7 @@ fn uploads_reach_the_standby_and_the_same_users_log_in_there() {
         MASTER,
         "rm -r '/srv/sftp-ha/EPuser/upload/b dir' /srv/sftp-ha/EPuser/upload/zero",
     );
-    wait_for("deletes mirrored", || {
-        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
-    });
+    converged(&tb, "deletes mirrored");
 
     // Symlinks are not replicated (and never followed).
     tb.ok(MASTER, "ln -s /etc/shadow /srv/sftp-ha/EPuser/upload/evil && touch /srv/sftp-ha/EPuser/upload/after-link");
@@ -186,7 +141,7 @@ fn uploads_reach_the_standby_and_the_same_users_log_in_there() {
 #[test]
 #[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
 fn a_cut_off_standby_catches_up_without_waiting_for_the_fallback_scan() {
-    let tb = replicating_pair();
+    let tb = replicating_pair("");
     tb.ok(MASTER, "echo first > /srv/sftp-ha/EPuser/upload/first && chown EPuser: /srv/sftp-ha/EPuser/upload/first");
     same_on_standby(&tb, "/srv/sftp-ha/EPuser/upload/first");
 
@@ -200,9 +155,7 @@ fn a_cut_off_standby_catches_up_without_waiting_for_the_fallback_scan() {
         s.contains("UNREACHABLE").then_some(())
     });
     tb.uncut(STANDBY);
-    wait_for("all 200 files on the standby", || {
-        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
-    });
+    converged(&tb, "all 200 files on the standby");
     // Partial uploads lived under temporary names only, and are gone.
     let temps = tb.ok(STANDBY, "find /srv/sftp-ha -name '.sftp-ha-tmp.*' | wc -l");
     assert_eq!(temps.trim(), "0");
@@ -219,9 +172,7 @@ fn a_cut_off_standby_catches_up_without_waiting_for_the_fallback_scan() {
         "cd /srv/sftp-ha/EPuser/upload && echo tampered > f1 && rm f2 && echo extra > extra && chmod 666 f3",
     );
     tb.ok(MASTER, "systemctl restart sftp-ha");
-    wait_for("the audit to repair the standby", || {
-        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
-    });
+    converged(&tb, "the audit to repair the standby");
     assert!(
         tb.journal(MASTER, "")
             .contains("difference(s) on the standby, repairing")
@@ -253,15 +204,13 @@ fn a_cut_off_standby_catches_up_without_waiting_for_the_fallback_scan() {
     );
     assert!(tb.journal(MASTER, "").contains("not the pinned one"));
     tb.ok(MASTER, "sftp-ha pair trust-standby --replace");
-    wait_for("replication to resume with the new key", || {
-        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
-    });
+    converged(&tb, "replication to resume with the new key");
 }
 
 #[test]
 #[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
 fn a_burst_of_10000_files_and_a_1_gib_file_arrive_identical() {
-    let tb = replicating_pair();
+    let tb = replicating_pair("");
     tb.ok(
         MASTER,
         "cd /srv/sftp-ha/EPuser/upload && mkdir -p burst/empty/deeper && cd burst && \
@@ -271,9 +220,7 @@ fn a_burst_of_10000_files_and_a_1_gib_file_arrive_identical() {
     );
     let count = "find /srv/sftp-ha/EPuser/upload/burst -type f | wc -l";
     assert_eq!(tb.ok(MASTER, count).trim(), "10001");
-    wait_for("the burst and the big file on the standby", || {
-        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
-    });
+    converged(&tb, "the burst and the big file on the standby");
 
     // A renamed 1 GiB file is not re-sent: same inode on the standby.
     let inode = |p: &str| tb.ok(STANDBY, &format!("stat -c %i {p}"));
@@ -282,8 +229,6 @@ fn a_burst_of_10000_files_and_a_1_gib_file_arrive_identical() {
         MASTER,
         "mv /srv/sftp-ha/EPuser/upload/big.bin /srv/sftp-ha/EPuser/upload/burst/moved.bin",
     );
-    wait_for("the rename on the standby", || {
-        (listing(&tb, MASTER) == listing(&tb, STANDBY)).then_some(())
-    });
+    converged(&tb, "the rename on the standby");
     assert_eq!(inode("/srv/sftp-ha/EPuser/upload/burst/moved.bin"), before);
 }

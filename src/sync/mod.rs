@@ -1,21 +1,26 @@
 //! One-way replication master → standby.
 //!
 //! One worker thread owns everything: inotify watches on every folder of the
-//! data dir, the index of what the standby has confirmed, and the connection.
-//! Any event (debounced) or the fallback timer leads to a scan with local
-//! `stat` only, a [`tree::plan`] against the index, and the operations over
-//! SFTP. The index is updated per confirmed operation and saved after each
-//! round, so a restart resumes without re-sending what already arrived.
+//! data dir, the master's tree as last seen, the index of what the standby has
+//! confirmed, and the connections. Events (debounced) name the paths to look
+//! at again with local `stat`; only those parts of the tree are planned
+//! ([`tree::plan`] against the index), so a round costs what changed, not the
+//! size of the tree. At start, on the fallback timer and after an inotify
+//! overflow the whole tree is walked instead. The index is updated per
+//! confirmed operation and saved after each round, so a restart resumes
+//! without re-sending what already arrived. Runs of uploads are shared by
+//! several sessions.
 //!
 //! Files reach the standby under a temporary name, are fsynced, get owner,
 //! mode and mtime, and are renamed over the target with posix-rename: a reader
 //! there never sees a partial file.
 
+pub mod lease;
 pub mod sftp;
 pub mod transport;
 pub mod tree;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -32,13 +37,21 @@ use sftp::Attrs;
 use transport::{Standby, TransportError};
 use tree::{Entry, Kind, Op, TEMP_PREFIX, Tree};
 
-/// Quiet time after the last event before a scan: bursts become one round.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// How long after the first event of a batch its round starts: the events of
+/// a burst arriving meanwhile join the same round. Not reset by later events,
+/// so a steady stream of uploads cannot postpone replication.
+const DEBOUNCE: Duration = Duration::from_millis(25);
 /// A file modified this recently and not yet closed may still be written to.
 const SETTLE: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A standby back after an outage is noticed within this (plus the connect timeout).
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const INDEX_FILE: &str = "sync-index";
+/// Sessions to the standby that share a run of uploads: many small files are
+/// bound by round trips and the standby's fsyncs, which sessions overlap.
+const SESSIONS: usize = 4;
+/// Uploads in one run below which a second session is not worth opening.
+const PARALLEL_MIN: usize = 8;
 
 /// What the sync worker reports, for `sftp-ha status` and the STATUS= line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -119,13 +132,21 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         settings,
         inotify,
         watches: HashMap::new(),
+        watched: HashMap::new(),
+        watch_limit_logged: false,
+        current: Tree::new(),
+        dirty: BTreeSet::new(),
+        rescan_all: true,
+        replan_all: true,
         closed: HashSet::new(),
         standby: None,
+        helpers: Vec::new(),
         backoff: BACKOFF_MIN,
         stop: stop.clone(),
         status: status.clone(),
         skipped_logged: HashSet::new(),
         next_audit: Instant::now(),
+        retry_at: None,
     };
     let thread = std::thread::Builder::new()
         .name("sync".into())
@@ -143,17 +164,41 @@ struct Worker {
     /// What the standby has confirmed.
     index: Tree,
     inotify: Inotify,
-    /// Watched folder → its path in the tree (empty: the data dir).
+    /// Watched folder → its path in the tree (empty: the data dir), and back.
     watches: HashMap<WatchDescriptor, Vec<u8>>,
+    watched: HashMap<Vec<u8>, WatchDescriptor>,
+    watch_limit_logged: bool,
+    /// The master's tree as last seen: a full scan, then kept current path by
+    /// path from the events, so a round looks only at what changed.
+    current: Tree,
+    /// Paths named by events since the last round.
+    dirty: BTreeSet<Vec<u8>>,
+    /// Walk the whole data dir next round (start, fallback timer, lost events).
+    rescan_all: bool,
+    /// Compare the whole tree with the index next round, not only what changed
+    /// (after a full scan, an audit, or operations left undone by a failure).
+    replan_all: bool,
     /// Files closed after writing since the last round: safe to ship at once.
     closed: HashSet<Vec<u8>>,
     standby: Option<Standby>,
+    /// Extra sessions that share a run of uploads with `standby`.
+    helpers: Vec<Standby>,
     backoff: Duration,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<SyncStatus>>,
     skipped_logged: HashSet<Vec<u8>>,
     /// When to list the standby and repair drift next (also after every connect).
     next_audit: Instant,
+    /// While the standby is unreachable: when to try again (capped backoff).
+    retry_at: Option<Instant>,
+}
+
+/// What a targeted round looks at: paths whose own entry changed, and paths
+/// whose whole subtree may have (new, gone or replaced folders).
+#[derive(Default)]
+struct Changed {
+    exact: BTreeSet<Vec<u8>>,
+    subtrees: BTreeSet<Vec<u8>>,
 }
 
 impl Worker {
@@ -168,21 +213,33 @@ impl Worker {
                 .saturating_duration_since(now)
                 .min(Duration::from_millis(200));
             if self.wait_for_events(wait) {
-                due = Some(Instant::now() + DEBOUNCE);
+                // Soon, but not before a reconnect is due, and never later than planned.
+                let soon = Instant::now() + DEBOUNCE;
+                let earliest = self.retry_at.map_or(soon, |r| r.max(soon));
+                due = Some(due.map_or(earliest, |d| d.min(earliest)));
             }
             let now = Instant::now();
-            let fallback = now >= next_fallback;
-            if fallback || due.is_some_and(|d| now >= d) {
-                if fallback {
-                    next_fallback = now + self.settings.fallback_interval;
-                }
+            if now >= next_fallback {
+                next_fallback = now + self.settings.fallback_interval;
+                self.rescan_all = true;
+                due = Some(now);
+            }
+            if due.is_some_and(|d| now >= d) {
                 due = self.round();
+            } else if let Some(standby) = &self.standby {
+                let alive = std::iter::once(standby)
+                    .chain(&self.helpers)
+                    .try_for_each(Standby::keepalive);
+                if let Err(err) = alive {
+                    due = Some(self.failed(err));
+                }
             }
         }
         tracing::info!("sync stopped");
     }
 
-    /// Waits up to `wait` for inotify events; true if any arrived.
+    /// Waits up to `wait` for inotify events and notes the paths they name;
+    /// true if any arrived.
     fn wait_for_events(&mut self, wait: Duration) -> bool {
         let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
@@ -198,15 +255,36 @@ impl Worker {
                 any = true;
                 if e.mask.contains(EventMask::Q_OVERFLOW) {
                     tracing::warn!("inotify queue overflowed: a full scan follows");
+                    self.rescan_all = true;
+                    continue;
                 }
+                let Some(dir) = self.watches.get(&e.wd).cloned() else {
+                    continue;
+                };
+                if e.mask.intersects(EventMask::IGNORED | EventMask::UNMOUNT) {
+                    // The folder is gone or its file system unmounted: its watch too.
+                    self.watches.remove(&e.wd);
+                    if self.watched.get(&dir) == Some(&e.wd) {
+                        self.watched.remove(&dir);
+                    }
+                    if dir.is_empty() {
+                        self.rescan_all = true;
+                    }
+                    self.dirty.insert(dir);
+                    continue;
+                }
+                let path = match e.name {
+                    Some(name) => join(&dir, name.as_encoded_bytes()),
+                    None => dir,
+                };
                 // Closed after writing, or renamed into place (how WinSCP and `mv`
                 // finish a file): complete, so it may go at once.
                 if e.mask
                     .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
-                    && let (Some(dir), Some(name)) = (self.watches.get(&e.wd), e.name)
                 {
-                    self.closed.insert(join(dir, name.as_encoded_bytes()));
+                    self.closed.insert(path.clone());
                 }
+                self.dirty.insert(path);
             }
             if n == 0 {
                 break;
@@ -215,65 +293,180 @@ impl Worker {
         any
     }
 
-    /// One scan and sync. Returns when to run again (files still settling,
-    /// or the standby unreachable), or `None` when all is done.
-    fn round(&mut self) -> Option<Instant> {
-        let (current, skipped) = match tree::scan(&self.settings.data_dir) {
-            Ok(t) => t,
+    /// Brings `current` up to date: a full walk, or the paths events named.
+    /// Returns the part of the tree to plan, `None` for all of it.
+    fn look(&mut self) -> Result<Option<Changed>, std::io::Error> {
+        if self.rescan_all {
+            let (tree, skipped) = tree::scan(&self.settings.data_dir)?;
+            self.log_skipped(skipped);
+            self.current = tree;
+            self.update_watches();
+            self.dirty.clear();
+            self.rescan_all = false;
+            self.replan_all = true;
+            self.set_status(|s| s.last_scan = Some(unix_now()));
+        }
+        let mut changed = Changed::default();
+        for path in std::mem::take(&mut self.dirty) {
+            self.refresh(path, &mut changed);
+        }
+        Ok((!self.replan_all).then_some(changed))
+    }
+
+    /// Looks at one path again and updates `current` (and the watches) to match.
+    fn refresh(&mut self, path: Vec<u8>, changed: &mut Changed) {
+        if path.is_empty() {
+            // The data dir itself: its attributes are not replicated, and losing
+            // its watch (removed, unmounted) already asked for a full scan.
+            return;
+        }
+        let root = self.settings.data_dir.clone();
+        let found = match tree::stat_path(&root, &path) {
+            Ok(found) => found,
             Err(err) => {
-                tracing::error!(path = %self.settings.data_dir.display(), "cannot scan the data dir: {err}");
-                self.set_status(|s| {
-                    s.last_error = Some(format!("cannot scan the data dir: {err}"))
-                });
-                return Some(Instant::now() + BACKOFF_MAX);
+                tracing::warn!(path = %sftp::show(&path), "cannot look at this path: {err}; the next full scan tries again");
+                return;
             }
         };
+        match found {
+            tree::Found::Entry(e) if e.kind == Kind::Dir => {
+                let known = self
+                    .current
+                    .get(&path)
+                    .is_some_and(|old| old.kind == Kind::Dir && old.ino == e.ino)
+                    && self.watched.contains_key(&path);
+                if known {
+                    // Its own attributes; what is inside has events of its own.
+                    self.current.insert(path.clone(), e);
+                    changed.exact.insert(path);
+                    return;
+                }
+                // New (or replaced) folder: whatever was created in it before
+                // its watch existed is found by walking it now.
+                self.forget(&path);
+                self.current.insert(path.clone(), e);
+                match tree::scan_below(&root, &path) {
+                    Ok((below, skipped)) => {
+                        self.log_skipped(skipped);
+                        self.current.extend(below);
+                    }
+                    Err(err) => {
+                        tracing::debug!(path = %sftp::show(&path), "folder changed while walking it: {err}")
+                    }
+                }
+                let folders: Vec<Vec<u8>> = std::iter::once(path.clone())
+                    .chain(
+                        tree::subtree(&self.current, &path)
+                            .filter(|(_, e)| e.kind == Kind::Dir)
+                            .map(|(p, _)| p.clone()),
+                    )
+                    .collect();
+                for folder in folders {
+                    self.watch(folder);
+                }
+            }
+            tree::Found::Entry(e) => {
+                if self.current.get(&path).is_some_and(|o| o.kind == Kind::Dir) {
+                    self.forget(&path);
+                }
+                self.current.insert(path.clone(), e);
+            }
+            tree::Found::Missing => self.forget(&path),
+            tree::Found::Skipped(what) => {
+                self.forget(&path);
+                self.log_skipped(vec![(path.clone(), what)]);
+            }
+        }
+        changed.subtrees.insert(path);
+    }
+
+    /// Drops `path` and everything below it from `current`, and their watches.
+    fn forget(&mut self, path: &[u8]) {
+        for (p, e) in tree::remove_subtree(&mut self.current, path) {
+            if e.kind != Kind::Dir {
+                continue;
+            }
+            if let Some(wd) = self.watched.remove(&p)
+                // A folder renamed keeps its watch: it may already stand for the new path.
+                && self.watches.get(&wd) == Some(&p)
+            {
+                self.watches.remove(&wd);
+                let _ = self.inotify.watches().remove(wd);
+            }
+        }
+    }
+
+    fn log_skipped(&mut self, skipped: tree::Skipped) {
         for (path, what) in skipped {
             if self.skipped_logged.insert(path.clone()) {
                 tracing::info!(path = %sftp::show(&path), "not replicated: a {what}");
             }
         }
-        self.update_watches(&current);
-        self.set_status(|s| s.last_scan = Some(unix_now()));
+    }
+
+    /// One round: look, plan and sync. Returns when to run again (files still
+    /// settling, or the standby unreachable), or `None` when all is done.
+    fn round(&mut self) -> Option<Instant> {
+        let changed = match self.look() {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::error!(path = %self.settings.data_dir.display(), "cannot scan the data dir: {err}");
+                self.set_status(|s| {
+                    s.last_error = Some(format!("cannot scan the data dir: {err}"))
+                });
+                self.rescan_all = true;
+                return Some(Instant::now() + BACKOFF_MAX);
+            }
+        };
         if self.standby.is_none() || Instant::now() >= self.next_audit {
             if let Err(retry) = self.connect() {
                 return Some(retry);
             }
-            if let Err(err) = self.audit(&current) {
+            if let Err(err) = self.audit() {
                 return Some(self.failed(err));
             }
         }
+        // The audit may have corrected the index anywhere.
+        let (part, confirmed) = match changed.filter(|_| !self.replan_all) {
+            Some(c) => (
+                tree::part(&self.current, &c.exact, &c.subtrees),
+                tree::part(&self.index, &c.exact, &c.subtrees),
+            ),
+            None => (self.current.clone(), self.index.clone()),
+        };
 
-        // A file modified in the last seconds and not closed yet may still be being
-        // written: it keeps its confirmed version (or waits to be created) until it settles.
+        // A file modified in the last seconds, with no close seen, may still be
+        // being written: unless the kernel says nobody has it open for writing,
+        // it keeps its confirmed version (or waits to be created) until it settles.
         let now = unix_now() as i64;
         let mut settling = false;
         let mut ready = Tree::new();
-        for (path, e) in current {
+        for (path, e) in part {
             let fresh = e.kind == Kind::File
                 && now - e.mtime < SETTLE.as_secs() as i64
-                && !self.closed.contains(&path);
-            settling |= fresh;
-            match (fresh, self.index.get(&path)) {
-                (false, _) => {
-                    ready.insert(path, e);
+                && !self.closed.contains(&path)
+                && !self.nobody_writes(&path);
+            if fresh {
+                settling = true;
+                if let Some(old) = confirmed.get(&path) {
+                    ready.insert(path.clone(), *old);
                 }
-                (true, Some(old)) => {
-                    ready.insert(path, *old);
-                }
-                (true, None) => {}
+                self.dirty.insert(path);
+            } else {
+                ready.insert(path, e);
             }
         }
         self.closed.clear();
 
-        let mass_delete = tree::looks_like_mass_delete(&ready, &self.index);
+        let mass_delete = tree::looks_like_mass_delete(&self.current, &self.index);
         if mass_delete {
             tracing::error!(
                 path = %self.settings.data_dir.display(),
                 "the data dir is empty but the standby has files: deletes are NOT mirrored; check that the data dir is mounted"
             );
         }
-        let ops = tree::plan(&ready, &self.index, self.settings.delete && !mass_delete);
+        let ops = tree::plan(&ready, &confirmed, self.settings.delete && !mass_delete);
+        self.replan_all = false;
         self.set_status(|s| {
             s.pending = ops.len();
             s.deletes_held_back = mass_delete;
@@ -283,11 +476,21 @@ impl Worker {
         } else {
             self.apply(ops)
         };
-        let settle_again = settling.then(|| Instant::now() + Duration::from_millis(500));
-        match (retry, settle_again) {
+        let again = (settling || !self.dirty.is_empty())
+            .then(|| Instant::now() + Duration::from_millis(500));
+        match (retry, again) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// True if the kernel says no process has this file open for writing
+    /// (found by a walk, e.g. created in a new folder before its watch existed).
+    fn nobody_writes(&self, path: &[u8]) -> bool {
+        tree::open_file(&self.settings.data_dir, path)
+            .ok()
+            .and_then(|(file, _)| lease::nobody_writes(&file))
+            .unwrap_or(false)
     }
 
     /// Connects if not connected; a new connection is audited before anything is sent.
@@ -295,13 +498,14 @@ impl Worker {
         if self.standby.is_some() {
             return Ok(());
         }
-        let pinned = crate::pair::pinned_host_key(&self.settings.state_dir);
-        let key = crate::pair::key_path(&self.settings.state_dir);
-        match Standby::connect(&self.settings.standby, pinned.as_deref(), &key) {
+        match self.open_session() {
             Ok(s) => {
                 tracing::info!(standby = %self.settings.standby, "connected to the standby");
                 self.standby = Some(s);
+                // Ready before the first burst: opening them then would delay it.
+                self.open_helpers();
                 self.backoff = BACKOFF_MIN;
+                self.retry_at = None;
                 self.next_audit = Instant::now();
                 self.set_status(|s| {
                     s.connected = true;
@@ -314,18 +518,48 @@ impl Worker {
         }
     }
 
+    fn open_session(&self) -> Result<Standby, TransportError> {
+        let pinned = crate::pair::pinned_host_key(&self.settings.state_dir);
+        let key = crate::pair::key_path(&self.settings.state_dir);
+        Standby::connect(&self.settings.standby, pinned.as_deref(), &key)
+    }
+
+    /// Opens the missing extra sessions for runs of uploads, all at once; one
+    /// that fails is left out (and tried again before the next run).
+    fn open_helpers(&mut self) {
+        let missing = (SESSIONS - 1).saturating_sub(self.helpers.len());
+        if missing == 0 {
+            return;
+        }
+        let this = &*self;
+        let opened: Vec<Result<Standby, TransportError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..missing)
+                .map(|_| scope.spawn(|| this.open_session()))
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        for result in opened {
+            match result {
+                Ok(s) => self.helpers.push(s),
+                Err(err) => tracing::debug!("extra session not opened: {err}"),
+            }
+        }
+    }
+
     /// Lists the standby's tree and corrects the index wherever the standby
     /// differs from what it confirmed (changed or deleted behind our back, or
     /// extra files), so the plan that follows repairs it.
-    fn audit(&mut self, current: &Tree) -> Result<(), TransportError> {
+    fn audit(&mut self) -> Result<(), TransportError> {
         let Some(standby) = self.standby.as_mut() else {
             return Err(TransportError::NotPinned);
         };
         let mut remote = Tree::new();
+        let mut stray = Vec::new();
         let mut folders = vec![Vec::new()];
         while let Some(folder) = folders.pop() {
             for (name, a) in standby.sftp.read_dir(&remote_path(&folder))? {
                 if name.starts_with(TEMP_PREFIX) {
+                    stray.push(remote_path(&join(&folder, &name)));
                     continue;
                 }
                 let path = join(&folder, &name);
@@ -355,6 +589,18 @@ impl Worker {
                 );
             }
         }
+        // Nothing of ours is in flight during an audit (it runs between
+        // transfers): a temporary there is what an interrupted transfer, or a
+        // crash of either host, left behind.
+        for temp in &stray {
+            match standby.sftp.remove(temp) {
+                Err(e) if !e.is_no_such_file() => return Err(e.into()),
+                _ => {}
+            }
+        }
+        if !stray.is_empty() {
+            tracing::info!(standby = %self.settings.standby, "audit: removed {} unfinished temporary file(s)", stray.len());
+        }
         let matches = |confirmed: &Entry, there: &Entry| {
             confirmed.kind == there.kind
                 && confirmed.mode == there.mode
@@ -377,7 +623,7 @@ impl Worker {
             }
             // Already there as the master has it (a lost index): confirmed as is.
             // Anything else is recorded as it is, so the plan replaces or deletes it.
-            match current.get(&path) {
+            match self.current.get(&path) {
                 Some(mine) if matches(mine, &there) => {
                     self.index.insert(path, *mine);
                 }
@@ -393,6 +639,7 @@ impl Worker {
             tracing::debug!("audit: the standby matches");
         }
         self.save_index(true);
+        self.replan_all = true;
         self.next_audit = Instant::now() + self.settings.audit_interval;
         self.set_status(|s| {
             s.last_audit = Some(unix_now());
@@ -402,6 +649,7 @@ impl Worker {
     }
 
     /// Runs the operations; on a transport error, stops and asks to retry later.
+    /// A run of uploads is shared by several sessions.
     fn apply(&mut self, ops: Vec<Op>) -> Option<Instant> {
         if let Err(retry) = self.connect() {
             return Some(retry);
@@ -409,54 +657,139 @@ impl Worker {
         let total = ops.len();
         let mut done = 0;
         let mut changed = false;
-        for op in ops {
-            if self.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            match self.execute(&op) {
-                Ok(bytes) => {
-                    done += 1;
-                    changed = true;
-                    match &op {
-                        Op::Delete(path, _) => {
-                            self.index.remove(path);
-                        }
-                        Op::Mkdir(path, e) | Op::Put(path, e) | Op::SetAttrs(path, e) => {
-                            self.index.insert(path.clone(), *e);
-                        }
-                        Op::Rename { from, to } => {
-                            tree::rekey(&mut self.index, from, to);
-                        }
+        let mut start = 0;
+        while start < ops.len() && !self.stop.load(Ordering::Relaxed) {
+            let puts = ops[start..]
+                .iter()
+                .take_while(|op| matches!(op, Op::Put(..)))
+                .count();
+            let outcome = if puts >= PARALLEL_MIN {
+                let run = &ops[start..start + puts];
+                start += puts;
+                self.put_parallel(run, total, &mut done)
+            } else {
+                let op = &ops[start];
+                start += 1;
+                match self.execute(op) {
+                    Ok(bytes) => {
+                        done += 1;
+                        confirm(&mut self.index, &self.status, op, bytes, total - done);
+                        Ok(())
                     }
-                    if let Op::Put(path, e) = &op {
-                        tracing::debug!(path = %sftp::show(path), bytes = e.size, "synced");
-                    }
-                    let lag = match &op {
-                        Op::Put(_, e) => Some(lag_ms(e)),
-                        _ => None,
-                    };
-                    self.set_status(|s| {
-                        s.pending = total - done;
-                        s.files_synced += u64::from(matches!(op, Op::Put(..)));
-                        s.bytes_synced += bytes;
-                        s.last_sync = Some(unix_now());
-                        if lag.is_some() {
-                            s.last_lag_ms = lag;
-                        }
-                    });
+                    Err(e) => Err(e),
                 }
+            };
+            changed = true;
+            match outcome {
+                Ok(()) => {}
                 Err(OpError::Transport(err)) => {
                     self.save_index(changed);
                     return Some(self.failed(err));
                 }
                 Err(OpError::Local(path, err)) => {
-                    // Changed or gone under us: the next round sees its new state.
+                    // Changed or gone under us: looked at again next round.
                     tracing::debug!(path = %sftp::show(&path), "skipped for now: {err}");
+                    self.dirty.insert(path);
                 }
             }
         }
         self.save_index(changed);
         None
+    }
+
+    /// Uploads `run` (only Puts) over all sessions at once. Local failures
+    /// are noted in `dirty`; the first transport failure is returned after
+    /// the others have finished what they were doing.
+    fn put_parallel(&mut self, run: &[Op], total: usize, done: &mut usize) -> Result<(), OpError> {
+        self.open_helpers();
+        let Worker {
+            standby,
+            helpers,
+            settings,
+            index,
+            status,
+            stop,
+            dirty,
+            ..
+        } = self;
+        let Some(main) = standby.as_mut() else {
+            return Err(OpError::Transport(TransportError::NotPinned));
+        };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut failure = None;
+        // Files an extra session failed on, and which sessions failed.
+        let mut redo = Vec::new();
+        let mut broken = Vec::new();
+        std::thread::scope(|scope| {
+            let sessions = std::iter::once(main).chain(helpers.iter_mut());
+            for (n, session) in sessions.enumerate() {
+                let (tx, next, stop, data_dir) = (tx.clone(), &next, &*stop, &settings.data_dir);
+                scope.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(Op::Put(path, e)) = run.get(i) else {
+                            break;
+                        };
+                        let result = put_file(&mut session.sftp, data_dir, path, e);
+                        let fatal = matches!(result, Err(OpError::Transport(_)));
+                        if tx.send((n, i, result)).is_err() || fatal {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            for (n, i, result) in rx {
+                match result {
+                    Ok(bytes) => {
+                        *done += 1;
+                        confirm(index, status, &run[i], bytes, total - *done);
+                    }
+                    Err(OpError::Local(path, err)) => {
+                        tracing::debug!(path = %sftp::show(&path), "skipped for now: {err}");
+                        dirty.insert(path);
+                    }
+                    Err(OpError::Transport(err)) if n > 0 => {
+                        // An extra session broke: the others carry on, its file is redone.
+                        tracing::debug!("extra session lost: {err}");
+                        broken.push(n - 1);
+                        redo.push(i);
+                    }
+                    Err(transport) => {
+                        // The main session broke: everything waits for a reconnect.
+                        stop_others(&next, run.len());
+                        failure.get_or_insert(transport);
+                    }
+                }
+            }
+        });
+        if let Some(err) = failure {
+            self.helpers.clear();
+            return Err(err);
+        }
+        broken.sort_unstable();
+        for n in broken.into_iter().rev() {
+            self.helpers.remove(n);
+        }
+        for i in redo {
+            if let Op::Put(path, e) = &run[i] {
+                let Some(main) = self.standby.as_mut() else {
+                    return Err(OpError::Transport(TransportError::NotPinned));
+                };
+                match put_file(&mut main.sftp, &self.settings.data_dir, path, e) {
+                    Ok(bytes) => {
+                        *done += 1;
+                        confirm(&mut self.index, &self.status, &run[i], bytes, total - *done);
+                    }
+                    Err(OpError::Local(path, _)) => {
+                        self.dirty.insert(path);
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn save_index(&self, changed: bool) {
@@ -470,6 +803,9 @@ impl Worker {
         let needs_admin = err.needs_admin();
         let message = err.to_string();
         let was_connected = self.standby.take().is_some();
+        self.helpers.clear();
+        // What was planned and not done is planned again.
+        self.replan_all = true;
         let first = self
             .status
             .lock()
@@ -497,11 +833,12 @@ impl Worker {
             BACKOFF_MAX
         };
         self.backoff = (self.backoff * 2).min(cap);
-        Instant::now() + wait
+        let retry = Instant::now() + wait;
+        self.retry_at = Some(retry);
+        retry
     }
 
     fn execute(&mut self, op: &Op) -> Result<u64, OpError> {
-        let data_dir = self.settings.data_dir.clone();
         let Some(standby) = self.standby.as_mut() else {
             return Err(OpError::Transport(TransportError::NotPinned));
         };
@@ -537,38 +874,45 @@ impl Worker {
                     .map_err(t)?;
                 Ok(0)
             }
-            Op::Put(path, e) => {
-                let (mut file, now) = tree::open_file(&data_dir, path)
-                    .map_err(|err| OpError::Local(path.clone(), err))?;
-                if now != *e {
-                    return Err(OpError::Local(
-                        path.clone(),
-                        std::io::Error::other("changed since the scan"),
-                    ));
-                }
-                let remote = remote_path(path);
-                let temp = temp_path(&remote);
-                let handle = sftp
-                    .create(
-                        &temp,
-                        Attrs {
-                            mode: Some(0o600),
-                            ..Attrs::default()
-                        },
-                    )
-                    .map_err(t)?;
-                let written = sftp.write_from(&handle, &mut file).map_err(t)?;
-                sftp.fsetstat(&handle, attrs(e, true)).map_err(t)?;
-                sftp.fsync(&handle).map_err(t)?;
-                sftp.close(&handle).map_err(t)?;
-                sftp.posix_rename(&temp, &remote).map_err(t)?;
-                Ok(written)
+            Op::Put(path, e) => put_file(sftp, &self.settings.data_dir, path, e),
+        }
+    }
+
+    /// After a full scan: watches every folder of the tree (and the data dir),
+    /// drops the watches of folders no longer there.
+    fn update_watches(&mut self) {
+        let wanted: HashSet<Vec<u8>> = std::iter::once(Vec::new())
+            .chain(
+                self.current
+                    .iter()
+                    .filter(|(_, e)| e.kind == Kind::Dir)
+                    .map(|(p, _)| p.clone()),
+            )
+            .collect();
+        let mut watches = self.inotify.watches();
+        // A watch whose folder was renamed still carries the old path: dropped
+        // here, and the folder watched again under its new one.
+        self.watches.retain(|wd, path| {
+            let keep = wanted.contains(path);
+            if !keep {
+                let _ = watches.remove(wd.clone());
+            }
+            keep
+        });
+        self.watched = self
+            .watches
+            .iter()
+            .map(|(wd, p)| (p.clone(), wd.clone()))
+            .collect();
+        for path in wanted {
+            if !self.watched.contains_key(&path) {
+                self.watch(path);
             }
         }
     }
 
-    /// Watches every folder of the tree (and the data dir), drops vanished ones.
-    fn update_watches(&mut self, current: &Tree) {
+    /// Adds a watch on one folder of the tree.
+    fn watch(&mut self, path: Vec<u8>) {
         let mask = WatchMask::CLOSE_WRITE
             | WatchMask::MOVED_FROM
             | WatchMask::MOVED_TO
@@ -577,43 +921,30 @@ impl Worker {
             | WatchMask::ATTRIB
             | WatchMask::ONLYDIR
             | WatchMask::DONT_FOLLOW;
-        let wanted: HashSet<&[u8]> = std::iter::once(&b""[..])
-            .chain(
-                current
-                    .iter()
-                    .filter(|(_, e)| e.kind == Kind::Dir)
-                    .map(|(p, _)| p.as_slice()),
-            )
-            .collect();
-        let have: HashSet<Vec<u8>> = self.watches.values().cloned().collect();
-        let mut watches = self.inotify.watches();
-        self.watches.retain(|wd, path| {
-            let keep = wanted.contains(path.as_slice());
-            if !keep {
-                let _ = watches.remove(wd.clone());
-            }
-            keep
-        });
-        for path in wanted {
-            if have.contains(path) {
-                continue;
-            }
-            let full = self
-                .settings
-                .data_dir
-                .join(std::ffi::OsStr::from_bytes(path));
-            match watches.add(&full, mask) {
-                Ok(wd) => {
-                    self.watches.insert(wd, path.to_vec());
+        let full = self
+            .settings
+            .data_dir
+            .join(std::ffi::OsStr::from_bytes(&path));
+        match self.inotify.watches().add(&full, mask) {
+            Ok(wd) => {
+                // The same folder under a new name (renamed): same watch.
+                if let Some(old) = self.watches.insert(wd.clone(), path.clone())
+                    && old != path
+                    && self.watched.get(&old) == Some(&wd)
+                {
+                    self.watched.remove(&old);
                 }
-                Err(err) if err.raw_os_error() == Some(nix::libc::ENOSPC) => {
+                self.watched.insert(path, wd);
+            }
+            Err(err) if err.raw_os_error() == Some(nix::libc::ENOSPC) => {
+                if !self.watch_limit_logged {
+                    self.watch_limit_logged = true;
                     tracing::warn!(
                         "inotify watch limit reached: new files are found by the fallback scan only; raise it with sysctl fs.inotify.max_user_watches"
                     );
-                    break;
                 }
-                Err(_) => {} // gone meanwhile
             }
+            Err(_) => {} // gone meanwhile
         }
     }
 
@@ -622,6 +953,75 @@ impl Worker {
             f(&mut s);
         }
     }
+}
+
+/// Makes the remaining workers of a parallel run find nothing left to do.
+fn stop_others(next: &std::sync::atomic::AtomicUsize, len: usize) {
+    next.store(len, Ordering::Relaxed);
+}
+
+/// Records an operation the standby confirmed, in the index and the status.
+fn confirm(index: &mut Tree, status: &Mutex<SyncStatus>, op: &Op, bytes: u64, pending: usize) {
+    match op {
+        Op::Delete(path, _) => {
+            index.remove(path);
+        }
+        Op::Mkdir(path, e) | Op::Put(path, e) | Op::SetAttrs(path, e) => {
+            index.insert(path.clone(), *e);
+        }
+        Op::Rename { from, to } => tree::rekey(index, from, to),
+    }
+    let lag = match op {
+        Op::Put(path, e) => {
+            tracing::debug!(path = %sftp::show(path), bytes = e.size, "synced");
+            Some(lag_ms(e))
+        }
+        _ => None,
+    };
+    if let Ok(mut s) = status.lock() {
+        s.pending = pending;
+        s.files_synced += u64::from(matches!(op, Op::Put(..)));
+        s.bytes_synced += bytes;
+        s.last_sync = Some(unix_now());
+        if lag.is_some() {
+            s.last_lag_ms = lag;
+        }
+    }
+}
+
+/// Uploads one file: to a temporary name beside the target, fsynced, with
+/// owner, mode and mtime, then renamed over the target. A reader on the
+/// standby sees the old file or the new one, never a part.
+fn put_file(
+    sftp: &mut sftp::SftpClient<ssh2::Channel>,
+    data_dir: &std::path::Path,
+    path: &[u8],
+    e: &Entry,
+) -> Result<u64, OpError> {
+    let t = |e: sftp::SftpError| OpError::Transport(TransportError::Sftp(e));
+    let (mut file, now) =
+        tree::open_file(data_dir, path).map_err(|err| OpError::Local(path.to_vec(), err))?;
+    if now != *e {
+        return Err(OpError::Local(
+            path.to_vec(),
+            std::io::Error::other("changed since the scan"),
+        ));
+    }
+    let remote = remote_path(path);
+    let temp = temp_path(&remote);
+    let handle = sftp
+        .create(
+            &temp,
+            Attrs {
+                mode: Some(0o600),
+                ..Attrs::default()
+            },
+        )
+        .map_err(t)?;
+    let written = sftp.write_from(&handle, &mut file).map_err(t)?;
+    sftp.finish(&handle, attrs(e, true)).map_err(t)?;
+    sftp.posix_rename(&temp, &remote).map_err(t)?;
+    Ok(written)
 }
 
 enum OpError {

@@ -11,7 +11,7 @@ use super::sftp::{SftpClient, SftpError};
 use crate::config::Endpoint;
 use crate::pair::SYNC_USER;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Any single SSH operation that takes longer means the standby is unreachable
 /// (a cut link shows as silence, not as an error).
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +52,42 @@ pub struct Standby {
     // Kept alive for the channel inside `sftp`.
     _session: Session,
     pub sftp: SftpClient<ssh2::Channel>,
+    /// The session's socket, to shut it down before libssh2 frees the session.
+    socket: TcpStream,
+}
+
+impl Standby {
+    /// Sends an SSH keepalive if one is due (every KEEPALIVE_SECS): keeps
+    /// firewalls and NAT from dropping an idle connection, and a dead standby
+    /// is found by the failing send rather than by the next transfer.
+    pub fn keepalive(&self) -> Result<(), TransportError> {
+        self._session.keepalive_send().map(|_| ()).map_err(|e| {
+            TransportError::Sftp(super::sftp::SftpError::Io(std::io::Error::other(format!(
+                "keepalive: {}",
+                e.message()
+            ))))
+        })
+    }
+}
+
+impl Drop for Standby {
+    /// A dropped connection is aborted, not closed politely:
+    /// - libssh2 would wait for the answer to its channel close, up to the IO
+    ///   timeout, from a standby that may be the reason we drop it: with the
+    ///   read side shut down, that wait ends at once;
+    /// - requests still queued in the kernel (a cut link) would otherwise reach
+    ///   the standby seconds later, after a new connection has redone them, and
+    ///   leave stray temporary files: with SO_LINGER 0 the last close discards
+    ///   them and resets the connection.
+    fn drop(&mut self) {
+        let abort = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let _ =
+            nix::sys::socket::setsockopt(&self.socket, nix::sys::socket::sockopt::Linger, &abort);
+        let _ = self.socket.shutdown(std::net::Shutdown::Read);
+    }
 }
 
 impl Standby {
@@ -75,6 +111,7 @@ impl Standby {
         let tcp =
             TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| fail(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
+        let socket = tcp.try_clone().map_err(|e| fail(e.to_string()))?;
         let mut session = Session::new().map_err(|e| fail(e.to_string()))?;
         session.set_tcp_stream(tcp);
         session.set_timeout(IO_TIMEOUT.as_millis() as u32);
@@ -105,6 +142,7 @@ impl Standby {
         Ok(Standby {
             _session: session,
             sftp,
+            socket,
         })
     }
 }

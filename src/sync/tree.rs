@@ -81,11 +81,135 @@ fn dir_flags() -> OFlag {
 /// Walks `root`. Each folder is opened relative to its parent with O_NOFOLLOW,
 /// so a user who swaps a folder for a symlink cannot lead the walk outside.
 pub fn scan(root: &Path) -> io::Result<(Tree, Skipped)> {
+    scan_below(root, &[])
+}
+
+/// Walks the folder `rel` of the tree (not including `rel` itself), opened
+/// component by component with O_NOFOLLOW.
+pub fn scan_below(root: &Path, rel: &[u8]) -> io::Result<(Tree, Skipped)> {
     let mut tree = Tree::new();
     let mut skipped = Skipped::new();
-    let top = nix::fcntl::open(root, dir_flags(), Mode::empty()).map_err(io::Error::from)?;
-    walk(top, Vec::new(), &mut tree, &mut skipped)?;
+    let top = open_dir(root, rel)?;
+    walk(top, rel.to_vec(), &mut tree, &mut skipped)?;
     Ok((tree, skipped))
+}
+
+/// What one path of the tree is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Gone, or a folder on its way is gone or no longer a folder.
+    Missing,
+    Entry(Entry),
+    /// Something that is not replicated (symlink, device, FIFO, socket).
+    Skipped(&'static str),
+}
+
+/// Looks at one path without following any symlink on the way or at its end.
+pub fn stat_path(root: &Path, rel: &[u8]) -> io::Result<Found> {
+    let gone = |e: &io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(nix::libc::ENOENT | nix::libc::ENOTDIR | nix::libc::ELOOP)
+        )
+    };
+    let (parent, last) = split_last(rel);
+    let dir = match open_dir(root, parent) {
+        Ok(d) => d,
+        Err(e) if gone(&e) => return Ok(Found::Missing),
+        Err(e) => return Err(e),
+    };
+    let st = if last.is_empty() {
+        fstat(&dir).map_err(io::Error::from)?
+    } else {
+        match fstatat(
+            dir.as_fd(),
+            std::ffi::OsStr::from_bytes(last),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => st,
+            Err(nix::errno::Errno::ENOENT) => return Ok(Found::Missing),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    Ok(
+        match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFREG => Found::Entry(Entry::from_stat(&st, Kind::File)),
+            SFlag::S_IFDIR => Found::Entry(Entry::from_stat(&st, Kind::Dir)),
+            other => Found::Skipped(kind_name(other)),
+        },
+    )
+}
+
+fn kind_name(kind: SFlag) -> &'static str {
+    match kind {
+        SFlag::S_IFLNK => "symlink",
+        SFlag::S_IFSOCK => "socket",
+        SFlag::S_IFIFO => "FIFO",
+        _ => "device file",
+    }
+}
+
+/// `a/b/c` → (`a/b`, `c`); `c` → (``, `c`).
+fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&[][..], rel),
+    }
+}
+
+/// The paths of `tree` at `root` and below it (`root/...`, not `root-x`).
+pub fn subtree<'a>(
+    tree: &'a Tree,
+    root: &'a [u8],
+) -> impl Iterator<Item = (&'a Vec<u8>, &'a Entry)> {
+    tree.range(root.to_vec()..)
+        // Everything that starts with `root` is contiguous; of it, only `root`
+        // itself and what is below `root/` belongs to the subtree.
+        .take_while(move |(k, _)| k.starts_with(root))
+        .filter(move |(k, _)| {
+            k.len() == root.len() || root.is_empty() || k.get(root.len()) == Some(&b'/')
+        })
+}
+
+/// Removes `root` and everything below it; returns what was removed.
+pub fn remove_subtree(tree: &mut Tree, root: &[u8]) -> Vec<(Vec<u8>, Entry)> {
+    let keys: Vec<Vec<u8>> = subtree(tree, root).map(|(k, _)| k.clone()).collect();
+    keys.into_iter()
+        .filter_map(|k| tree.remove(&k).map(|e| (k, e)))
+        .collect()
+}
+
+/// The part of `tree` a targeted plan looks at: the `exact` paths, everything
+/// at and below the `subtrees` paths, and the folders above both (so a plan
+/// of the part sees the parents the standby already has).
+pub fn part(
+    tree: &Tree,
+    exact: &std::collections::BTreeSet<Vec<u8>>,
+    subtrees: &std::collections::BTreeSet<Vec<u8>>,
+) -> Tree {
+    let mut out = Tree::new();
+    let mut take = |path: &[u8]| {
+        let mut end = 0;
+        while let Some(i) = path[end..].iter().position(|b| *b == b'/') {
+            end += i;
+            if let Some(e) = tree.get(&path[..end]) {
+                out.insert(path[..end].to_vec(), *e);
+            }
+            end += 1;
+        }
+    };
+    for p in exact.iter().chain(subtrees) {
+        take(p);
+    }
+    for p in exact {
+        if let Some(e) = tree.get(p) {
+            out.insert(p.clone(), *e);
+        }
+    }
+    for root in subtrees {
+        out.extend(subtree(tree, root).map(|(k, e)| (k.clone(), *e)));
+    }
+    out
 }
 
 fn walk(
@@ -141,10 +265,7 @@ fn walk(
                 tree.insert(path.clone(), Entry::from_stat(&st, Kind::Dir));
                 walk(child, path, tree, skipped)?;
             }
-            SFlag::S_IFLNK => skipped.push((path, "symlink")),
-            SFlag::S_IFSOCK => skipped.push((path, "socket")),
-            SFlag::S_IFIFO => skipped.push((path, "FIFO")),
-            _ => skipped.push((path, "device file")),
+            other => skipped.push((path, kind_name(other))),
         }
     }
     Ok(())
@@ -153,10 +274,7 @@ fn walk(
 /// Opens a file of the tree for reading, every component with O_NOFOLLOW, and
 /// returns it with its current stat. Anything but a regular file is refused.
 pub fn open_file(root: &Path, rel: &[u8]) -> io::Result<(File, Entry)> {
-    let (parent, last) = match rel.iter().rposition(|b| *b == b'/') {
-        Some(i) => (&rel[..i], &rel[i + 1..]),
-        None => (&[][..], rel),
-    };
+    let (parent, last) = split_last(rel);
     if last.is_empty() {
         return Err(io::Error::other("empty path"));
     }
@@ -260,22 +378,10 @@ pub enum Op {
 
 /// Moves `from` and everything below it to `to` in `tree` (what a rename does).
 pub fn rekey(tree: &mut Tree, from: &[u8], to: &[u8]) {
-    let mut prefix = from.to_vec();
-    prefix.push(b'/');
-    let moved: Vec<Vec<u8>> = tree
-        .range(from.to_vec()..)
-        // Everything that starts with `from` is contiguous; of it, only `from`
-        // itself and what is below `from/` moves (not `from-x`).
-        .take_while(|(k, _)| k.starts_with(from))
-        .filter(|(k, _)| k.as_slice() == from || k.starts_with(&prefix))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for old in moved {
-        if let Some(e) = tree.remove(&old) {
-            let mut new = to.to_vec();
-            new.extend_from_slice(&old[from.len()..]);
-            tree.insert(new, e);
-        }
+    for (old, e) in remove_subtree(tree, from) {
+        let mut new = to.to_vec();
+        new.extend_from_slice(&old[from.len()..]);
+        tree.insert(new, e);
     }
 }
 
@@ -344,6 +450,9 @@ pub fn plan(current: &Tree, confirmed: &Tree, allow_deletes: bool) -> Vec<Op> {
             }
         }
     }
+    // All new folders first (parents first), then the files: uploads then
+    // form one run that several sessions can share.
+    let mut files = Vec::new();
     for (path, new) in current {
         let old = confirmed
             .get(path)
@@ -353,18 +462,22 @@ pub fn plan(current: &Tree, confirmed: &Tree, allow_deletes: bool) -> Vec<Op> {
             (Kind::Dir, None) => ops.push(Op::Mkdir(path.clone(), *new)),
             (Kind::Dir, Some(_)) => ops.push(Op::SetAttrs(path.clone(), *new)),
             (Kind::File, Some(old)) if old.same_content(new) => {
-                ops.push(Op::SetAttrs(path.clone(), *new))
+                files.push(Op::SetAttrs(path.clone(), *new))
             }
-            (Kind::File, _) => ops.push(Op::Put(path.clone(), *new)),
+            (Kind::File, _) => files.push(Op::Put(path.clone(), *new)),
         }
     }
+    ops.append(&mut files);
     ops
 }
 
 /// True if deleting what the standby has would follow a vanished data dir
-/// rather than users' deletes: the master's tree is empty but the standby's is not.
+/// rather than users' deletes: the master's tree holds no file at all while
+/// the standby's does. (Folders do not count: the daemon itself puts back an
+/// empty skeleton of chroots and `dev/` folders on an unmounted data dir.)
 pub fn looks_like_mass_delete(current: &Tree, confirmed: &Tree) -> bool {
-    current.is_empty() && confirmed.values().any(|e| e.kind == Kind::File)
+    !current.values().any(|e| e.kind == Kind::File)
+        && confirmed.values().any(|e| e.kind == Kind::File)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -594,6 +707,24 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_of_empty_folders_looks_like_a_vanished_data_dir() {
+        let standby = tree(&[("u", dir()), ("u/f", file(1, 1))]);
+        assert!(looks_like_mass_delete(&Tree::new(), &standby));
+        assert!(looks_like_mass_delete(
+            &tree(&[("u", dir()), ("u/dev", dir())]),
+            &standby
+        ));
+        assert!(!looks_like_mass_delete(
+            &tree(&[("g", file(1, 1))]),
+            &standby
+        ));
+        assert!(!looks_like_mass_delete(
+            &Tree::new(),
+            &tree(&[("u", dir())])
+        ));
+    }
+
+    #[test]
     fn deletes_can_be_held_back() {
         let ops = plan(&Tree::new(), &tree(&[("f", file(1, 1))]), false);
         assert!(ops.is_empty());
@@ -656,5 +787,55 @@ mod tests {
             1
         );
         assert!(!root.join("u/upload/.sftp-ha-tmp.x").exists());
+    }
+
+    #[test]
+    fn one_path_is_looked_at_without_following_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("u/in")).unwrap();
+        std::fs::write(root.join("u/in/f"), b"abc").unwrap();
+        symlink("/etc", root.join("u/link")).unwrap();
+        assert!(matches!(stat_path(root, b"u/in/f").unwrap(), Found::Entry(e) if e.size == 3));
+        assert!(
+            matches!(stat_path(root, b"u/in").unwrap(), Found::Entry(e) if e.kind == Kind::Dir)
+        );
+        assert_eq!(
+            stat_path(root, b"u/link").unwrap(),
+            Found::Skipped("symlink")
+        );
+        // Through a symlinked folder: as if it were not there.
+        assert_eq!(stat_path(root, b"u/link/passwd").unwrap(), Found::Missing);
+        assert_eq!(stat_path(root, b"u/in/f/x").unwrap(), Found::Missing);
+        assert_eq!(stat_path(root, b"u/gone").unwrap(), Found::Missing);
+        let (below, _) = scan_below(root, b"u/in").unwrap();
+        assert_eq!(below.keys().collect::<Vec<_>>(), vec![&b"u/in/f".to_vec()]);
+        assert!(scan_below(root, b"u/link").is_err());
+    }
+
+    #[test]
+    fn a_part_holds_its_paths_subtrees_and_their_parents() {
+        let t = tree(&[
+            ("a", dir()),
+            ("a/b", dir()),
+            ("a/b/c", file(1, 1)),
+            ("a/b/d", file(1, 1)),
+            ("a/x", dir()),
+            ("a/x/y", file(1, 1)),
+            ("a/x-z", file(1, 1)),
+            ("q", file(1, 1)),
+        ]);
+        let set = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect();
+        let p = part(&t, &set(&["a/b/c", "gone/f"]), &set(&["a/x"]));
+        let keys: Vec<String> = p
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert_eq!(keys, vec!["a", "a/b", "a/b/c", "a/x", "a/x/y"]);
+        let mut t2 = t.clone();
+        let removed = remove_subtree(&mut t2, b"a/x");
+        assert_eq!(removed.len(), 2);
+        assert!(t2.contains_key(b"a/x-z".as_slice()));
+        assert_eq!(subtree(&t, b"").count(), t.len());
     }
 }
