@@ -97,12 +97,74 @@ pub enum Command {
         json: bool,
     },
 
+    /// Upload masses of generated files to the master and time their replication
+    ///
+    /// Logs in to the master's SFTP as USER (password from the environment
+    /// variable named by --password-env, else asked on the terminal; or --key),
+    /// makes DIR/stress-RUN_ID and uploads --files generated files into it over
+    /// --sessions sessions, at full speed or at --rate. With --standby it logs
+    /// in there as the same user and records when each file is there complete:
+    /// the replication lag. Prints files/s, MiB/s and lag p50/p95/p99/max.
+    /// Host keys are checked against --known-hosts; nothing is accepted blindly.
+    /// Exits 0 when every file arrived (or no standby was watched), 1 if some
+    /// were missing after --timeout or an upload failed, 64 on a bad option.
+    Stress(Box<StressArgs>),
+
     /// Write the manual pages (sftp-ha.8 and one per command) into DIR; used when building the packages
     #[command(hide = true)]
     Manpage {
         /// Folder to write the pages into
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StressArgs {
+    /// The master's SFTP service, HOST[:PORT]
+    #[arg(value_name = "HOST[:PORT]")]
+    pub master: String,
+    /// SFTP user to log in as (on the master and the standby)
+    #[arg(short, long)]
+    pub user: String,
+    /// Environment variable holding the password
+    #[arg(long, value_name = "VAR", default_value = "SFTP_HA_PASSWORD")]
+    pub password_env: String,
+    /// Log in with this private key instead of a password
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// known_hosts file with the servers' ed25519 host keys (default ~/.ssh/known_hosts)
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// How many files to upload
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub files: usize,
+    /// File sizes: fixed (4k), a range (1k..1m), `mix`, or weighted (4k:90,1m:10)
+    #[arg(short, long, default_value = "4k")]
+    pub size: String,
+    /// Concurrent SFTP sessions to the master
+    #[arg(long, default_value_t = 4)]
+    pub sessions: usize,
+    /// Upload at a fixed rate (100/s, 600/m) instead of full speed
+    #[arg(long)]
+    pub rate: Option<String>,
+    /// Also watch the standby, HOST[:PORT], and measure the replication lag
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub standby: Option<String>,
+    /// Folder (as the user sees it) to make the run's folder in
+    #[arg(long, default_value = "/upload")]
+    pub dir: String,
+    /// How long to wait for the standby after the last upload (e.g. 30s, 2m)
+    #[arg(long, default_value = "60s")]
+    pub timeout: String,
+    /// Print the outcome as JSON (with per-file timings) instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Write a self-contained HTML report with charts to FILE
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Remove the uploaded files from the master afterwards (the standby follows)
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,8 +243,110 @@ fn run(cli: Cli) -> Exit {
         Command::Status { json } => show_status(json),
         Command::Users(cmd) => users(&cli.config, cmd),
         Command::Pair(cmd) => pair(&cli.config, cmd),
+        Command::Stress(args) => stress(*args),
         Command::Manpage { dir } => manpage(&dir),
     }
+}
+
+fn stress(args: StressArgs) -> Exit {
+    logging::init_cli();
+    let plan = match stress_plan(args) {
+        Ok(p) => p,
+        Err(message) => {
+            eprintln!("sftp-ha stress: {message}");
+            return Exit::Usage;
+        }
+    };
+    let outcome = match crate::stress::run(&plan) {
+        Ok(o) => o,
+        Err(err) => {
+            eprintln!("sftp-ha stress: {err}");
+            return Exit::Failure;
+        }
+    };
+    if plan.json {
+        let value = serde_json::json!({
+            "outcome": &outcome,
+            "files": &outcome.samples,
+        });
+        println!("{value:#}");
+    } else {
+        print!("{}", crate::stress::render_summary(&outcome));
+        if let Some(report) = &plan.report {
+            println!("  report:   {}", report.display());
+        }
+    }
+    match outcome.summary.missing {
+        Some(missing) if missing > 0 => {
+            eprintln!(
+                "sftp-ha stress: {missing} file(s) not on the standby {} after the last upload; see sftp-ha status and journalctl -u sftp-ha on the master",
+                crate::timefmt::format_duration(plan.timeout)
+            );
+            Exit::Failure
+        }
+        _ => Exit::Ok,
+    }
+}
+
+/// Checks the stress options and turns them into a plan; the error says what to fix.
+fn stress_plan(args: StressArgs) -> Result<crate::stress::Plan, String> {
+    use crate::stress::{client, spec};
+    let endpoint = |what: &str, text: &str| {
+        config::Endpoint::parse(text).map_err(|e| format!("{what} `{text}`: {e}"))
+    };
+    let master = endpoint("master", &args.master)?;
+    let standby = args
+        .standby
+        .as_deref()
+        .map(|s| endpoint("--standby", s))
+        .transpose()?;
+    let size = spec::SizeSpec::parse(&args.size).map_err(|e| format!("--size: {e}"))?;
+    let rate = args
+        .rate
+        .as_deref()
+        .map(spec::parse_rate)
+        .transpose()
+        .map_err(|e| format!("--rate: {e}"))?;
+    if args.sessions == 0 || args.sessions > 64 {
+        return Err("--sessions: give 1 to 64".into());
+    }
+    let timeout = crate::timefmt::parse_duration(&args.timeout)
+        .map_err(|e| format!("--timeout `{}`: {e}", args.timeout))?;
+    let known_hosts = match args.known_hosts {
+        Some(p) => p,
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".ssh/known_hosts"))
+            .ok_or("--known-hosts: HOME is not set; give the file")?,
+    };
+    let auth = match args.key {
+        Some(k) => client::Auth::Key(k),
+        None => match std::env::var(&args.password_env) {
+            Ok(p) => client::Auth::Password(p),
+            Err(_) => client::prompt_password(&format!("{}@{}'s password: ", args.user, master))
+                .map(client::Auth::Password)
+                .map_err(|e| {
+                    format!("no password: set {} or use --key ({e})", args.password_env)
+                })?,
+        },
+    };
+    Ok(crate::stress::Plan {
+        master,
+        standby,
+        login: client::Login {
+            user: args.user,
+            auth,
+            known_hosts,
+        },
+        files: args.files,
+        size,
+        sessions: args.sessions,
+        rate,
+        dir: args.dir,
+        timeout,
+        json: args.json,
+        report: args.report,
+        cleanup: args.cleanup,
+    })
 }
 
 fn run_daemon(config_path: &Path) -> Exit {
@@ -402,5 +566,55 @@ fn manpage(dir: &Path) -> Exit {
             );
             Exit::CantCreate
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap checks these only in debug builds, when a command is first used.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn stress_options_are_checked_before_anything_connects() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "sftp-ha",
+                "stress",
+                "10.0.0.1",
+                "-u",
+                "bob",
+                "--known-hosts",
+                "/dev/null",
+            ];
+            args.extend_from_slice(extra);
+            let Command::Stress(a) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not stress");
+            };
+            // PATH is always set: it stands in for the password variable.
+            stress_plan(StressArgs {
+                password_env: "PATH".into(),
+                ..*a
+            })
+        };
+        assert!(parse(&[]).is_ok());
+        assert!(parse(&["--size", "4q"]).unwrap_err().contains("--size"));
+        assert!(parse(&["--rate", "0/s"]).unwrap_err().contains("--rate"));
+        assert!(
+            parse(&["--sessions", "0"])
+                .unwrap_err()
+                .contains("--sessions")
+        );
+        assert!(
+            parse(&["--timeout", "soon"])
+                .unwrap_err()
+                .contains("--timeout")
+        );
+        assert!(parse(&["--standby", "a:b:c:d"]).is_err());
     }
 }

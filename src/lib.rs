@@ -16,5 +16,6 @@ pub mod logging;
 pub mod pair;
 pub mod sshd;
 pub mod status;
+pub mod stress;
 pub mod sync;
 pub mod timefmt;
