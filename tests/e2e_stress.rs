@@ -6,9 +6,26 @@
 
 mod util;
 
-use util::{MASTER, STANDBY, describe, replicating_pair, stderr, stdout, wait_for};
+use std::process::Output;
 
-const STRESS: &str = env!("CARGO_BIN_EXE_sftp-ha");
+use util::{
+    MASTER, STANDBY, Testbed, USERS, client_key, describe, replicating_pair, stderr, stdout,
+    wait_for,
+};
+
+/// `sftp-ha stress 10.231.0.1 --user EPuser ARGS...` from the master's network
+/// namespace, with `password` in the environment.
+fn stress(tb: &Testbed, password: &str, args: &[&str]) -> Output {
+    let mut all = vec![
+        env!("CARGO_BIN_EXE_sftp-ha"),
+        "stress",
+        "10.231.0.1",
+        "--user",
+        "EPuser",
+    ];
+    all.extend_from_slice(args);
+    tb.client_env(MASTER, &all, &[("SFTP_HA_PASSWORD", password)])
+}
 
 #[test]
 #[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
@@ -25,33 +42,21 @@ fn stress_uploads_to_the_master_and_times_every_file_onto_the_standby() {
     std::fs::write(&known_hosts, stdout(&scan)).unwrap();
     let kh = known_hosts.to_str().unwrap();
     let report = scratch.path().join("report.html");
-    let password = [("SFTP_HA_PASSWORD", "1234")];
+    let watched = ["--standby", "10.231.0.2", "--known-hosts", kh];
 
     // Full speed, mixed sizes, JSON and a report.
-    let out = tb.client_env(
-        MASTER,
-        &[
-            STRESS,
-            "stress",
-            "10.231.0.1",
-            "--user",
-            "EPuser",
-            "--standby",
-            "10.231.0.2",
-            "--files",
-            "300",
-            "--size",
-            "1k..256k",
-            "--sessions",
-            "4",
-            "--known-hosts",
-            kh,
-            "--json",
-            "--report",
-            report.to_str().unwrap(),
-        ],
-        &password,
-    );
+    let mut args = vec![
+        "--files",
+        "300",
+        "--size",
+        "1k..256k",
+        "--sessions",
+        "4",
+        "--json",
+    ];
+    args.extend(["--report", report.to_str().unwrap()]);
+    args.extend(watched);
+    let out = stress(&tb, "1234", &args);
     assert!(out.status.success(), "{}", describe(&out));
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let summary = &json["outcome"]["summary"];
@@ -90,26 +95,9 @@ fn stress_uploads_to_the_master_and_times_every_file_onto_the_standby() {
     }
 
     // At a fixed rate, as text, and cleaned up afterwards on both hosts.
-    let out = tb.client_env(
-        MASTER,
-        &[
-            STRESS,
-            "stress",
-            "10.231.0.1",
-            "--user",
-            "EPuser",
-            "--standby",
-            "10.231.0.2",
-            "--files",
-            "50",
-            "--rate",
-            "25/s",
-            "--known-hosts",
-            kh,
-            "--cleanup",
-        ],
-        &password,
-    );
+    let mut args = vec!["--files", "50", "--rate", "25/s", "--cleanup"];
+    args.extend(watched);
+    let out = stress(&tb, "1234", &args);
     assert!(out.status.success(), "{}", describe(&out));
     let text = stdout(&out);
     assert!(text.contains("50 arrived, 0 missing"), "{text}");
@@ -125,66 +113,64 @@ fn stress_uploads_to_the_master_and_times_every_file_onto_the_standby() {
         (tb.ok(STANDBY, runs).trim() == "1").then_some(())
     });
 
+    // With a key instead of a password (a user whose users.yaml entry has one).
+    let public = std::fs::read_to_string(format!("{}.pub", client_key())).unwrap();
+    tb.write(
+        MASTER,
+        "/root/users.yaml",
+        &format!(
+            "{USERS}  2: {{name: keyuser, password: \"unused-5x\", public_keys: [\"{}\"]}}\n",
+            public.trim()
+        ),
+    );
+    tb.ok(MASTER, "sftp-ha users apply /root/users.yaml");
+    let out = tb.client_env(
+        MASTER,
+        &[
+            env!("CARGO_BIN_EXE_sftp-ha"),
+            "stress",
+            "10.231.0.1",
+            "--user",
+            "keyuser",
+            "--key",
+            &client_key(),
+            "--files",
+            "20",
+            "--known-hosts",
+            kh,
+            "--cleanup",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stdout(&out).contains("upload:"), "{}", describe(&out));
+
     // Refusals: a host key not in known_hosts, a wrong password, a bad option.
     let empty = scratch.path().join("empty_known_hosts");
     std::fs::write(&empty, "").unwrap();
-    let out = tb.client_env(
-        MASTER,
-        &[
-            STRESS,
-            "stress",
-            "10.231.0.1",
-            "-u",
-            "EPuser",
-            "--known-hosts",
-            empty.to_str().unwrap(),
-        ],
-        &password,
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        stderr(&out).contains("ssh-keyscan -t ed25519"),
-        "{}",
-        describe(&out)
-    );
-    let out = tb.client_env(
-        MASTER,
-        &[
-            STRESS,
-            "stress",
-            "10.231.0.1",
-            "-u",
-            "EPuser",
-            "--known-hosts",
-            kh,
-        ],
-        &[("SFTP_HA_PASSWORD", "wrong")],
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        stderr(&out).contains("login as EPuser on 10.231.0.1:22 failed"),
-        "{}",
-        describe(&out)
-    );
-    let out = tb.client_env(
-        MASTER,
-        &[
-            STRESS,
-            "stress",
-            "10.231.0.1",
-            "-u",
-            "EPuser",
-            "--size",
-            "4q",
-            "--known-hosts",
-            kh,
-        ],
-        &password,
-    );
-    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
-    assert!(
-        stderr(&out).contains("--size: `4q`: unknown unit"),
-        "{}",
-        describe(&out)
-    );
+    let refusals: [(&str, Vec<&str>, i32, &str); 3] = [
+        (
+            "1234",
+            vec!["--known-hosts", empty.to_str().unwrap()],
+            1,
+            "ssh-keyscan -t ed25519",
+        ),
+        (
+            "wrong",
+            vec!["--known-hosts", kh],
+            1,
+            "login as EPuser on 10.231.0.1:22 failed",
+        ),
+        (
+            "1234",
+            vec!["--known-hosts", kh, "--size", "4q"],
+            64,
+            "--size: `4q`: unknown unit",
+        ),
+    ];
+    for (password, args, code, says) in refusals {
+        let out = stress(&tb, password, &args);
+        assert_eq!(out.status.code(), Some(code), "{}", describe(&out));
+        assert!(stderr(&out).contains(says), "{}", describe(&out));
+    }
 }

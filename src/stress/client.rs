@@ -2,7 +2,6 @@
 //! the host key checked against a known_hosts file, then a password or a key.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,22 +40,8 @@ pub fn connect(endpoint: &Endpoint, login: &Login) -> Result<Connection, StressE
         endpoint: endpoint.to_string(),
         message,
     };
-    let addr = (endpoint.host.as_str(), endpoint.port)
-        .to_socket_addrs()
-        .map_err(|e| fail(e.to_string()))?
-        .next()
-        .ok_or_else(|| fail("the name has no address".into()))?;
-    let tcp =
-        TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| fail(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let mut session = Session::new().map_err(|e| fail(e.to_string()))?;
-    session.set_tcp_stream(tcp);
-    session.set_timeout(IO_TIMEOUT.as_millis() as u32);
-    // The key type every OpenSSH server has, and the one to put in known_hosts.
-    session
-        .method_pref(ssh2::MethodType::HostKey, "ssh-ed25519")
-        .map_err(|e| fail(e.to_string()))?;
-    session.handshake().map_err(|e| fail(e.to_string()))?;
+    let (session, _) =
+        crate::sync::transport::handshake(endpoint, CONNECT_TIMEOUT, IO_TIMEOUT).map_err(fail)?;
     check_host_key(&session, endpoint, &login.known_hosts)?;
     let auth_failed = |e: ssh2::Error| StressError::Auth {
         endpoint: endpoint.to_string(),

@@ -16,24 +16,21 @@
 //! there never sees a partial file.
 
 pub mod lease;
+pub mod push;
 pub mod sftp;
 pub mod transport;
 pub mod tree;
+pub mod watch;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-
 use crate::config::Endpoint;
 use crate::timefmt::unix_now;
-use sftp::Attrs;
+use push::{OpError, put_file, remote_path};
 use transport::{Standby, TransportError};
 use tree::{Entry, Kind, Op, TEMP_PREFIX, Tree};
 
@@ -125,15 +122,12 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         since: unix_now(),
         ..SyncStatus::default()
     }));
-    let inotify = Inotify::init()?;
+    let watcher = watch::Watcher::new(settings.data_dir.clone())?;
     let mut worker = Worker {
         index_path: settings.state_dir.join(INDEX_FILE),
         index: tree::load_index(&settings.state_dir.join(INDEX_FILE)),
         settings,
-        inotify,
-        watches: HashMap::new(),
-        watched: HashMap::new(),
-        watch_limit_logged: false,
+        watcher,
         current: Tree::new(),
         dirty: BTreeSet::new(),
         rescan_all: true,
@@ -163,11 +157,7 @@ struct Worker {
     index_path: PathBuf,
     /// What the standby has confirmed.
     index: Tree,
-    inotify: Inotify,
-    /// Watched folder → its path in the tree (empty: the data dir), and back.
-    watches: HashMap<WatchDescriptor, Vec<u8>>,
-    watched: HashMap<Vec<u8>, WatchDescriptor>,
-    watch_limit_logged: bool,
+    watcher: watch::Watcher,
     /// The master's tree as last seen: a full scan, then kept current path by
     /// path from the events, so a round looks only at what changed.
     current: Tree,
@@ -241,63 +231,25 @@ impl Worker {
     /// Waits up to `wait` for inotify events and notes the paths they name;
     /// true if any arrived.
     fn wait_for_events(&mut self, wait: Duration) -> bool {
-        let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
-        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
-        if poll(&mut fds, timeout).unwrap_or(0) <= 0 {
-            return false;
-        }
-        let mut buf = [0u8; 64 * 1024];
-        let mut any = false;
-        while let Ok(events) = self.inotify.read_events(&mut buf) {
-            let mut n = 0;
-            for e in events {
-                n += 1;
-                any = true;
-                if e.mask.contains(EventMask::Q_OVERFLOW) {
-                    tracing::warn!("inotify queue overflowed: a full scan follows");
-                    self.rescan_all = true;
-                    continue;
-                }
-                let Some(dir) = self.watches.get(&e.wd).cloned() else {
-                    continue;
-                };
-                if e.mask.intersects(EventMask::IGNORED | EventMask::UNMOUNT) {
-                    // The folder is gone or its file system unmounted: its watch too.
-                    self.watches.remove(&e.wd);
-                    if self.watched.get(&dir) == Some(&e.wd) {
-                        self.watched.remove(&dir);
-                    }
-                    if dir.is_empty() {
-                        self.rescan_all = true;
-                    }
-                    self.dirty.insert(dir);
-                    continue;
-                }
-                let path = match e.name {
-                    Some(name) => join(&dir, name.as_encoded_bytes()),
-                    None => dir,
-                };
-                // Closed after writing, or renamed into place (how WinSCP and `mv`
-                // finish a file): complete, so it may go at once.
-                if e.mask
-                    .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
-                {
-                    self.closed.insert(path.clone());
-                }
-                self.dirty.insert(path);
+        let noticed = self.watcher.wait(wait);
+        self.rescan_all |= noticed.rescan_all;
+        for (path, complete) in noticed.paths {
+            if complete {
+                self.closed.insert(path.clone());
             }
-            if n == 0 {
-                break;
-            }
+            self.dirty.insert(path);
         }
-        any
+        noticed.any
     }
 
     /// Brings `current` up to date: a full walk, or the paths events named.
     /// Returns the part of the tree to plan, `None` for all of it.
     fn look(&mut self) -> Result<Option<Changed>, std::io::Error> {
         if self.rescan_all {
-            let (tree, skipped) = tree::scan(&self.settings.data_dir)?;
+            let watcher = &mut self.watcher;
+            let (tree, skipped) = tree::scan(&self.settings.data_dir, &mut |folder| {
+                watcher.watch(folder.to_vec())
+            })?;
             self.log_skipped(skipped);
             self.current = tree;
             self.update_watches();
@@ -334,18 +286,20 @@ impl Worker {
                     .current
                     .get(&path)
                     .is_some_and(|old| old.kind == Kind::Dir && old.ino == e.ino)
-                    && self.watched.contains_key(&path);
+                    && self.watcher.is_watched(&path);
                 if known {
                     // Its own attributes; what is inside has events of its own.
                     self.current.insert(path.clone(), e);
                     changed.exact.insert(path);
                     return;
                 }
-                // New (or replaced) folder: whatever was created in it before
-                // its watch existed is found by walking it now.
+                // New (or replaced) folder: each of its folders is watched and
+                // then listed, so what was created in it before the watch is in
+                // the listing and what comes after has events.
                 self.forget(&path);
                 self.current.insert(path.clone(), e);
-                match tree::scan_below(&root, &path) {
+                let watcher = &mut self.watcher;
+                match tree::scan_below(&root, &path, &mut |folder| watcher.watch(folder.to_vec())) {
                     Ok((below, skipped)) => {
                         self.log_skipped(skipped);
                         self.current.extend(below);
@@ -353,16 +307,6 @@ impl Worker {
                     Err(err) => {
                         tracing::debug!(path = %sftp::show(&path), "folder changed while walking it: {err}")
                     }
-                }
-                let folders: Vec<Vec<u8>> = std::iter::once(path.clone())
-                    .chain(
-                        tree::subtree(&self.current, &path)
-                            .filter(|(_, e)| e.kind == Kind::Dir)
-                            .map(|(p, _)| p.clone()),
-                    )
-                    .collect();
-                for folder in folders {
-                    self.watch(folder);
                 }
             }
             tree::Found::Entry(e) => {
@@ -382,17 +326,9 @@ impl Worker {
 
     /// Drops `path` and everything below it from `current`, and their watches.
     fn forget(&mut self, path: &[u8]) {
-        for (p, e) in tree::remove_subtree(&mut self.current, path) {
-            if e.kind != Kind::Dir {
-                continue;
-            }
-            if let Some(wd) = self.watched.remove(&p)
-                // A folder renamed keeps its watch: it may already stand for the new path.
-                && self.watches.get(&wd) == Some(&p)
-            {
-                self.watches.remove(&wd);
-                let _ = self.inotify.watches().remove(wd);
-            }
+        let removed = tree::remove_subtree(&mut self.current, path);
+        for (folder, _) in removed.iter().filter(|(_, e)| e.kind == Kind::Dir) {
+            self.watcher.unwatch(folder);
         }
     }
 
@@ -663,6 +599,7 @@ impl Worker {
                 .iter()
                 .take_while(|op| matches!(op, Op::Put(..)))
                 .count();
+            self.watcher.drain();
             let outcome = if puts >= PARALLEL_MIN {
                 let run = &ops[start..start + puts];
                 start += puts;
@@ -710,6 +647,7 @@ impl Worker {
             status,
             stop,
             dirty,
+            watcher,
             ..
         } = self;
         let Some(main) = standby.as_mut() else {
@@ -741,6 +679,7 @@ impl Worker {
             }
             drop(tx);
             for (n, i, result) in rx {
+                watcher.drain();
                 match result {
                     Ok(bytes) => {
                         *done += 1;
@@ -842,46 +781,13 @@ impl Worker {
         let Some(standby) = self.standby.as_mut() else {
             return Err(OpError::Transport(TransportError::NotPinned));
         };
-        let sftp = &mut standby.sftp;
-        let t = |e: sftp::SftpError| OpError::Transport(TransportError::Sftp(e));
-        match op {
-            Op::Delete(path, kind) => {
-                let remote = remote_path(path);
-                let result = match kind {
-                    Kind::File => sftp.remove(&remote),
-                    Kind::Dir => sftp.rmdir(&remote),
-                };
-                match result {
-                    Err(e) if e.is_no_such_file() => Ok(0),
-                    other => other.map(|()| 0).map_err(t),
-                }
-            }
-            Op::Mkdir(path, e) => {
-                let remote = remote_path(path);
-                if sftp.lstat(&remote).map_err(t)?.is_none() {
-                    sftp.mkdir(&remote, Attrs::default()).map_err(t)?;
-                }
-                sftp.setstat(&remote, attrs(e, false)).map_err(t)?;
-                Ok(0)
-            }
-            Op::Rename { from, to } => {
-                sftp.posix_rename(&remote_path(from), &remote_path(to))
-                    .map_err(t)?;
-                Ok(0)
-            }
-            Op::SetAttrs(path, e) => {
-                sftp.setstat(&remote_path(path), attrs(e, e.kind == Kind::File))
-                    .map_err(t)?;
-                Ok(0)
-            }
-            Op::Put(path, e) => put_file(sftp, &self.settings.data_dir, path, e),
-        }
+        push::execute(&mut standby.sftp, &self.settings.data_dir, op)
     }
 
     /// After a full scan: watches every folder of the tree (and the data dir),
     /// drops the watches of folders no longer there.
     fn update_watches(&mut self) {
-        let wanted: HashSet<Vec<u8>> = std::iter::once(Vec::new())
+        let folders = std::iter::once(Vec::new())
             .chain(
                 self.current
                     .iter()
@@ -889,63 +795,7 @@ impl Worker {
                     .map(|(p, _)| p.clone()),
             )
             .collect();
-        let mut watches = self.inotify.watches();
-        // A watch whose folder was renamed still carries the old path: dropped
-        // here, and the folder watched again under its new one.
-        self.watches.retain(|wd, path| {
-            let keep = wanted.contains(path);
-            if !keep {
-                let _ = watches.remove(wd.clone());
-            }
-            keep
-        });
-        self.watched = self
-            .watches
-            .iter()
-            .map(|(wd, p)| (p.clone(), wd.clone()))
-            .collect();
-        for path in wanted {
-            if !self.watched.contains_key(&path) {
-                self.watch(path);
-            }
-        }
-    }
-
-    /// Adds a watch on one folder of the tree.
-    fn watch(&mut self, path: Vec<u8>) {
-        let mask = WatchMask::CLOSE_WRITE
-            | WatchMask::MOVED_FROM
-            | WatchMask::MOVED_TO
-            | WatchMask::CREATE
-            | WatchMask::DELETE
-            | WatchMask::ATTRIB
-            | WatchMask::ONLYDIR
-            | WatchMask::DONT_FOLLOW;
-        let full = self
-            .settings
-            .data_dir
-            .join(std::ffi::OsStr::from_bytes(&path));
-        match self.inotify.watches().add(&full, mask) {
-            Ok(wd) => {
-                // The same folder under a new name (renamed): same watch.
-                if let Some(old) = self.watches.insert(wd.clone(), path.clone())
-                    && old != path
-                    && self.watched.get(&old) == Some(&wd)
-                {
-                    self.watched.remove(&old);
-                }
-                self.watched.insert(path, wd);
-            }
-            Err(err) if err.raw_os_error() == Some(nix::libc::ENOSPC) => {
-                if !self.watch_limit_logged {
-                    self.watch_limit_logged = true;
-                    tracing::warn!(
-                        "inotify watch limit reached: new files are found by the fallback scan only; raise it with sysctl fs.inotify.max_user_watches"
-                    );
-                }
-            }
-            Err(_) => {} // gone meanwhile
-        }
+        self.watcher.watch_exactly(folders);
     }
 
     fn set_status(&self, f: impl FnOnce(&mut SyncStatus)) {
@@ -989,47 +839,6 @@ fn confirm(index: &mut Tree, status: &Mutex<SyncStatus>, op: &Op, bytes: u64, pe
     }
 }
 
-/// Uploads one file: to a temporary name beside the target, fsynced, with
-/// owner, mode and mtime, then renamed over the target. A reader on the
-/// standby sees the old file or the new one, never a part.
-fn put_file(
-    sftp: &mut sftp::SftpClient<ssh2::Channel>,
-    data_dir: &std::path::Path,
-    path: &[u8],
-    e: &Entry,
-) -> Result<u64, OpError> {
-    let t = |e: sftp::SftpError| OpError::Transport(TransportError::Sftp(e));
-    let (mut file, now) =
-        tree::open_file(data_dir, path).map_err(|err| OpError::Local(path.to_vec(), err))?;
-    if now != *e {
-        return Err(OpError::Local(
-            path.to_vec(),
-            std::io::Error::other("changed since the scan"),
-        ));
-    }
-    let remote = remote_path(path);
-    let temp = temp_path(&remote);
-    let handle = sftp
-        .create(
-            &temp,
-            Attrs {
-                mode: Some(0o600),
-                ..Attrs::default()
-            },
-        )
-        .map_err(t)?;
-    let written = sftp.write_from(&handle, &mut file).map_err(t)?;
-    sftp.finish(&handle, attrs(e, true)).map_err(t)?;
-    sftp.posix_rename(&temp, &remote).map_err(t)?;
-    Ok(written)
-}
-
-enum OpError {
-    Transport(TransportError),
-    /// The local file changed or vanished: not an error, the next round sees it.
-    Local(Vec<u8>, std::io::Error),
-}
-
 /// Milliseconds from a file's modification on the master until now.
 fn lag_ms(e: &Entry) -> u64 {
     let modified = std::time::UNIX_EPOCH
@@ -1057,34 +866,6 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
-/// The standby's sync account is chrooted to its data dir: `/` is the data dir.
-fn remote_path(rel: &[u8]) -> Vec<u8> {
-    let mut p = b"/".to_vec();
-    p.extend_from_slice(rel);
-    p
-}
-
-/// `/dir/.sftp-ha-tmp.name` for `/dir/name`: same folder, so the rename is atomic.
-fn temp_path(remote: &[u8]) -> Vec<u8> {
-    let split = remote.iter().rposition(|b| *b == b'/').map_or(0, |i| i + 1);
-    let mut p = remote[..split].to_vec();
-    p.extend_from_slice(TEMP_PREFIX);
-    p.extend_from_slice(&remote[split..]);
-    p
-}
-
-fn attrs(e: &Entry, with_times: bool) -> Attrs {
-    Attrs {
-        size: None,
-        owner: Some((e.uid, e.gid)),
-        mode: Some(e.mode),
-        times: with_times.then(|| {
-            let t = u32::try_from(e.mtime).unwrap_or(0);
-            (t, t)
-        }),
-    }
-}
-
 /// For callers that need the sync settings from a config.
 pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
     Some(SyncSettings {
@@ -1095,18 +876,4 @@ pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
         delete: config.sync.delete,
         audit_interval: config.sync.audit_interval,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn temporary_names_sit_beside_the_target() {
-        assert_eq!(
-            temp_path(b"/u/upload/a b"),
-            b"/u/upload/.sftp-ha-tmp.a b".to_vec()
-        );
-        assert_eq!(remote_path(b"u/x"), b"/u/x".to_vec());
-    }
 }

@@ -90,6 +90,33 @@ impl Drop for Standby {
     }
 }
 
+/// Opens TCP to `endpoint` and does the SSH handshake, offering only the
+/// ed25519 host key type: the one we pin, and the one every OpenSSH server
+/// has, so a server cannot answer with another key instead. Returns the
+/// session and a handle on its socket; the error is a message for a person.
+pub fn handshake(
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+) -> Result<(Session, TcpStream), String> {
+    let addr = (endpoint.host.as_str(), endpoint.port)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("the name has no address")?;
+    let tcp = TcpStream::connect_timeout(&addr, connect_timeout).map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let socket = tcp.try_clone().map_err(|e| e.to_string())?;
+    let mut session = Session::new().map_err(|e| e.to_string())?;
+    session.set_tcp_stream(tcp);
+    session.set_timeout(u32::try_from(io_timeout.as_millis()).unwrap_or(u32::MAX));
+    session
+        .method_pref(ssh2::MethodType::HostKey, "ssh-ed25519")
+        .map_err(|e| e.to_string())?;
+    session.handshake().map_err(|e| e.to_string())?;
+    Ok((session, socket))
+}
+
 impl Standby {
     /// Connects, checks the host key against `pinned` (`ssh-ed25519 BASE64`),
     /// authenticates with `key`, and opens SFTP.
@@ -103,23 +130,7 @@ impl Standby {
             endpoint: endpoint.to_string(),
             message,
         };
-        let addr = (endpoint.host.as_str(), endpoint.port)
-            .to_socket_addrs()
-            .map_err(|e| fail(e.to_string()))?
-            .next()
-            .ok_or_else(|| fail("the name has no address".into()))?;
-        let tcp =
-            TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| fail(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let socket = tcp.try_clone().map_err(|e| fail(e.to_string()))?;
-        let mut session = Session::new().map_err(|e| fail(e.to_string()))?;
-        session.set_tcp_stream(tcp);
-        session.set_timeout(IO_TIMEOUT.as_millis() as u32);
-        // Only the key type we pin, so the server cannot offer another one instead.
-        session
-            .method_pref(ssh2::MethodType::HostKey, "ssh-ed25519")
-            .map_err(|e| fail(e.to_string()))?;
-        session.handshake().map_err(|e| fail(e.to_string()))?;
+        let (session, socket) = handshake(endpoint, CONNECT_TIMEOUT, IO_TIMEOUT).map_err(fail)?;
         let (blob, _) = session
             .host_key()
             .ok_or_else(|| fail("no host key".into()))?;

@@ -80,17 +80,23 @@ fn dir_flags() -> OFlag {
 
 /// Walks `root`. Each folder is opened relative to its parent with O_NOFOLLOW,
 /// so a user who swaps a folder for a symlink cannot lead the walk outside.
-pub fn scan(root: &Path) -> io::Result<(Tree, Skipped)> {
-    scan_below(root, &[])
+/// `before_listing` is called with each folder's path before its entries are
+/// read: a watch added there misses nothing created after the listing.
+pub fn scan(root: &Path, before_listing: &mut dyn FnMut(&[u8])) -> io::Result<(Tree, Skipped)> {
+    scan_below(root, &[], before_listing)
 }
 
 /// Walks the folder `rel` of the tree (not including `rel` itself), opened
-/// component by component with O_NOFOLLOW.
-pub fn scan_below(root: &Path, rel: &[u8]) -> io::Result<(Tree, Skipped)> {
+/// component by component with O_NOFOLLOW; `before_listing` as for [`scan`].
+pub fn scan_below(
+    root: &Path,
+    rel: &[u8],
+    before_listing: &mut dyn FnMut(&[u8]),
+) -> io::Result<(Tree, Skipped)> {
     let mut tree = Tree::new();
     let mut skipped = Skipped::new();
     let top = open_dir(root, rel)?;
-    walk(top, rel.to_vec(), &mut tree, &mut skipped)?;
+    walk(top, rel.to_vec(), &mut tree, &mut skipped, before_listing)?;
     Ok((tree, skipped))
 }
 
@@ -217,7 +223,9 @@ fn walk(
     prefix: Vec<u8>,
     tree: &mut Tree,
     skipped: &mut Skipped,
+    before_listing: &mut dyn FnMut(&[u8]),
 ) -> io::Result<()> {
+    before_listing(&prefix);
     let mut children = Vec::new();
     {
         let dup = dir_fd.try_clone()?;
@@ -263,7 +271,7 @@ fn walk(
                     Err(e) => return Err(e.into()),
                 };
                 tree.insert(path.clone(), Entry::from_stat(&st, Kind::Dir));
-                walk(child, path, tree, skipped)?;
+                walk(child, path, tree, skipped, before_listing)?;
             }
             other => skipped.push((path, kind_name(other))),
         }
@@ -297,7 +305,7 @@ pub fn open_file(root: &Path, rel: &[u8]) -> io::Result<(File, Entry)> {
 /// `older_than`, left behind by a transfer the master never finished (it
 /// crashed, or the file was deleted before it could retry). Returns how many.
 pub fn remove_stale_temporaries(root: &Path, older_than: std::time::Duration) -> io::Result<usize> {
-    let (tree, _) = scan(root)?;
+    let (tree, _) = scan(root, &mut |_| {})?;
     let limit = crate::timefmt::unix_now() as i64 - older_than.as_secs() as i64;
     let mut removed = 0;
     let folders = std::iter::once(Vec::new()).chain(
@@ -759,7 +767,12 @@ mod tests {
         std::fs::write(root.join("u/upload/.sftp-ha-tmp.x"), b"partial").unwrap();
         symlink("/etc/shadow", root.join("u/upload/evil")).unwrap();
         symlink("/etc", root.join("u/etc-dir")).unwrap();
-        let (tree, skipped) = scan(root).unwrap();
+        let mut listed = Vec::new();
+        let (tree, skipped) = scan(root, &mut |p| listed.push(p.to_vec())).unwrap();
+        assert_eq!(
+            listed,
+            vec![b"".to_vec(), b"u".to_vec(), b"u/upload".to_vec()]
+        );
         let names: Vec<String> = tree
             .keys()
             .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -808,9 +821,9 @@ mod tests {
         assert_eq!(stat_path(root, b"u/link/passwd").unwrap(), Found::Missing);
         assert_eq!(stat_path(root, b"u/in/f/x").unwrap(), Found::Missing);
         assert_eq!(stat_path(root, b"u/gone").unwrap(), Found::Missing);
-        let (below, _) = scan_below(root, b"u/in").unwrap();
+        let (below, _) = scan_below(root, b"u/in", &mut |_| {}).unwrap();
         assert_eq!(below.keys().collect::<Vec<_>>(), vec![&b"u/in/f".to_vec()]);
-        assert!(scan_below(root, b"u/link").is_err());
+        assert!(scan_below(root, b"u/link", &mut |_| {}).is_err());
     }
 
     #[test]
