@@ -310,6 +310,9 @@ fn stress_plan(args: StressArgs) -> Result<crate::stress::Plan, String> {
     if args.sessions == 0 || args.sessions > 64 {
         return Err("--sessions: give 1 to 64".into());
     }
+    if args.files == 0 || args.files > 10_000_000 {
+        return Err("--files: give 1 to 10000000".into());
+    }
     let timeout = crate::timefmt::parse_duration(&args.timeout)
         .map_err(|e| format!("--timeout `{}`: {e}", args.timeout))?;
     let known_hosts = match args.known_hosts {
@@ -610,6 +613,7 @@ mod tests {
                 .unwrap_err()
                 .contains("--sessions")
         );
+        assert!(parse(&["--files", "0"]).unwrap_err().contains("--files"));
         assert!(
             parse(&["--timeout", "soon"])
                 .unwrap_err()

@@ -311,7 +311,9 @@ fn watch_standby(
                 }
                 seen.store(present.len(), Ordering::Relaxed);
             }
-            Err(e) if e.is_no_such_file() => {} // the folder itself is not there yet
+            // The folder is not there yet, or not yet usable: a replicator may
+            // create it as root first and hand it over to the user later.
+            Err(e @ SftpError::Status { .. }) => tracing::debug!("standby: {e}"),
             Err(e) => return Err(e.into()),
         }
         if uploads_over.load(Ordering::Relaxed) {

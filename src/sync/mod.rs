@@ -44,11 +44,15 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// A standby back after an outage is noticed within this (plus the connect timeout).
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const INDEX_FILE: &str = "sync-index";
+/// At most one write of the index per this interval (see `Worker::save_index`).
+const INDEX_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Sessions to the standby that share a run of uploads: many small files are
 /// bound by round trips and the standby's fsyncs, which sessions overlap.
 const SESSIONS: usize = 4;
 /// Uploads in one run below which a second session is not worth opening.
 const PARALLEL_MIN: usize = 8;
+/// Files a session takes at a time from a run of uploads.
+const BATCH: usize = 16;
 
 /// What the sync worker reports, for `sftp-ha status` and the STATUS= line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -141,6 +145,8 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         skipped_logged: HashSet::new(),
         next_audit: Instant::now(),
         retry_at: None,
+        index_unsaved: false,
+        index_saved: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name("sync".into())
@@ -181,6 +187,9 @@ struct Worker {
     next_audit: Instant,
     /// While the standby is unreachable: when to try again (capped backoff).
     retry_at: Option<Instant>,
+    /// The index changed since it was last written, and when that was.
+    index_unsaved: bool,
+    index_saved: Instant,
 }
 
 /// What a targeted round looks at: paths whose own entry changed, and paths
@@ -216,6 +225,8 @@ impl Worker {
             }
             if due.is_some_and(|d| now >= d) {
                 due = self.round();
+            } else if self.index_unsaved && self.index_saved.elapsed() >= INDEX_SAVE_INTERVAL {
+                self.flush_index();
             } else if let Some(standby) = &self.standby {
                 let alive = std::iter::once(standby)
                     .chain(&self.helpers)
@@ -225,6 +236,7 @@ impl Worker {
                 }
             }
         }
+        self.flush_index();
         tracing::info!("sync stopped");
     }
 
@@ -545,12 +557,17 @@ impl Worker {
                 && (confirmed.kind == Kind::Dir
                     || (confirmed.size == there.size && confirmed.mtime == there.mtime))
         };
+        // A repair is a difference the next round has to send. An index older
+        // than the standby (it is written every few seconds, a crash loses the
+        // rest) differs too, but is only corrected here.
         let mut repairs = 0;
+        let current = &self.current;
         self.index.retain(|path, confirmed| {
-            let ok = remote
-                .get(path)
-                .is_some_and(|there| matches(confirmed, there));
-            repairs += usize::from(!ok);
+            let there = remote.get(path);
+            let ok = there.is_some_and(|there| matches(confirmed, there));
+            // Gone from the standby while the master has it; a changed one is
+            // counted below, where it is recorded as it is there.
+            repairs += usize::from(!ok && there.is_none() && current.contains_key(path));
             ok
         });
         for (path, there) in remote {
@@ -574,7 +591,8 @@ impl Worker {
         } else {
             tracing::debug!("audit: the standby matches");
         }
-        self.save_index(true);
+        self.index_unsaved = true;
+        self.flush_index();
         self.replan_all = true;
         self.next_audit = Instant::now() + self.settings.audit_interval;
         self.set_status(|s| {
@@ -628,6 +646,7 @@ impl Worker {
                     tracing::debug!(path = %sftp::show(&path), "skipped for now: {err}");
                     self.dirty.insert(path);
                 }
+                Err(OpError::Aborted) => self.replan_all = true,
             }
         }
         self.save_index(changed);
@@ -665,13 +684,46 @@ impl Worker {
                 let (tx, next, stop, data_dir) = (tx.clone(), &next, &*stop, &settings.data_dir);
                 scope.spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(Op::Put(path, e)) = run.get(i) else {
+                        // A few files at a time: the small ones pipelined together.
+                        let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                        let Some(chunk) = run.get(first..run.len().min(first + BATCH)) else {
                             break;
                         };
-                        let result = put_file(&mut session.sftp, data_dir, path, e);
-                        let fatal = matches!(result, Err(OpError::Transport(_)));
-                        if tx.send((n, i, result)).is_err() || fatal {
+                        let (mut small, mut big) = (Vec::new(), Vec::new());
+                        for (k, op) in chunk.iter().enumerate() {
+                            if let Op::Put(path, e) = op {
+                                let item = (first + k, (path.as_slice(), e));
+                                if e.size <= push::SMALL {
+                                    small.push(item)
+                                } else {
+                                    big.push(item)
+                                }
+                            }
+                        }
+                        let items: Vec<_> = small.iter().map(|(_, item)| *item).collect();
+                        let mut results: Vec<(usize, Result<u64, OpError>)> = small
+                            .iter()
+                            .map(|(i, _)| *i)
+                            .zip(push::put_batch(&mut session.sftp, data_dir, &items))
+                            .collect();
+                        let mut broke = results.iter().any(|(_, r)| {
+                            matches!(r, Err(OpError::Transport(_) | OpError::Aborted))
+                        });
+                        for (i, (path, e)) in big {
+                            let result = if broke {
+                                Err(OpError::Aborted)
+                            } else {
+                                put_file(&mut session.sftp, data_dir, path, e)
+                            };
+                            broke |= matches!(result, Err(OpError::Transport(_)));
+                            results.push((i, result));
+                        }
+                        for (i, result) in results {
+                            if tx.send((n, i, result)).is_err() {
+                                return;
+                            }
+                        }
+                        if broke {
                             break;
                         }
                     }
@@ -690,11 +742,12 @@ impl Worker {
                         dirty.insert(path);
                     }
                     Err(OpError::Transport(err)) if n > 0 => {
-                        // An extra session broke: the others carry on, its file is redone.
+                        // An extra session broke: the others carry on, its files are redone.
                         tracing::debug!("extra session lost: {err}");
                         broken.push(n - 1);
                         redo.push(i);
                     }
+                    Err(OpError::Aborted) => redo.push(i),
                     Err(transport) => {
                         // The main session broke: everything waits for a reconnect.
                         stop_others(&next, run.len());
@@ -708,6 +761,7 @@ impl Worker {
             return Err(err);
         }
         broken.sort_unstable();
+        broken.dedup();
         for n in broken.into_iter().rev() {
             self.helpers.remove(n);
         }
@@ -724,6 +778,7 @@ impl Worker {
                     Err(OpError::Local(path, _)) => {
                         self.dirty.insert(path);
                     }
+                    Err(OpError::Aborted) => self.replan_all = true,
                     Err(err) => return Err(err),
                 }
             }
@@ -731,10 +786,26 @@ impl Worker {
         Ok(())
     }
 
-    fn save_index(&self, changed: bool) {
-        if changed && let Err(err) = tree::save_index(&self.index_path, &self.index) {
+    /// Notes that the index changed and writes it if the last write is
+    /// INDEX_SAVE_INTERVAL old. Written more often, a big index would cost
+    /// more than the transfers; what a crash loses of it costs no re-upload,
+    /// since the audit after a restart confirms files already there as they are.
+    fn save_index(&mut self, changed: bool) {
+        self.index_unsaved |= changed;
+        if self.index_unsaved && self.index_saved.elapsed() >= INDEX_SAVE_INTERVAL {
+            self.flush_index();
+        }
+    }
+
+    fn flush_index(&mut self) {
+        if !self.index_unsaved {
+            return;
+        }
+        if let Err(err) = tree::save_index(&self.index_path, &self.index) {
             tracing::warn!(path = %self.index_path.display(), "cannot save the sync index: {err}");
         }
+        self.index_unsaved = false;
+        self.index_saved = Instant::now();
     }
 
     /// Records a transport failure and returns when to retry (capped backoff).

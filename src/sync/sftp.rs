@@ -4,8 +4,11 @@
 //! refuses when the target exists) and `fsync@openssh.com` (durability).
 //!
 //! Why not ssh2's own SFTP API: it has no posix-rename, and libssh2 pipelines
-//! only within one write call. Here writes are pipelined explicitly: up to
-//! [`WINDOW`] requests are in flight before the first reply is read.
+//! only within one write call. Here requests are queued and go out in one
+//! channel write when a reply is awaited (or the queue holds [`SEND_BATCH`]),
+//! and writes are pipelined explicitly: up to [`WINDOW`] requests are in
+//! flight before the first reply is read. The `start_*` calls send without
+//! waiting, so a caller can have several files in flight at once.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -46,6 +49,8 @@ const FX_NO_SUCH_FILE: u32 = 2;
 pub const CHUNK: usize = 64 * 1024;
 /// WRITE requests in flight at once: 32 × 64 KiB = 2 MiB, well inside the channel window.
 pub const WINDOW: usize = 32;
+/// Queued requests are written once they reach this size (or a reply is awaited).
+pub const SEND_BATCH: usize = 1024 * 1024;
 /// Replies larger than this are refused: they cannot come from a sane server.
 const MAX_PACKET: usize = 1024 * 1024;
 
@@ -182,6 +187,8 @@ struct Reply {
 
 pub struct SftpClient<S: Read + Write> {
     stream: S,
+    /// Requests not yet written to the stream.
+    queued: Vec<u8>,
     next_id: u32,
     extensions: HashSet<String>,
     /// Replies read while waiting for another id (pipelining).
@@ -218,28 +225,43 @@ impl<S: Read + Write> SftpClient<S> {
         }
         Ok(SftpClient {
             stream,
+            queued: Vec::new(),
             next_id: 1,
             extensions,
             early: HashMap::new(),
         })
     }
 
+    /// Queues a request; it is written with the others before the next wait.
     fn send(&mut self, kind: u8, payload: &[u8]) -> Result<u32, SftpError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let mut packet = Vec::with_capacity(payload.len() + 9);
-        put_u32(&mut packet, (payload.len() + 5) as u32);
-        packet.push(kind);
-        put_u32(&mut packet, id);
-        packet.extend_from_slice(payload);
-        self.stream.write_all(&packet)?;
+        put_u32(&mut self.queued, (payload.len() + 5) as u32);
+        self.queued.push(kind);
+        put_u32(&mut self.queued, id);
+        self.queued.extend_from_slice(payload);
+        if self.queued.len() >= SEND_BATCH {
+            self.send_queued()?;
+        }
         Ok(id)
+    }
+
+    /// Writes the queued requests in one go. (Not `flush()`: on an ssh2
+    /// channel that discards received data.)
+    fn send_queued(&mut self) -> Result<(), SftpError> {
+        if !self.queued.is_empty() {
+            let result = self.stream.write_all(&self.queued);
+            self.queued.clear();
+            result?;
+        }
+        Ok(())
     }
 
     fn reply(&mut self, id: u32) -> Result<Reply, SftpError> {
         if let Some(r) = self.early.remove(&id) {
             return Ok(r);
         }
+        self.send_queued()?;
         loop {
             let (kind, body) = read_packet(&mut self.stream)?;
             let mut r = Reader { data: &body };
@@ -289,11 +311,21 @@ impl<S: Read + Write> SftpClient<S> {
 
     /// Opens `path` for writing (created, truncated) with `attrs`; returns the handle.
     pub fn create(&mut self, path: &[u8], attrs: Attrs) -> Result<Vec<u8>, SftpError> {
+        let id = self.start_create(path, attrs)?;
+        self.handle(id, path)
+    }
+
+    /// Sends an OPEN like [`SftpClient::create`]; [`SftpClient::handle`] gets the answer.
+    pub fn start_create(&mut self, path: &[u8], attrs: Attrs) -> Result<u32, SftpError> {
         let mut p = Vec::new();
         put_str(&mut p, path);
         put_u32(&mut p, OPEN_WRITE | OPEN_CREATE | OPEN_TRUNCATE);
         attrs.encode(&mut p);
-        let id = self.send(OPEN, &p)?;
+        self.send(OPEN, &p)
+    }
+
+    /// The handle an OPEN sent as `id` (for `path`, named in errors) returned.
+    pub fn handle(&mut self, id: u32, path: &[u8]) -> Result<Vec<u8>, SftpError> {
         let reply = self.reply(id)?;
         if reply.kind == HANDLE {
             let mut r = Reader { data: &reply.body };
@@ -305,6 +337,25 @@ impl<S: Read + Write> SftpClient<S> {
         ))
     }
 
+    /// Sends one WRITE of `data` at `offset` without waiting for its answer.
+    pub fn start_write(
+        &mut self,
+        handle: &[u8],
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, SftpError> {
+        let mut p = Vec::with_capacity(data.len() + handle.len() + 16);
+        put_str(&mut p, handle);
+        p.extend_from_slice(&offset.to_be_bytes());
+        put_str(&mut p, data);
+        self.send(WRITE, &p)
+    }
+
+    /// Waits for the answer to request `id`; an error status names `what`.
+    pub fn expect_ok(&mut self, id: u32, what: impl Fn() -> String) -> Result<(), SftpError> {
+        self.status(id, what)
+    }
+
     /// Writes everything `source` yields to `handle`, pipelined. Returns the byte count.
     pub fn write_from(&mut self, handle: &[u8], source: &mut impl Read) -> Result<u64, SftpError> {
         let mut offset = 0u64;
@@ -313,11 +364,7 @@ impl<S: Read + Write> SftpClient<S> {
         loop {
             let n = read_full(source, &mut buf)?;
             if n > 0 {
-                let mut p = Vec::with_capacity(n + handle.len() + 16);
-                put_str(&mut p, handle);
-                p.extend_from_slice(&offset.to_be_bytes());
-                put_str(&mut p, &buf[..n]);
-                in_flight.push_back(self.send(WRITE, &p)?);
+                in_flight.push_back(self.start_write(handle, offset, &buf[..n])?);
                 offset += n as u64;
             }
             if in_flight.len() >= WINDOW || (n == 0 && !in_flight.is_empty()) {
@@ -335,6 +382,12 @@ impl<S: Read + Write> SftpClient<S> {
     /// requests go out together and their answers are read after, one round
     /// trip instead of three. The first failure is returned.
     pub fn finish(&mut self, handle: &[u8], attrs: Attrs) -> Result<(), SftpError> {
+        let ids = self.start_finish(handle, attrs)?;
+        self.expect_finished(ids)
+    }
+
+    /// Sends what [`SftpClient::finish`] sends, without waiting.
+    pub fn start_finish(&mut self, handle: &[u8], attrs: Attrs) -> Result<[u32; 3], SftpError> {
         if !self.extensions.contains("fsync@openssh.com") {
             return Err(SftpError::MissingExtension("fsync@openssh.com"));
         }
@@ -349,6 +402,11 @@ impl<S: Read + Write> SftpClient<S> {
         let mut p = Vec::new();
         put_str(&mut p, handle);
         let close = self.send(CLOSE, &p)?;
+        Ok([set, sync, close])
+    }
+
+    /// The answers to [`SftpClient::start_finish`]; the first failure is returned.
+    pub fn expect_finished(&mut self, [set, sync, close]: [u32; 3]) -> Result<(), SftpError> {
         let set = self.status(set, || "set attributes".into());
         let sync = self.status(sync, || "fsync".into());
         let close = self.status(close, || "close".into());
@@ -366,6 +424,19 @@ impl<S: Read + Write> SftpClient<S> {
         self.extended("posix-rename@openssh.com", &[from, to], || {
             format!("rename {} to {}", show(from), show(to))
         })
+    }
+
+    /// Sends a posix-rename without waiting; [`SftpClient::expect_ok`] gets the answer.
+    pub fn start_posix_rename(&mut self, from: &[u8], to: &[u8]) -> Result<u32, SftpError> {
+        const NAME: &str = "posix-rename@openssh.com";
+        if !self.extensions.contains(NAME) {
+            return Err(SftpError::MissingExtension(NAME));
+        }
+        let mut p = Vec::new();
+        put_str(&mut p, NAME.as_bytes());
+        put_str(&mut p, from);
+        put_str(&mut p, to);
+        self.send(EXTENDED, &p)
     }
 
     pub fn remove(&mut self, path: &[u8]) -> Result<(), SftpError> {

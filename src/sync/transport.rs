@@ -147,6 +147,11 @@ impl Standby {
                 message: e.message().to_string(),
             })?;
         session.set_keepalive(true, KEEPALIVE_SECS);
+        tracing::debug!(
+            cipher = session.methods(ssh2::MethodType::CryptCs).unwrap_or("?"),
+            mac = session.methods(ssh2::MethodType::MacCs).unwrap_or("?"),
+            "SSH session to the standby"
+        );
         let mut channel = session.channel_session().map_err(|e| fail(e.to_string()))?;
         channel.subsystem("sftp").map_err(|e| fail(e.to_string()))?;
         let sftp = SftpClient::new(channel)?;
