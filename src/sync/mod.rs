@@ -16,6 +16,7 @@
 //! there never sees a partial file.
 
 pub mod lease;
+mod memory;
 pub mod push;
 pub mod sftp;
 pub mod transport;
@@ -374,37 +375,45 @@ impl Worker {
                 return Some(self.failed(err));
             }
         }
-        // The audit may have corrected the index anywhere.
-        let (part, confirmed) = match changed.filter(|_| !self.replan_all) {
+        // The audit may have corrected the index anywhere. The whole tree is
+        // planned from the trees themselves: copies of 100,000 entries would
+        // double the daemon's memory.
+        use std::borrow::Cow;
+        let (part, confirmed): (Cow<Tree>, Cow<Tree>) = match changed.filter(|_| !self.replan_all) {
             Some(c) => (
-                tree::part(&self.current, &c.exact, &c.subtrees),
-                tree::part(&self.index, &c.exact, &c.subtrees),
+                Cow::Owned(tree::part(&self.current, &c.exact, &c.subtrees)),
+                Cow::Owned(tree::part(&self.index, &c.exact, &c.subtrees)),
             ),
-            None => (self.current.clone(), self.index.clone()),
+            None => (Cow::Borrowed(&self.current), Cow::Borrowed(&self.index)),
         };
 
         // A file modified in the last seconds, with no close seen, may still be
         // being written: unless the kernel says nobody has it open for writing,
         // it keeps its confirmed version (or waits to be created) until it settles.
         let now = unix_now() as i64;
-        let mut settling = false;
-        let mut ready = Tree::new();
-        for (path, e) in part {
-            let fresh = e.kind == Kind::File
-                && now - e.mtime < SETTLE.as_secs() as i64
-                && !self.closed.contains(&path)
-                && !self.nobody_writes(&path);
-            if fresh {
-                settling = true;
-                if let Some(old) = confirmed.get(&path) {
-                    ready.insert(path.clone(), *old);
-                }
-                self.dirty.insert(path);
-            } else {
-                ready.insert(path, e);
+        let fresh: Vec<Vec<u8>> = part
+            .iter()
+            .filter(|(path, e)| {
+                e.kind == Kind::File
+                    && now - e.mtime < SETTLE.as_secs() as i64
+                    && !self.closed.contains(*path)
+                    && !self.nobody_writes(path)
+            })
+            .map(|(path, _)| path.clone())
+            .collect();
+        let settling = !fresh.is_empty();
+        let ready = if settling {
+            let mut ready = part.into_owned();
+            for path in &fresh {
+                match confirmed.get(path) {
+                    Some(old) => ready.insert(path.clone(), *old),
+                    None => ready.remove(path),
+                };
             }
-        }
-        self.closed.clear();
+            Cow::Owned(ready)
+        } else {
+            part
+        };
 
         let mass_delete = tree::looks_like_mass_delete(&self.current, &self.index);
         if mass_delete {
@@ -414,6 +423,14 @@ impl Worker {
             );
         }
         let ops = tree::plan(&ready, &confirmed, self.settings.delete && !mass_delete);
+        // After a walk, an audit or a plan of many paths.
+        let big = matches!(confirmed, Cow::Borrowed(_)) || ready.len() > 10_000;
+        drop((ready, confirmed));
+        if big {
+            memory::give_back();
+        }
+        self.dirty.extend(fresh);
+        self.closed.clear();
         self.replan_all = false;
         self.set_status(|s| {
             s.pending = ops.len();
