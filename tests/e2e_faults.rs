@@ -1,8 +1,9 @@
 //! End-to-end fault tests of replication on the test bed: a standby cut off
 //! during a burst, the master's daemon killed mid-burst, the standby powered
-//! off, the master's data dir unmounted, and a folder swapped for a symlink
-//! while the daemon walks it. Each ends with identical trees, or with the
-//! standby's files kept and the reason in `sftp-ha status`. Run by `tests/run-all`.
+//! off, the master's data dir unmounted, an inotify queue overflow, and a
+//! folder swapped for a symlink while the daemon walks it. Each ends with
+//! identical trees, or with the standby's files kept and the reason in
+//! `sftp-ha status`. Run by `tests/run-all`.
 
 mod util;
 
@@ -206,4 +207,54 @@ fn a_folder_swapped_for_a_symlink_while_syncing_never_leaks_outside_files() {
         leaked.trim().is_empty(),
         "outside files reached the standby:\n{leaked}"
     );
+}
+
+/// Sets a sysctl on this machine (the containers share its kernel) and puts
+/// the old value back when dropped, also when the test fails.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Sysctl {
+        let old = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, value).unwrap();
+        Sysctl { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path, self.old.trim());
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn an_inotify_queue_overflow_is_caught_up_by_a_full_scan_and_nothing_is_missed() {
+    // A fallback scan this far away cannot be what brings the files over.
+    let tb = replicating_pair("fallback_interval = \"1h\"\n");
+    {
+        // The queue length is read when the daemon sets up inotify: a tiny one
+        // for the restarted daemon, the usual one again for everything else.
+        let _tiny = Sysctl::set("/proc/sys/fs/inotify/max_queued_events", "32");
+        tb.ok(MASTER, "systemctl restart sftp-ha");
+        wait_for("the restarted daemon to connect", || {
+            tb.ok(MASTER, "sftp-ha status")
+                .contains("reachable since")
+                .then_some(())
+        });
+    }
+    tb.ok(
+        MASTER,
+        &format!(
+            "mkdir {UPLOAD}/flood && cd {UPLOAD}/flood && \
+             for i in $(seq 1 2000); do echo $i > f$i; done && chown -R EPuser: ."
+        ),
+    );
+    converged(&tb, "the flood on the standby");
+    let journal = tb.journal(MASTER, "");
+    let overflows = journal.matches("inotify queue overflowed").count();
+    assert!(overflows >= 1, "no overflow happened:\n{journal}");
 }
