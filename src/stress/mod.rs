@@ -12,7 +12,7 @@ pub mod report;
 pub mod spec;
 pub mod stats;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -294,7 +294,7 @@ fn watch_standby(
     timeout: Duration,
 ) -> Result<(), StressError> {
     let mut waiting_since: Option<Instant> = None;
-    let mut present: HashMap<usize, ()> = HashMap::new();
+    let mut present: HashSet<usize> = HashSet::new();
     while present.len() < sizes.len() {
         match conn.sftp.read_dir(folder.as_bytes()) {
             Ok(entries) => {
@@ -303,7 +303,7 @@ fn watch_standby(
                     let Some(i) = index_of(&name) else { continue };
                     if i < sizes.len()
                         && attrs.size == Some(sizes[i])
-                        && present.insert(i, ()).is_none()
+                        && present.insert(i)
                         && let Ok(mut a) = arrived.lock()
                     {
                         a[i] = Some(t);

@@ -259,13 +259,17 @@ impl Worker {
     /// Returns the part of the tree to plan, `None` for all of it.
     fn look(&mut self) -> Result<Option<Changed>, std::io::Error> {
         if self.rescan_all {
+            // Every folder is watched as the walk reaches it; then the watches
+            // of folders no longer there (or renamed) are dropped.
             let watcher = &mut self.watcher;
+            let mut folders = HashSet::new();
             let (tree, skipped) = tree::scan(&self.settings.data_dir, &mut |folder| {
-                watcher.watch(folder.to_vec())
+                watcher.watch(folder.to_vec());
+                folders.insert(folder.to_vec());
             })?;
+            self.watcher.keep_only(&folders);
             self.log_skipped(skipped);
             self.current = tree;
-            self.update_watches();
             self.dirty.clear();
             self.rescan_all = false;
             self.replan_all = true;
@@ -870,20 +874,6 @@ impl Worker {
             return Err(OpError::Transport(TransportError::NotPinned));
         };
         push::execute(&mut standby.sftp, &self.settings.data_dir, op)
-    }
-
-    /// After a full scan: watches every folder of the tree (and the data dir),
-    /// drops the watches of folders no longer there.
-    fn update_watches(&mut self) {
-        let folders = std::iter::once(Vec::new())
-            .chain(
-                self.current
-                    .iter()
-                    .filter(|(_, e)| e.kind == Kind::Dir)
-                    .map(|(p, _)| p.clone()),
-            )
-            .collect();
-        self.watcher.watch_exactly(folders);
     }
 
     fn set_status(&self, f: impl FnOnce(&mut SyncStatus)) {

@@ -59,14 +59,8 @@ pub fn put_file(
     e: &Entry,
 ) -> Result<u64, OpError> {
     let t = |e: sftp::SftpError| OpError::Transport(TransportError::Sftp(e));
-    let (mut file, now) =
-        tree::open_file(data_dir, path).map_err(|err| OpError::Local(path.to_vec(), err))?;
-    if now != *e {
-        return Err(OpError::Local(
-            path.to_vec(),
-            std::io::Error::other("changed since the scan"),
-        ));
-    }
+    let local = |err| OpError::Local(path.to_vec(), err);
+    let mut file = open_as_scanned(data_dir, path, e).map_err(local)?;
     let remote = remote_path(path);
     let temp = temp_path(&remote);
     let handle = sftp
@@ -80,22 +74,27 @@ pub fn put_file(
         .map_err(t)?;
     let written = sftp.write_from(&handle, &mut file).map_err(t)?;
     sftp.finish(&handle, attrs(e, true)).map_err(t)?;
-    unchanged(&file, path, e)?;
+    still_as_scanned(&file, e).map_err(local)?;
     sftp.posix_rename(&temp, &remote).map_err(t)?;
     Ok(written)
 }
 
-/// A file changed while it was being sent is not renamed into place: its
-/// next event sends it again, whole.
-fn unchanged(file: &std::fs::File, path: &[u8], e: &Entry) -> Result<(), OpError> {
-    let now =
-        nix::sys::stat::fstat(file).map_err(|err| OpError::Local(path.to_vec(), err.into()))?;
+/// Opens a file of the tree, refusing one that changed since the scan.
+fn open_as_scanned(data_dir: &Path, path: &[u8], e: &Entry) -> std::io::Result<std::fs::File> {
+    let (file, now) = tree::open_file(data_dir, path)?;
+    if now != *e {
+        return Err(std::io::Error::other("changed since the scan"));
+    }
+    Ok(file)
+}
+
+/// A file changed while it was read is not renamed into place on the
+/// standby: its next event sends it again, whole.
+fn still_as_scanned(file: &std::fs::File, e: &Entry) -> std::io::Result<()> {
+    let now = nix::sys::stat::fstat(file)?;
     if now.st_size as u64 != e.size || now.st_mtime != e.mtime || now.st_mtime_nsec != e.mtime_nsec
     {
-        return Err(OpError::Local(
-            path.to_vec(),
-            std::io::Error::other("changed while it was sent"),
-        ));
+        return Err(std::io::Error::other("changed while it was read"));
     }
     Ok(())
 }
@@ -211,19 +210,13 @@ fn send_batch(
 /// Reads a small file whole, refusing one that changed since the scan.
 fn read_small(data_dir: &Path, path: &[u8], e: &Entry) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let (file, now) = tree::open_file(data_dir, path)?;
-    if now != *e {
-        return Err(std::io::Error::other("changed since the scan"));
-    }
+    let file = open_as_scanned(data_dir, path, e)?;
     let mut data = Vec::with_capacity(usize::try_from(e.size).unwrap_or(0));
     (&file).take(e.size + 1).read_to_end(&mut data)?;
-    let after = nix::sys::stat::fstat(&file)?;
-    if data.len() as u64 != e.size
-        || after.st_mtime != e.mtime
-        || after.st_mtime_nsec != e.mtime_nsec
-    {
-        return Err(std::io::Error::other("changed while reading"));
+    if data.len() as u64 != e.size {
+        return Err(std::io::Error::other("changed while it was read"));
     }
+    still_as_scanned(&file, e)?;
     Ok(data)
 }
 

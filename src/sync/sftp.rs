@@ -292,23 +292,6 @@ impl<S: Read + Write> SftpClient<S> {
         self.status(id, what)
     }
 
-    fn extended(
-        &mut self,
-        name: &'static str,
-        args: &[&[u8]],
-        what: impl Fn() -> String,
-    ) -> Result<(), SftpError> {
-        if !self.extensions.contains(name) {
-            return Err(SftpError::MissingExtension(name));
-        }
-        let mut payload = Vec::new();
-        put_str(&mut payload, name.as_bytes());
-        for a in args {
-            put_str(&mut payload, a);
-        }
-        self.request(EXTENDED, &payload, what)
-    }
-
     /// Opens `path` for writing (created, truncated) with `attrs`; returns the handle.
     pub fn create(&mut self, path: &[u8], attrs: Attrs) -> Result<Vec<u8>, SftpError> {
         let id = self.start_create(path, attrs)?;
@@ -421,9 +404,8 @@ impl<S: Read + Write> SftpClient<S> {
 
     /// Atomically replaces `to` with `from` (rename(2) on the standby).
     pub fn posix_rename(&mut self, from: &[u8], to: &[u8]) -> Result<(), SftpError> {
-        self.extended("posix-rename@openssh.com", &[from, to], || {
-            format!("rename {} to {}", show(from), show(to))
-        })
+        let id = self.start_posix_rename(from, to)?;
+        self.status(id, || format!("rename {} to {}", show(from), show(to)))
     }
 
     /// Sends a posix-rename without waiting; [`SftpClient::expect_ok`] gets the answer.

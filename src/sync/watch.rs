@@ -112,9 +112,9 @@ impl Watcher {
         self.by_path.contains_key(path)
     }
 
-    /// Watches exactly these folders (after a full walk): drops the watches of
-    /// folders no longer there, adds the missing ones.
-    pub fn watch_exactly(&mut self, folders: std::collections::HashSet<Vec<u8>>) {
+    /// After a full walk, which watched every folder it listed: drops the
+    /// watches of folders no longer in `folders`.
+    pub fn keep_only(&mut self, folders: &std::collections::HashSet<Vec<u8>>) {
         let mut watches = self.inotify.watches();
         // A watch whose folder was renamed still carries the old path: dropped
         // here, and the folder watched again under its new one.
@@ -130,11 +130,6 @@ impl Watcher {
             .iter()
             .map(|(wd, p)| (p.clone(), wd.clone()))
             .collect();
-        for path in folders {
-            if !self.by_path.contains_key(&path) {
-                self.watch(path);
-            }
-        }
     }
 
     /// Adds a watch on one folder of the tree.
@@ -193,7 +188,8 @@ mod tests {
         let root = dir.path();
         std::fs::create_dir_all(root.join("a")).unwrap();
         let mut w = Watcher::new(root.to_path_buf()).unwrap();
-        w.watch_exactly([Vec::new(), b"a".to_vec()].into_iter().collect());
+        w.watch(Vec::new());
+        w.watch(b"a".to_vec());
         std::fs::write(root.join("a/f"), b"x").unwrap();
         let seen = w.wait(Duration::from_secs(1));
         assert!(seen.any && !seen.rescan_all);
