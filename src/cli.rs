@@ -455,13 +455,24 @@ fn users(config_path: &Path, cmd: UsersCommand) -> Exit {
         Ok(c) => c,
         Err(exit) => return exit,
     };
-    let report = crate::accounts::apply_file(&file, &config.data_dir, config.hash_method, dry_run);
+    let how = if dry_run {
+        crate::accounts::Apply::Check
+    } else {
+        crate::accounts::Apply::Apply
+    };
+    let report = crate::accounts::apply_file(&file, &config.data_dir, config.hash_method, how);
     print!("{}", report.render());
     if !dry_run && report.ok() {
         // The admins find the file they manage users with in /admin.
         let text = crate::accounts::read_users_file(&file).ok().map(|(t, _)| t);
         let dirs = crate::accounts::admin_dirs(&config.data_dir);
-        crate::accounts::publish(&dirs, &file, text.as_deref(), &report.render());
+        crate::accounts::publish(
+            &config.data_dir,
+            &dirs,
+            &file,
+            text.as_deref(),
+            &report.render(),
+        );
     }
     match report.outcome {
         Ok(_) => Exit::Ok,
@@ -485,14 +496,15 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
             println!("{key}");
             eprintln!("On the standby, run: sftp-ha pair accept-master '{key}'");
         }),
-        PairCommand::AcceptMaster { key } => crate::pair::accept_master(&key, &config.data_dir)
-            .map(|()| {
+        PairCommand::AcceptMaster { key } => {
+            crate::pair::accept_master(&key, &config.data_dir, config.role).map(|()| {
                 println!(
                     "accepted: the master may now do SFTP into {} as {}, and nothing else",
                     config.data_dir.display(),
                     crate::pair::SYNC_USER
                 );
-            }),
+            })
+        }
         PairCommand::TrustStandby { standby, replace } => {
             let endpoint = match standby.as_deref().map(config::Endpoint::parse) {
                 Some(Ok(e)) => e,

@@ -103,7 +103,11 @@ pub fn key_path(state_dir: &Path) -> PathBuf {
 
 /// On the standby: installs the master's key for `sftp-ha-sync` (creating the
 /// account if needed) and makes sure sshd has the confining drop-in.
-pub fn accept_master(key_line: &str, data_dir: &Path) -> Result<(), PairError> {
+pub fn accept_master(
+    key_line: &str,
+    data_dir: &Path,
+    role: crate::config::Role,
+) -> Result<(), PairError> {
     let key_line = key_line.trim();
     check_public_key(key_line).map_err(PairError::BadKey)?;
     let exists = run("getent", &["passwd", SYNC_USER], None).is_ok();
@@ -138,7 +142,7 @@ pub fn accept_master(key_line: &str, data_dir: &Path) -> Result<(), PairError> {
     let text = format!("restrict {key_line}\n");
     crate::fsutil::write_atomic(path, text.as_bytes(), 0o600, Some((0, 0)))
         .map_err(io_err("write", path))?;
-    crate::sshd::install(data_dir)?;
+    crate::sshd::install(data_dir, role)?;
     Ok(())
 }
 

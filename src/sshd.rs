@@ -9,6 +9,7 @@ use std::process::Command;
 
 use crate::accounts::plan::MANAGED_GROUP;
 use crate::accounts::system::KEYS_DIR;
+use crate::config::Role;
 use crate::pair::{SYNC_KEYS, SYNC_USER};
 
 pub const DROP_IN: &str = "/etc/ssh/sshd_config.d/50-sftp-ha.conf";
@@ -44,32 +45,49 @@ const LOCKDOWN: &str = concat!(
     "    PermitTTY no\n",
 );
 
-/// The drop-in's text for a data dir (pure, so it is unit-tested).
-pub fn render(data_dir: &Path) -> String {
+/// SFTP requests no account may make: links. A link lets whoever follows it
+/// (root on the standby, the sync walk, another user's client) be led
+/// somewhere the link's maker chose; users of a drop box never need one.
+const NO_LINKS: &str = "-P symlink,hardlink";
+
+/// The drop-in's text for a data dir and the host's role (pure, so it is
+/// unit-tested). On a standby, users' sessions are read-only (`-R`): one
+/// writer at a time, and nothing a user does there can change a file.
+pub fn render(data_dir: &Path, role: Role) -> String {
+    let users_mode = match role {
+        Role::Master => "",
+        Role::Standby => " -R",
+    };
     format!(
         "\
 # Written by sftp-ha (see /etc/sftp-ha/config.toml); do not edit: it is
 # rewritten whenever sftp-ha starts or reloads.
+# This host is a {role}.
 # The master's sync key (sftp-ha pair accept-master) may do SFTP in {data} and
 # nothing else. The account has uid 0 only so that files keep their owners.
 Match User {SYNC_USER}
     ChrootDirectory {data}
-    ForceCommand internal-sftp -u 0000
+    ForceCommand internal-sftp -u 0000 {NO_LINKS}
     AuthorizedKeysFile {SYNC_KEYS}
     PubkeyAuthentication yes
     PasswordAuthentication no
     KbdInteractiveAuthentication no
     PermitRootLogin prohibit-password
 {LOCKDOWN}# Members of the group {MANAGED_GROUP} get SFTP only, chrooted to their folder under
-# {data}, with nothing else: no shell, no forwarding, no tunnels, no TTY.
+# {data}, with nothing else: no shell, no forwarding, no tunnels, no TTY, no links{ro}.
 Match Group {MANAGED_GROUP}
     ChrootDirectory {data}/%u
-    ForceCommand internal-sftp -l INFO -u 0027
+    ForceCommand internal-sftp -l INFO -u 0027 {NO_LINKS}{users_mode}
     AuthorizedKeysFile {KEYS_DIR}/%u
     PasswordAuthentication yes
     PubkeyAuthentication yes
 {LOCKDOWN}",
-        data = data_dir.display()
+        data = data_dir.display(),
+        ro = if role == Role::Standby {
+            ";\n# read-only on this standby: users may log in and download, not change a file"
+        } else {
+            ""
+        },
     )
 }
 
@@ -83,12 +101,12 @@ pub enum Installed {
 }
 
 /// Writes the drop-in if it differs, checks it with `sshd -t`, reloads sshd.
-pub fn install(data_dir: &Path) -> Result<Installed, SshdError> {
-    install_at(Path::new(DROP_IN), data_dir)
+pub fn install(data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
+    install_at(Path::new(DROP_IN), data_dir, role)
 }
 
-fn install_at(path: &Path, data_dir: &Path) -> Result<Installed, SshdError> {
-    let text = render(data_dir);
+fn install_at(path: &Path, data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
+    let text = render(data_dir, role);
     let previous = fs::read(path).ok();
     if previous.as_deref() == Some(text.as_bytes()) {
         return Ok(Installed::Unchanged);
@@ -172,10 +190,11 @@ mod tests {
 
     #[test]
     fn drop_in_confines_the_group() {
-        let text = render(Path::new("/srv/sftp-ha"));
+        let text = render(Path::new("/srv/sftp-ha"), Role::Master);
         assert!(text.contains("Match Group sftp-ha\n"));
         assert!(text.contains("ChrootDirectory /srv/sftp-ha/%u"));
-        assert!(text.contains("ForceCommand internal-sftp -l INFO"));
+        assert!(text.contains("ForceCommand internal-sftp -l INFO -u 0027 -P symlink,hardlink\n"));
+        assert!(text.contains("ForceCommand internal-sftp -u 0000 -P symlink,hardlink\n"));
         assert_eq!(text.matches("\n    PermitTTY no\n").count(), 2, "{text}");
         assert_eq!(
             text.matches("\n    AllowTcpForwarding no\n").count(),
@@ -186,6 +205,18 @@ mod tests {
         assert!(text.contains("AuthorizedKeysFile /etc/sftp-ha/authorized_keys/%u"));
         assert!(text.contains("Match User sftp-ha-sync\n    ChrootDirectory /srv/sftp-ha\n"));
         assert!(text.contains("AuthorizedKeysFile /etc/sftp-ha/sync_authorized_keys"));
+    }
+
+    #[test]
+    fn users_are_read_only_on_a_standby_only() {
+        let standby = render(Path::new("/srv/sftp-ha"), Role::Standby);
+        assert!(
+            standby.contains("ForceCommand internal-sftp -l INFO -u 0027 -P symlink,hardlink -R\n")
+        );
+        // The sync account writes on the standby.
+        assert!(standby.contains("ForceCommand internal-sftp -u 0000 -P symlink,hardlink\n"));
+        let master = render(Path::new("/srv/sftp-ha"), Role::Master);
+        assert!(!master.contains(" -R"));
     }
 
     #[test]

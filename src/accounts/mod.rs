@@ -105,11 +105,40 @@ impl Report {
 /// Reads users.yaml without following a symlink (it sits in a folder a user
 /// writes), refusing anything but a regular file within the size limit.
 pub fn read_users_file(path: &Path) -> Result<(String, fs::Metadata), Problem> {
+    read_users_file_below(path, None)
+}
+
+/// Opens a file for reading with O_NOFOLLOW; below `data_dir`, through its
+/// folder opened component by component with O_NOFOLLOW too.
+fn open_no_follow(path: &Path, data_dir: Option<&Path>) -> std::io::Result<fs::File> {
+    let flags = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK;
+    match (data_dir, path.parent(), path.file_name()) {
+        (Some(root), Some(dir), Some(name)) if dir.starts_with(root) => {
+            let dir = crate::fsutil::open_dir_beneath(root, dir)?;
+            let fd = nix::fcntl::openat(
+                std::os::fd::AsFd::as_fd(&dir),
+                name,
+                nix::fcntl::OFlag::from_bits_truncate(
+                    flags | nix::libc::O_RDONLY | nix::libc::O_CLOEXEC,
+                ),
+                nix::sys::stat::Mode::empty(),
+            )?;
+            Ok(fs::File::from(fd))
+        }
+        _ => fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path),
+    }
+}
+
+/// [`read_users_file`], walking the folders below `data_dir` without links.
+fn read_users_file_below(
+    path: &Path,
+    data_dir: Option<&Path>,
+) -> Result<(String, fs::Metadata), Problem> {
     let fail = |what: String| Problem::new(None, what, "upload users.yaml as a plain file");
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
+    let mut file = open_no_follow(path, data_dir)
         .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?;
     let meta = file
         .metadata()
@@ -139,15 +168,22 @@ fn method(configured: Option<Method>, defs: &system::LoginDefs) -> Method {
     configured.or(defs.encrypt_method).unwrap_or(Method::Sha512)
 }
 
-/// Checks (and unless `dry_run`, applies) the users.yaml at `path`. On success
-/// the file is rewritten without plaintext and with every uid.
-pub fn apply_file(
-    path: &Path,
-    data_dir: &Path,
-    configured: Option<Method>,
-    dry_run: bool,
-) -> Report {
-    let outcome = run_apply(path, data_dir, configured, dry_run);
+/// What an apply does with the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// Check only: nothing changes.
+    Check,
+    /// Change the accounts, then rewrite the file without plaintext and with every uid.
+    Apply,
+    /// Change the accounts and leave the file as it is: on a standby the file
+    /// is the master's, and only the master writes it.
+    Mirror,
+}
+
+/// Checks (and unless `Check`, applies) the users.yaml at `path`.
+pub fn apply_file(path: &Path, data_dir: &Path, configured: Option<Method>, how: Apply) -> Report {
+    let dry_run = how == Apply::Check;
+    let outcome = run_apply(path, data_dir, configured, how);
     Report {
         at: unix_now(),
         file: path.to_path_buf(),
@@ -160,10 +196,10 @@ fn run_apply(
     path: &Path,
     data_dir: &Path,
     configured: Option<Method>,
-    dry_run: bool,
+    how: Apply,
 ) -> Result<Vec<(String, String)>, Failure> {
     let invalid = |p: Problem| Failure::Invalid(vec![p]);
-    let (text, meta) = read_users_file(path).map_err(invalid)?;
+    let (text, meta) = read_users_file_below(path, Some(data_dir)).map_err(invalid)?;
     let entries = users_file::parse(&text).map_err(invalid)?;
     let (snapshot, defs) = system::snapshot().map_err(|e| Failure::System(e.to_string()))?;
     let plan: Plan =
@@ -173,11 +209,11 @@ fn run_apply(
         .iter()
         .map(|u| (u.name.clone(), u.outcome()))
         .collect();
-    if dry_run {
+    if how == Apply::Check {
         return Ok(outcome);
     }
     system::apply(&plan, &snapshot, data_dir).map_err(|e| Failure::System(e.to_string()))?;
-    if plan.users.iter().any(|u| u.rewrite) {
+    if how == Apply::Apply && plan.users.iter().any(|u| u.rewrite) {
         let hashes: BTreeMap<String, String> = entries
             .iter()
             .filter(|e| matches!(e.secret, Some(Secret::Password(_))))
@@ -196,13 +232,19 @@ fn run_apply(
                 path.display()
             ))
         })?;
-        crate::fsutil::write_atomic(
-            path,
-            new_text.as_bytes(),
-            meta.permissions().mode() & 0o7777,
-            Some((meta.uid(), meta.gid())),
-        )
-        .map_err(|e| Failure::System(format!("cannot rewrite {}: {e}", path.display())))?;
+        let owner = Some((meta.uid(), meta.gid()));
+        let mode = meta.permissions().mode() & 0o777;
+        let written = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+            // In an admin folder: through that folder opened without links.
+            (Some(dir), Some(name)) if dir.starts_with(data_dir) => {
+                crate::fsutil::open_dir_beneath(data_dir, dir).and_then(|dir| {
+                    crate::fsutil::write_atomic_at(&dir, name, new_text.as_bytes(), mode, owner)
+                })
+            }
+            // Root's own file (`sftp-ha users apply /root/users.yaml`).
+            _ => crate::fsutil::write_atomic(path, new_text.as_bytes(), mode, owner),
+        };
+        written.map_err(|e| Failure::System(format!("cannot rewrite {}: {e}", path.display())))?;
     }
     Ok(outcome)
 }
@@ -283,16 +325,68 @@ pub fn admin_dirs_on_disk(data_dir: &Path) -> Vec<AdminDir> {
         .collect()
 }
 
+/// On a standby, whether the users.yaml in an admin folder is one the master
+/// published: the folder and the file belong to the admin whose folder it is,
+/// and the file itself names that admin, enabled, with that uid. A demoted
+/// admin's old folder is root's and fails; so does anything a user could have
+/// placed. `None` when it is fine, else why not.
+pub fn mirror_source_problem(data_dir: &Path, dir: &AdminDir) -> Option<String> {
+    let path = dir.path.join(USERS_FILE);
+    let owner = dir
+        .path
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let (text, meta) = match read_users_file_below(&path, Some(data_dir)) {
+        Ok(read) => read,
+        Err(p) => return Some(p.to_string()),
+    };
+    if meta.uid() != dir.uid {
+        return Some(format!(
+            "the file belongs to uid {}, its folder to uid {}",
+            meta.uid(),
+            dir.uid
+        ));
+    }
+    let entries = match users_file::parse(&text) {
+        Ok(entries) => entries,
+        Err(p) => return Some(p.to_string()),
+    };
+    let names_owner = entries.iter().any(|e| {
+        e.name == owner && e.admin && !e.disabled && e.uid.is_some_and(|(uid, _)| uid == dir.uid)
+    });
+    (!names_owner).then(|| {
+        format!(
+            "it does not name `{owner}` (uid {}) as an enabled admin",
+            dir.uid
+        )
+    })
+}
+
 /// Makes every admin folder show the same thing: `users_text` (when the apply
 /// succeeded) as users.yaml, except in the folder it came from, and `status` as
-/// users.yaml.status. Each file belongs to the admin whose folder it is in.
-pub fn publish(dirs: &[AdminDir], source: &Path, users_text: Option<&str>, status: &str) {
+/// users.yaml.status. Each file belongs to the admin whose folder it is in, and
+/// is written through the folder opened below `data_dir` without following links.
+pub fn publish(
+    data_dir: &Path,
+    dirs: &[AdminDir],
+    source: &Path,
+    users_text: Option<&str>,
+    status: &str,
+) {
     let write = |dir: &AdminDir, name: &str, text: &str| {
-        let path = dir.path.join(name);
-        if let Err(err) =
-            crate::fsutil::write_atomic(&path, text.as_bytes(), 0o640, Some((dir.uid, dir.gid)))
-        {
-            tracing::warn!(path = %path.display(), "cannot write: {err}");
+        let written = crate::fsutil::open_dir_beneath(data_dir, &dir.path).and_then(|fd| {
+            crate::fsutil::write_atomic_at(
+                &fd,
+                name,
+                text.as_bytes(),
+                0o640,
+                Some((dir.uid, dir.gid)),
+            )
+        });
+        if let Err(err) = written {
+            tracing::warn!(path = %dir.path.join(name).display(), "cannot write: {err}");
         }
     };
     for dir in dirs {

@@ -146,10 +146,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
     daemon.refresh_config_fields();
     daemon.install_sshd();
     daemon.bind_sftp_log();
-    daemon.notifier.status("applying users.yaml");
-    if let Some(report) = daemon.users.startup() {
-        daemon.record_users(&report);
-    }
+    daemon.users.startup();
     daemon.start_sync();
     daemon.set_phase(Phase::Running);
     daemon.notifier.ready(&daemon.status.activity);
@@ -323,7 +320,7 @@ impl Daemon {
         if let Some(warning) = crate::sshd::include_warning() {
             tracing::error!("{warning}");
         }
-        self.status.sshd = match crate::sshd::install(&self.config.data_dir) {
+        self.status.sshd = match crate::sshd::install(&self.config.data_dir, self.config.role) {
             Ok(installed) => {
                 let words = match installed {
                     crate::sshd::Installed::Unchanged => "drop-in up to date",

@@ -8,18 +8,29 @@
 //! FileZilla writes in place (IN_CLOSE_WRITE); WinSCP uploads to a temporary
 //! name and renames (IN_MOVED_TO). Events are debounced, so a burst of writes
 //! leads to one apply.
+//!
+//! An apply runs on a thread of its own: hashing passwords and running
+//! useradd can take seconds, and the main loop must keep pinging the watchdog.
+//!
+//! Which file counts: on a master, only the folders of the current managed
+//! admins (owned by them). On a standby the accounts may not exist yet, so a
+//! folder counts when it and its users.yaml belong to the admin whose folder it
+//! is and the file names that admin, enabled, with that uid (what the master
+//! publishes); a demoted admin's old folder (root's) never counts. Among
+//! several, the most recently *changed* one wins (ctime: no user can set it).
 
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use inotify::{Inotify, WatchDescriptor, WatchMask};
 
 use crate::accounts::crypt::Method;
-use crate::accounts::{self, AdminDir, Report, USERS_FILE};
+use crate::accounts::{self, AdminDir, Apply, Report, USERS_FILE};
 use crate::config::Role;
 
 /// Quiet time after the last event before applying.
@@ -27,6 +38,8 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// The admin folders are looked for again at least this often, in case one was
 /// made without /etc/group changing at a moment we saw.
 const REWATCH_EVERY: Duration = Duration::from_secs(10);
+/// How often the main loop looks whether a running apply has finished.
+const APPLY_POLL: Duration = Duration::from_millis(20);
 
 pub struct UsersWatch {
     inotify: Inotify,
@@ -50,6 +63,11 @@ pub struct UsersWatch {
     /// Set when the admin folders were looked for again, so the daemon can
     /// bring other per-user set-up (the SFTP log link) up to date too.
     pub rewatched: bool,
+    /// The apply running on its own thread, and the file it reads.
+    running: Option<(PathBuf, JoinHandle<Report>)>,
+    /// On a standby: files not applied because they are not the master's,
+    /// with the reason, each logged once.
+    refused: HashMap<PathBuf, String>,
 }
 
 impl UsersWatch {
@@ -78,6 +96,8 @@ impl UsersWatch {
             known: HashMap::new(),
             standby: role == Role::Standby,
             rewatched: false,
+            running: None,
+            refused: HashMap::new(),
         })
     }
 
@@ -152,16 +172,54 @@ impl UsersWatch {
         }
     }
 
-    /// At start-up: apply the newest users.yaml among the admin folders, if any.
-    pub fn startup(&mut self) -> Option<Report> {
+    /// At start-up: schedule the most recently changed users.yaml among the
+    /// admin folders that count, if any (applied by the main loop, off it).
+    pub fn startup(&mut self) {
         self.rewatch();
         let newest = self
             .admin_dirs()
             .into_iter()
+            .filter(|d| self.counts(d))
             .map(|d| d.path.join(USERS_FILE))
-            .filter_map(|p| Some((fs::symlink_metadata(&p).ok()?.mtime(), p)))
-            .max()?;
-        Some(self.apply(&newest.1))
+            .filter_map(|p| {
+                let m = fs::symlink_metadata(&p).ok()?;
+                Some(((m.ctime(), m.ctime_nsec()), p))
+            })
+            .max();
+        if let Some((_, path)) = newest {
+            self.pending = Some((path, Instant::now()));
+        }
+    }
+
+    /// Whether the users.yaml in `dir` may be applied (see the module docs);
+    /// a refusal is logged once.
+    fn counts(&mut self, dir: &AdminDir) -> bool {
+        if !self.standby {
+            return true;
+        }
+        let file = dir.path.join(USERS_FILE);
+        if fs::symlink_metadata(&file).is_err() {
+            return false;
+        }
+        match accounts::mirror_source_problem(&self.data_dir, dir) {
+            None => {
+                self.refused.remove(&file);
+                true
+            }
+            Some(why) => {
+                // Also what the master has not rewritten yet (an upload with
+                // plaintext or new users): its rewrite follows at once.
+                if self.refused.get(&file) != Some(&why) {
+                    tracing::info!(path = %file.display(), "not applied: not the master's users.yaml as published: {why}");
+                }
+                // Not looked at again until it changes (content, owner or inode).
+                if let Some(stamp) = FileStamp::of(&file) {
+                    self.known.insert(file.clone(), stamp);
+                }
+                self.refused.insert(file, why);
+                false
+            }
+        }
     }
 
     /// Reads pending inotify events and schedules an apply.
@@ -199,14 +257,35 @@ impl UsersWatch {
 
     /// When [`UsersWatch::run_due`] has something to do next.
     pub fn deadline(&self) -> Instant {
+        if self.running.is_some() {
+            return Instant::now() + APPLY_POLL;
+        }
         self.pending
             .as_ref()
             .map_or(self.rewatch_at, |(_, at)| (*at).min(self.rewatch_at))
     }
 
-    /// Looks for admin folders again if it is time, and applies the pending
-    /// users.yaml if its quiet time is over.
+    /// Looks for admin folders again if it is time, starts the pending apply
+    /// if its quiet time is over, and returns the outcome of one that finished.
     pub fn run_due(&mut self) -> Option<Report> {
+        if let Some((path, handle)) = self.running.take() {
+            if !handle.is_finished() {
+                self.running = Some((path, handle));
+                return None;
+            }
+            let report = match handle.join() {
+                Ok(report) => report,
+                Err(_) => Report {
+                    at: crate::timefmt::unix_now(),
+                    file: path.clone(),
+                    dry_run: false,
+                    outcome: Err(accounts::Failure::System(
+                        "the apply stopped unexpectedly; see the journal".into(),
+                    )),
+                },
+            };
+            return Some(self.finish(&path, report));
+        }
         if Instant::now() >= self.rewatch_at {
             self.rewatch();
         }
@@ -223,12 +302,34 @@ impl UsersWatch {
             // Our own rewrite or copy, or a file already applied.
             return None;
         }
-        Some(self.apply(&path))
+        let dir = self
+            .admin_dirs()
+            .into_iter()
+            .find(|d| path.parent() == Some(&d.path))?;
+        if !self.counts(&dir) {
+            return None;
+        }
+        let how = if self.standby {
+            Apply::Mirror
+        } else {
+            Apply::Apply
+        };
+        let (file, data_dir, method) = (path.clone(), self.data_dir.clone(), self.hash_method);
+        match std::thread::Builder::new()
+            .name("users-apply".into())
+            .spawn(move || accounts::apply_file(&file, &data_dir, method, how))
+        {
+            Ok(handle) => self.running = Some((path, handle)),
+            Err(err) => {
+                tracing::error!("cannot start applying users.yaml: {err}; trying again shortly");
+                self.pending = Some((path, Instant::now() + REWATCH_EVERY));
+            }
+        }
+        None
     }
 
-    /// Applies one users.yaml, then publishes it and the outcome to every admin folder.
-    fn apply(&mut self, path: &Path) -> Report {
-        let report = accounts::apply_file(path, &self.data_dir, self.hash_method, false);
+    /// After an apply: logs it, then publishes the file and the outcome to every admin folder.
+    fn finish(&mut self, path: &Path, report: Report) -> Report {
         if report.ok() {
             tracing::info!(path = %path.display(), "users.yaml applied: {}", report.summary());
         } else {
@@ -254,7 +355,7 @@ impl UsersWatch {
         } else {
             published.as_deref()
         };
-        accounts::publish(&dirs, path, copies, &report.render());
+        accounts::publish(&self.data_dir, &dirs, path, copies, &report.render());
         if let Some(stamp) = FileStamp::of(path) {
             self.known.insert(path.to_path_buf(), stamp);
         }
@@ -277,6 +378,8 @@ struct FileStamp {
     size: u64,
     mtime: i64,
     mtime_nsec: i64,
+    /// Moves with a chown too (and cannot be set by a user).
+    ctime: (i64, i64),
 }
 
 impl FileStamp {
@@ -292,6 +395,7 @@ impl FileStamp {
             size: m.size(),
             mtime: m.mtime(),
             mtime_nsec: m.mtime_nsec(),
+            ctime: (m.ctime(), m.ctime_nsec()),
         })
     }
 }

@@ -33,7 +33,7 @@ use crate::config::Endpoint;
 use crate::timefmt::unix_now;
 use push::{OpError, put_file, remote_path};
 use transport::{Standby, TransportError};
-use tree::{Entry, Kind, Op, TEMP_PREFIX, Tree};
+use tree::{Entry, Kind, Op, TEMP_DIR, Tree};
 
 /// How long after the first event of a batch its round starts: the events of
 /// a burst arriving meanwhile join the same round. Not reset by later events,
@@ -76,6 +76,12 @@ pub struct SyncStatus {
     /// How long the last file took from its last change on the master to being
     /// safe on the standby, in milliseconds.
     pub last_lag_ms: Option<u64>,
+    /// Operations the standby refused (and that were skipped), with the last
+    /// refusal in words; they are tried again on the next full round.
+    #[serde(default)]
+    pub refused: usize,
+    #[serde(default)]
+    pub last_refused: Option<String>,
 }
 
 /// Settings the worker runs with.
@@ -144,6 +150,7 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         stop: stop.clone(),
         status: status.clone(),
         skipped_logged: HashSet::new(),
+        refused: std::collections::HashMap::new(),
         next_audit: Instant::now(),
         retry_at: None,
         index_unsaved: false,
@@ -184,6 +191,9 @@ struct Worker {
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<SyncStatus>>,
     skipped_logged: HashSet<Vec<u8>>,
+    /// Paths whose operation the standby refused, with the refusal: each is
+    /// logged once, shown in the status, and dropped when it succeeds.
+    refused: std::collections::HashMap<Vec<u8>, String>,
     /// When to list the standby and repair drift next (also after every connect).
     next_audit: Instant,
     /// While the standby is unreachable: when to try again (capped backoff).
@@ -523,20 +533,37 @@ impl Worker {
             return Err(TransportError::NotPinned);
         };
         let mut remote = Tree::new();
+        // What the audit removes at once: unfinished temporaries, and links
+        // and special files (the master never sends one, and root on the
+        // standby must never act through one a user planted).
         let mut stray = Vec::new();
+        let mut planted = Vec::new();
         let mut folders = vec![Vec::new()];
         while let Some(folder) = folders.pop() {
-            for (name, a) in standby.sftp.read_dir(&remote_path(&folder))? {
-                if name.starts_with(TEMP_PREFIX) {
-                    stray.push(remote_path(&join(&folder, &name)));
+            let listing = match standby.sftp.read_dir(&remote_path(&folder)) {
+                Err(e) if folder.as_slice() == TEMP_DIR && e.is_no_such_file() => Vec::new(),
+                other => other?,
+            };
+            for (name, a) in listing {
+                let path = join(&folder, &name);
+                if folder.as_slice() == TEMP_DIR {
+                    stray.push(remote_path(&path));
                     continue;
                 }
-                let path = join(&folder, &name);
                 let mode = a.mode.unwrap_or(0);
                 let kind = match mode & 0o170000 {
+                    0o040000 if path.as_slice() == TEMP_DIR => {
+                        folders.push(path);
+                        continue;
+                    }
                     0o040000 => Kind::Dir,
                     0o100000 => Kind::File,
-                    _ => continue, // the standby's own dev/log and the like
+                    // The standby's own SFTP log socket in each chroot.
+                    0o140000 if is_log_socket(&path) => continue,
+                    _ => {
+                        planted.push(path);
+                        continue;
+                    }
                 };
                 if kind == Kind::Dir {
                     folders.push(path.clone());
@@ -550,7 +577,7 @@ impl Worker {
                         size: a.size.unwrap_or(0),
                         mtime,
                         mtime_nsec: 0,
-                        mode: mode & 0o7777,
+                        mode: mode & 0o1777,
                         uid,
                         gid,
                         ino: 0,
@@ -569,6 +596,27 @@ impl Worker {
         }
         if !stray.is_empty() {
             tracing::info!(standby = %self.settings.standby, "audit: removed {} unfinished temporary file(s)", stray.len());
+        }
+        for path in &planted {
+            match standby.sftp.remove(&remote_path(path)) {
+                Err(e) if !e.is_refusal() => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(standby = %self.settings.standby, path = %sftp::show(path), "audit: cannot remove a link or special file the master does not have: {e}")
+                }
+                Ok(()) => {
+                    tracing::warn!(standby = %self.settings.standby, path = %sftp::show(path), "audit: removed a link or special file the master does not have")
+                }
+            }
+        }
+        // Where temporaries are written; root's alone (0700).
+        if standby.sftp.lstat(&remote_path(TEMP_DIR))?.is_none() {
+            standby.sftp.mkdir(
+                &remote_path(TEMP_DIR),
+                sftp::Attrs {
+                    mode: Some(0o700),
+                    ..sftp::Attrs::default()
+                },
+            )?;
         }
         let matches = |confirmed: &Entry, there: &Entry| {
             confirmed.kind == there.kind
@@ -650,6 +698,7 @@ impl Worker {
                     Ok(bytes) => {
                         done += 1;
                         confirm(&mut self.index, &self.status, op, bytes, total - done);
+                        self.clear_refused(op.path());
                         Ok(())
                     }
                     Err(e) => Err(e),
@@ -667,11 +716,44 @@ impl Worker {
                     tracing::debug!(path = %sftp::show(&path), "skipped for now: {err}");
                     self.dirty.insert(path);
                 }
+                Err(OpError::Refused(path, err)) => self.note_refused(path, &err),
                 Err(OpError::Aborted) => self.replan_all = true,
             }
         }
         self.save_index(changed);
         None
+    }
+
+    /// The standby refused one operation: said once, shown in the status,
+    /// skipped. The next full round (fallback timer, audit) plans it again.
+    fn note_refused(&mut self, path: Vec<u8>, err: &sftp::SftpError) {
+        let message = err.to_string();
+        if self.refused.get(&path) != Some(&message) {
+            tracing::warn!(
+                standby = %self.settings.standby,
+                path = %sftp::show(&path),
+                "the standby refused an operation, skipped (tried again on the next full scan): {message}"
+            );
+        }
+        self.refused.insert(path, message.clone());
+        let count = self.refused.len();
+        self.set_status(|s| {
+            s.refused = count;
+            s.last_refused = Some(message);
+        });
+    }
+
+    /// An operation on `path` went through: it is no longer refused.
+    fn clear_refused(&mut self, path: &[u8]) {
+        if self.refused.remove(path).is_some() {
+            let count = self.refused.len();
+            self.set_status(|s| {
+                s.refused = count;
+                if count == 0 {
+                    s.last_refused = None;
+                }
+            });
+        }
     }
 
     /// Uploads `run` (only Puts) over all sessions at once. Local failures
@@ -699,6 +781,8 @@ impl Worker {
         // Files an extra session failed on, and which sessions failed.
         let mut redo = Vec::new();
         let mut broken = Vec::new();
+        let mut refusals = Vec::new();
+        let mut succeeded = Vec::new();
         std::thread::scope(|scope| {
             let sessions = std::iter::once(main).chain(helpers.iter_mut());
             for (n, session) in sessions.enumerate() {
@@ -757,11 +841,13 @@ impl Worker {
                     Ok(bytes) => {
                         *done += 1;
                         confirm(index, status, &run[i], bytes, total - *done);
+                        succeeded.push(i);
                     }
                     Err(OpError::Local(path, err)) => {
                         tracing::debug!(path = %sftp::show(&path), "skipped for now: {err}");
                         dirty.insert(path);
                     }
+                    Err(OpError::Refused(path, err)) => refusals.push((path, err)),
                     Err(OpError::Transport(err)) if n > 0 => {
                         // An extra session broke: the others carry on, its files are redone.
                         tracing::debug!("extra session lost: {err}");
@@ -777,6 +863,14 @@ impl Worker {
                 }
             }
         });
+        for (path, err) in refusals {
+            self.note_refused(path, &err);
+        }
+        if !self.refused.is_empty() {
+            for i in succeeded {
+                self.clear_refused(run[i].path());
+            }
+        }
         if let Some(err) = failure {
             self.helpers.clear();
             return Err(err);
@@ -799,6 +893,7 @@ impl Worker {
                     Err(OpError::Local(path, _)) => {
                         self.dirty.insert(path);
                     }
+                    Err(OpError::Refused(path, err)) => self.note_refused(path, &err),
                     Err(OpError::Aborted) => self.replan_all = true,
                     Err(err) => return Err(err),
                 }
@@ -927,6 +1022,12 @@ fn lag_ms(e: &Entry) -> u64 {
     std::time::SystemTime::now()
         .duration_since(modified)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `<user>/dev/log`: the socket each host links into every chroot for the SFTP log.
+fn is_log_socket(path: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+    matches!(parts.as_slice(), [_, b"dev", b"log"])
 }
 
 /// The outcome files of a users.yaml apply: each host writes its own, so

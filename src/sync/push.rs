@@ -1,12 +1,21 @@
 //! Operations on the standby: each [`Op`] of a plan as SFTP requests, paths
 //! in the standby's chroot, and the upload that no reader there can catch
 //! half-done.
+//!
+//! The sync account has uid 0 on the standby, so nothing here may act through
+//! a link: files are written under a fresh name in [`TEMP_DIR`] (outside every
+//! user's chroot) with O_EXCL, get their attributes on the open handle, and
+//! folders theirs with `lsetstat`, which never follows a link. Users cannot
+//! make links on either host (sshd's `-P symlink,hardlink`), a standby is
+//! read-only for them, and the audit removes any link or special file the
+//! master does not have: three walls, any one of which holds on its own.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::sftp::{self, Attrs, SftpClient};
+use super::sftp::{self, Attrs, SftpClient, SftpError};
 use super::transport::TransportError;
-use super::tree::{self, Entry, Kind, Op, TEMP_PREFIX};
+use super::tree::{self, Entry, Kind, Op, TEMP_DIR};
 
 /// Runs one operation on the standby; returns the file bytes sent.
 pub fn execute(
@@ -14,13 +23,21 @@ pub fn execute(
     data_dir: &Path,
     op: &Op,
 ) -> Result<u64, OpError> {
-    let t = |e: sftp::SftpError| OpError::Transport(TransportError::Sftp(e));
+    let path = op.path();
+    let t = |e: SftpError| OpError::from_sftp(path, e);
     match op {
         Op::Delete(path, kind) => {
             let remote = remote_path(path);
             let result = match kind {
                 Kind::File => sftp.remove(&remote),
-                Kind::Dir => sftp.rmdir(&remote),
+                Kind::Dir => match sftp.rmdir(&remote) {
+                    // Not empty: what only the standby has in it may block it.
+                    Err(e) if e.is_failure() => {
+                        clear_leftovers(sftp, &remote).map_err(t)?;
+                        sftp.rmdir(&remote)
+                    }
+                    other => other,
+                },
             };
             match result {
                 Err(e) if e.is_no_such_file() => Ok(0),
@@ -29,10 +46,16 @@ pub fn execute(
         }
         Op::Mkdir(path, e) => {
             let remote = remote_path(path);
-            if sftp.lstat(&remote).map_err(t)?.is_none() {
-                sftp.mkdir(&remote, Attrs::default()).map_err(t)?;
+            match sftp.lstat(&remote).map_err(t)? {
+                Some(a) if is_dir(&a) => {}
+                Some(_) => {
+                    // A link or file where the master has a folder: not what the master meant.
+                    sftp.remove(&remote).map_err(t)?;
+                    sftp.mkdir(&remote, dir_attrs(e)).map_err(t)?;
+                }
+                None => sftp.mkdir(&remote, dir_attrs(e)).map_err(t)?,
             }
-            sftp.setstat(&remote, attrs(e, false)).map_err(t)?;
+            sftp.lsetstat(&remote, attrs(e, false)).map_err(t)?;
             Ok(0)
         }
         Op::Rename { from, to } => {
@@ -41,12 +64,44 @@ pub fn execute(
             Ok(0)
         }
         Op::SetAttrs(path, e) => {
-            sftp.setstat(&remote_path(path), attrs(e, e.kind == Kind::File))
+            sftp.lsetstat(&remote_path(path), attrs(e, e.kind == Kind::File))
                 .map_err(t)?;
             Ok(0)
         }
         Op::Put(path, e) => put_file(sftp, data_dir, path, e),
     }
+}
+
+/// Empties a folder the master removed of what the standby alone holds and
+/// no user wrote: links, special files, the host's own users.yaml.status,
+/// and folders left empty by that. Users' regular files are kept: the rmdir
+/// then fails, is reported, and nothing is lost.
+fn clear_leftovers(sftp: &mut SftpClient<ssh2::Channel>, dir: &[u8]) -> Result<(), SftpError> {
+    for (name, a) in sftp.read_dir(dir)? {
+        let mut path = dir.to_vec();
+        path.push(b'/');
+        path.extend_from_slice(&name);
+        let result = if is_dir(&a) {
+            clear_leftovers(sftp, &path).and_then(|()| sftp.rmdir(&path))
+        } else if !is_file(&a) || name == crate::accounts::STATUS_FILE.as_bytes() {
+            sftp.remove(&path)
+        } else {
+            Ok(())
+        };
+        match result {
+            Err(e) if e.is_refusal() => {} // reported by the rmdir that follows
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+fn is_dir(a: &Attrs) -> bool {
+    a.mode.is_some_and(|m| m & 0o170000 == 0o040000)
+}
+
+fn is_file(a: &Attrs) -> bool {
+    a.mode.is_some_and(|m| m & 0o170000 == 0o100000)
 }
 
 /// Uploads one file: to a temporary name beside the target, fsynced, with
@@ -58,26 +113,43 @@ pub fn put_file(
     path: &[u8],
     e: &Entry,
 ) -> Result<u64, OpError> {
-    let t = |e: sftp::SftpError| OpError::Transport(TransportError::Sftp(e));
+    let t = |e: SftpError| OpError::from_sftp(path, e);
     let local = |err| OpError::Local(path.to_vec(), err);
     let mut file = open_as_scanned(data_dir, path, e).map_err(local)?;
     let remote = remote_path(path);
-    let temp = temp_path(&remote);
-    let handle = sftp
-        .create(
-            &temp,
-            Attrs {
-                mode: Some(0o600),
-                ..Attrs::default()
-            },
-        )
-        .map_err(t)?;
-    let written = sftp.write_from(&handle, &mut file).map_err(t)?;
-    sftp.finish(&handle, attrs(e, true)).map_err(t)?;
-    still_as_scanned(&file, e).map_err(local)?;
-    sftp.posix_rename(&temp, &remote).map_err(t)?;
+    let temp = temp_path();
+    let handle = sftp.create(&temp, TEMPORARY).map_err(t)?;
+    let sent = sftp
+        .write_from(&handle, &mut file)
+        .and_then(|written| sftp.finish(&handle, attrs(e, true)).map(|()| written));
+    let written = match sent {
+        Ok(written) => written,
+        Err(err) => {
+            if err.is_refusal() {
+                let _ = sftp.close(&handle);
+                let _ = sftp.remove(&temp);
+            }
+            return Err(t(err));
+        }
+    };
+    if let Err(err) = still_as_scanned(&file, e) {
+        let _ = sftp.remove(&temp);
+        return Err(local(err));
+    }
+    if let Err(err) = sftp.posix_rename(&temp, &remote) {
+        let _ = sftp.remove(&temp);
+        return Err(t(err));
+    }
     Ok(written)
 }
+
+/// A temporary is root's alone until its attributes are set on the handle.
+const TEMPORARY: Attrs = Attrs {
+    size: None,
+    owner: None,
+    mode: Some(0o600),
+    times: None,
+};
 
 /// Opens a file of the tree, refusing one that changed since the scan.
 fn open_as_scanned(data_dir: &Path, path: &[u8], e: &Entry) -> std::io::Result<std::fs::File> {
@@ -103,8 +175,23 @@ pub enum OpError {
     Transport(TransportError),
     /// The local file changed or vanished: not an error, the next round sees it.
     Local(Vec<u8>, std::io::Error),
+    /// The standby answered and refused this operation (not empty, permission,
+    /// disk full, ...). The session is fine: the operation is reported and
+    /// skipped, the queue goes on, and the next full round tries it again.
+    Refused(Vec<u8>, SftpError),
     /// Not done: the session broke on another file of the same batch.
     Aborted,
+}
+
+impl OpError {
+    /// A refusal for `path`, or a broken session.
+    fn from_sftp(path: &[u8], e: SftpError) -> OpError {
+        if e.is_refusal() {
+            OpError::Refused(path.to_vec(), e)
+        } else {
+            OpError::Transport(TransportError::Sftp(e))
+        }
+    }
 }
 
 /// Files at most this big are read whole and sent [`put_batch`]-wise.
@@ -138,6 +225,7 @@ pub fn put_batch(
         }
     }
     if let Err(err) = send_batch(sftp, items, &contents, &mut results) {
+        // Only a broken session gets here: refusals were recorded per item.
         for r in results.iter_mut().filter(|r| r.is_ok()) {
             *r = Err(OpError::Aborted);
         }
@@ -159,28 +247,35 @@ fn send_batch(
     contents: &[Option<Vec<u8>>],
     results: &mut [Result<u64, OpError>],
 ) -> Result<(), sftp::SftpError> {
-    let temporary = Attrs {
-        mode: Some(0o600),
-        ..Attrs::default()
-    };
     let names: Vec<(Vec<u8>, Vec<u8>)> = items
         .iter()
-        .map(|(path, _)| {
-            let remote = remote_path(path);
-            (temp_path(&remote), remote)
-        })
+        .map(|(path, _)| (temp_path(), remote_path(path)))
         .collect();
+    // A refusal (disk full, say) fails its own item; any other error is a
+    // broken session and fails the batch.
+    let refused = |results: &mut [Result<u64, OpError>], i: usize, e: SftpError| {
+        if e.is_refusal() {
+            results[i] = Err(OpError::Refused(items[i].0.to_vec(), e));
+            Ok(())
+        } else {
+            Err(e)
+        }
+    };
     let todo: Vec<usize> = (0..items.len()).filter(|i| results[*i].is_ok()).collect();
     let mut opens = Vec::with_capacity(todo.len());
     for &i in &todo {
-        opens.push(sftp.start_create(&names[i].0, temporary)?);
+        opens.push(sftp.start_create(&names[i].0, TEMPORARY)?);
     }
     let mut handles = Vec::with_capacity(todo.len());
     for (&i, id) in todo.iter().zip(opens) {
-        handles.push(sftp.handle(id, &names[i].0)?);
+        match sftp.handle(id, &names[i].0) {
+            Ok(handle) => handles.push((i, handle)),
+            Err(e) => refused(results, i, e)?,
+        }
     }
-    let mut pending = Vec::with_capacity(todo.len());
-    for (&i, handle) in todo.iter().zip(&handles) {
+    let mut pending = Vec::with_capacity(handles.len());
+    for (i, handle) in &handles {
+        let i = *i;
         let mut writes = Vec::new();
         for (n, chunk) in contents[i]
             .as_deref()
@@ -193,18 +288,33 @@ fn send_batch(
         let finish = sftp.start_finish(handle, attrs(items[i].1, true))?;
         pending.push((writes, finish));
     }
-    let mut renames = Vec::with_capacity(todo.len());
-    for (&i, (writes, finish)) in todo.iter().zip(pending) {
+    let mut renames = Vec::with_capacity(handles.len());
+    for ((i, _), (writes, finish)) in handles.iter().zip(pending) {
+        let i = *i;
+        let mut outcome = Ok(());
         for id in writes {
-            sftp.expect_ok(id, || "write".into())?;
+            outcome = outcome.and(sftp.expect_ok(id, || "write".into()));
         }
-        sftp.expect_finished(finish)?;
-        renames.push(sftp.start_posix_rename(&names[i].0, &names[i].1)?);
+        outcome = outcome.and(sftp.expect_finished(finish));
+        match outcome {
+            Ok(()) => renames.push((i, sftp.start_posix_rename(&names[i].0, &names[i].1)?)),
+            Err(e) => {
+                refused(results, i, e)?;
+                sftp.remove(&names[i].0).or_else(ignore_refusal)?;
+            }
+        }
     }
-    for (&i, id) in todo.iter().zip(renames) {
-        sftp.expect_ok(id, || format!("rename into {}", sftp::show(&names[i].1)))?;
+    for (i, id) in renames {
+        if let Err(e) = sftp.expect_ok(id, || format!("rename into {}", sftp::show(&names[i].1))) {
+            refused(results, i, e)?;
+            sftp.remove(&names[i].0).or_else(ignore_refusal)?;
+        }
     }
     Ok(())
+}
+
+fn ignore_refusal(e: SftpError) -> Result<(), SftpError> {
+    if e.is_refusal() { Ok(()) } else { Err(e) }
 }
 
 /// Reads a small file whole, refusing one that changed since the scan.
@@ -227,20 +337,32 @@ pub fn remote_path(rel: &[u8]) -> Vec<u8> {
     p
 }
 
-/// `/dir/.sftp-ha-tmp.name` for `/dir/name`: same folder, so the rename is atomic.
-fn temp_path(remote: &[u8]) -> Vec<u8> {
-    let split = remote.iter().rposition(|b| *b == b'/').map_or(0, |i| i + 1);
-    let mut p = remote[..split].to_vec();
-    p.extend_from_slice(TEMP_PREFIX);
-    p.extend_from_slice(&remote[split..]);
+/// A fresh name in the standby's [`TEMP_DIR`]: in the data dir (one file
+/// system, so the rename into place is atomic) but outside every chroot, so
+/// no user can make, see or take that name; O_EXCL does the rest.
+fn temp_path() -> Vec<u8> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let now = crate::timefmt::unix_now();
+    let mut p = remote_path(TEMP_DIR);
+    p.extend_from_slice(format!("/{:x}-{now:x}-{n:x}", std::process::id()).as_bytes());
     p
+}
+
+/// What a new folder is made with: its mode at once, its owner after.
+fn dir_attrs(e: &Entry) -> Attrs {
+    Attrs {
+        mode: Some(e.mode & 0o1777),
+        ..Attrs::default()
+    }
 }
 
 fn attrs(e: &Entry, with_times: bool) -> Attrs {
     Attrs {
         size: None,
         owner: Some((e.uid, e.gid)),
-        mode: Some(e.mode),
+        // Set-id bits are never carried (see tree::Entry::mode).
+        mode: Some(e.mode & 0o1777),
         times: with_times.then(|| {
             let t = u32::try_from(e.mtime).unwrap_or(0);
             (t, t)
@@ -253,11 +375,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn temporary_names_sit_beside_the_target() {
-        assert_eq!(
-            temp_path(b"/u/upload/a b"),
-            b"/u/upload/.sftp-ha-tmp.a b".to_vec()
-        );
+    fn temporaries_are_fresh_names_outside_every_chroot() {
+        let (a, b) = (temp_path(), temp_path());
+        assert!(a.starts_with(b"/.sftp-ha-tmp/"), "{}", sftp::show(&a));
+        assert_ne!(a, b);
         assert_eq!(remote_path(b"u/x"), b"/u/x".to_vec());
     }
 }

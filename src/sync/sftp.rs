@@ -22,7 +22,6 @@ const LSTAT: u8 = 7;
 const OPENDIR: u8 = 11;
 const READDIR: u8 = 12;
 const FSETSTAT: u8 = 10;
-const SETSTAT: u8 = 9;
 const REMOVE: u8 = 13;
 const MKDIR: u8 = 14;
 const RMDIR: u8 = 15;
@@ -35,6 +34,9 @@ const EXTENDED: u8 = 200;
 const OPEN_WRITE: u32 = 0x02;
 const OPEN_CREATE: u32 = 0x08;
 const OPEN_TRUNCATE: u32 = 0x10;
+/// O_EXCL: fail if the name exists (a planted symlink included: with O_EXCL
+/// the kernel never follows a link at the last component).
+const OPEN_EXCLUSIVE: u32 = 0x20;
 
 const ATTR_SIZE: u32 = 0x1;
 const ATTR_UIDGID: u32 = 0x2;
@@ -44,6 +46,7 @@ const ATTR_ACMODTIME: u32 = 0x8;
 const FX_OK: u32 = 0;
 const FX_EOF: u32 = 1;
 const FX_NO_SUCH_FILE: u32 = 2;
+const FX_FAILURE: u32 = 4;
 
 /// Bytes per WRITE request (OpenSSH accepts packets up to 256 KiB).
 pub const CHUNK: usize = 64 * 1024;
@@ -66,7 +69,7 @@ pub enum SftpError {
     },
     #[error("protocol error: {0}")]
     Protocol(String),
-    #[error("the standby's sftp-server lacks {0}; fix: use OpenSSH 5.x or later on the standby")]
+    #[error("the standby's sftp-server lacks {0}; fix: use OpenSSH 8.0 or later on the standby")]
     MissingExtension(&'static str),
 }
 
@@ -76,6 +79,23 @@ impl SftpError {
             self,
             SftpError::Status {
                 code: FX_NO_SUCH_FILE,
+                ..
+            }
+        )
+    }
+
+    /// The standby answered and refused this one request (permission, not
+    /// empty, disk full, ...): the session itself is fine.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, SftpError::Status { .. })
+    }
+
+    /// A generic failure, which is what sftp-server answers for "folder not empty".
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            SftpError::Status {
+                code: FX_FAILURE,
                 ..
             }
         )
@@ -292,7 +312,8 @@ impl<S: Read + Write> SftpClient<S> {
         self.status(id, what)
     }
 
-    /// Opens `path` for writing (created, truncated) with `attrs`; returns the handle.
+    /// Creates `path` for writing with `attrs`; it must not exist (O_EXCL: never
+    /// an existing file, never through a symlink). Returns the handle.
     pub fn create(&mut self, path: &[u8], attrs: Attrs) -> Result<Vec<u8>, SftpError> {
         let id = self.start_create(path, attrs)?;
         self.handle(id, path)
@@ -302,7 +323,10 @@ impl<S: Read + Write> SftpClient<S> {
     pub fn start_create(&mut self, path: &[u8], attrs: Attrs) -> Result<u32, SftpError> {
         let mut p = Vec::new();
         put_str(&mut p, path);
-        put_u32(&mut p, OPEN_WRITE | OPEN_CREATE | OPEN_TRUNCATE);
+        put_u32(
+            &mut p,
+            OPEN_WRITE | OPEN_CREATE | OPEN_TRUNCATE | OPEN_EXCLUSIVE,
+        );
         attrs.encode(&mut p);
         self.send(OPEN, &p)
     }
@@ -440,11 +464,24 @@ impl<S: Read + Write> SftpClient<S> {
         self.request(MKDIR, &p, || format!("mkdir {}", show(path)))
     }
 
-    pub fn setstat(&mut self, path: &[u8], attrs: Attrs) -> Result<(), SftpError> {
+    /// Sets attributes of `path` itself, never of what a symlink there points
+    /// to (`lsetstat@openssh.com`, OpenSSH 8.0 and later; plain SETSTAT follows
+    /// links, so there is no fallback to it).
+    pub fn lsetstat(&mut self, path: &[u8], attrs: Attrs) -> Result<(), SftpError> {
+        const NAME: &str = "lsetstat@openssh.com";
+        if !self.extensions.contains(NAME) {
+            return Err(SftpError::MissingExtension(NAME));
+        }
         let mut p = Vec::new();
+        put_str(&mut p, NAME.as_bytes());
         put_str(&mut p, path);
         attrs.encode(&mut p);
-        self.request(SETSTAT, &p, || format!("set attributes of {}", show(path)))
+        self.request(EXTENDED, &p, || format!("set attributes of {}", show(path)))
+    }
+
+    /// True if the server offers `lsetstat@openssh.com`.
+    pub fn has_lsetstat(&self) -> bool {
+        self.extensions.contains("lsetstat@openssh.com")
     }
 
     /// The entries of folder `path` (without `.` and `..`), with their attributes

@@ -16,9 +16,11 @@ use nix::dir::Dir;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
-/// Prefix of the temporary names files are written under on the standby;
-/// excluded from scans on both sides.
-pub const TEMP_PREFIX: &[u8] = b".sftp-ha-tmp.";
+/// The folder, at the top of the standby's data dir, where files are written
+/// before they are renamed into place: outside every chroot (a user name
+/// cannot start with a dot), so users can neither make nor see its names.
+/// Every name a user gives a file is replicated as it is.
+pub const TEMP_DIR: &[u8] = b".sftp-ha-tmp";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -33,7 +35,10 @@ pub struct Entry {
     pub size: u64,
     pub mtime: i64,
     pub mtime_nsec: i64,
-    /// Permission bits (including setgid and sticky).
+    /// Permission bits and the sticky bit. Set-uid and set-gid bits are not
+    /// part of it: they are never replicated (the standby's root would make
+    /// a set-id file it then chowns to a user) and never compared (a
+    /// difference the standby cannot hold would be re-sent forever).
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -53,7 +58,7 @@ impl Entry {
             },
             mtime: st.st_mtime,
             mtime_nsec: st.st_mtime_nsec,
-            mode: st.st_mode & 0o7777,
+            mode: st.st_mode & 0o1777,
             uid: st.st_uid,
             gid: st.st_gid,
             ino: st.st_ino,
@@ -233,7 +238,7 @@ fn walk(
         for entry in dir.iter() {
             let entry = entry.map_err(io::Error::from)?;
             let name = entry.file_name().to_bytes().to_vec();
-            if name == b"." || name == b".." || name.starts_with(TEMP_PREFIX) {
+            if name == b"." || name == b".." || (prefix.is_empty() && name == TEMP_DIR) {
                 continue;
             }
             children.push(name);
@@ -301,30 +306,25 @@ pub fn open_file(root: &Path, rel: &[u8]) -> io::Result<(File, Entry)> {
     Ok((File::from(fd), Entry::from_stat(&st, Kind::File)))
 }
 
-/// On a standby: removes temporaries (`.sftp-ha-tmp.*`) not written to for
+/// On a standby: removes temporaries in [`TEMP_DIR`] not written to for
 /// `older_than`, left behind by a transfer the master never finished (it
 /// crashed, or the file was deleted before it could retry). Returns how many.
+/// Nothing outside that folder is touched: users' files may have any name.
 pub fn remove_stale_temporaries(root: &Path, older_than: std::time::Duration) -> io::Result<usize> {
-    let (tree, _) = scan(root, &mut |_| {})?;
     let limit = crate::timefmt::unix_now() as i64 - older_than.as_secs() as i64;
     let mut removed = 0;
-    let folders = std::iter::once(Vec::new()).chain(
-        tree.iter()
-            .filter(|(_, e)| e.kind == Kind::Dir)
-            .map(|(p, _)| p.clone()),
-    );
-    for folder in folders {
-        let Ok(dir_fd) = open_dir(root, &folder) else {
-            continue;
+    {
+        let dir_fd = match open_dir(root, TEMP_DIR) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
         };
-        let Ok(mut dir) = Dir::from_fd(dir_fd.try_clone()?) else {
-            continue;
-        };
+        let mut dir = Dir::from_fd(dir_fd.try_clone()?).map_err(io::Error::from)?;
         let names: Vec<Vec<u8>> = dir
             .iter()
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_bytes().to_vec())
-            .filter(|n| n.starts_with(TEMP_PREFIX))
+            .filter(|n| n != b"." && n != b"..")
             .collect();
         for name in names {
             let cname = std::ffi::OsStr::from_bytes(&name);
@@ -351,20 +351,7 @@ pub fn remove_stale_temporaries(root: &Path, older_than: std::time::Duration) ->
 
 /// Opens a folder of the tree, every component with O_NOFOLLOW.
 fn open_dir(root: &Path, rel: &[u8]) -> io::Result<OwnedFd> {
-    let mut dir = nix::fcntl::open(root, dir_flags(), Mode::empty()).map_err(io::Error::from)?;
-    if rel.is_empty() {
-        return Ok(dir);
-    }
-    for part in rel.split(|b| *b == b'/') {
-        dir = openat(
-            dir.as_fd(),
-            std::ffi::OsStr::from_bytes(part),
-            dir_flags(),
-            Mode::empty(),
-        )
-        .map_err(io::Error::from)?;
-    }
-    Ok(dir)
+    crate::fsutil::open_dir_below(root, rel)
 }
 
 /// One step that brings the standby closer to the master.
@@ -384,6 +371,21 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The path the operation is about (for a rename, where it goes).
+    pub fn path(&self) -> &[u8] {
+        match self {
+            Op::Delete(p, _) | Op::Mkdir(p, _) | Op::Put(p, _) | Op::SetAttrs(p, _) => p,
+            Op::Rename { to, .. } => to,
+        }
+    }
+}
+
+/// The chroot (first component) a path belongs to.
+fn chroot_of(path: &[u8]) -> &[u8] {
+    path.split(|b| *b == b'/').next().unwrap_or_default()
+}
+
 /// Moves `from` and everything below it to `to` in `tree` (what a rename does).
 pub fn rekey(tree: &mut Tree, from: &[u8], to: &[u8]) {
     for (old, e) in remove_subtree(tree, from) {
@@ -400,6 +402,12 @@ fn parent(path: &[u8]) -> Option<&[u8]> {
 /// Renames: a confirmed path that vanished and a new path with the same inode,
 /// kind and content, whose new parent the standby already has. Parents first,
 /// so a renamed folder carries its contents along.
+///
+/// An inode number can be reused by a new file once the old one is gone. So
+/// that a reuse can never hand one user's file to another on the standby, a
+/// move across chroots is never a rename (users cannot move files between
+/// chroots anyway), and a file whose mtime has no nanoseconds (set by a
+/// client, so it could repeat) is re-sent rather than renamed.
 fn renames(current: &Tree, confirmed: &mut Tree, ops: &mut Vec<Op>) {
     let mut gone: std::collections::HashMap<u64, Vec<u8>> = confirmed
         .iter()
@@ -416,7 +424,9 @@ fn renames(current: &Tree, confirmed: &mut Tree, ops: &mut Vec<Op>) {
         let Some(old) = confirmed.get(&from) else {
             continue;
         };
-        let same = old.kind == new.kind && (new.kind == Kind::Dir || old.same_content(new));
+        let same = old.kind == new.kind
+            && (new.kind == Kind::Dir || (old.same_content(new) && new.mtime_nsec != 0))
+            && chroot_of(&from) == chroot_of(path);
         let parent_there = parent(path).is_none_or(|p| confirmed.contains_key(p));
         let into_itself = path.starts_with(&from) && path.get(from.len()) == Some(&b'/');
         if same && parent_there && !into_itself && !confirmed.contains_key(path) {
@@ -567,7 +577,8 @@ mod tests {
             kind: Kind::File,
             size,
             mtime,
-            mtime_nsec: 0,
+            // Written by the kernel's clock: client-set times have no nanoseconds.
+            mtime_nsec: 1,
             mode: 0o640,
             uid: 1000,
             gid: 1000,
@@ -668,15 +679,15 @@ mod tests {
         let d = with_ino(dir(), 5);
         let f = with_ino(file(3, 3), 6);
         let ops = plan(
-            &tree(&[("b", d), ("b/f", f)]),
-            &tree(&[("a", d), ("a/f", f)]),
+            &tree(&[("u", dir()), ("u/b", d), ("u/b/f", f)]),
+            &tree(&[("u", dir()), ("u/a", d), ("u/a/f", f)]),
             true,
         );
         assert_eq!(
             ops,
             vec![Op::Rename {
-                from: b"a".to_vec(),
-                to: b"b".to_vec()
+                from: b"u/a".to_vec(),
+                to: b"u/b".to_vec()
             }]
         );
         // Into a folder the standby does not have yet: delete and upload instead.
@@ -688,6 +699,29 @@ mod tests {
                 Op::Mkdir(b"n".to_vec(), dir()),
                 Op::Put(b"n/f".to_vec(), f)
             ]
+        );
+        // Same inode in another chroot (a reused inode): never a rename.
+        let ops = plan(
+            &tree(&[("v", dir()), ("v/f", f)]),
+            &tree(&[("u", dir()), ("u/f", f)]),
+            true,
+        );
+        assert!(
+            !ops.iter().any(|op| matches!(op, Op::Rename { .. })),
+            "{ops:?}"
+        );
+        assert!(ops.contains(&Op::Put(b"v/f".to_vec(), f)), "{ops:?}");
+        // A client-set mtime (no nanoseconds) could repeat by chance: re-sent.
+        let mut by_client = f;
+        by_client.mtime_nsec = 0;
+        let ops = plan(
+            &tree(&[("u", dir()), ("u/g", by_client)]),
+            &tree(&[("u", dir()), ("u/f", by_client)]),
+            true,
+        );
+        assert!(
+            !ops.iter().any(|op| matches!(op, Op::Rename { .. })),
+            "{ops:?}"
         );
         // Same inode but other content (rewritten in place and moved): uploaded.
         let changed = with_ino(file(4, 9), 6);
@@ -763,8 +797,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
         std::fs::create_dir_all(root.join("u/upload")).unwrap();
+        std::fs::create_dir_all(root.join(".sftp-ha-tmp")).unwrap();
         std::fs::write(root.join("u/upload/a file\n"), b"x").unwrap();
-        std::fs::write(root.join("u/upload/.sftp-ha-tmp.x"), b"partial").unwrap();
+        std::fs::write(root.join(".sftp-ha-tmp/x"), b"partial").unwrap();
+        // A user's file may have any name, this one too.
+        std::fs::write(root.join("u/upload/.sftp-ha-tmp.x"), b"mine").unwrap();
         symlink("/etc/shadow", root.join("u/upload/evil")).unwrap();
         symlink("/etc", root.join("u/etc-dir")).unwrap();
         let mut listed = Vec::new();
@@ -777,7 +814,15 @@ mod tests {
             .keys()
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .collect();
-        assert_eq!(names, vec!["u", "u/upload", "u/upload/a file\n"]);
+        assert_eq!(
+            names,
+            vec![
+                "u",
+                "u/upload",
+                "u/upload/.sftp-ha-tmp.x",
+                "u/upload/a file\n"
+            ]
+        );
         assert_eq!(skipped.len(), 2);
         assert!(open_file(root, b"u/upload/evil").is_err());
         assert!(open_file(root, b"u/etc-dir/passwd").is_err());
@@ -789,17 +834,23 @@ mod tests {
             0
         );
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
-        std::fs::File::options()
-            .write(true)
-            .open(root.join("u/upload/.sftp-ha-tmp.x"))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        for f in [".sftp-ha-tmp/x", "u/upload/.sftp-ha-tmp.x"] {
+            std::fs::File::options()
+                .write(true)
+                .open(root.join(f))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
         assert_eq!(
             remove_stale_temporaries(root, std::time::Duration::from_secs(3600)).unwrap(),
             1
         );
-        assert!(!root.join("u/upload/.sftp-ha-tmp.x").exists());
+        assert!(!root.join(".sftp-ha-tmp/x").exists());
+        assert!(
+            root.join("u/upload/.sftp-ha-tmp.x").exists(),
+            "a user's file is kept"
+        );
     }
 
     #[test]

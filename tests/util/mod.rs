@@ -297,14 +297,15 @@ impl Drop for Testbed {
 /// A listing of a host's whole data dir to compare master and standby: every
 /// file and folder with type, owner, group and mode; every file with size,
 /// mtime (seconds) and SHA-256. Folder sizes are left out: they depend on a
-/// folder's history, not its contents. "changing" while `find` races with
+/// folder's history, not its contents; so is the standby's own folder of
+/// temporaries. "changing" while `find` races with
 /// the tree (the caller's wait tries again).
 pub fn listing(tb: &Testbed, host: &str) -> String {
-    let files = "find . -type f ! -name 'users.yaml.status' ! -path './*/dev/*' -print0 | sort -z";
+    let files = "find . -type f ! -name 'users.yaml.status' ! -path './*/dev/*' ! -path './.sftp-ha-tmp/*' -print0 | sort -z";
     let out = tb.sh(
         host,
         &format!(
-            "cd /srv/sftp-ha && find . \\( -type f -o -type d \\) ! -name 'users.yaml.status' ! -path './*/dev*' -print0 | sort -z | \
+            "cd /srv/sftp-ha && find . \\( -type f -o -type d \\) ! -name 'users.yaml.status' ! -path './*/dev*' ! -path './.sftp-ha-tmp*' -print0 | sort -z | \
              xargs -0 stat -c '%n|%F|%u|%g|%a' && {files} | xargs -0 -r stat -c '%n|%s|%Y' && {files} | xargs -0 -r sha256sum"
         ),
     );
