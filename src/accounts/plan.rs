@@ -9,12 +9,10 @@ use std::fmt;
 use super::crypt::{self, Method};
 use super::users_file::{Entry, Place, Problem, Secret};
 
-/// The group every managed account is in; sshd's Match block keys on it.
-pub const MANAGED_GROUP: &str = "sftp-ha";
-/// The group of admins, who get the admin folder.
-pub const ADMIN_GROUP: &str = "sftp-ha-admin";
+use crate::layout::OWN_NAMES;
+pub use crate::layout::{ADMIN_GROUP, MANAGED_GROUP};
 
-/// Names never accepted, whether or not they exist on this host.
+/// System names never accepted, whether or not they exist on this host.
 const RESERVED: &[&str] = &[
     "root",
     "daemon",
@@ -25,8 +23,6 @@ const RESERVED: &[&str] = &[
     "sshd",
     "messagebus",
     "_apt",
-    MANAGED_GROUP,
-    ADMIN_GROUP,
 ];
 
 /// One account as the host has it.
@@ -296,6 +292,15 @@ fn check_entry(e: &Entry, snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             e.name_place,
             format!("`{}` is not a valid user name: {why}", e.name),
             "use 1-32 letters, digits, `_`, `-` or `.`, starting with a letter or `_`",
+        );
+    } else if OWN_NAMES.contains(&e.name.as_str()) {
+        refuse(
+            e.name_place,
+            format!(
+                "`{}` is reserved by sftp-ha, for its own account or group",
+                e.name
+            ),
+            "choose another name",
         );
     } else if RESERVED.contains(&e.name.as_str()) || e.name.starts_with("systemd-") {
         refuse(
@@ -622,6 +627,23 @@ mod tests {
         managed(&mut s, "admin", 1001, "x", true);
         let text = "users:\n  a: {name: admin, password: \"x\", admin: true, uid: 1005}\n";
         assert!(problems(text, &s).join("").contains("a uid cannot change"));
+    }
+
+    #[test]
+    fn names_sftp_ha_uses_itself_are_reserved() {
+        for name in ["sftp-ha-sync", "sftp-ha", "sftp-ha-admin"] {
+            let text = format!(
+                "users:\n  a: {{name: admin, password: \"x\", admin: true}}\n  b: {{name: {name}, password: \"x\"}}\n"
+            );
+            let all = problems(&text, &snapshot()).join("\n");
+            assert!(
+                all.contains(&format!(
+                    "line 3, column 13: `{name}` is reserved by sftp-ha, for its own account or group; fix: choose another name"
+                )),
+                "{all}"
+            );
+        }
+        assert!(OWN_NAMES.contains(&crate::pair::SYNC_USER));
     }
 
     #[test]
