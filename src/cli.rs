@@ -200,7 +200,9 @@ pub enum UsersCommand {
     /// Validate a users.yaml and print what applying it would change
     ///
     /// Changes nothing. Exits 0 if the file is valid, 65 if not, with every
-    /// problem's line, column and fix.
+    /// problem's line, column and fix. Runs on any machine: without a config
+    /// file it checks against the defaults, and without root against what it
+    /// can read of the accounts.
     Check {
         /// The users.yaml to check
         file: PathBuf,
@@ -447,32 +449,48 @@ fn users(config_path: &Path, cmd: UsersCommand) -> Exit {
         UsersCommand::Check { file } => (file, true),
         UsersCommand::Apply { file } => (file, false),
     };
-    if !dry_run && !nix::unistd::Uid::effective().is_root() {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !dry_run && !root {
         eprintln!("sftp-ha: users apply changes accounts: run it as root");
         return Exit::NoPermission;
     }
-    let config = match load_config(config_path) {
-        Ok(c) => c,
-        Err(exit) => return exit,
+    let (data_dir, hash_method) = match config::load(config_path) {
+        Ok(c) => (c.data_dir, c.hash_method),
+        // Checking a users.yaml is what an admin does on any machine before
+        // uploading it, daemon or not; only applying needs this host's config.
+        // A config that exists but cannot be read or is broken stays an error.
+        Err(config::ConfigError::Read { source, .. })
+            if dry_run && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            eprintln!(
+                "sftp-ha: no {}; checking against the defaults (data_dir {}, hash method from /etc/login.defs)",
+                config_path.display(),
+                config::DEFAULT_DATA_DIR
+            );
+            (PathBuf::from(config::DEFAULT_DATA_DIR), None)
+        }
+        Err(err) => {
+            eprintln!("sftp-ha: {err}");
+            return Exit::Config;
+        }
     };
+    if dry_run && !root {
+        eprintln!(
+            "sftp-ha: not root, so /etc/shadow may be unreadable: the file is checked in full, but unchanged passwords, keys and locks may show as changed"
+        );
+    }
     let how = if dry_run {
         crate::accounts::Apply::Check
     } else {
         crate::accounts::Apply::Apply
     };
-    let report = crate::accounts::apply_file(&file, &config.data_dir, config.hash_method, how);
+    let report = crate::accounts::apply_file(&file, &data_dir, hash_method, how);
     print!("{}", report.render());
     if !dry_run && report.ok() {
         // The admins find the file they manage users with in /admin.
         let text = crate::accounts::read_users_file(&file).ok().map(|(t, _)| t);
-        let dirs = crate::accounts::admin_dirs(&config.data_dir);
-        crate::accounts::publish(
-            &config.data_dir,
-            &dirs,
-            &file,
-            text.as_deref(),
-            &report.render(),
-        );
+        let dirs = crate::accounts::admin_dirs(&data_dir);
+        crate::accounts::publish(&data_dir, &dirs, &file, text.as_deref(), &report.render());
     }
     match report.outcome {
         Ok(_) => Exit::Ok,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod exit;
 pub mod fsutil;
+pub mod layout;
 pub mod logging;
 pub mod pair;
 pub mod sshd;

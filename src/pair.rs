@@ -21,10 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::accounts::plan::check_public_key;
 use crate::config::Endpoint;
 
-/// The standby account the master logs in as.
-pub const SYNC_USER: &str = "sftp-ha-sync";
-/// The master's public key, on the standby (root, 0600, outside the data dir).
-pub const SYNC_KEYS: &str = "/etc/sftp-ha/sync_authorized_keys";
+pub use crate::layout::{SYNC_KEYS, SYNC_USER};
 const KEY_FILE: &str = "sync_key";
 const PINNED_FILE: &str = "standby_host_key";
 

@@ -7,10 +7,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::accounts::plan::MANAGED_GROUP;
 use crate::accounts::system::KEYS_DIR;
 use crate::config::Role;
-use crate::pair::{SYNC_KEYS, SYNC_USER};
+use crate::layout::{MANAGED_GROUP, SYNC_KEYS, SYNC_USER};
 
 pub const DROP_IN: &str = "/etc/ssh/sshd_config.d/50-sftp-ha.conf";
 const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";

@@ -19,9 +19,7 @@ const UPLOAD: &str = "/srv/sftp-ha/EPuser/upload";
 fn partial_files(tb: &Testbed, folder: &str, size: u64) -> String {
     let out = tb.sh(
         STANDBY,
-        &format!(
-            "[ -d '{folder}' ] || exit 0; find '{folder}' -type f ! -size {size}c"
-        ),
+        &format!("[ -d '{folder}' ] || exit 0; find '{folder}' -type f ! -size {size}c"),
     );
     stdout(&out)
 }
@@ -83,7 +81,10 @@ fn a_standby_cut_off_for_30_s_during_a_burst_gets_everything_and_never_a_partial
     });
     let count = format!("find {UPLOAD}/burst -type f | wc -l");
     assert_eq!(tb.ok(STANDBY, &count).trim(), "600");
-    let temps = tb.ok(STANDBY, "find /srv/sftp-ha/.sftp-ha-tmp -type f 2>/dev/null | wc -l");
+    let temps = tb.ok(
+        STANDBY,
+        "find /srv/sftp-ha/.sftp-ha-tmp -type f 2>/dev/null | wc -l",
+    );
     assert_eq!(temps.trim(), "0");
     assert!(
         !tb.journal(MASTER, "").contains("full scan"),
@@ -137,7 +138,10 @@ fn a_killed_master_daemon_and_a_powered_off_standby_converge() {
     });
     tb.boot(STANDBY);
     converged(&tb, "the trees after the standby's reboot");
-    let temps = tb.ok(STANDBY, "find /srv/sftp-ha/.sftp-ha-tmp -type f 2>/dev/null | wc -l");
+    let temps = tb.ok(
+        STANDBY,
+        "find /srv/sftp-ha/.sftp-ha-tmp -type f 2>/dev/null | wc -l",
+    );
     assert_eq!(temps.trim(), "0");
 }
 

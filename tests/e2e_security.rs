@@ -8,7 +8,9 @@
 
 mod util;
 
-use util::{MASTER, STANDBY, Testbed, converged, describe, replicating_pair, wait_for, wait_for_or};
+use util::{
+    MASTER, STANDBY, Testbed, converged, describe, replicating_pair, wait_for, wait_for_or,
+};
 
 const MASTER_ADDR: &str = "10.231.0.1";
 const STANDBY_ADDR: &str = "10.231.0.2";
@@ -88,7 +90,8 @@ fn users_cannot_make_links_anywhere_and_the_standby_is_read_only_for_them() {
     );
     assert!(!out.status.success(), "an admin wrote on the standby");
     assert_eq!(
-        tb.ok(STANDBY, &format!("ls -A {DATA}/EPuser/upload")).trim(),
+        tb.ok(STANDBY, &format!("ls -A {DATA}/EPuser/upload"))
+            .trim(),
         "x.txt"
     );
     assert!(!groups(&tb, STANDBY, "EPuser").contains("sftp-ha-admin"));
@@ -198,9 +201,7 @@ fn an_operation_the_standby_refuses_is_reported_once_and_never_stalls_the_queue(
     // through) and a regular file (kept: the rmdir is refused, nothing lost).
     tb.ok(
         STANDBY,
-        &format!(
-            "cd {DATA}/EPuser/upload/d && ln -s x l && mkfifo p && echo mine > only-here.txt"
-        ),
+        &format!("cd {DATA}/EPuser/upload/d && ln -s x l && mkfifo p && echo mine > only-here.txt"),
     );
     let out = as_epuser(&tb, MASTER_ADDR, "rmdir upload/d\n");
     assert!(out.status.success(), "{}", describe(&out));
@@ -213,10 +214,13 @@ fn an_operation_the_standby_refuses_is_reported_once_and_never_stalls_the_queue(
     let out = as_epuser(&tb, MASTER_ADDR, &batch);
     assert!(out.status.success(), "{}", describe(&out));
     wait_for("the later uploads on the standby", || {
-        tb.sh(STANDBY, &format!("test -f {DATA}/EPuser/upload/after-4.txt"))
-            .status
-            .success()
-            .then_some(())
+        tb.sh(
+            STANDBY,
+            &format!("test -f {DATA}/EPuser/upload/after-4.txt"),
+        )
+        .status
+        .success()
+        .then_some(())
     });
     let status = wait_for("the refusal in the status", || {
         let s = tb.ok(MASTER, "sftp-ha status");
@@ -224,7 +228,8 @@ fn an_operation_the_standby_refuses_is_reported_once_and_never_stalls_the_queue(
     });
     assert!(status.contains("reachable since"), "{status}");
     assert_eq!(
-        tb.ok(STANDBY, &format!("ls -A {DATA}/EPuser/upload/d")).trim(),
+        tb.ok(STANDBY, &format!("ls -A {DATA}/EPuser/upload/d"))
+            .trim(),
         "only-here.txt",
         "the standby's own file must be kept, the link and the FIFO removed"
     );
@@ -250,7 +255,10 @@ fn an_operation_the_standby_refuses_is_reported_once_and_never_stalls_the_queue(
     );
     tb.ok(MASTER, "systemctl restart sftp-ha");
     wait_for("the ghost folder gone from the standby", || {
-        (!tb.sh(STANDBY, &format!("test -e {DATA}/ghost")).status.success()).then_some(())
+        (!tb.sh(STANDBY, &format!("test -e {DATA}/ghost"))
+            .status
+            .success())
+        .then_some(())
     });
     let journal = tb.journal(MASTER, "--since=-20s");
     assert!(
@@ -320,10 +328,7 @@ fn a_demoted_admins_old_users_yaml_never_comes_back_on_the_standby() {
         );
     }
     let journal = tb.journal(STANDBY, "");
-    assert!(
-        journal.contains("not the master's users.yaml"),
-        "{journal}"
-    );
+    assert!(journal.contains("not the master's users.yaml"), "{journal}");
 }
 
 #[test]

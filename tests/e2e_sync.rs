@@ -157,7 +157,10 @@ fn a_cut_off_standby_catches_up_without_waiting_for_the_fallback_scan() {
     tb.uncut(STANDBY);
     converged(&tb, "all 200 files on the standby");
     // Partial uploads lived under temporary names only, and are gone.
-    let temps = tb.ok(STANDBY, "find /srv/sftp-ha/.sftp-ha-tmp -type f 2>/dev/null | wc -l");
+    let temps = tb.ok(
+        STANDBY,
+        "find /srv/sftp-ha/.sftp-ha-tmp -type f 2>/dev/null | wc -l",
+    );
     assert_eq!(temps.trim(), "0");
     // The status catches up within a tick of the daemon's main loop.
     wait_for("the status to show the standby back", || {

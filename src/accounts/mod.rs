@@ -201,7 +201,12 @@ fn run_apply(
     let invalid = |p: Problem| Failure::Invalid(vec![p]);
     let (text, meta) = read_users_file_below(path, Some(data_dir)).map_err(invalid)?;
     let entries = users_file::parse(&text).map_err(invalid)?;
-    let (snapshot, defs) = system::snapshot().map_err(|e| Failure::System(e.to_string()))?;
+    let snapshot = if how == Apply::Check {
+        system::snapshot_for_check()
+    } else {
+        system::snapshot()
+    };
+    let (snapshot, defs) = snapshot.map_err(|e| Failure::System(e.to_string()))?;
     let plan: Plan =
         plan::plan(&entries, &snapshot, method(configured, &defs)).map_err(Failure::Invalid)?;
     let outcome: Vec<(String, String)> = plan

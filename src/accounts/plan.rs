@@ -9,12 +9,10 @@ use std::fmt;
 use super::crypt::{self, Method};
 use super::users_file::{Entry, Place, Problem, Secret};
 
-/// The group every managed account is in; sshd's Match block keys on it.
-pub const MANAGED_GROUP: &str = "sftp-ha";
-/// The group of admins, who get the admin folder.
-pub const ADMIN_GROUP: &str = "sftp-ha-admin";
+use crate::layout::OWN_NAMES;
+pub use crate::layout::{ADMIN_GROUP, MANAGED_GROUP};
 
-/// Names never accepted, whether or not they exist on this host.
+/// System names never accepted, whether or not they exist on this host.
 const RESERVED: &[&str] = &[
     "root",
     "daemon",
@@ -25,8 +23,6 @@ const RESERVED: &[&str] = &[
     "sshd",
     "messagebus",
     "_apt",
-    MANAGED_GROUP,
-    ADMIN_GROUP,
 ];
 
 /// One account as the host has it.
@@ -297,6 +293,15 @@ fn check_entry(e: &Entry, snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             format!("`{}` is not a valid user name: {why}", e.name),
             "use 1-32 letters, digits, `_`, `-` or `.`, starting with a letter or `_`",
         );
+    } else if OWN_NAMES.contains(&e.name.as_str()) {
+        refuse(
+            e.name_place,
+            format!(
+                "`{}` is reserved by sftp-ha, for its own account or group",
+                e.name
+            ),
+            "choose another name",
+        );
     } else if RESERVED.contains(&e.name.as_str()) || e.name.starts_with("systemd-") {
         refuse(
             e.name_place,
@@ -378,19 +383,19 @@ fn check_entry(e: &Entry, snapshot: &Snapshot, problems: &mut Vec<Problem>) {
             format!("the password of `{}` contains a NUL or newline", e.name),
             "use printable characters",
         ),
-        // A hash already in /etc/shadow is known to work; checking costs a full hashing.
+        // A hash already in /etc/shadow was accepted before, and is never hashed
+        // again here (the plan compares it as a string), so it is not checked.
         Some(Secret::Hash(h))
-            if snapshot.accounts.get(&e.name).and_then(|a| a.hash.as_ref()) != Some(h)
-                && !crypt::hash_is_supported(h) =>
+            if snapshot.accounts.get(&e.name).and_then(|a| a.hash.as_ref()) != Some(h) =>
         {
-            refuse(
-                e.secret_place,
-                format!(
-                    "the password_hash of `{}` is not a crypt hash this host supports",
-                    e.name
-                ),
-                "use a yescrypt ($y$) or SHA-512 ($6$) hash, e.g. from `mkpasswd`, or give `password` instead",
-            );
+            // The method and cost bounds come first: nothing expensive reaches crypt_r.
+            if let Err(err) = crypt::check_usable_hash(h) {
+                refuse(
+                    e.secret_place,
+                    format!("the password_hash of `{}` is refused: {err}", e.name),
+                    err.fix(),
+                );
+            }
         }
         Some(_) => {}
     }
@@ -622,5 +627,95 @@ mod tests {
         managed(&mut s, "admin", 1001, "x", true);
         let text = "users:\n  a: {name: admin, password: \"x\", admin: true, uid: 1005}\n";
         assert!(problems(text, &s).join("").contains("a uid cannot change"));
+    }
+
+    #[test]
+    fn names_sftp_ha_uses_itself_are_reserved() {
+        for name in ["sftp-ha-sync", "sftp-ha", "sftp-ha-admin"] {
+            let text = format!(
+                "users:\n  a: {{name: admin, password: \"x\", admin: true}}\n  b: {{name: {name}, password: \"x\"}}\n"
+            );
+            let all = problems(&text, &snapshot()).join("\n");
+            assert!(
+                all.contains(&format!(
+                    "line 3, column 13: `{name}` is reserved by sftp-ha, for its own account or group; fix: choose another name"
+                )),
+                "{all}"
+            );
+        }
+        assert!(OWN_NAMES.contains(&crate::pair::SYNC_USER));
+    }
+
+    #[test]
+    fn an_expensive_hash_is_refused_with_its_place_without_hashing() {
+        // Minutes of CPU if it reached crypt_r: the test would hang, not fail.
+        let text = "users:\n  a: {name: admin, password: \"x\", admin: true}\n  b: {name: bob, password_hash: \"$6$rounds=999999999$abc$def\"}\n";
+        let all = problems(text, &snapshot()).join("\n");
+        assert!(
+            all.contains("line 3, column 33: the password_hash of `bob` is refused: SHA-512 with rounds=999999999 costs too much to check; at most rounds=500000 is accepted; fix: "),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn password_hash_methods() {
+        let with_hash = |hash: &str| {
+            format!(
+                "users:\n  a: {{name: admin, password: \"x\", admin: true}}\n  b: {{name: bob, password_hash: \"{hash}\"}}\n"
+            )
+        };
+        for method in [Method::Yescrypt, Method::Sha512, Method::Sha256] {
+            let hash = crypt::hash_password("1234", method).unwrap();
+            let p = plan(
+                &parse(&with_hash(&hash)).unwrap(),
+                &snapshot(),
+                Method::Sha512,
+            )
+            .unwrap();
+            assert_eq!(p.users[1].new_hash.as_deref(), Some(hash.as_str()));
+        }
+        for (hash, says) in [
+            (
+                "$1$saltsalt$qjXMvbEw8oaL.CzflDugX/",
+                "MD5-crypt (`$1$`) is too weak",
+            ),
+            (
+                "$2b$31$abcdefghijklmnopqrstuu5Wz0Z.8ac1XEQ4Ln5fXvLHG8xKjEy5e",
+                "bcrypt (`$2b$`) is not accepted",
+            ),
+            ("abJnggxhB/yWI", "traditional DES"),
+            (
+                "$y$jFT$abcdefghijklmnopqrstuv$abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ",
+                "yescrypt with N=2^18, r=32, p=1, t=0 costs too much",
+            ),
+            ("$6$", "malformed SHA-512 hash"),
+        ] {
+            let all = problems(&with_hash(hash), &snapshot()).join("\n");
+            assert!(all.contains(says), "{hash}: {all}");
+            assert!(
+                all.contains("the password_hash of `bob` is refused"),
+                "{all}"
+            );
+            assert!(all.contains("fix: "), "{all}");
+        }
+    }
+
+    #[test]
+    fn an_expensive_hash_in_shadow_is_replaced_never_verified() {
+        let expensive = format!("$6$rounds=999999999$abcdefgh${}", "a".repeat(86));
+        let mut s = snapshot();
+        managed(&mut s, "admin", 1001, "35oi3g4l3he", true);
+        managed(&mut s, "EPuser", 1002, "1234", false);
+        s.accounts.get_mut("EPuser").unwrap().hash = Some(expensive.clone());
+        // `password:`: not compared with the old hash, re-hashed with the host's method.
+        let p = plan(&parse(SAMPLE).unwrap(), &s, Method::Sha512).unwrap();
+        assert_eq!(p.users[1].action, Action::Update(vec![Change::Password]));
+        assert!(p.users[1].new_hash.as_ref().unwrap().starts_with("$6$"));
+        // The same hash as in shadow, given as password_hash: unchanged, as before.
+        let text = format!(
+            "users:\n  a: {{name: admin, password: \"35oi3g4l3he\", admin: true}}\n  b: {{name: EPuser, password_hash: \"{expensive}\"}}\n"
+        );
+        let p = plan(&parse(&text).unwrap(), &s, Method::Sha512).unwrap();
+        assert_eq!(p.users[1].action, Action::Update(vec![]));
     }
 }

@@ -128,6 +128,17 @@ pub fn parse_shadow(text: &str, today: u64) -> BTreeMap<String, ShadowEntry> {
 
 /// Reads the host's accounts, groups, shadow and login.defs.
 pub fn snapshot() -> Result<(Snapshot, LoginDefs), SystemError> {
+    read_snapshot(false)
+}
+
+/// As [`snapshot`], for a check that changes nothing: when /etc/shadow cannot
+/// be read (`users check` as another user than root), it counts as empty, so
+/// the file is still checked in full; only what would change is less exact.
+pub fn snapshot_for_check() -> Result<(Snapshot, LoginDefs), SystemError> {
+    read_snapshot(true)
+}
+
+fn read_snapshot(shadow_optional: bool) -> Result<(Snapshot, LoginDefs), SystemError> {
     let read = |path: &str| {
         fs::read_to_string(path).map_err(|source| SystemError::Read {
             path: path.into(),
@@ -136,7 +147,15 @@ pub fn snapshot() -> Result<(Snapshot, LoginDefs), SystemError> {
     };
     let defs = parse_login_defs(&fs::read_to_string("/etc/login.defs").unwrap_or_default());
     let today = crate::timefmt::unix_now() / 86_400;
-    let shadow = parse_shadow(&read("/etc/shadow")?, today);
+    let shadow_text = match read("/etc/shadow") {
+        Err(SystemError::Read { source, .. })
+            if shadow_optional && source.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            String::new()
+        }
+        other => other?,
+    };
+    let shadow = parse_shadow(&shadow_text, today);
     let groups = parse_group(&read("/etc/group")?);
     let members = |group: &str| -> BTreeSet<String> {
         groups

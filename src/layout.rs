@@ -1,0 +1,17 @@
+//! The names sftp-ha itself gives to accounts, groups and files on the host.
+//! They live here, apart from the code that uses them, so that `pair`, `sshd`
+//! and `accounts` can share them without importing one another, and so that
+//! users.yaml can refuse every one of them.
+
+/// The group every managed account is in; sshd's Match block keys on it.
+pub const MANAGED_GROUP: &str = "sftp-ha";
+/// The group of admins, who get the admin folder.
+pub const ADMIN_GROUP: &str = "sftp-ha-admin";
+/// The standby account the master logs in as (uid 0; see [`crate::pair`]).
+pub const SYNC_USER: &str = "sftp-ha-sync";
+/// The master's public key, on the standby (root, 0600, outside the data dir).
+pub const SYNC_KEYS: &str = "/etc/sftp-ha/sync_authorized_keys";
+
+/// Every account and group name sftp-ha creates; users.yaml may use none of
+/// them (a user named like the sync account would get its sshd Match block).
+pub const OWN_NAMES: &[&str] = &[MANAGED_GROUP, ADMIN_GROUP, SYNC_USER];
