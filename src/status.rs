@@ -248,6 +248,13 @@ pub fn sync_words(s: &crate::sync::SyncStatus) -> String {
     if s.deletes_held_back {
         words.push_str(", DELETES HELD BACK: the data dir looks empty or unmounted");
     }
+    if s.refused > 0 {
+        words.push_str(&format!(
+            ", {} operation(s) REFUSED by the standby and skipped (retried on the next full scan; last: {})",
+            s.refused,
+            s.last_refused.as_deref().unwrap_or("?")
+        ));
+    }
     words
 }
 

@@ -235,3 +235,87 @@ fn a_burst_of_10000_files_and_a_1_gib_file_arrive_identical() {
     converged(&tb, "the rename on the standby");
     assert_eq!(inode("/srv/sftp-ha/EPuser/upload/burst/moved.bin"), before);
 }
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn names_modes_and_accounts_the_standby_can_hold() {
+    let tb = replicating_pair("");
+    let local = |name: &str, body: &str| {
+        let p = tb.path(MASTER, &format!("/var/tmp/{name}"));
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    // A user's file that looks like one of our temporaries is a file like any
+    // other: it arrives, and survives a full walk and the standby's sweep.
+    let blob = local("blob", "mine\n");
+    let evil = local("evil.sh", "#!/bin/sh\nid\n");
+    let out = tb.sftp(
+        MASTER,
+        "10.231.0.1",
+        "EPuser",
+        "1234",
+        &format!(
+            "put {blob} /upload/.sftp-ha-tmp.blob\nput {evil} /upload/evil.sh\nchmod 4755 /upload/evil.sh\n"
+        ),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    // Set-uid and set-gid bits: cleared on the master, never on the standby.
+    let mode = wait_for("the set-uid bit cleared on the master", || {
+        let m = stat(&tb, MASTER, "/srv/sftp-ha/EPuser/upload/evil.sh")?;
+        (!m.contains(" 4755 ")).then_some(m)
+    });
+    assert!(mode.contains(" 755 "), "{mode}");
+    same_on_standby(&tb, "/srv/sftp-ha/EPuser/upload/evil.sh");
+    same_on_standby(&tb, "/srv/sftp-ha/EPuser/upload/.sftp-ha-tmp.blob");
+    tb.ok(MASTER, "systemctl restart sftp-ha");
+    converged(&tb, "the trees after a full walk");
+    let journal = tb.journal(MASTER, "");
+    assert!(
+        journal.contains("cleared the set-uid/set-gid bits"),
+        "{journal}"
+    );
+    // Nothing is sent again for a difference the standby cannot hold.
+    let sent = |tb: &Testbed| {
+        let status = tb.ok(MASTER, "sftp-ha status --json");
+        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        v["sync"]["files_synced"].as_u64().unwrap_or(0)
+    };
+    let before = sent(&tb);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(sent(&tb), before);
+    assert!(
+        tb.sh(STANDBY, "find /srv/sftp-ha -perm /6000 -type f | grep -q .")
+            .status
+            .code()
+            == Some(1),
+        "a set-id file on the standby"
+    );
+
+    // A users.yaml that names sftp-ha's own sync account is refused on the
+    // master, whole: no half-applied file for the standby to refuse.
+    let users = local(
+        "users.yaml",
+        "users:\n  ADMIN: {name: admin, password: \"35oi3g4l3he\", admin: true}\n  1: {name: EPuser, password: \"1234\"}\n  2: {name: sftp-ha-sync, password: \"x\"}\n  3: {name: newguy, password: \"y\"}\n",
+    );
+    let out = tb.sftp(
+        MASTER,
+        "10.231.0.1",
+        "admin",
+        "35oi3g4l3he",
+        &format!("put {users} /admin/users.yaml\n"),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let status = wait_for("the refusal", || {
+        let s = tb.ok(MASTER, "cat /srv/sftp-ha/admin/admin/users.yaml.status");
+        s.contains("ERROR").then_some(s)
+    });
+    assert!(status.contains("sftp-ha-sync"), "{status}");
+    assert!(status.contains("reserved"), "{status}");
+    for host in [MASTER, STANDBY] {
+        assert!(
+            !tb.sh(host, "id newguy").status.success(),
+            "{host}: newguy made"
+        );
+    }
+    assert!(!tb.sh(MASTER, "id sftp-ha-sync").status.success());
+}

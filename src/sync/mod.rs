@@ -716,7 +716,11 @@ impl Worker {
                     tracing::debug!(path = %sftp::show(&path), "skipped for now: {err}");
                     self.dirty.insert(path);
                 }
-                Err(OpError::Refused(path, err)) => self.note_refused(path, &err),
+                Err(OpError::Refused(path, err)) => {
+                    done += 1;
+                    self.note_refused(path, &err);
+                    self.set_status(|s| s.pending = total - done);
+                }
                 Err(OpError::Aborted) => self.replan_all = true,
             }
         }
@@ -847,7 +851,10 @@ impl Worker {
                         tracing::debug!(path = %sftp::show(&path), "skipped for now: {err}");
                         dirty.insert(path);
                     }
-                    Err(OpError::Refused(path, err)) => refusals.push((path, err)),
+                    Err(OpError::Refused(path, err)) => {
+                        *done += 1;
+                        refusals.push((path, err));
+                    }
                     Err(OpError::Transport(err)) if n > 0 => {
                         // An extra session broke: the others carry on, its files are redone.
                         tracing::debug!("extra session lost: {err}");
@@ -893,7 +900,10 @@ impl Worker {
                     Err(OpError::Local(path, _)) => {
                         self.dirty.insert(path);
                     }
-                    Err(OpError::Refused(path, err)) => self.note_refused(path, &err),
+                    Err(OpError::Refused(path, err)) => {
+                        *done += 1;
+                        self.note_refused(path, &err);
+                    }
                     Err(OpError::Aborted) => self.replan_all = true,
                     Err(err) => return Err(err),
                 }

@@ -47,15 +47,17 @@ pub fn execute(
         Op::Mkdir(path, e) => {
             let remote = remote_path(path);
             match sftp.lstat(&remote).map_err(t)? {
-                Some(a) if is_dir(&a) => {}
-                Some(_) => {
-                    // A link or file where the master has a folder: not what the master meant.
-                    sftp.remove(&remote).map_err(t)?;
+                Some(a) if is_dir(&a) => set_attrs(sftp, &remote, a, attrs(e, false)).map_err(t)?,
+                found => {
+                    if found.is_some() {
+                        // A link or file where the master has a folder: not what the master meant.
+                        sftp.remove(&remote).map_err(t)?;
+                    }
+                    // mkdir never follows a link; the mode is exact (umask 0 for the sync account).
                     sftp.mkdir(&remote, dir_attrs(e)).map_err(t)?;
+                    sftp.lsetstat(&remote, owner_only(e)).map_err(t)?;
                 }
-                None => sftp.mkdir(&remote, dir_attrs(e)).map_err(t)?,
             }
-            sftp.lsetstat(&remote, attrs(e, false)).map_err(t)?;
             Ok(0)
         }
         Op::Rename { from, to } => {
@@ -64,11 +66,66 @@ pub fn execute(
             Ok(0)
         }
         Op::SetAttrs(path, e) => {
-            sftp.lsetstat(&remote_path(path), attrs(e, e.kind == Kind::File))
-                .map_err(t)?;
+            let remote = remote_path(path);
+            let found = sftp.lstat(&remote).map_err(t)?;
+            let right_kind = found.is_some_and(|a| match e.kind {
+                Kind::File => is_file(&a),
+                Kind::Dir => is_dir(&a),
+            });
+            match found {
+                Some(a) if right_kind => {
+                    set_attrs(sftp, &remote, a, attrs(e, e.kind == Kind::File)).map_err(t)?
+                }
+                _ => {
+                    // Gone, or a link or something else now: the next full round
+                    // (the audit) sees it as it is and repairs it.
+                    return Err(OpError::Refused(
+                        path.to_vec(),
+                        SftpError::Status {
+                            what: format!("set attributes of {}", sftp::show(&remote)),
+                            code: 2,
+                            message: "not there as the master has it".into(),
+                        },
+                    ));
+                }
+            }
             Ok(0)
         }
         Op::Put(path, e) => put_file(sftp, data_dir, path, e),
+    }
+}
+
+/// Sets `want` on `remote`, which an lstat just found as `found` (a file or a
+/// folder, not a link): owner and times with lsetstat, which never follows a
+/// link; a mode that differs on the open file or folder.
+fn set_attrs(
+    sftp: &mut SftpClient<ssh2::Channel>,
+    remote: &[u8],
+    found: Attrs,
+    want: Attrs,
+) -> Result<(), SftpError> {
+    sftp.lsetstat(remote, Attrs { mode: None, ..want })?;
+    if let Some(mode) = want.mode
+        && found.mode.map(|m| m & 0o7777) != Some(mode)
+    {
+        let handle = sftp.open_read(remote)?;
+        let set = sftp.fsetstat(
+            &handle,
+            Attrs {
+                mode: Some(mode),
+                ..Attrs::default()
+            },
+        );
+        sftp.close(&handle)?;
+        set?;
+    }
+    Ok(())
+}
+
+fn owner_only(e: &Entry) -> Attrs {
+    Attrs {
+        owner: Some((e.uid, e.gid)),
+        ..Attrs::default()
     }
 }
 

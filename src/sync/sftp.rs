@@ -31,6 +31,7 @@ const NAME: u8 = 104;
 const ATTRS: u8 = 105;
 const EXTENDED: u8 = 200;
 
+const OPEN_READ: u32 = 0x01;
 const OPEN_WRITE: u32 = 0x02;
 const OPEN_CREATE: u32 = 0x08;
 const OPEN_TRUNCATE: u32 = 0x10;
@@ -420,6 +421,24 @@ impl<S: Read + Write> SftpClient<S> {
         set.and(sync).and(close)
     }
 
+    /// Opens `path` (a file or a folder) read-only, for [`SftpClient::fsetstat`].
+    pub fn open_read(&mut self, path: &[u8]) -> Result<Vec<u8>, SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, path);
+        put_u32(&mut p, OPEN_READ);
+        Attrs::default().encode(&mut p);
+        let id = self.send(OPEN, &p)?;
+        self.handle(id, path)
+    }
+
+    /// Sets attributes on an open handle (fchmod, fchown, futimes).
+    pub fn fsetstat(&mut self, handle: &[u8], attrs: Attrs) -> Result<(), SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, handle);
+        attrs.encode(&mut p);
+        self.request(FSETSTAT, &p, || "set attributes".into())
+    }
+
     pub fn close(&mut self, handle: &[u8]) -> Result<(), SftpError> {
         let mut p = Vec::new();
         put_str(&mut p, handle);
@@ -466,7 +485,9 @@ impl<S: Read + Write> SftpClient<S> {
 
     /// Sets attributes of `path` itself, never of what a symlink there points
     /// to (`lsetstat@openssh.com`, OpenSSH 8.0 and later; plain SETSTAT follows
-    /// links, so there is no fallback to it).
+    /// links, so there is no fallback to it). Owner and times only: on Linux
+    /// sftp-server's fchmodat(AT_SYMLINK_NOFOLLOW) needs /proc, which a chroot
+    /// lacks, so a mode fails there.
     pub fn lsetstat(&mut self, path: &[u8], attrs: Attrs) -> Result<(), SftpError> {
         const NAME: &str = "lsetstat@openssh.com";
         if !self.extensions.contains(NAME) {

@@ -144,11 +144,50 @@ pub fn stat_path(root: &Path, rel: &[u8]) -> io::Result<Found> {
     };
     Ok(
         match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
-            SFlag::S_IFREG => Found::Entry(Entry::from_stat(&st, Kind::File)),
+            SFlag::S_IFREG => {
+                if st.st_mode & SET_ID != 0 {
+                    drop_set_id(&dir, last, rel);
+                }
+                Found::Entry(Entry::from_stat(&st, Kind::File))
+            }
             SFlag::S_IFDIR => Found::Entry(Entry::from_stat(&st, Kind::Dir)),
             other => Found::Skipped(kind_name(other)),
         },
     )
+}
+
+/// Set-uid and set-gid.
+const SET_ID: u32 = 0o6000;
+
+/// Clears the set-uid and set-gid bits of an upload on the master: a drop box
+/// has no use for them, and the standby never carries them (see
+/// [`Entry::mode`]), so both hosts end up the same. Done on the open file,
+/// never through a link; a failure is logged and the file still replicated.
+fn drop_set_id(dir: &OwnedFd, name: &[u8], path: &[u8]) {
+    let cleared = openat(
+        dir.as_fd(),
+        std::ffi::OsStr::from_bytes(name),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .and_then(|fd| {
+        let st = fstat(&fd)?;
+        if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+            return Ok(false);
+        }
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(st.st_mode & 0o1777))?;
+        Ok(true)
+    });
+    let shown = String::from_utf8_lossy(path);
+    match cleared {
+        Ok(true) => {
+            tracing::info!(path = %shown, "cleared the set-uid/set-gid bits of an upload (never kept on a drop box)")
+        }
+        Ok(false) => {}
+        Err(err) => {
+            tracing::warn!(path = %shown, "cannot clear the set-uid/set-gid bits: {err}")
+        }
+    }
 }
 
 fn kind_name(kind: SFlag) -> &'static str {
@@ -262,6 +301,9 @@ fn walk(
         };
         match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
             SFlag::S_IFREG => {
+                if st.st_mode & SET_ID != 0 {
+                    drop_set_id(&dir_fd, &name, &path);
+                }
                 tree.insert(path, Entry::from_stat(&st, Kind::File));
             }
             SFlag::S_IFDIR => {
@@ -851,6 +893,28 @@ mod tests {
             root.join("u/upload/.sftp-ha-tmp.x").exists(),
             "a user's file is kept"
         );
+    }
+
+    #[test]
+    fn set_id_bits_are_cleared_on_the_master_and_never_replicated() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("u/upload")).unwrap();
+        let evil = root.join("u/upload/evil.sh");
+        std::fs::write(&evil, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o6755)).unwrap();
+        let (tree, _) = scan(root, &mut |_| {}).unwrap();
+        assert_eq!(tree[b"u/upload/evil.sh".as_slice()].mode, 0o755);
+        let on_disk = std::fs::metadata(&evil).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(on_disk, 0o755);
+        std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o4700)).unwrap();
+        let Found::Entry(e) = stat_path(root, b"u/upload/evil.sh").unwrap() else {
+            panic!("not found");
+        };
+        assert_eq!(e.mode, 0o700);
+        let on_disk = std::fs::metadata(&evil).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(on_disk, 0o700);
     }
 
     #[test]
