@@ -39,6 +39,9 @@ use limit::{Decision, Kind, UserRateLimit};
 const SOCKET_NAME: &str = ".sftp-ha-log.sock";
 /// Longer messages are cut: they come from users' sessions.
 const MAX_MESSAGE: usize = 4096;
+/// Messages read per `drain`: a sender that never lets the queue empty must not
+/// keep the main loop (signals, the watchdog ping) waiting; poll calls again.
+const MAX_PER_DRAIN: usize = 1000;
 
 /// What internal-sftp reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,11 +237,11 @@ impl SftpLog {
         }
     }
 
-    /// Reads every waiting message and logs it for its sender.
+    /// Reads the waiting messages (up to [`MAX_PER_DRAIN`]) and logs each for its sender.
     pub fn drain(&mut self) {
         let mut buf = [0u8; MAX_MESSAGE];
         let mut cmsg = nix::cmsg_space!(UnixCredentials);
-        loop {
+        for _ in 0..MAX_PER_DRAIN {
             let mut iov = [IoSliceMut::new(&mut buf)];
             let (bytes, uid) = match recvmsg::<()>(
                 self.socket.as_raw_fd(),
