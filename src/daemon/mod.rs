@@ -179,6 +179,9 @@ impl Daemon {
                     .deadline()
                     .saturating_duration_since(Instant::now()),
             );
+            if let Some(due) = self.sftp_log.as_ref().and_then(SftpLog::deadline) {
+                wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
             let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
             let mut fds = vec![
                 PollFd::new(signals.fd(), PollFlags::POLLIN),
@@ -205,6 +208,9 @@ impl Daemon {
             drop(fds);
             if log_ready && let Some(log) = &mut self.sftp_log {
                 log.drain();
+            }
+            if let Some(log) = &mut self.sftp_log {
+                log.flush_due();
             }
             if users_ready {
                 self.users.on_readable();

@@ -7,6 +7,18 @@
 //! tells us the sender's uid with each message (SCM_CREDENTIALS), so every event
 //! is logged with the real user, whatever the message claims, as structured
 //! fields: `journalctl -u sftp-ha SFTP_HA_USER=bob`.
+//!
+//! Each user's lines are rate-limited (numbers and reasons in [`limit`]), so that
+//! one user's flood of small downloads cannot push the unit over journald's own
+//! rate limit, which would drop every user's lines. The lines about changes
+//! (uploads, renames, deletes, mkdir/rmdir, logins) have a larger budget than
+//! downloads, and a separate one, so downloads never crowd them out. Lines over
+//! budget are counted; a warning with the user says when the limiting starts,
+//! then every 10 s one gives the counts per kind. The daemon's main loop calls
+//! [`SftpLog::flush_due`] by [`SftpLog::deadline`], so the summary comes even
+//! after the user has gone quiet.
+
+mod limit;
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,15 +27,21 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
 };
 
+use limit::{Decision, Kind, UserRateLimit};
+
 /// The socket, in the data dir but outside every chroot.
 const SOCKET_NAME: &str = ".sftp-ha-log.sock";
 /// Longer messages are cut: they come from users' sessions.
 const MAX_MESSAGE: usize = 4096;
+/// Messages read per `drain`: a sender that never lets the queue empty must not
+/// keep the main loop (signals, the watchdog ping) waiting; poll calls again.
+const MAX_PER_DRAIN: usize = 1000;
 
 /// What internal-sftp reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,10 +157,28 @@ pub fn parse(message: &str) -> SftpEvent {
     other()
 }
 
+impl SftpEvent {
+    /// What the event counts as for the rate limit.
+    fn kind(&self) -> Kind {
+        match self {
+            SftpEvent::SessionOpened { .. } => Kind::Login,
+            SftpEvent::SessionClosed => Kind::Logout,
+            SftpEvent::Upload { .. } => Kind::Upload,
+            SftpEvent::Download { .. } => Kind::Download,
+            SftpEvent::Rename { .. } => Kind::Rename,
+            SftpEvent::Remove { .. } => Kind::Delete,
+            SftpEvent::Mkdir { .. } => Kind::Mkdir,
+            SftpEvent::Rmdir { .. } => Kind::Rmdir,
+            SftpEvent::Other(_) => Kind::Other,
+        }
+    }
+}
+
 pub struct SftpLog {
     socket: UnixDatagram,
     path: PathBuf,
     names: HashMap<u32, String>,
+    limit: UserRateLimit,
 }
 
 impl SftpLog {
@@ -159,6 +195,7 @@ impl SftpLog {
             socket,
             path,
             names: HashMap::new(),
+            limit: UserRateLimit::default(),
         })
     }
 
@@ -200,11 +237,11 @@ impl SftpLog {
         }
     }
 
-    /// Reads every waiting message and logs it for its sender.
+    /// Reads the waiting messages (up to [`MAX_PER_DRAIN`]) and logs each for its sender.
     pub fn drain(&mut self) {
         let mut buf = [0u8; MAX_MESSAGE];
         let mut cmsg = nix::cmsg_space!(UnixCredentials);
-        loop {
+        for _ in 0..MAX_PER_DRAIN {
             let mut iov = [IoSliceMut::new(&mut buf)];
             let (bytes, uid) = match recvmsg::<()>(
                 self.socket.as_raw_fd(),
@@ -227,18 +264,68 @@ impl SftpLog {
                     return;
                 }
             };
-            let message = syslog_message(&buf[..bytes]);
-            let user = uid.map_or_else(
-                || "unknown".to_string(),
-                |uid| {
-                    self.names
-                        .get(&uid)
-                        .cloned()
-                        .unwrap_or_else(|| format!("uid {uid}"))
-                },
-            );
-            log_event(&user, parse(&message));
+            let event = parse(&syslog_message(&buf[..bytes]));
+            let kind = event.kind();
+            // Lines the log level hides would not reach the journal: they cost no budget.
+            let shown = if kind == Kind::Other {
+                tracing::enabled!(tracing::Level::DEBUG)
+            } else {
+                tracing::enabled!(tracing::Level::INFO)
+            };
+            if !shown {
+                continue;
+            }
+            let user = self.user_name(uid);
+            match self.limit.record(uid, kind, Instant::now()) {
+                Decision::Log => log_event(&user, event),
+                Decision::SuppressWithNotice => {
+                    let (burst, per_second) = kind.class().budget();
+                    tracing::warn!(
+                        user,
+                        "SFTP log of {user} rate-limited from now on: more than {burst} {} at once or {per_second} a second; \
+                         the lines not logged are counted in a summary every {} s",
+                        kind.class().words(),
+                        limit::SUMMARY_EVERY.as_secs()
+                    );
+                }
+                Decision::Suppress => {}
+            }
         }
+    }
+
+    /// When [`SftpLog::flush_due`] has a summary to log, if a user is rate-limited.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.limit.deadline()
+    }
+
+    /// Logs the summaries of rate-limited users that are due, and forgets idle users.
+    pub fn flush_due(&mut self) {
+        for summary in self.limit.flush_due(Instant::now()) {
+            let user = self.user_name(summary.uid);
+            let total = summary.counts.total();
+            tracing::warn!(
+                user,
+                not_logged = total,
+                "SFTP log of {user} rate-limited: {} {} not logged in the last {} s ({})",
+                limit::thousands(total),
+                if total == 1 { "event" } else { "events" },
+                summary.over.as_secs_f64().round(),
+                summary.counts
+            );
+        }
+    }
+
+    /// The managed user's name, else `uid N`.
+    fn user_name(&self, uid: Option<u32>) -> String {
+        uid.map_or_else(
+            || "unknown".to_string(),
+            |uid| {
+                self.names
+                    .get(&uid)
+                    .cloned()
+                    .unwrap_or_else(|| format!("uid {uid}"))
+            },
+        )
     }
 }
 
