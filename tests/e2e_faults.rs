@@ -69,7 +69,11 @@ fn a_standby_cut_off_for_30_s_during_a_burst_gets_everything_and_never_a_partial
         uploader.join().unwrap();
         std::thread::sleep(Duration::from_secs(28));
         let status = tb.ok(MASTER, "sftp-ha status");
-        assert!(status.contains("UNREACHABLE"), "{status}");
+        assert!(
+            status.contains("UNREACHABLE"),
+            "{status}\n{}",
+            tb.journal(MASTER, "-n 40 -o short-precise")
+        );
         tb.uncut(STANDBY);
         converged(&tb, "all 600 files on the standby");
         watching.store(false, Ordering::Relaxed);

@@ -372,3 +372,52 @@ fn a_hash_that_costs_hours_is_refused_and_both_daemons_keep_running() {
     assert!(out.status.success(), "{}", describe(&out));
     converged(&tb, "later.txt on the standby");
 }
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn one_chatty_user_cannot_crowd_others_out_of_the_journal() {
+    let tb = replicating_pair("");
+    let small = local_file(&tb, "small.txt", "s\n");
+    let out = as_epuser(
+        &tb,
+        MASTER_ADDR,
+        &format!("put {small} /upload/small.txt\n"),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    // EPuser downloads the same small file 3,000 times in one session, while
+    // the admin uploads a file in the middle of it.
+    let sink = tb.path(MASTER, "/var/tmp/sink.txt");
+    let mut flood = String::new();
+    for _ in 0..3000 {
+        flood.push_str(&format!("get /upload/small.txt {}\n", sink.display()));
+    }
+    std::thread::scope(|s| {
+        let flooder = s.spawn(|| as_epuser(&tb, MASTER_ADDR, &flood));
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let out = tb.sftp(
+            MASTER,
+            MASTER_ADDR,
+            "admin",
+            "35oi3g4l3he",
+            &format!("put {small} /upload/during-the-flood.txt\n"),
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        let out = flooder.join().unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+    });
+    let admin = tb.journal(MASTER, "SFTP_HA_USER=admin");
+    assert!(
+        admin.contains("upload: admin wrote /upload/during-the-flood.txt"),
+        "{admin}"
+    );
+    let all = wait_for("the summary of what was not logged", || {
+        let j = tb.journal(MASTER, "");
+        j.contains("SFTP log of EPuser rate-limited:").then_some(j)
+    });
+    assert!(all.contains("rate-limited from now on"), "{all}");
+    let downloads = all.matches("download: EPuser").count();
+    assert!(
+        downloads < 1000,
+        "{downloads} download lines of one user logged"
+    );
+}
