@@ -7,6 +7,7 @@
 //! how to fix it, in one line that reads well in the journal.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,6 +32,12 @@ const AUDIT_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_secs(60), Duration::from_secs(7 * 24 * 3600));
 /// Default SSH port of the standby.
 pub const DEFAULT_SSH_PORT: u16 = 22;
+
+/// node-exporter's textfile-collector folder on Debian (prometheus-node-exporter):
+/// when it exists, metrics are written there unless the config says otherwise.
+pub const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
+/// The metrics file written into [`DEFAULT_TEXTFILE_DIR`].
+pub const DEFAULT_TEXTFILE_NAME: &str = "sftp-ha.prom";
 
 /// Shortest and longest accepted fallback interval: shorter scans would only burn CPU,
 /// longer ones would leave a missed file unreplicated for more than a day.
@@ -164,6 +171,56 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Password hashing method; `None`: ENCRYPT_METHOD from /etc/login.defs.
     pub hash_method: Option<Method>,
+    pub metrics: MetricsConfig,
+}
+
+/// Where Prometheus metrics go: `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricsConfig {
+    pub textfile: Textfile,
+    /// Serve `GET /metrics` on this address; `None`: no HTTP endpoint (the default).
+    pub listen: Option<SocketAddr>,
+}
+
+/// The `textfile` setting as written.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Textfile {
+    /// Not set: [`DEFAULT_TEXTFILE_DIR`]/[`DEFAULT_TEXTFILE_NAME`] if that folder exists, else off.
+    #[default]
+    Default,
+    /// `textfile = ""`.
+    Off,
+    At(PathBuf),
+}
+
+impl MetricsConfig {
+    /// The file to write, if any: for [`Textfile::Default`] this looks at the
+    /// file system, so the answer can change when node-exporter is installed.
+    pub fn textfile_path(&self) -> Option<PathBuf> {
+        match &self.textfile {
+            Textfile::Default => Path::new(DEFAULT_TEXTFILE_DIR)
+                .is_dir()
+                .then(|| Path::new(DEFAULT_TEXTFILE_DIR).join(DEFAULT_TEXTFILE_NAME)),
+            Textfile::Off => None,
+            Textfile::At(path) => Some(path.clone()),
+        }
+    }
+
+    /// In words, for the summary line.
+    fn words(&self) -> String {
+        let mut ways = Vec::new();
+        if let Some(path) = self.textfile_path() {
+            ways.push(path.display().to_string());
+        }
+        if let Some(addr) = self.listen {
+            ways.push(format!("http://{addr}/metrics"));
+        }
+        if ways.is_empty() {
+            "metrics off".into()
+        } else {
+            format!("metrics to {}", ways.join(" and "))
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +244,16 @@ impl Config {
                 self.path.display()
             ));
         }
+        if let Textfile::At(path) = &self.metrics.textfile
+            && let Some(dir) = path.parent()
+            && !dir.is_dir()
+        {
+            warnings.push(format!(
+                "{}: [metrics] textfile: the folder {} does not exist, so no metrics file is written; create it (node-exporter's textfile collector must read it) or correct the path",
+                self.path.display(),
+                dir.display()
+            ));
+        }
         warnings
     }
 
@@ -198,11 +265,12 @@ impl Config {
             (Role::Standby, _) => String::new(),
         };
         format!(
-            "role {}, data in {}{}, fallback scan every {}",
+            "role {}, data in {}{}, fallback scan every {}, {}",
             self.role,
             self.data_dir.display(),
             standby,
-            format_duration(self.sync.fallback_interval)
+            format_duration(self.sync.fallback_interval),
+            self.metrics.words()
         )
     }
 }
@@ -217,6 +285,14 @@ pub struct ConfigFile {
     log_level: Option<Spanned<LogLevel>>,
     sync: Option<SyncFile>,
     accounts: Option<AccountsFile>,
+    metrics: Option<MetricsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    textfile: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -443,7 +519,33 @@ impl ConfigFile {
                 )
             })?),
         };
+        let metrics = self.metrics.unwrap_or_default();
+        let textfile = match metrics.textfile {
+            None => Textfile::Default,
+            Some(t) if t.get_ref().is_empty() => Textfile::Off,
+            Some(t) => Textfile::At(checked_textfile(t.get_ref(), &data_dir).map_err(|msg| {
+                fail(
+                    t.span(),
+                    "metrics.textfile",
+                    msg,
+                    "write an absolute path ending in .prom in a folder node-exporter's textfile collector reads, e.g. \"/var/lib/prometheus/node-exporter/sftp-ha.prom\", or \"\" to write no file",
+                )
+            })?),
+        };
+        let listen = match metrics.listen {
+            None => None,
+            Some(l) if l.get_ref().is_empty() => None,
+            Some(l) => Some(checked_listen(l.get_ref()).map_err(|msg| {
+                fail(
+                    l.span(),
+                    "metrics.listen",
+                    msg,
+                    "write an IP address and a port, e.g. \"127.0.0.1:9781\" or \"[::1]:9781\", or leave it out for no HTTP endpoint",
+                )
+            })?),
+        };
         Ok(Config {
+            metrics: MetricsConfig { textfile, listen },
             hash_method,
             path: path.to_path_buf(),
             role,
@@ -493,6 +595,41 @@ fn checked_dir(
         // `components()` drops `.` and doubled slashes, so the daemon compares clean paths.
         None => Ok(path.components().collect()),
     }
+}
+
+/// An absolute path ending in `.prom` (the only files the textfile collector
+/// reads), outside the data dir (users must not reach a file root rewrites).
+fn checked_textfile(text: &str, data_dir: &Path) -> Result<PathBuf, String> {
+    let path = Path::new(text);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let problem = if !path.is_absolute() {
+        "is not an absolute path"
+    } else if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        "contains `..`"
+    } else if text.ends_with('/') || !name.ends_with(".prom") || name == ".prom" {
+        "does not name a file ending in `.prom`, the only files node-exporter's textfile collector reads"
+    } else if text.chars().any(char::is_control) {
+        "contains a control character"
+    } else if path.starts_with(data_dir) {
+        "is inside data_dir, where users could reach it"
+    } else {
+        return Ok(path.components().collect());
+    };
+    Err(format!("`{text}` {problem}"))
+}
+
+/// `IPv4:PORT` or `[IPv6]:PORT`, with a port other than 0.
+fn checked_listen(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.trim().parse().map_err(|_| {
+        format!("`{text}` is not an IP address with a port (a host name is not accepted)")
+    })?;
+    if addr.port() == 0 {
+        return Err(format!("`{text}` has port 0"));
+    }
+    Ok(addr)
 }
 
 /// The key named in serde's "unknown field `x`" message.
@@ -548,6 +685,13 @@ fn hint_for(key: Option<&str>, message: &str) -> String {
         Some("accounts.hash_method") => {
             "write \"yescrypt\", \"sha512\" or \"sha256\" in quotes".into()
         }
+        Some("metrics.textfile") => {
+            "write an absolute path ending in .prom in quotes, or \"\" to write no file".into()
+        }
+        Some("metrics.listen") => {
+            "write an IP address and a port in quotes, e.g. \"127.0.0.1:9781\"".into()
+        }
+        Some("metrics") => "[metrics] is a table: put its keys under a [metrics] line".into(),
         _ => "correct the TOML syntax at that place".into(),
     }
 }
@@ -614,6 +758,25 @@ mod tests {
         let text = include_str!("../etc/sftp-ha/config.toml");
         let c = parse_ok(text);
         assert_eq!(c.role, Role::Master);
+    }
+
+    #[test]
+    fn shipped_config_with_every_example_uncommented_is_valid() {
+        let text: String = include_str!("../etc/sftp-ha/config.toml")
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse_ok(&text);
+        assert_eq!(
+            c.metrics.textfile,
+            Textfile::At(PathBuf::from(DEFAULT_TEXTFILE_DIR).join(DEFAULT_TEXTFILE_NAME))
+        );
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9781".parse().unwrap()));
+        assert!(c.sync.standby.is_some());
     }
 
     #[test]
@@ -707,6 +870,94 @@ mod tests {
                 .contains("between 1m and 7d")
         );
         assert!(parse_err("role = \"master\"\n[sync]\ndelete = \"yes\"\n").contains("sync.delete"));
+    }
+
+    #[test]
+    fn metrics_defaults_and_settings() {
+        let c = parse_ok("role = \"master\"\n");
+        assert_eq!(c.metrics, MetricsConfig::default());
+        assert_eq!(c.metrics.textfile, Textfile::Default);
+        assert_eq!(c.metrics.listen, None);
+        let c = parse_ok(
+            "role = \"standby\"\n[metrics]\ntextfile = \"/var/lib/x//sftp-ha.prom\"\nlisten = \"127.0.0.1:9781\"\n",
+        );
+        assert_eq!(
+            c.metrics.textfile,
+            Textfile::At("/var/lib/x/sftp-ha.prom".into())
+        );
+        assert_eq!(
+            c.metrics.textfile_path(),
+            Some(PathBuf::from("/var/lib/x/sftp-ha.prom"))
+        );
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9781".parse().unwrap()));
+        assert!(
+            c.summary()
+                .contains("metrics to /var/lib/x/sftp-ha.prom and http://127.0.0.1:9781/metrics"),
+            "{}",
+            c.summary()
+        );
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.contains("/var/lib/x does not exist")),
+            "{:?}",
+            c.warnings()
+        );
+        let c =
+            parse_ok("role = \"master\"\n[metrics]\ntextfile = \"\"\nlisten = \"[::1]:9781\"\n");
+        assert_eq!(c.metrics.textfile, Textfile::Off);
+        assert_eq!(c.metrics.textfile_path(), None);
+        assert_eq!(c.metrics.listen, Some("[::1]:9781".parse().unwrap()));
+        let c = parse_ok("role = \"master\"\n[metrics]\ntextfile = \"\"\nlisten = \"\"\n");
+        assert!(c.summary().ends_with("metrics off"), "{}", c.summary());
+    }
+
+    #[test]
+    fn bad_metrics_settings_are_refused_with_place_and_fix() {
+        let e = parse_err("role = \"master\"\n[metrics]\ntextfile = \"sftp-ha.prom\"\n");
+        assert!(e.contains("line 3, column 12"), "{e}");
+        assert!(
+            e.contains("key `metrics.textfile`") && e.contains("absolute"),
+            "{e}"
+        );
+        assert!(e.contains("fix:"), "{e}");
+        for bad in [
+            "/var/lib/x/sftp-ha.txt",
+            "/var/lib/x/",
+            "/var/lib/x/.prom",
+            "/var/lib/prom",
+        ] {
+            let e = parse_err(&format!(
+                "role = \"master\"\n[metrics]\ntextfile = \"{bad}\"\n"
+            ));
+            assert!(e.contains("ending in `.prom`"), "{bad}: {e}");
+        }
+        let e = parse_err("role = \"master\"\n[metrics]\ntextfile = \"/var/../x.prom\"\n");
+        assert!(e.contains("`..`"), "{e}");
+        let e = parse_err("role = \"master\"\n[metrics]\ntextfile = \"/srv/sftp-ha/u/x.prom\"\n");
+        assert!(e.contains("inside data_dir"), "{e}");
+        let e = parse_err("role = \"master\"\n[metrics]\ntextfile = 1\n");
+        assert!(e.contains("key `metrics.textfile`"), "{e}");
+        for bad in [
+            "localhost:9781",
+            "127.0.0.1",
+            "::1:9781",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+        ] {
+            let e = parse_err(&format!(
+                "role = \"master\"\n[metrics]\nlisten = \"{bad}\"\n"
+            ));
+            assert!(
+                e.contains("line 3, column 10") && e.contains("key `metrics.listen`"),
+                "{bad}: {e}"
+            );
+            assert!(e.contains("127.0.0.1:9781"), "{bad}: {e}");
+        }
+        let e = parse_err("role = \"master\"\n[metrics]\nlisen = \"127.0.0.1:9781\"\n");
+        assert!(e.contains("unknown key `lisen`"), "{e}");
+        let e = parse_err("role = \"master\"\nmetrics = \"on\"\n");
+        assert!(e.contains("key `metrics`"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! The binary is a thin shell over this library: [`cli::main`] parses the
 //! command line and dispatches. Areas live in their own modules: [`config`]
 //! (the TOML file and its check), [`daemon`] (lifecycle, systemd notify,
-//! signals), [`logging`], [`status`] (what `sftp-ha status` shows).
+//! signals), [`logging`], [`metrics`] (Prometheus), [`status`] (what `sftp-ha status` shows).
 
 pub mod accounts;
 pub mod cli;
@@ -14,6 +14,7 @@ pub mod exit;
 pub mod fsutil;
 pub mod layout;
 pub mod logging;
+pub mod metrics;
 pub mod pair;
 pub mod sshd;
 pub mod status;

@@ -81,6 +81,8 @@ struct Daemon {
     sync: Option<crate::sync::SyncHandle>,
     /// On a standby: when stale temporaries were last cleaned up.
     last_cleanup: Option<Instant>,
+    /// Prometheus metrics (textfile and/or HTTP); `None` when both are off.
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `log` is already set up; its level follows the config.
@@ -142,12 +144,14 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         sftp_log: None,
         sync: None,
         last_cleanup: None,
+        metrics: None,
     };
     daemon.refresh_config_fields();
     daemon.install_sshd();
     daemon.bind_sftp_log();
     daemon.users.startup();
     daemon.start_sync();
+    daemon.start_metrics();
     daemon.set_phase(Phase::Running);
     daemon.notifier.ready(&daemon.status.activity);
     tracing::info!("ready: {}", daemon.status.activity);
@@ -158,6 +162,9 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
     daemon.notifier.stopping("stopping");
     if let Some(sync) = daemon.sync.take() {
         sync.stop(Duration::from_secs(3));
+    }
+    if let Some(metrics) = daemon.metrics.take() {
+        metrics.stop(false);
     }
     tracing::info!("stopped");
     status::remove(&daemon.runtime_dir);
@@ -221,6 +228,9 @@ impl Daemon {
                 self.notifier.status(&self.status.activity);
             }
             self.refresh_sync_status();
+            if let Some(metrics) = &mut self.metrics {
+                metrics.tick();
+            }
             self.clean_up_temporaries();
             if std::mem::take(&mut self.users.rewatched)
                 && let Some(log) = &mut self.sftp_log
@@ -294,6 +304,7 @@ impl Daemon {
                         self.status.sync = None;
                         self.start_sync();
                     }
+                    self.start_metrics();
                     ReloadOutcome {
                         at: unix_now(),
                         ok: true,
@@ -359,6 +370,20 @@ impl Daemon {
             }
             Err(err) => tracing::error!("cannot start replication: {err}"),
         }
+    }
+
+    /// Starts (or, after a reload that changed `[metrics]` or made the default
+    /// textfile folder appear, restarts) the metrics publisher.
+    fn start_metrics(&mut self) {
+        let settings = crate::metrics::Settings::from_config(&self.config.metrics);
+        if self.metrics.as_ref().map(crate::metrics::Metrics::settings) == Some(&settings) {
+            return;
+        }
+        if let Some(old) = self.metrics.take() {
+            let moved = old.settings().textfile != settings.textfile;
+            old.stop(moved);
+        }
+        self.metrics = crate::metrics::Metrics::start(settings, &self.status);
     }
 
     /// On a standby, every 10 minutes: removes what interrupted transfers left.
@@ -466,6 +491,9 @@ impl Daemon {
                 path = %self.runtime_dir.display(),
                 "cannot write the status file, `sftp-ha status` will be out of date: {err}"
             );
+        }
+        if let Some(metrics) = &mut self.metrics {
+            metrics.update(&self.status);
         }
     }
 }
