@@ -15,8 +15,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Any single SSH operation that takes longer means the standby is unreachable
 /// (a cut link shows as silence, not as an error).
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Keepalives keep NAT and firewalls open and notice a dead peer.
-const KEEPALIVE_SECS: u32 = 15;
+/// Keepalives keep NAT and firewalls open and, with [`UNACKED_LIMIT`], notice
+/// a dead peer on a quiet link: libssh2 sends them without waiting for an
+/// answer, so it is TCP that must give up when they go unacknowledged.
+const KEEPALIVE_SECS: u32 = 5;
+/// Sent data unacknowledged this long breaks the connection (TCP_USER_TIMEOUT):
+/// a standby cut off silently is noticed within KEEPALIVE_SECS plus this,
+/// even when nothing is being replicated.
+const UNACKED_LIMIT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -106,6 +112,12 @@ pub fn handshake(
         .ok_or("the name has no address")?;
     let tcp = TcpStream::connect_timeout(&addr, connect_timeout).map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
+    let unacked = u32::try_from(UNACKED_LIMIT.as_millis()).unwrap_or(u32::MAX);
+    if let Err(err) =
+        nix::sys::socket::setsockopt(&tcp, nix::sys::socket::sockopt::TcpUserTimeout, &unacked)
+    {
+        tracing::debug!("cannot set TCP_USER_TIMEOUT: {err}");
+    }
     let socket = tcp.try_clone().map_err(|e| e.to_string())?;
     let mut session = Session::new().map_err(|e| e.to_string())?;
     session.set_tcp_stream(tcp);
