@@ -53,9 +53,13 @@ const NO_LINKS: &str = "-P symlink,hardlink";
 /// unit-tested). On a standby, users' sessions are read-only (`-R`): one
 /// writer at a time, and nothing a user does there can change a file.
 pub fn render(data_dir: &Path, role: Role) -> String {
-    let users_mode = match role {
-        Role::Master => "",
-        Role::Standby => " -R",
+    // One writer at a time: users write on the master, the sync account on
+    // the standby. On a master the sync account may only read, so a former
+    // master that comes back still configured as one cannot overwrite or
+    // delete what this host took since (it sees "permission denied" and stops).
+    let (users_mode, sync_mode) = match role {
+        Role::Master => ("", " -R"),
+        Role::Standby => (" -R", ""),
     };
     format!(
         "\
@@ -66,7 +70,7 @@ pub fn render(data_dir: &Path, role: Role) -> String {
 # nothing else. The account has uid 0 only so that files keep their owners.
 Match User {SYNC_USER}
     ChrootDirectory {data}
-    ForceCommand internal-sftp -u 0000 {NO_LINKS}
+    ForceCommand internal-sftp -u 0000 {NO_LINKS}{sync_mode}
     AuthorizedKeysFile {SYNC_KEYS}
     PubkeyAuthentication yes
     PasswordAuthentication no
@@ -193,7 +197,7 @@ mod tests {
         assert!(text.contains("Match Group sftp-ha\n"));
         assert!(text.contains("ChrootDirectory /srv/sftp-ha/%u"));
         assert!(text.contains("ForceCommand internal-sftp -l INFO -u 0027 -P symlink,hardlink\n"));
-        assert!(text.contains("ForceCommand internal-sftp -u 0000 -P symlink,hardlink\n"));
+        assert!(text.contains("ForceCommand internal-sftp -u 0000 -P symlink,hardlink -R\n"));
         assert_eq!(text.matches("\n    PermitTTY no\n").count(), 2, "{text}");
         assert_eq!(
             text.matches("\n    AllowTcpForwarding no\n").count(),
@@ -214,8 +218,12 @@ mod tests {
         );
         // The sync account writes on the standby.
         assert!(standby.contains("ForceCommand internal-sftp -u 0000 -P symlink,hardlink\n"));
+        // On a master, users write and the sync account only reads.
         let master = render(Path::new("/srv/sftp-ha"), Role::Master);
-        assert!(!master.contains(" -R"));
+        assert!(
+            master.contains("ForceCommand internal-sftp -l INFO -u 0027 -P symlink,hardlink\n")
+        );
+        assert!(master.contains("ForceCommand internal-sftp -u 0000 -P symlink,hardlink -R\n"));
     }
 
     #[test]

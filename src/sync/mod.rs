@@ -532,6 +532,13 @@ impl Worker {
         let Some(standby) = self.standby.as_mut() else {
             return Err(TransportError::NotPinned);
         };
+        // Before anything is compared, let alone deleted: a host takes
+        // replication only while it is a standby.
+        if !push::accepts_writes(&mut standby.sftp)? {
+            return Err(TransportError::NotAStandby {
+                endpoint: self.settings.standby.to_string(),
+            });
+        }
         let mut remote = Tree::new();
         // What the audit removes at once: unfinished temporaries, and links
         // and special files (the master never sends one, and root on the
@@ -608,16 +615,7 @@ impl Worker {
                 }
             }
         }
-        // Where temporaries are written; root's alone (0700).
-        if standby.sftp.lstat(&remote_path(TEMP_DIR))?.is_none() {
-            standby.sftp.mkdir(
-                &remote_path(TEMP_DIR),
-                sftp::Attrs {
-                    mode: Some(0o700),
-                    ..sftp::Attrs::default()
-                },
-            )?;
-        }
+
         let matches = |confirmed: &Entry, there: &Entry| {
             confirmed.kind == there.kind
                 && confirmed.mode == there.mode
@@ -947,7 +945,9 @@ impl Worker {
             .lock()
             .map(|s| s.last_error.as_deref() != Some(message.as_str()))
             .unwrap_or(true);
-        if first || was_connected {
+        // A connection that works but is refused for a reason only the admin
+        // can fix is retried often; it is said once, not on every retry.
+        if first || (was_connected && !needs_admin) {
             if err.needs_admin() {
                 tracing::error!(standby = %self.settings.standby, "{message}");
             } else {

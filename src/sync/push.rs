@@ -200,6 +200,41 @@ pub fn put_file(
     Ok(written)
 }
 
+/// Whether the peer takes replication: it is a standby only if the sync
+/// account may write there (on a master it may only read). Makes the
+/// folder of temporaries if missing, then creates and removes a probe in it.
+pub fn accepts_writes(sftp: &mut SftpClient<ssh2::Channel>) -> Result<bool, SftpError> {
+    let dir = remote_path(TEMP_DIR);
+    let denied = |e: SftpError| {
+        if e.is_permission_denied() {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    };
+    if sftp.lstat(&dir)?.is_none() {
+        let made = sftp.mkdir(
+            &dir,
+            Attrs {
+                mode: Some(0o700),
+                ..Attrs::default()
+            },
+        );
+        if let Err(e) = made {
+            return denied(e);
+        }
+    }
+    let probe = temp_path();
+    match sftp.create(&probe, TEMPORARY) {
+        Ok(handle) => {
+            sftp.close(&handle)?;
+            sftp.remove(&probe)?;
+            Ok(true)
+        }
+        Err(e) => denied(e),
+    }
+}
+
 /// A temporary is root's alone until its attributes are set on the handle.
 const TEMPORARY: Attrs = Attrs {
     size: None,

@@ -47,6 +47,7 @@ const ATTR_ACMODTIME: u32 = 0x8;
 const FX_OK: u32 = 0;
 const FX_EOF: u32 = 1;
 const FX_NO_SUCH_FILE: u32 = 2;
+const FX_PERMISSION_DENIED: u32 = 3;
 const FX_FAILURE: u32 = 4;
 
 /// Bytes per WRITE request (OpenSSH accepts packets up to 256 KiB).
@@ -89,6 +90,16 @@ impl SftpError {
     /// empty, disk full, ...): the session itself is fine.
     pub fn is_refusal(&self) -> bool {
         matches!(self, SftpError::Status { .. })
+    }
+
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(
+            self,
+            SftpError::Status {
+                code: FX_PERMISSION_DENIED,
+                ..
+            }
+        )
     }
 
     /// A generic failure, which is what sftp-server answers for "folder not empty".

@@ -38,6 +38,10 @@ pub enum TransportError {
         "the standby {endpoint} refused the master's sync key: {message}; fix: run `sftp-ha pair accept-master '<key from sftp-ha pair show-key>'` on the standby"
     )]
     Auth { endpoint: String, message: String },
+    #[error(
+        "the peer {endpoint} does not accept replication: it is not a standby (it was made master while this host was away?), so nothing is sent to it and nothing there is changed; fix: if it is the master now, stop taking uploads here and make this host its standby; files uploaded here meanwhile stay here"
+    )]
+    NotAStandby { endpoint: String },
     #[error("SFTP with the standby: {0}")]
     Sftp(#[from] SftpError),
 }
@@ -50,6 +54,7 @@ impl TransportError {
             TransportError::NotPinned
                 | TransportError::HostKeyMismatch { .. }
                 | TransportError::Auth { .. }
+                | TransportError::NotAStandby { .. }
         )
     }
 }

@@ -158,12 +158,20 @@ impl Testbed {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("run tests/testbed/testbed");
-        if let Some(data) = input {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().expect("piped stdin");
-            stdin.write_all(data).expect("write to testbed stdin");
-        }
-        child.wait_with_output().expect("wait for testbed")
+        // Input is written on a thread of its own while the output is read:
+        // a command that echoes its input (sftp -b -) would otherwise fill
+        // its output pipe and wait for us while we wait for it.
+        std::thread::scope(|s| {
+            if let Some(data) = input {
+                let mut stdin = child.stdin.take().expect("piped stdin");
+                s.spawn(move || {
+                    use std::io::Write;
+                    // A command that exits early closes its stdin: not our error.
+                    let _ = stdin.write_all(data);
+                });
+            }
+            child.wait_with_output().expect("wait for testbed")
+        })
     }
 
     /// Runs a shell script inside `host` (as root, all of its namespaces).
