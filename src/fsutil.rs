@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, fchown};
+use std::os::unix::fs::fchown;
 use std::path::Path;
 
 use nix::fcntl::{OFlag, openat};
@@ -50,19 +50,23 @@ pub fn open_dir_beneath(root: &Path, dir: &Path) -> io::Result<OwnedFd> {
 /// over `name` within that same folder, whatever its path now leads to.
 pub fn write_atomic_at(
     dir: &OwnedFd,
-    name: &str,
+    name: impl AsRef<OsStr>,
     data: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
     use nix::unistd::{UnlinkatFlags, unlinkat};
-    let tmp = format!(".{name}.sftp-ha-tmp");
+    let name = name.as_ref();
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(".sftp-ha-tmp");
+    let tmp = tmp.as_os_str();
     let result = (|| {
         // A planted entry at the temporary name is removed (never followed).
-        let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let _ = unlinkat(dir.as_fd(), tmp, UnlinkatFlags::NoRemoveDir);
         let fd = openat(
             dir.as_fd(),
-            tmp.as_str(),
+            tmp,
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(mode & 0o777),
         )
@@ -74,50 +78,36 @@ pub fn write_atomic_at(
         }
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         file.sync_all()?;
-        nix::fcntl::renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name).map_err(io::Error::from)
+        nix::fcntl::renameat(dir.as_fd(), tmp, dir.as_fd(), name).map_err(io::Error::from)
     })();
     if result.is_err() {
-        let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let _ = unlinkat(dir.as_fd(), tmp, UnlinkatFlags::NoRemoveDir);
     }
     result
 }
 
-/// Writes `data` to `path` atomically with `mode` and, if given, owner `(uid, gid)`.
+/// Writes `data` to `path` atomically with `mode` and, if given, owner `(uid, gid)`:
+/// [`write_atomic_at`] in `path`'s folder (a trusted path: the admin's or ours).
 pub fn write_atomic(
     path: &Path,
     data: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
-        .ok_or_else(|| io::Error::other("no file name"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.sftp-ha-tmp"));
-    let result = (|| {
-        // A symlink planted at the temporary name is removed, never written
-        // through (create_new is O_EXCL, and O_NOFOLLOW on top).
-        let _ = fs::remove_file(&tmp);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        file.write_all(data)?;
-        if let Some((uid, gid)) = owner {
-            // fchown on the open file: a path could be swapped for a symlink meanwhile.
-            fchown(&file, Some(uid), Some(gid))?;
-        }
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+        .ok_or_else(|| io::Error::other("no file name"))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir = nix::fcntl::open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)?;
+    write_atomic_at(&dir, name, data, mode, owner)
 }
 
 #[cfg(test)]

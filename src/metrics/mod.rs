@@ -14,9 +14,8 @@ pub mod http;
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -191,33 +190,9 @@ impl Metrics {
 /// rename, so the collector reads the old or the new text, never half of it.
 /// The temporary's name does not end in `.prom` (the collector ignores it),
 /// it is created with O_EXCL and O_NOFOLLOW (node-exporter's folder belongs
-/// to another user), mode 0644 so the collector can read it. No fsync: the
-/// file is rewritten within seconds, and after a crash a stale or empty file
-/// is what the stale-file alert is for.
+/// to another user), mode 0644 so the collector can read it.
 pub fn write_textfile(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other("no file name"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.sftp-ha-tmp"));
-    let result = (|| {
-        let _ = fs::remove_file(&tmp);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&tmp)?;
-        file.write_all(data)?;
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::fsutil::write_atomic(path, data, 0o644, None)
 }
 
 /// The text exposition format (version 0.0.4) of `status`. Series that have

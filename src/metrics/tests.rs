@@ -1,4 +1,5 @@
 use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
