@@ -12,6 +12,10 @@ pub const SYNC_USER: &str = "sftp-ha-sync";
 /// The master's public key, on the standby (root, 0600, outside the data dir).
 pub const SYNC_KEYS: &str = "/etc/sftp-ha/sync_authorized_keys";
 
+/// The daemon's SFTP log socket, at the top of the data dir (outside every
+/// chroot; hard-linked into each as `dev/log`).
+pub const LOG_SOCKET: &str = ".sftp-ha-log.sock";
+
 /// Every account and group name sftp-ha creates; users.yaml may use none of
 /// them (a user named like the sync account would get its sshd Match block).
 pub const OWN_NAMES: &[&str] = &[MANAGED_GROUP, ADMIN_GROUP, SYNC_USER];

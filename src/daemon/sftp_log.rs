@@ -36,7 +36,7 @@ use nix::sys::socket::{
 use limit::{Decision, Kind, UserRateLimit};
 
 /// The socket, in the data dir but outside every chroot.
-const SOCKET_NAME: &str = ".sftp-ha-log.sock";
+use crate::layout::LOG_SOCKET as SOCKET_NAME;
 /// Longer messages are cut: they come from users' sessions.
 const MAX_MESSAGE: usize = 4096;
 /// Messages read per `drain`: a sender that never lets the queue empty must not

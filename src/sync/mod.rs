@@ -151,6 +151,7 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         status: status.clone(),
         skipped_logged: HashSet::new(),
         refused: std::collections::HashMap::new(),
+        said: None,
         next_audit: Instant::now(),
         retry_at: None,
         index_unsaved: false,
@@ -194,6 +195,9 @@ struct Worker {
     /// Paths whose operation the standby refused, with the refusal: each is
     /// logged once, shown in the status, and dropped when it succeeds.
     refused: std::collections::HashMap<Vec<u8>, String>,
+    /// The last connection failure logged, so a repeated one is said once;
+    /// cleared once an audit succeeds.
+    said: Option<String>,
     /// When to list the standby and repair drift next (also after every connect).
     next_audit: Instant,
     /// While the standby is unreachable: when to try again (capped backoff).
@@ -479,7 +483,10 @@ impl Worker {
         }
         match self.open_session() {
             Ok(s) => {
-                tracing::info!(standby = %self.settings.standby, "connected to the standby");
+                // Not said again on every retry of a failure only the admin can fix.
+                if self.said.is_none() {
+                    tracing::info!(standby = %self.settings.standby, "connected to the standby");
+                }
                 self.standby = Some(s);
                 // Ready before the first burst: opening them then would delay it.
                 self.open_helpers();
@@ -662,6 +669,7 @@ impl Worker {
         self.flush_index();
         self.replan_all = true;
         self.next_audit = Instant::now() + self.settings.audit_interval;
+        self.said = None;
         self.set_status(|s| {
             s.last_audit = Some(unix_now());
             s.last_audit_repairs = repairs;
@@ -940,14 +948,11 @@ impl Worker {
         self.helpers.clear();
         // What was planned and not done is planned again.
         self.replan_all = true;
-        let first = self
-            .status
-            .lock()
-            .map(|s| s.last_error.as_deref() != Some(message.as_str()))
-            .unwrap_or(true);
+        let first = self.said.as_deref() != Some(message.as_str());
         // A connection that works but is refused for a reason only the admin
         // can fix is retried often; it is said once, not on every retry.
         if first || (was_connected && !needs_admin) {
+            self.said = Some(message.clone());
             if err.needs_admin() {
                 tracing::error!(standby = %self.settings.standby, "{message}");
             } else {
@@ -1034,10 +1039,15 @@ fn lag_ms(e: &Entry) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// `<user>/dev/log`: the socket each host links into every chroot for the SFTP log.
+/// The host's own SFTP log socket: at the top of the data dir, and linked
+/// into every chroot as `<user>/dev/log`.
 fn is_log_socket(path: &[u8]) -> bool {
     let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
-    matches!(parts.as_slice(), [_, b"dev", b"log"])
+    match parts.as_slice() {
+        [name] => *name == crate::layout::LOG_SOCKET.as_bytes(),
+        [_, dev, log] => dev == b"dev" && log == b"log",
+        _ => false,
+    }
 }
 
 /// The outcome files of a users.yaml apply: each host writes its own, so
@@ -1065,4 +1075,20 @@ pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
         delete: config.sync.delete,
         audit_interval: config.sync.audit_interval,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_hosts_own_log_sockets_are_left_alone_by_the_audit() {
+        assert!(is_log_socket(b".sftp-ha-log.sock"));
+        assert!(is_log_socket(b"EPuser/dev/log"));
+        assert!(!is_log_socket(b"EPuser/upload/log"));
+        assert!(!is_log_socket(b"EPuser/dev/log/x"));
+        assert!(!is_log_socket(b"EPuser/.sftp-ha-log.sock"));
+        assert!(host_local(b"admin/admin/users.yaml.status"));
+        assert!(!host_local(b"admin/upload/users.yaml"));
+    }
 }
