@@ -313,7 +313,7 @@ fn a_bad_users_yaml_changes_no_account() {
     }
     let journal = tb.journal(MASTER, "");
     assert!(
-        journal.contains("users.yaml not applied: refused, nothing changed"),
+        journal.contains("users.yaml not applied (written): refused, nothing changed"),
         "{journal}"
     );
 }
@@ -538,4 +538,86 @@ fn admin_flag_gives_and_takes_the_admin_folder_and_uids_stay_fixed() {
             .success()
     );
     assert!(can_log_in(&tb, "EPuser", "1234"));
+}
+
+/// WinSCP's "transfer to temporary filename" with a plain SFTP v3 client
+/// (paramiko): upload `users.yaml.filepart`, remove `users.yaml`, then
+/// SSH_FXP_RENAME the temporary to `users.yaml` (which sftp-server does with
+/// link() and unlink(), not rename()).
+const REMOVE_THEN_RENAME: &str = r#"
+import os, sys, paramiko
+t = paramiko.Transport(("10.231.0.1", 22))
+t.connect(username="admin", password=os.environ["SFTP_PASSWORD"])
+s = paramiko.SFTPClient.from_transport(t)
+s.put(sys.argv[1], "/admin/users.yaml.filepart")
+s.remove("/admin/users.yaml")
+s.rename("/admin/users.yaml.filepart", "/admin/users.yaml")
+t.close()
+"#;
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn every_way_a_client_puts_users_yaml_in_place_is_applied_from_its_event() {
+    let tb = master_with_admin();
+    let with = |extra: &str| format!("{FIRST_ADMIN}  {extra}\n");
+    // The status file is removed first, so the outcome read is this upload's.
+    let status_path = tb.path(MASTER, "/srv/sftp-ha/admin/admin/users.yaml.status");
+    // Applied, and from the event that style of upload makes (not found
+    // later by the periodic look at the admin folders).
+    let applied_from = |expect: &str, why: &str, mark: usize| {
+        wait_for(expect, || {
+            let s = std::fs::read_to_string(&status_path).unwrap_or_default();
+            s.contains(expect).then_some(())
+        });
+        let journal = tb.journal(MASTER, "");
+        let new = journal.get(mark..).unwrap_or_default();
+        assert!(
+            new.contains(&format!("users.yaml applied ({why})")),
+            "not applied from `{why}`:\n{new}"
+        );
+    };
+    let mark = || tb.journal(MASTER, "").len();
+    // In place (FileZilla).
+    let m = mark();
+    upload_users(
+        &tb,
+        &with("1: {name: inplace, password: \"p1\"}"),
+        false,
+        "inplace: created",
+    );
+    applied_from("inplace: created", "written", m);
+    // posix-rename over the old file (the stock client's `rename`, rsync-like tools).
+    let local = tb.path(MASTER, "/var/tmp/users-new.yaml");
+    std::fs::write(&local, with("1: {name: renamed, password: \"p2\"}")).unwrap();
+    let _ = std::fs::remove_file(&status_path);
+    let m = mark();
+    let out = tb.sftp(
+        MASTER,
+        ADDR,
+        "admin",
+        ADMIN_PASSWORD,
+        &format!(
+            "put {} /admin/users.yaml.new\nrename /admin/users.yaml.new /admin/users.yaml\n",
+            local.display()
+        ),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    applied_from("renamed: created", "renamed into place", m);
+    // Remove, then a plain SFTP v3 rename (WinSCP).
+    std::fs::write(&local, with("1: {name: winscp, password: \"p3\"}")).unwrap();
+    let _ = std::fs::remove_file(&status_path);
+    let m = mark();
+    let local_arg = local.display().to_string();
+    let out = tb.client_env(
+        MASTER,
+        &["python3", "-c", REMOVE_THEN_RENAME, &local_arg],
+        &[("SFTP_PASSWORD", ADMIN_PASSWORD)],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    applied_from("winscp: created", "created", m);
+    // The moment without users.yaml locked nobody.
+    let journal = tb.journal(MASTER, "");
+    assert!(!journal.contains(": disabled"), "{journal}");
+    assert!(can_log_in(&tb, "admin", ADMIN_PASSWORD));
+    assert!(can_log_in(&tb, "winscp", "p3"));
 }

@@ -5,9 +5,15 @@
 //! then copied (rewritten without plaintext) to every other admin's folder, and
 //! the outcome, users.yaml.status, is written to all of them.
 //!
-//! FileZilla writes in place (IN_CLOSE_WRITE); WinSCP uploads to a temporary
-//! name and renames (IN_MOVED_TO). Events are debounced, so a burst of writes
-//! leads to one apply.
+//! Every way a client puts a new users.yaml in place is an event: FileZilla
+//! writes in place (IN_CLOSE_WRITE); `posix-rename@openssh.com` (the stock
+//! sftp client's `rename`) and sync tools rename over it (IN_MOVED_TO); WinSCP
+//! and plain SFTP v3 clients remove the old file and rename a temporary to
+//! users.yaml, which sftp-server does with link() and unlink() (IN_CREATE,
+//! and no close). A file still open for writing when its quiet time is over
+//! waits for its close. The moment when users.yaml is absent means nothing:
+//! a missing file is never read as "no users". Events are debounced, so a
+//! burst of writes leads to one apply.
 //!
 //! An apply runs on a thread of its own: hashing passwords and running
 //! useradd can take seconds, and the main loop must keep pinging the watchdog.
@@ -27,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use inotify::{Inotify, WatchDescriptor, WatchMask};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 use crate::accounts::crypt::Method;
 use crate::accounts::{self, AdminDir, Apply, Report, USERS_FILE};
@@ -50,6 +56,8 @@ pub struct UsersWatch {
     etc: Option<WatchDescriptor>,
     /// The users.yaml to apply and when.
     pending: Option<(PathBuf, Instant)>,
+    /// What scheduled it, for the journal.
+    pending_why: &'static str,
     /// When to look for admin folders again: soon after /etc/group changes
     /// (useradd makes the folder just after), and every REWATCH_EVERY.
     rewatch_at: Instant,
@@ -64,7 +72,7 @@ pub struct UsersWatch {
     /// bring other per-user set-up (the SFTP log link) up to date too.
     pub rewatched: bool,
     /// The apply running on its own thread, and the file it reads.
-    running: Option<(PathBuf, JoinHandle<Report>)>,
+    running: Option<(PathBuf, JoinHandle<Report>, &'static str)>,
     /// On a standby: files not applied because they are not the master's,
     /// with the reason, each logged once.
     refused: HashMap<PathBuf, String>,
@@ -92,6 +100,7 @@ impl UsersWatch {
             hash_method,
             watched: HashMap::new(),
             pending: None,
+            pending_why: "",
             rewatch_at: Instant::now(),
             known: HashMap::new(),
             standby: role == Role::Standby,
@@ -144,6 +153,7 @@ impl UsersWatch {
             }
             let mask = WatchMask::CLOSE_WRITE
                 | WatchMask::MOVED_TO
+                | WatchMask::CREATE
                 | WatchMask::DONT_FOLLOW
                 | WatchMask::ONLYDIR;
             match watches.add(&d.path, mask) {
@@ -166,6 +176,7 @@ impl UsersWatch {
                     && (self.standby || stamp.settled())
                 {
                     self.pending = Some((file, Instant::now() + DEBOUNCE));
+                    self.pending_why = "found by a look at the admin folders";
                     break;
                 }
             }
@@ -188,6 +199,7 @@ impl UsersWatch {
             .max();
         if let Some((_, path)) = newest {
             self.pending = Some((path, Instant::now()));
+            self.pending_why = "found at start";
         }
     }
 
@@ -244,6 +256,13 @@ impl UsersWatch {
                     && let Some(dir) = self.watched.get(&event.wd)
                 {
                     self.pending = Some((dir.join(USERS_FILE), Instant::now() + DEBOUNCE));
+                    self.pending_why = if event.mask.contains(EventMask::MOVED_TO) {
+                        "renamed into place"
+                    } else if event.mask.contains(EventMask::CREATE) {
+                        "created"
+                    } else {
+                        "written"
+                    };
                 }
             }
             if groups_changed {
@@ -268,9 +287,9 @@ impl UsersWatch {
     /// Looks for admin folders again if it is time, starts the pending apply
     /// if its quiet time is over, and returns the outcome of one that finished.
     pub fn run_due(&mut self) -> Option<Report> {
-        if let Some((path, handle)) = self.running.take() {
+        if let Some((path, handle, why)) = self.running.take() {
             if !handle.is_finished() {
-                self.running = Some((path, handle));
+                self.running = Some((path, handle, why));
                 return None;
             }
             let report = match handle.join() {
@@ -284,7 +303,7 @@ impl UsersWatch {
                     )),
                 },
             };
-            return Some(self.finish(&path, report));
+            return Some(self.finish(&path, report, why));
         }
         if Instant::now() >= self.rewatch_at {
             self.rewatch();
@@ -302,6 +321,10 @@ impl UsersWatch {
             // Our own rewrite or copy, or a file already applied.
             return None;
         }
+        if still_being_written(&path) {
+            // Created and not closed yet: its IN_CLOSE_WRITE schedules it again.
+            return None;
+        }
         let dir = self
             .admin_dirs()
             .into_iter()
@@ -309,6 +332,7 @@ impl UsersWatch {
         if !self.counts(&dir) {
             return None;
         }
+        tracing::debug!(path = %path.display(), "applying users.yaml ({})", self.pending_why);
         let how = if self.standby {
             Apply::Mirror
         } else {
@@ -319,7 +343,7 @@ impl UsersWatch {
             .name("users-apply".into())
             .spawn(move || accounts::apply_file(&file, &data_dir, method, how))
         {
-            Ok(handle) => self.running = Some((path, handle)),
+            Ok(handle) => self.running = Some((path, handle, self.pending_why)),
             Err(err) => {
                 tracing::error!("cannot start applying users.yaml: {err}; trying again shortly");
                 self.pending = Some((path, Instant::now() + REWATCH_EVERY));
@@ -329,11 +353,11 @@ impl UsersWatch {
     }
 
     /// After an apply: logs it, then publishes the file and the outcome to every admin folder.
-    fn finish(&mut self, path: &Path, report: Report) -> Report {
+    fn finish(&mut self, path: &Path, report: Report, why: &str) -> Report {
         if report.ok() {
-            tracing::info!(path = %path.display(), "users.yaml applied: {}", report.summary());
+            tracing::info!(path = %path.display(), "users.yaml applied ({why}): {}", report.summary());
         } else {
-            tracing::error!(path = %path.display(), "users.yaml not applied: {}", report.summary());
+            tracing::error!(path = %path.display(), "users.yaml not applied ({why}): {}", report.summary());
         }
         if let Ok(users) = &report.outcome {
             for (name, what) in users.iter().filter(|(_, w)| w != "unchanged") {
@@ -368,6 +392,19 @@ impl UsersWatch {
         }
         report
     }
+}
+
+/// True if the kernel says some process has `path` open for writing (an
+/// in-place upload in progress). When it cannot say, the file is taken as it is.
+fn still_being_written(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .ok()
+        .and_then(|f| crate::sync::lease::nobody_writes(&f))
+        == Some(false)
 }
 
 /// What tells one version of a file from the next: an upload either makes a
