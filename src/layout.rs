@@ -16,6 +16,11 @@ pub const SYNC_KEYS: &str = "/etc/sftp-ha/sync_authorized_keys";
 /// chroot; hard-linked into each as `dev/log`).
 pub const LOG_SOCKET: &str = ".sftp-ha-log.sock";
 
+/// On the master, the users.yaml as last applied, written by the daemon at the
+/// top of the data dir (root's, outside every chroot, so no user can write
+/// it) and replicated: the only users.yaml a standby applies.
+pub const PUBLISHED_USERS: &str = ".sftp-ha-users.yaml";
+
 /// Every account and group name sftp-ha creates; users.yaml may use none of
 /// them (a user named like the sync account would get its sshd Match block).
 pub const OWN_NAMES: &[&str] = &[MANAGED_GROUP, ADMIN_GROUP, SYNC_USER];

@@ -165,6 +165,52 @@ fn reload() -> Result<Installed, SshdError> {
     }
 }
 
+/// Ends every open SSH session of the sync account (`sftp-ha-sync`): on a
+/// host that has become master, sessions a former master opened while it was
+/// the standby would otherwise keep writing, since an sshd reload changes
+/// only new sessions. Returns how many processes were signalled.
+pub fn end_sync_sessions() -> usize {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut ended = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if is_sync_session(&cmdline) {
+            let signalled = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            ended += usize::from(signalled.is_ok());
+        }
+    }
+    ended
+}
+
+/// sshd's process title for a session of the sync account: `sshd:
+/// sftp-ha-sync [priv]`, `sshd: sftp-ha-sync@internal-sftp` (OpenSSH 9.8 and
+/// later say `sshd-session:`).
+fn is_sync_session(cmdline: &[u8]) -> bool {
+    let title = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let Some(rest) = title
+        .strip_prefix(b"sshd: ")
+        .or_else(|| title.strip_prefix(b"sshd-session: "))
+    else {
+        return false;
+    };
+    rest.strip_prefix(SYNC_USER.as_bytes())
+        .is_some_and(|after| after.is_empty() || after[0] == b' ' || after[0] == b'@')
+}
+
 /// A warning if the host's sshd_config does not include the drop-in folder
 /// (Debian 12 and RHEL 9 do, from the top of the file).
 pub fn include_warning() -> Option<String> {
@@ -224,6 +270,17 @@ mod tests {
             master.contains("ForceCommand internal-sftp -l INFO -u 0027 -P symlink,hardlink\n")
         );
         assert!(master.contains("ForceCommand internal-sftp -u 0000 -P symlink,hardlink -R\n"));
+    }
+
+    #[test]
+    fn sync_sessions_are_told_by_their_title() {
+        assert!(is_sync_session(b"sshd: sftp-ha-sync [priv]\0\0"));
+        assert!(is_sync_session(b"sshd: sftp-ha-sync@internal-sftp"));
+        assert!(is_sync_session(b"sshd-session: sftp-ha-sync [priv]"));
+        assert!(!is_sync_session(b"sshd: sftp-ha-syncer [priv]"));
+        assert!(!is_sync_session(b"sshd: EPuser@internal-sftp"));
+        assert!(!is_sync_session(b"/usr/sbin/sshd -D"));
+        assert!(!is_sync_session(b"sftp-ha-sync"));
     }
 
     #[test]

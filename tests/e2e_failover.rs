@@ -69,3 +69,52 @@ fn an_old_master_coming_back_deletes_nothing_on_the_promoted_host() {
         "said once, not on every retry:\n{journal}"
     );
 }
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_standby_promoted_while_connected_ends_the_old_masters_sessions() {
+    let tb = replicating_pair("");
+    let local = tb.path(MASTER, "/var/tmp/keep.txt");
+    std::fs::write(&local, "keep\n").unwrap();
+    let out = tb.sftp(
+        MASTER,
+        "10.231.0.1",
+        "EPuser",
+        "1234",
+        &format!("put {} /upload/keep.txt\n", local.display()),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_for("keep.txt on the standby", || {
+        tb.sh(STANDBY, "test -f /srv/sftp-ha/EPuser/upload/keep.txt")
+            .status
+            .success()
+            .then_some(())
+    });
+    // Promoted by hand while the master is up and connected: the master's
+    // open replication sessions must not go on writing there.
+    tb.write(STANDBY, "/etc/sftp-ha/config.toml", "role = \"master\"\n");
+    tb.ok(STANDBY, "systemctl restart sftp-ha");
+    let out = tb.sftp(
+        MASTER,
+        "10.231.0.1",
+        "EPuser",
+        "1234",
+        &format!(
+            "rm /upload/keep.txt\nput {} /upload/later.txt\n",
+            local.display()
+        ),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let status = wait_for("the old master to see the peer is not a standby", || {
+        let s = tb.ok(MASTER, "sftp-ha status");
+        s.contains("does not accept replication").then_some(s)
+    });
+    assert!(status.contains("UNREACHABLE"), "{status}");
+    assert_eq!(
+        tb.ok(STANDBY, "ls /srv/sftp-ha/EPuser/upload").trim(),
+        "keep.txt",
+        "the old master changed the promoted host"
+    );
+    let journal = tb.journal(STANDBY, "");
+    assert!(journal.contains("ended"), "{journal}");
+}

@@ -310,69 +310,12 @@ pub fn admin_dirs(data_dir: &Path) -> Vec<AdminDir> {
         .collect()
 }
 
-/// On a standby: every `<data_dir>/<name>/admin` folder that is a real folder,
-/// whoever owns it (the master's admins may not have accounts here yet).
-pub fn admin_dirs_on_disk(data_dir: &Path) -> Vec<AdminDir> {
-    let Ok(entries) = fs::read_dir(data_dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let path = e.path().join("admin");
-            let meta = fs::symlink_metadata(&path).ok()?;
-            (meta.is_dir() && fs::symlink_metadata(e.path()).ok()?.is_dir()).then_some(AdminDir {
-                path,
-                uid: meta.uid(),
-                gid: meta.gid(),
-            })
-        })
-        .collect()
-}
-
-/// On a standby, whether the users.yaml in an admin folder is one the master
-/// published: the folder and the file belong to the admin whose folder it is,
-/// and the file itself names that admin, enabled, with that uid. A demoted
-/// admin's old folder is root's and fails; so does anything a user could have
-/// placed. `None` when it is fine, else why not.
-pub fn mirror_source_problem(data_dir: &Path, dir: &AdminDir) -> Option<String> {
-    let path = dir.path.join(USERS_FILE);
-    let owner = dir
-        .path
-        .parent()
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    let (text, meta) = match read_users_file_below(&path, Some(data_dir)) {
-        Ok(read) => read,
-        Err(p) => return Some(p.to_string()),
-    };
-    if meta.uid() != dir.uid {
-        return Some(format!(
-            "the file belongs to uid {}, its folder to uid {}",
-            meta.uid(),
-            dir.uid
-        ));
-    }
-    let entries = match users_file::parse(&text) {
-        Ok(entries) => entries,
-        Err(p) => return Some(p.to_string()),
-    };
-    let names_owner = entries.iter().any(|e| {
-        e.name == owner && e.admin && !e.disabled && e.uid.is_some_and(|(uid, _)| uid == dir.uid)
-    });
-    (!names_owner).then(|| {
-        format!(
-            "it does not name `{owner}` (uid {}) as an enabled admin",
-            dir.uid
-        )
-    })
-}
-
 /// Makes every admin folder show the same thing: `users_text` (when the apply
 /// succeeded) as users.yaml, except in the folder it came from, and `status` as
 /// users.yaml.status. Each file belongs to the admin whose folder it is in, and
 /// is written through the folder opened below `data_dir` without following links.
+/// `users_text` also goes to `<data_dir>/.sftp-ha-users.yaml` (root's, 0600):
+/// the copy the standby applies, which no user can write.
 pub fn publish(
     data_dir: &Path,
     dirs: &[AdminDir],
@@ -394,6 +337,12 @@ pub fn publish(
             tracing::warn!(path = %dir.path.join(name).display(), "cannot write: {err}");
         }
     };
+    if let Some(text) = users_text {
+        let path = data_dir.join(crate::layout::PUBLISHED_USERS);
+        if let Err(err) = crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600, Some((0, 0))) {
+            tracing::warn!(path = %path.display(), "cannot write the users.yaml for the standby: {err}");
+        }
+    }
     for dir in dirs {
         if let Some(text) = users_text
             && dir.path.join(USERS_FILE) != source

@@ -148,6 +148,16 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
     };
     daemon.refresh_config_fields();
     daemon.install_sshd();
+    if daemon.config.role == Role::Master {
+        // One writer at a time: a former master's replication sessions, opened
+        // while this host was its standby, must not go on writing here.
+        let ended = crate::sshd::end_sync_sessions();
+        if ended > 0 {
+            tracing::warn!(
+                "ended {ended} replication session process(es) of another host: this host is the master, and a master takes no replication"
+            );
+        }
+    }
     daemon.bind_sftp_log();
     daemon.users.startup();
     daemon.start_sync();

@@ -19,11 +19,12 @@
 //! useradd can take seconds, and the main loop must keep pinging the watchdog.
 //!
 //! Which file counts: on a master, only the folders of the current managed
-//! admins (owned by them). On a standby the accounts may not exist yet, so a
-//! folder counts when it and its users.yaml belong to the admin whose folder it
-//! is and the file names that admin, enabled, with that uid (what the master
-//! publishes); a demoted admin's old folder (root's) never counts. Among
-//! several, the most recently *changed* one wins (ctime: no user can set it).
+//! admins (owned by them); among several, the most recently *changed* one
+//! (ctime: no user can set it). After each successful apply the master also
+//! writes the file as applied to `<data_dir>/.sftp-ha-users.yaml` (root's,
+//! outside every chroot), and a standby applies that file and nothing else:
+//! never an upload the master refused, never a demoted admin's old file,
+//! never anything a user could have written.
 
 use std::collections::HashMap;
 use std::fs;
@@ -38,6 +39,7 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use crate::accounts::crypt::Method;
 use crate::accounts::{self, AdminDir, Apply, Report, USERS_FILE};
 use crate::config::Role;
+use crate::layout::PUBLISHED_USERS;
 
 /// Quiet time after the last event before applying.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -54,6 +56,8 @@ pub struct UsersWatch {
     watched: HashMap<WatchDescriptor, PathBuf>,
     /// /etc, for /etc/group: who is an admin changes with it (`users apply`, by hand).
     etc: Option<WatchDescriptor>,
+    /// On a standby: the data dir itself, where the master's applied file arrives.
+    top: Option<WatchDescriptor>,
     /// The users.yaml to apply and when.
     pending: Option<(PathBuf, Instant)>,
     /// What scheduled it, for the journal.
@@ -65,17 +69,13 @@ pub struct UsersWatch {
     /// that state is not applied again; any other is (an upload, or on a
     /// standby the master's copy arriving).
     known: HashMap<PathBuf, FileStamp>,
-    /// On a standby the admin folders come from the master, before their
-    /// accounts exist: every `<data_dir>/*/admin` folder counts.
+    /// A standby applies only what the master published.
     standby: bool,
     /// Set when the admin folders were looked for again, so the daemon can
     /// bring other per-user set-up (the SFTP log link) up to date too.
     pub rewatched: bool,
     /// The apply running on its own thread, and the file it reads.
     running: Option<(PathBuf, JoinHandle<Report>, &'static str)>,
-    /// On a standby: files not applied because they are not the master's,
-    /// with the reason, each logged once.
-    refused: HashMap<PathBuf, String>,
 }
 
 impl UsersWatch {
@@ -93,9 +93,16 @@ impl UsersWatch {
             )
             .map_err(|err| tracing::warn!("cannot watch /etc for new admins: {err}"))
             .ok();
+        let standby = role == Role::Standby;
+        let top = if standby {
+            watch_top(&inotify, data_dir)
+        } else {
+            None
+        };
         Ok(UsersWatch {
             inotify,
             etc,
+            top,
             data_dir: data_dir.to_path_buf(),
             hash_method,
             watched: HashMap::new(),
@@ -103,10 +110,9 @@ impl UsersWatch {
             pending_why: "",
             rewatch_at: Instant::now(),
             known: HashMap::new(),
-            standby: role == Role::Standby,
+            standby,
             rewatched: false,
             running: None,
-            refused: HashMap::new(),
         })
     }
 
@@ -116,17 +122,29 @@ impl UsersWatch {
 
     /// Follows a config reload.
     pub fn set_config(&mut self, data_dir: &Path, hash_method: Option<Method>) {
+        if self.standby && data_dir != self.data_dir {
+            if let Some(wd) = self.top.take() {
+                let _ = self.inotify.watches().remove(wd);
+            }
+            self.top = watch_top(&self.inotify, data_dir);
+        }
         self.data_dir = data_dir.to_path_buf();
         self.hash_method = hash_method;
         self.rewatch();
     }
 
+    /// The admin folders whose users.yaml may be applied: none on a standby.
     fn admin_dirs(&self) -> Vec<AdminDir> {
         if self.standby {
-            accounts::admin_dirs_on_disk(&self.data_dir)
+            Vec::new()
         } else {
             accounts::admin_dirs(&self.data_dir)
         }
+    }
+
+    /// On a standby, the file the master publishes after each successful apply.
+    fn published(&self) -> PathBuf {
+        self.data_dir.join(PUBLISHED_USERS)
     }
 
     /// Watches exactly the current admin folders.
@@ -168,8 +186,12 @@ impl UsersWatch {
         // A users.yaml not applied yet (it arrived before its folder was watched,
         // or while we were down): apply it once it has settled.
         if self.pending.is_none() {
-            for path in self.watched.values() {
-                let file = path.join(USERS_FILE);
+            let candidates: Vec<PathBuf> = if self.standby {
+                vec![self.published()]
+            } else {
+                self.watched.values().map(|p| p.join(USERS_FILE)).collect()
+            };
+            for file in candidates {
                 if let Some(stamp) = FileStamp::of(&file)
                     && self.known.get(&file) != Some(&stamp)
                     // On a standby files arrive whole (renamed into place).
@@ -184,14 +206,20 @@ impl UsersWatch {
     }
 
     /// At start-up: schedule the most recently changed users.yaml among the
-    /// admin folders that count, if any (applied by the main loop, off it).
+    /// admin folders (on a standby, the master's published file), if any;
+    /// the main loop applies it, off its own thread.
     pub fn startup(&mut self) {
         self.rewatch();
-        let newest = self
-            .admin_dirs()
+        let candidates: Vec<PathBuf> = if self.standby {
+            vec![self.published()]
+        } else {
+            self.admin_dirs()
+                .into_iter()
+                .map(|d| d.path.join(USERS_FILE))
+                .collect()
+        };
+        let newest = candidates
             .into_iter()
-            .filter(|d| self.counts(d))
-            .map(|d| d.path.join(USERS_FILE))
             .filter_map(|p| {
                 let m = fs::symlink_metadata(&p).ok()?;
                 Some(((m.ctime(), m.ctime_nsec()), p))
@@ -200,37 +228,6 @@ impl UsersWatch {
         if let Some((_, path)) = newest {
             self.pending = Some((path, Instant::now()));
             self.pending_why = "found at start";
-        }
-    }
-
-    /// Whether the users.yaml in `dir` may be applied (see the module docs);
-    /// a refusal is logged once.
-    fn counts(&mut self, dir: &AdminDir) -> bool {
-        if !self.standby {
-            return true;
-        }
-        let file = dir.path.join(USERS_FILE);
-        if fs::symlink_metadata(&file).is_err() {
-            return false;
-        }
-        match accounts::mirror_source_problem(&self.data_dir, dir) {
-            None => {
-                self.refused.remove(&file);
-                true
-            }
-            Some(why) => {
-                // Also what the master has not rewritten yet (an upload with
-                // plaintext or new users): its rewrite follows at once.
-                if self.refused.get(&file) != Some(&why) {
-                    tracing::info!(path = %file.display(), "not applied: not the master's users.yaml as published: {why}");
-                }
-                // Not looked at again until it changes (content, owner or inode).
-                if let Some(stamp) = FileStamp::of(&file) {
-                    self.known.insert(file.clone(), stamp);
-                }
-                self.refused.insert(file, why);
-                false
-            }
         }
     }
 
@@ -252,6 +249,11 @@ impl UsersWatch {
                 any = true;
                 if Some(&event.wd) == self.etc.as_ref() {
                     groups_changed |= event.name.is_some_and(|n| n == "group");
+                } else if Some(&event.wd) == self.top.as_ref() {
+                    if event.name.is_some_and(|n| n == PUBLISHED_USERS) {
+                        self.pending = Some((self.published(), Instant::now() + DEBOUNCE));
+                        self.pending_why = "arrived from the master";
+                    }
                 } else if event.name.is_some_and(|n| n == USERS_FILE)
                     && let Some(dir) = self.watched.get(&event.wd)
                 {
@@ -325,11 +327,16 @@ impl UsersWatch {
             // Created and not closed yet: its IN_CLOSE_WRITE schedules it again.
             return None;
         }
-        let dir = self
-            .admin_dirs()
-            .into_iter()
-            .find(|d| path.parent() == Some(&d.path))?;
-        if !self.counts(&dir) {
+        // On a master, only a current admin's folder (one may have been demoted
+        // since the event); on a standby, only the master's published file.
+        let allowed = if self.standby {
+            path == self.published()
+        } else {
+            self.admin_dirs()
+                .iter()
+                .any(|d| path.parent() == Some(&d.path))
+        };
+        if !allowed {
             return None;
         }
         tracing::debug!(path = %path.display(), "applying users.yaml ({})", self.pending_why);
@@ -371,7 +378,7 @@ impl UsersWatch {
         } else {
             None
         };
-        let dirs = self.admin_dirs();
+        let dirs = accounts::admin_dirs(&self.data_dir);
         // On a standby the master already replicates users.yaml into every admin
         // folder: only the outcome is written here.
         let copies = if self.standby {
@@ -415,8 +422,6 @@ struct FileStamp {
     size: u64,
     mtime: i64,
     mtime_nsec: i64,
-    /// Moves with a chown too (and cannot be set by a user).
-    ctime: (i64, i64),
 }
 
 impl FileStamp {
@@ -432,7 +437,19 @@ impl FileStamp {
             size: m.size(),
             mtime: m.mtime(),
             mtime_nsec: m.mtime_nsec(),
-            ctime: (m.ctime(), m.ctime_nsec()),
         })
     }
+}
+
+/// On a standby: watches the data dir for the master's published file.
+fn watch_top(inotify: &Inotify, data_dir: &Path) -> Option<WatchDescriptor> {
+    let mask =
+        WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::DONT_FOLLOW | WatchMask::ONLYDIR;
+    inotify
+        .watches()
+        .add(data_dir, mask)
+        .map_err(|err| {
+            tracing::warn!(path = %data_dir.display(), "cannot watch the data dir for the master's users.yaml: {err}")
+        })
+        .ok()
 }

@@ -54,6 +54,8 @@ const SESSIONS: usize = 4;
 const PARALLEL_MIN: usize = 8;
 /// Files a session takes at a time from a run of uploads.
 const BATCH: usize = 16;
+/// Refused operations logged one by one per minute; the rest are counted.
+const REFUSALS_LOGGED: usize = 10;
 
 /// What the sync worker reports, for `sftp-ha status` and the STATUS= line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -151,6 +153,7 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         status: status.clone(),
         skipped_logged: HashSet::new(),
         refused: std::collections::HashMap::new(),
+        refusals_logged: (Instant::now(), 0),
         said: None,
         next_audit: Instant::now(),
         retry_at: None,
@@ -195,6 +198,8 @@ struct Worker {
     /// Paths whose operation the standby refused, with the refusal: each is
     /// logged once, shown in the status, and dropped when it succeeds.
     refused: std::collections::HashMap<Vec<u8>, String>,
+    /// Since when, and how many, refusals were counted for the journal.
+    refusals_logged: (Instant, usize),
     /// The last connection failure logged, so a repeated one is said once;
     /// cleared once an audit succeeds.
     said: Option<String>,
@@ -365,6 +370,10 @@ impl Worker {
 
     fn log_skipped(&mut self, skipped: tree::Skipped) {
         for (path, what) in skipped {
+            // The host's own log sockets are no news.
+            if is_log_socket(&path) {
+                continue;
+            }
             if self.skipped_logged.insert(path.clone()) {
                 tracing::info!(path = %sftp::show(&path), "not replicated: a {what}");
             }
@@ -739,11 +748,26 @@ impl Worker {
     fn note_refused(&mut self, path: Vec<u8>, err: &sftp::SftpError) {
         let message = err.to_string();
         if self.refused.get(&path) != Some(&message) {
-            tracing::warn!(
-                standby = %self.settings.standby,
-                path = %sftp::show(&path),
-                "the standby refused an operation, skipped (tried again on the next full scan): {message}"
-            );
+            // At most REFUSALS_LOGGED lines a minute: users' churn must not
+            // flood the journal; the status has the count and the last one.
+            if self.refusals_logged.0.elapsed() >= Duration::from_secs(60) {
+                if self.refusals_logged.1 > REFUSALS_LOGGED {
+                    tracing::warn!(
+                        standby = %self.settings.standby,
+                        "{} more refused operation(s) in the last minute were not logged one by one (sftp-ha status counts them)",
+                        self.refusals_logged.1 - REFUSALS_LOGGED
+                    );
+                }
+                self.refusals_logged = (Instant::now(), 0);
+            }
+            self.refusals_logged.1 += 1;
+            if self.refusals_logged.1 <= REFUSALS_LOGGED {
+                tracing::warn!(
+                    standby = %self.settings.standby,
+                    path = %sftp::show(&path),
+                    "the standby refused an operation, skipped (tried again on the next full scan): {message}"
+                );
+            }
         }
         self.refused.insert(path, message.clone());
         let count = self.refused.len();
@@ -1053,7 +1077,8 @@ fn is_log_socket(path: &[u8]) -> bool {
 /// The outcome files of a users.yaml apply: each host writes its own, so
 /// they are not drift for the audit to repair.
 fn host_local(path: &[u8]) -> bool {
-    path.ends_with(b"/admin/users.yaml.status")
+    let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+    matches!(parts.as_slice(), [_, admin, status] if *admin == b"admin" && *status == crate::accounts::STATUS_FILE.as_bytes())
 }
 
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -1090,5 +1115,7 @@ mod tests {
         assert!(!is_log_socket(b"EPuser/.sftp-ha-log.sock"));
         assert!(host_local(b"admin/admin/users.yaml.status"));
         assert!(!host_local(b"admin/upload/users.yaml"));
+        // A user's own file of that name is a file like any other.
+        assert!(!host_local(b"EPuser/upload/admin/users.yaml.status"));
     }
 }

@@ -140,7 +140,9 @@ fn clear_leftovers(sftp: &mut SftpClient<ssh2::Channel>, dir: &[u8]) -> Result<(
         path.extend_from_slice(&name);
         let result = if is_dir(&a) {
             clear_leftovers(sftp, &path).and_then(|()| sftp.rmdir(&path))
-        } else if !is_file(&a) || name == crate::accounts::STATUS_FILE.as_bytes() {
+        } else if !is_file(&a)
+            || (name == crate::accounts::STATUS_FILE.as_bytes() && is_admin_folder(dir))
+        {
             sftp.remove(&path)
         } else {
             Ok(())
@@ -151,6 +153,12 @@ fn clear_leftovers(sftp: &mut SftpClient<ssh2::Channel>, dir: &[u8]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// `/<user>/admin`: where the host writes its own users.yaml.status.
+fn is_admin_folder(remote: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = remote.split(|b| *b == b'/').collect();
+    matches!(parts.as_slice(), [b"", _, admin] if *admin == b"admin")
 }
 
 fn is_dir(a: &Attrs) -> bool {
@@ -472,5 +480,13 @@ mod tests {
         assert!(a.starts_with(b"/.sftp-ha-tmp/"), "{}", sftp::show(&a));
         assert_ne!(a, b);
         assert_eq!(remote_path(b"u/x"), b"/u/x".to_vec());
+    }
+
+    #[test]
+    fn only_admin_folders_hold_the_hosts_status_file() {
+        assert!(is_admin_folder(b"/admin/admin"));
+        assert!(is_admin_folder(b"/EPuser/admin"));
+        assert!(!is_admin_folder(b"/EPuser/upload/admin"));
+        assert!(!is_admin_folder(b"/EPuser"));
     }
 }

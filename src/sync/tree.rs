@@ -178,14 +178,42 @@ fn drop_set_id(dir: &OwnedFd, name: &[u8], path: &[u8]) {
         nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(st.st_mode & 0o1777))?;
         Ok(true)
     });
-    let shown = String::from_utf8_lossy(path);
     match cleared {
-        Ok(true) => {
-            tracing::info!(path = %shown, "cleared the set-uid/set-gid bits of an upload (never kept on a drop box)")
-        }
+        Ok(true) => note_cleared(path),
         Ok(false) => {}
         Err(err) => {
-            tracing::warn!(path = %shown, "cannot clear the set-uid/set-gid bits: {err}")
+            tracing::debug!(path = %String::from_utf8_lossy(path), "cannot clear the set-uid/set-gid bits: {err}")
+        }
+    }
+}
+
+/// Logs cleared set-id bits at most once a minute, with a count: a user who
+/// chmods in a loop must not be able to flood the journal (and push other
+/// users' lines past journald's rate limit).
+fn note_cleared(path: &[u8]) {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    const EVERY: Duration = Duration::from_secs(60);
+    // (when the last line was logged, how many were cleared since)
+    static STATE: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+    let Ok(mut state) = STATE.lock() else {
+        return;
+    };
+    let shown = String::from_utf8_lossy(path);
+    match &mut *state {
+        Some((last, since)) if last.elapsed() < EVERY => *since += 1,
+        other => {
+            let before = other.map_or(0, |(_, n)| n);
+            tracing::info!(
+                path = %shown,
+                "cleared the set-uid/set-gid bits of an upload (never kept on a drop box){}",
+                if before > 0 {
+                    format!("; and of {before} more in the last minute")
+                } else {
+                    String::new()
+                }
+            );
+            *other = Some((Instant::now(), 0));
         }
     }
 }
