@@ -45,7 +45,8 @@ pub fn open_dir_beneath(root: &Path, dir: &Path) -> io::Result<OwnedFd> {
     open_dir_below(root, rel.as_os_str().as_bytes())
 }
 
-/// [`write_atomic`] into an open folder: the temporary is made with O_EXCL and
+/// [`write_atomic`] into an open folder, returning what was written (as the
+/// rename leaves it: same inode, size and mtime): the temporary is made with O_EXCL and
 /// O_NOFOLLOW, owner and mode are set on the open file, and it is renamed
 /// over `name` within that same folder, whatever its path now leads to.
 pub fn write_atomic_at(
@@ -54,7 +55,7 @@ pub fn write_atomic_at(
     data: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
-) -> io::Result<()> {
+) -> io::Result<fs::Metadata> {
     use nix::unistd::{UnlinkatFlags, unlinkat};
     let name = name.as_ref();
     let mut tmp = std::ffi::OsString::from(".");
@@ -78,7 +79,9 @@ pub fn write_atomic_at(
         }
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         file.sync_all()?;
-        nix::fcntl::renameat(dir.as_fd(), tmp, dir.as_fd(), name).map_err(io::Error::from)
+        let written = file.metadata()?;
+        nix::fcntl::renameat(dir.as_fd(), tmp, dir.as_fd(), name).map_err(io::Error::from)?;
+        Ok(written)
     })();
     if result.is_err() {
         let _ = unlinkat(dir.as_fd(), tmp, UnlinkatFlags::NoRemoveDir);
@@ -107,7 +110,7 @@ pub fn write_atomic(
         Mode::empty(),
     )
     .map_err(io::Error::from)?;
-    write_atomic_at(&dir, name, data, mode, owner)
+    write_atomic_at(&dir, name, data, mode, owner).map(|_| ())
 }
 
 #[cfg(test)]

@@ -38,6 +38,42 @@ pub struct Report {
     pub dry_run: bool,
     /// Per user, in file order: (name, what happened).
     pub outcome: Result<Vec<(String, String)>, Failure>,
+    /// The version of the file this outcome is about: as read, or as
+    /// rewritten. A newer upload that landed meanwhile is not it.
+    pub version: Option<FileVersion>,
+}
+
+/// One version of a file, as the kernel tells them apart: an upload either
+/// makes a new inode (a rename) or writes in place and moves size and mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+}
+
+impl FileVersion {
+    pub fn of_meta(m: &fs::Metadata) -> FileVersion {
+        FileVersion {
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        }
+    }
+
+    /// The version at `path` now (without following a link), if any.
+    pub fn of(path: &Path) -> Option<FileVersion> {
+        fs::symlink_metadata(path)
+            .ok()
+            .map(|m| FileVersion::of_meta(&m))
+    }
+
+    /// Last modified more than a second ago: not in the middle of an upload.
+    pub fn settled(&self) -> bool {
+        crate::timefmt::unix_now() as i64 > self.mtime + 1
+    }
 }
 
 impl Report {
@@ -183,12 +219,14 @@ pub enum Apply {
 /// Checks (and unless `Check`, applies) the users.yaml at `path`.
 pub fn apply_file(path: &Path, data_dir: &Path, configured: Option<Method>, how: Apply) -> Report {
     let dry_run = how == Apply::Check;
-    let outcome = run_apply(path, data_dir, configured, how);
+    let mut version = None;
+    let outcome = run_apply(path, data_dir, configured, how, &mut version);
     Report {
         at: unix_now(),
         file: path.to_path_buf(),
         dry_run,
         outcome,
+        version,
     }
 }
 
@@ -197,9 +235,11 @@ fn run_apply(
     data_dir: &Path,
     configured: Option<Method>,
     how: Apply,
+    version: &mut Option<FileVersion>,
 ) -> Result<Vec<(String, String)>, Failure> {
     let invalid = |p: Problem| Failure::Invalid(vec![p]);
     let (text, meta) = read_users_file_below(path, Some(data_dir)).map_err(invalid)?;
+    *version = Some(FileVersion::of_meta(&meta));
     let entries = users_file::parse(&text).map_err(invalid)?;
     let snapshot = if how == Apply::Check {
         system::snapshot_for_check()
@@ -218,7 +258,13 @@ fn run_apply(
         return Ok(outcome);
     }
     system::apply(&plan, &snapshot, data_dir).map_err(|e| Failure::System(e.to_string()))?;
-    if how == Apply::Apply && plan.users.iter().any(|u| u.rewrite) {
+    // A newer upload that replaced the file meanwhile is never overwritten
+    // with the rewrite of this one: it is applied next instead.
+    let replaced = FileVersion::of(path) != *version;
+    if replaced {
+        tracing::info!(path = %path.display(), "users.yaml was replaced while it was applied: not rewritten; the newer file is applied next");
+    }
+    if how == Apply::Apply && !replaced && plan.users.iter().any(|u| u.rewrite) {
         let hashes: BTreeMap<String, String> = entries
             .iter()
             .filter(|e| matches!(e.secret, Some(Secret::Password(_))))
@@ -247,9 +293,12 @@ fn run_apply(
                 })
             }
             // Root's own file (`sftp-ha users apply /root/users.yaml`).
-            _ => crate::fsutil::write_atomic(path, new_text.as_bytes(), mode, owner),
+            _ => crate::fsutil::write_atomic(path, new_text.as_bytes(), mode, owner)
+                .and_then(|()| fs::symlink_metadata(path)),
         };
-        written.map_err(|e| Failure::System(format!("cannot rewrite {}: {e}", path.display())))?;
+        let written = written
+            .map_err(|e| Failure::System(format!("cannot rewrite {}: {e}", path.display())))?;
+        *version = Some(FileVersion::of_meta(&written));
     }
     Ok(outcome)
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 use crate::accounts::crypt::Method;
-use crate::accounts::{self, AdminDir, Apply, Report, USERS_FILE};
+use crate::accounts::{self, AdminDir, Apply, FileVersion, Report, USERS_FILE};
 use crate::config::Role;
 use crate::layout::PUBLISHED_USERS;
 
@@ -68,7 +68,7 @@ pub struct UsersWatch {
     /// The users.yaml files as last applied or written by us: a file still in
     /// that state is not applied again; any other is (an upload, or on a
     /// standby the master's copy arriving).
-    known: HashMap<PathBuf, FileStamp>,
+    known: HashMap<PathBuf, FileVersion>,
     /// A standby applies only what the master published.
     standby: bool,
     /// Set when the admin folders were looked for again, so the daemon can
@@ -192,7 +192,7 @@ impl UsersWatch {
                 self.watched.values().map(|p| p.join(USERS_FILE)).collect()
             };
             for file in candidates {
-                if let Some(stamp) = FileStamp::of(&file)
+                if let Some(stamp) = FileVersion::of(&file)
                     && self.known.get(&file) != Some(&stamp)
                     // On a standby files arrive whole (renamed into place).
                     && (self.standby || stamp.settled())
@@ -303,6 +303,7 @@ impl UsersWatch {
                     outcome: Err(accounts::Failure::System(
                         "the apply stopped unexpectedly; see the journal".into(),
                     )),
+                    version: None,
                 },
             };
             return Some(self.finish(&path, report, why));
@@ -318,7 +319,7 @@ impl UsersWatch {
         if self
             .known
             .get(&path)
-            .is_some_and(|s| Some(*s) == FileStamp::of(&path))
+            .is_some_and(|s| Some(*s) == FileVersion::of(&path))
         {
             // Our own rewrite or copy, or a file already applied.
             return None;
@@ -373,11 +374,14 @@ impl UsersWatch {
         }
         // A new admin has a new folder to watch and to publish to.
         self.rewatch();
-        let published = if report.ok() {
-            accounts::read_users_file(path).ok().map(|(t, _)| t)
-        } else {
-            None
-        };
+        // Copied to the other admins and to the standby only while the file is
+        // still the version applied (a newer upload is applied, then copied, next).
+        let published =
+            if report.ok() && report.version.is_some() && FileVersion::of(path) == report.version {
+                accounts::read_users_file(path).ok().map(|(t, _)| t)
+            } else {
+                None
+            };
         let dirs = accounts::admin_dirs(&self.data_dir);
         // On a standby the master already replicates users.yaml into every admin
         // folder: only the outcome is written here.
@@ -387,12 +391,14 @@ impl UsersWatch {
             published.as_deref()
         };
         accounts::publish(&self.data_dir, &dirs, path, copies, &report.render());
-        if let Some(stamp) = FileStamp::of(path) {
-            self.known.insert(path.to_path_buf(), stamp);
+        // The version this outcome is about: a newer upload that landed during
+        // the apply is not marked as known, so it is applied next.
+        if let Some(version) = report.version {
+            self.known.insert(path.to_path_buf(), version);
         }
         if published.is_some() {
             for p in dirs.iter().map(|d| d.path.join(USERS_FILE)) {
-                if let Some(stamp) = FileStamp::of(&p) {
+                if let Some(stamp) = FileVersion::of(&p) {
                     self.known.insert(p, stamp);
                 }
             }
@@ -412,33 +418,6 @@ fn still_being_written(path: &Path) -> bool {
         .ok()
         .and_then(|f| crate::sync::lease::nobody_writes(&f))
         == Some(false)
-}
-
-/// What tells one version of a file from the next: an upload either makes a
-/// new inode (rename) or writes in place and moves the modification time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    inode: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl FileStamp {
-    /// Last modified more than a second ago: not in the middle of an upload.
-    fn settled(&self) -> bool {
-        crate::timefmt::unix_now() as i64 > self.mtime + 1
-    }
-
-    fn of(path: &Path) -> Option<FileStamp> {
-        let m = fs::symlink_metadata(path).ok()?;
-        Some(FileStamp {
-            inode: m.ino(),
-            size: m.size(),
-            mtime: m.mtime(),
-            mtime_nsec: m.mtime_nsec(),
-        })
-    }
 }
 
 /// On a standby: watches the data dir for the master's published file.
