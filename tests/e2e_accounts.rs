@@ -608,9 +608,10 @@ fn every_way_a_client_puts_users_yaml_in_place_is_applied_from_its_event() {
     let _ = std::fs::remove_file(&status_path);
     let m = mark();
     let local_arg = local.display().to_string();
+    // Debian's python3, which has python3-paramiko (not another one first on PATH).
     let out = tb.client_env(
         MASTER,
-        &["python3", "-c", REMOVE_THEN_RENAME, &local_arg],
+        &["/usr/bin/python3", "-c", REMOVE_THEN_RENAME, &local_arg],
         &[("SFTP_PASSWORD", ADMIN_PASSWORD)],
     );
     assert!(out.status.success(), "{}", describe(&out));
