@@ -26,12 +26,7 @@ fn an_old_master_coming_back_deletes_nothing_on_the_promoted_host() {
         &format!("put {a} /upload/A.txt\n"),
     );
     assert!(out.status.success(), "{}", describe(&out));
-    wait_for("A.txt on the standby", || {
-        tb.sh(STANDBY, "test -f /srv/sftp-ha/EPuser/upload/A.txt")
-            .status
-            .success()
-            .then_some(())
-    });
+    util::wait_on_standby(&tb, "-f", "/srv/sftp-ha/EPuser/upload/A.txt");
     // The master dies; the admin promotes the standby by hand.
     tb.poweroff(MASTER);
     tb.write(STANDBY, "/etc/sftp-ha/config.toml", "role = \"master\"\n");
@@ -84,12 +79,7 @@ fn a_standby_promoted_while_connected_ends_the_old_masters_sessions() {
         &format!("put {} /upload/keep.txt\n", local.display()),
     );
     assert!(out.status.success(), "{}", describe(&out));
-    wait_for("keep.txt on the standby", || {
-        tb.sh(STANDBY, "test -f /srv/sftp-ha/EPuser/upload/keep.txt")
-            .status
-            .success()
-            .then_some(())
-    });
+    util::wait_on_standby(&tb, "-f", "/srv/sftp-ha/EPuser/upload/keep.txt");
     // Promoted by hand while the master is up and connected: the master's
     // open replication sessions must not go on writing there.
     tb.write(STANDBY, "/etc/sftp-ha/config.toml", "role = \"master\"\n");

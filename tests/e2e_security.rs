@@ -26,16 +26,6 @@ fn local_file(tb: &Testbed, name: &str, contents: &str) -> String {
     path.to_str().expect("UTF-8 path").to_string()
 }
 
-/// Waits until `test -e`-style `check` (`-f`, `-d`, ...) holds for `path` on the standby.
-fn wait_on_standby(tb: &Testbed, check: &str, path: &str) {
-    wait_for(&format!("{path} on the standby"), || {
-        tb.sh(STANDBY, &format!("test {check} {path}"))
-            .status
-            .success()
-            .then_some(())
-    });
-}
-
 /// The groups of `user` on `host`.
 fn groups(tb: &Testbed, host: &str, user: &str) -> String {
     tb.ok(host, &format!("id -nG {user}")).trim().to_string()
@@ -52,7 +42,7 @@ fn users_cannot_make_links_anywhere_and_the_standby_is_read_only_for_them() {
     let x = local_file(&tb, "x.txt", "x\n");
     let out = as_epuser(&tb, MASTER_ADDR, &format!("put {x} /upload/x.txt\n"));
     assert!(out.status.success(), "{}", describe(&out));
-    wait_on_standby(&tb, "-f", &format!("{DATA}/EPuser/upload/x.txt"));
+    util::wait_on_standby(&tb, "-f", &format!("{DATA}/EPuser/upload/x.txt"));
     // No links on either host: neither symbolic nor hard.
     for addr in [MASTER_ADDR, STANDBY_ADDR] {
         for attack in [
@@ -194,7 +184,7 @@ fn an_operation_the_standby_refuses_is_reported_once_and_never_stalls_the_queue(
     let tb = replicating_pair("");
     let out = as_epuser(&tb, MASTER_ADDR, "mkdir /upload/d\n");
     assert!(out.status.success(), "{}", describe(&out));
-    wait_on_standby(&tb, "-d", &format!("{DATA}/EPuser/upload/d"));
+    util::wait_on_standby(&tb, "-d", &format!("{DATA}/EPuser/upload/d"));
     // What only the standby has in d: a link, a FIFO (removed to let the rmdir
     // through) and a regular file (kept: the rmdir is refused, nothing lost).
     tb.ok(
@@ -211,7 +201,7 @@ fn an_operation_the_standby_refuses_is_reported_once_and_never_stalls_the_queue(
     }
     let out = as_epuser(&tb, MASTER_ADDR, &batch);
     assert!(out.status.success(), "{}", describe(&out));
-    wait_on_standby(&tb, "-f", &format!("{DATA}/EPuser/upload/after-4.txt"));
+    util::wait_on_standby(&tb, "-f", &format!("{DATA}/EPuser/upload/after-4.txt"));
     let status = wait_for("the refusal in the status", || {
         let s = tb.ok(MASTER, "sftp-ha status");
         s.contains("REFUSED by the standby").then_some(s)

@@ -354,6 +354,16 @@ pub fn converged(tb: &Testbed, what: &str) {
     }
 }
 
+/// Waits until `test CHECK PATH` (`-f`, `-d`, ...) holds on the standby.
+pub fn wait_on_standby(tb: &Testbed, check: &str, path: &str) {
+    wait_for(&format!("{path} on the standby"), || {
+        tb.sh(STANDBY, &format!("test {check} {path}"))
+            .status
+            .success()
+            .then_some(())
+    });
+}
+
 /// The users.yaml the replication tests apply on the master.
 pub const USERS: &str = "users:\n  ADMIN: {name: admin, password: \"35oi3g4l3he\", admin: true}\n  1: {name: EPuser, password: \"1234\"}\n";
 
