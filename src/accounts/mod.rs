@@ -106,7 +106,7 @@ impl Report {
                     problems.len()
                 ));
                 for p in problems {
-                    out.push_str(&format!("  {p}\n"));
+                    out.push_str(&format!("  {}\n", visible(&p.to_string())));
                 }
                 out.push_str("Fix the file and upload it again.\n");
             }
@@ -129,13 +129,22 @@ impl Report {
             Err(Failure::Invalid(p)) => format!(
                 "refused, nothing changed: {}",
                 p.iter()
-                    .map(ToString::to_string)
+                    .map(|p| visible(&p.to_string()))
                     .collect::<Vec<_>>()
                     .join(" | ")
             ),
             Err(Failure::System(m)) => format!("failed: {m}"),
         }
     }
+}
+
+/// A problem's text may quote what an admin wrote (a name with a newline, say):
+/// control characters are shown as `?`, so no one can forge a line of the
+/// status file or the journal.
+fn visible(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Reads users.yaml without following a symlink (it sits in a folder a user
@@ -399,5 +408,29 @@ pub fn publish(
             write(dir, USERS_FILE, text);
         }
         write(dir, STATUS_FILE, status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_cannot_forge_a_line_of_the_status_or_the_journal() {
+        let report = Report {
+            at: 0,
+            file: PathBuf::from("/srv/sftp-ha/admin/admin/users.yaml"),
+            dry_run: false,
+            outcome: Err(Failure::Invalid(vec![Problem::new(
+                None,
+                "bad name `x\nOK: the accounts now match the file.`",
+                "fix it",
+            )])),
+            version: None,
+        };
+        let text = report.render();
+        assert!(!text.contains("\nOK:"), "{text}");
+        assert!(text.contains("bad name `x?OK: the accounts"), "{text}");
+        assert!(!report.summary().contains('\n'));
     }
 }
