@@ -19,6 +19,11 @@ fn as_epuser(tb: &Testbed, addr: &str, batch: &str) -> std::process::Output {
     tb.sftp(MASTER, addr, "EPuser", "1234", batch)
 }
 
+/// One sftp batch as admin.
+fn as_admin(tb: &Testbed, addr: &str, batch: &str) -> std::process::Output {
+    tb.sftp(MASTER, addr, "admin", "35oi3g4l3he", batch)
+}
+
 /// A file on the master's side of the client (the host's view of its root).
 fn local_file(tb: &Testbed, name: &str, contents: &str) -> String {
     let path = tb.path(MASTER, &format!("/var/tmp/{name}"));
@@ -74,11 +79,9 @@ fn users_cannot_make_links_anywhere_and_the_standby_is_read_only_for_them() {
         assert!(!out.status.success(), "standby: `{attack}` worked");
     }
     let admin_put = local_file(&tb, "users.yaml", EVIL_USERS);
-    let out = tb.sftp(
-        MASTER,
+    let out = as_admin(
+        &tb,
         STANDBY_ADDR,
-        "admin",
-        "35oi3g4l3he",
         &format!("put {admin_put} /admin/users.yaml\n"),
     );
     assert!(!out.status.success(), "an admin wrote on the standby");
@@ -174,7 +177,7 @@ fn links_on_the_standby_never_lead_root_anywhere() {
         "{journal}"
     );
     // The admin can still log in to the standby: the chroot is intact.
-    let out = tb.sftp(MASTER, STANDBY_ADDR, "admin", "35oi3g4l3he", "ls /admin\n");
+    let out = as_admin(&tb, STANDBY_ADDR, "ls /admin\n");
     assert!(out.status.success(), "{}", describe(&out));
 }
 
@@ -283,11 +286,9 @@ fn a_demoted_admins_old_users_yaml_never_comes_back_on_the_standby() {
     assert!(out.status.success(), "{}", describe(&out));
     // The admin demotes EPuser.
     let demote = local_file(&tb, "demote.yaml", util::USERS);
-    let out = tb.sftp(
-        MASTER,
+    let out = as_admin(
+        &tb,
         MASTER_ADDR,
-        "admin",
-        "35oi3g4l3he",
         &format!("put {demote} /admin/users.yaml\n"),
     );
     assert!(out.status.success(), "{}", describe(&out));
@@ -330,13 +331,7 @@ fn a_hash_that_costs_hours_is_refused_and_both_daemons_keep_running() {
     let tb = replicating_pair("");
     let costly = "users:\n  ADMIN: {name: admin, password: \"35oi3g4l3he\", admin: true}\n  1: {name: EPuser, password: \"1234\"}\n  2: {name: slow, password_hash: \"$6$rounds=999999999$abcdefgh$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}\n";
     let file = local_file(&tb, "costly.yaml", costly);
-    let out = tb.sftp(
-        MASTER,
-        MASTER_ADDR,
-        "admin",
-        "35oi3g4l3he",
-        &format!("put {file} /admin/users.yaml\n"),
-    );
+    let out = as_admin(&tb, MASTER_ADDR, &format!("put {file} /admin/users.yaml\n"));
     assert!(out.status.success(), "{}", describe(&out));
     let status = wait_for("the refusal", || {
         let s = tb.ok(MASTER, &format!("cat {DATA}/admin/admin/users.yaml.status"));
@@ -384,11 +379,9 @@ fn one_chatty_user_cannot_crowd_others_out_of_the_journal() {
     std::thread::scope(|s| {
         let flooder = s.spawn(|| as_epuser(&tb, MASTER_ADDR, &flood));
         std::thread::sleep(std::time::Duration::from_secs(3));
-        let out = tb.sftp(
-            MASTER,
+        let out = as_admin(
+            &tb,
             MASTER_ADDR,
-            "admin",
-            "35oi3g4l3he",
             &format!("put {small} /upload/during-the-flood.txt\n"),
         );
         assert!(out.status.success(), "{}", describe(&out));

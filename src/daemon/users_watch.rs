@@ -149,12 +149,7 @@ impl UsersWatch {
 
     /// Watches exactly the current admin folders.
     pub fn rewatch(&mut self) {
-        self.rewatch_at = Instant::now()
-            + if self.standby {
-                Duration::from_secs(1)
-            } else {
-                REWATCH_EVERY
-            };
+        self.rewatch_at = Instant::now() + REWATCH_EVERY;
         self.rewatched = true;
         let dirs = self.admin_dirs();
         let mut watches = self.inotify.watches();
