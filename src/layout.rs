@@ -24,3 +24,14 @@ pub const PUBLISHED_USERS: &str = ".sftp-ha-users.yaml";
 /// Every account and group name sftp-ha creates; users.yaml may use none of
 /// them (a user named like the sync account would get its sshd Match block).
 pub const OWN_NAMES: &[&str] = &[MANAGED_GROUP, ADMIN_GROUP, SYNC_USER];
+
+/// At the top of the data dir (root's, 0700, outside every chroot and never
+/// replicated): how this host and its peer tell each other their roles. The
+/// peer reaches it over the sync account, which is chrooted in the data dir.
+pub const CONTROL_DIR: &str = ".sftp-ha-ctl";
+/// In [`CONTROL_DIR`]: this host's role and epoch, written by its daemon for
+/// the peer to read.
+pub const ROLE_FILE: &str = "role.json";
+/// In [`CONTROL_DIR`]: written there by the peer while it is this host's
+/// master: its epoch, and a handover when it gives the role away.
+pub const CLAIM_FILE: &str = "claim.json";

@@ -16,6 +16,7 @@ pub mod layout;
 pub mod logging;
 pub mod metrics;
 pub mod pair;
+pub mod role;
 pub mod sshd;
 pub mod status;
 pub mod stress;

@@ -1,0 +1,560 @@
+//! Live roles and epochs: who may take uploads, decided without I/O.
+//!
+//! `role` in config.toml is only the role a host starts with the very first
+//! time. From then on the live role and an epoch decide: the epoch is a
+//! counter that every promotion raises past any epoch either host has seen,
+//! persisted in the state dir (`role.json`), so a host that comes back from a
+//! crash or a power cut knows how old its claim is.
+//!
+//! The hosts tell each other through files in the data dir's control folder
+//! ([`crate::layout::CONTROL_DIR`]), reached over the sync account:
+//! - each host publishes a [`Published`] (`role.json`): its node name, role
+//!   and epoch, and whether it asks to become master (a planned switchover);
+//! - a master writes a [`Claim`] into its standby's folder (`claim.json`) on
+//!   every connection: its epoch, and, to give the role away, a handover.
+//!
+//! The functions here take what a host knows and what it just learnt, and say
+//! what to do; the daemon and the replication worker do the I/O. Rules:
+//! - the higher epoch wins; a master that sees a higher epoch anywhere steps
+//!   down at once;
+//! - two masters with the same epoch (only possible after two forced
+//!   promotions): the host whose node name sorts first stays master;
+//! - a standby follows only a master whose epoch is not lower than its own.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::config::Role;
+
+/// The role file in the state dir.
+const STATE_FILE: &str = "role.json";
+
+/// This host's live role, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    pub role: Role,
+    pub epoch: u64,
+    /// When it took this role (unix seconds), and why, for the status.
+    pub since: u64,
+    pub reason: String,
+}
+
+impl Live {
+    /// The role on the very first start: what config.toml says. A master
+    /// starts the first epoch; a standby knows none until a master claims it.
+    pub fn first(role: Role, now: u64) -> Live {
+        Live {
+            role,
+            epoch: u64::from(role == Role::Master),
+            since: now,
+            reason: "first start: the role in config.toml".into(),
+        }
+    }
+
+    fn become_(&self, role: Role, epoch: u64, now: u64, reason: String) -> Live {
+        Live {
+            role,
+            epoch,
+            since: now,
+            reason,
+        }
+    }
+}
+
+/// What a host tells its peer about itself (`<data>/.sftp-ha-ctl/role.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub node: String,
+    pub role: Role,
+    pub epoch: u64,
+    /// A standby asks its master to hand the role over (`sftp-ha promote`).
+    #[serde(default)]
+    pub wants_master: bool,
+    /// The standby's last users.yaml apply, for the master to report.
+    #[serde(default)]
+    pub users: Option<UsersOutcome>,
+}
+
+/// A users.yaml apply on the standby, as the master shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsersOutcome {
+    pub at: u64,
+    pub ok: bool,
+    pub summary: String,
+}
+
+/// What a master writes into its standby's control folder (`claim.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub node: String,
+    pub epoch: u64,
+    /// Set when the master gives its role away: the standby becomes master
+    /// with this epoch (one above the master's).
+    #[serde(default)]
+    pub handover: Option<u64>,
+}
+
+/// What a master's replication worker does after reading its peer's role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerVerdict {
+    /// The peer is our standby: replicate.
+    Replicate,
+    /// The peer asks for the role and we agree (same epoch): stop taking
+    /// uploads, send the last changes, then hand over.
+    HandOver,
+    /// Someone holds a newer claim: this host must stop taking uploads now.
+    StepDown { epoch: u64, reason: String },
+    /// The peer is a master we outrank; it steps down when it reads our role.
+    /// Nothing is sent meanwhile.
+    Wait { reason: String },
+}
+
+/// A master (`me`, named `node`) judges the peer it has reached.
+pub fn judge_peer(me: &Live, node: &str, peer: &Published) -> PeerVerdict {
+    debug_assert_eq!(me.role, Role::Master);
+    if peer.epoch > me.epoch {
+        return PeerVerdict::StepDown {
+            epoch: peer.epoch,
+            reason: format!(
+                "the peer {} is {} at epoch {}, newer than this host's epoch {}",
+                peer.node, peer.role, peer.epoch, me.epoch
+            ),
+        };
+    }
+    match peer.role {
+        Role::Standby if peer.wants_master && peer.epoch == me.epoch => PeerVerdict::HandOver,
+        Role::Standby => PeerVerdict::Replicate,
+        Role::Master if peer.epoch < me.epoch => PeerVerdict::Wait {
+            reason: format!(
+                "the peer {} is still a master, at the older epoch {}; it steps down when it sees this host's epoch {}",
+                peer.node, peer.epoch, me.epoch
+            ),
+        },
+        Role::Master if tie_winner(node, &peer.node) => PeerVerdict::Wait {
+            reason: format!(
+                "the peer {} is also a master at epoch {}: two forced promotions; {node} sorts first and stays master, the peer steps down",
+                peer.node, peer.epoch
+            ),
+        },
+        Role::Master => PeerVerdict::StepDown {
+            epoch: peer.epoch,
+            reason: format!(
+                "the peer {} is also a master at epoch {}: two forced promotions; {} sorts first and stays master",
+                peer.node, peer.epoch, peer.node
+            ),
+        },
+    }
+}
+
+/// Two masters at the same epoch: the node name that sorts first keeps the
+/// role. Names are unique in a pair (the daemon refuses a peer with its own name).
+fn tie_winner(me: &str, peer: &str) -> bool {
+    me < peer
+}
+
+/// What a host does with a claim found in its control folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimVerdict {
+    /// Nothing new (the claim is known, or this host is a master and ignores it).
+    Ignore,
+    /// A master at this epoch or newer: follow it, remembering its epoch.
+    Follow(Live),
+    /// The master gives the role away: become master.
+    TakeOver(Live),
+    /// A master with an older epoch than this host knows: refuse its replication.
+    Refuse { reason: String },
+    /// A newer master claims this host while it is a master itself (only
+    /// possible if the sync account was writable here): step down.
+    StepDown(Live),
+}
+
+/// A host (`me`) judges a claim written into its control folder.
+pub fn judge_claim(me: &Live, claim: &Claim, now: u64) -> ClaimVerdict {
+    if claim.epoch < me.epoch {
+        return ClaimVerdict::Refuse {
+            reason: format!(
+                "{} claims to be master at epoch {}, older than the epoch {} this host knows; its replication is refused",
+                claim.node, claim.epoch, me.epoch
+            ),
+        };
+    }
+    match (me.role, claim.handover) {
+        (Role::Standby, Some(to)) if to > me.epoch && to > claim.epoch => {
+            ClaimVerdict::TakeOver(me.become_(
+                Role::Master,
+                to,
+                now,
+                format!("handover from {} (planned switchover)", claim.node),
+            ))
+        }
+        (Role::Standby, _) if claim.epoch > me.epoch => ClaimVerdict::Follow(me.become_(
+            Role::Standby,
+            claim.epoch,
+            now,
+            format!("following the master {} at epoch {}", claim.node, claim.epoch),
+        )),
+        (Role::Standby, _) => ClaimVerdict::Ignore,
+        (Role::Master, _) if claim.epoch > me.epoch => ClaimVerdict::StepDown(me.become_(
+            Role::Standby,
+            claim.epoch,
+            now,
+            format!("the master {} claims epoch {}", claim.node, claim.epoch),
+        )),
+        (Role::Master, _) => ClaimVerdict::Ignore,
+    }
+}
+
+/// What `sftp-ha promote` finds out about the master before it acts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAnswer {
+    /// No answer: the peer is down, or the link is.
+    Unreachable(String),
+    Answered(Published),
+}
+
+/// What `sftp-ha promote` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromoteVerdict {
+    AlreadyMaster,
+    /// Become master now, with this live state.
+    Failover(Live),
+    /// The master answers: ask it to hand over.
+    AskHandover,
+}
+
+/// A host asked to become master judges what it learnt about its peer.
+pub fn judge_promote(me: &Live, peer: &PeerAnswer, force: bool, now: u64) -> PromoteVerdict {
+    if me.role == Role::Master {
+        return PromoteVerdict::AlreadyMaster;
+    }
+    let seen = match peer {
+        PeerAnswer::Answered(p) => p.epoch,
+        PeerAnswer::Unreachable(_) => 0,
+    };
+    let epoch = me.epoch.max(seen) + 1;
+    match peer {
+        PeerAnswer::Answered(p) if p.role == Role::Master && !force => {
+            PromoteVerdict::AskHandover
+        }
+        PeerAnswer::Answered(p) if p.role == Role::Master => PromoteVerdict::Failover(me.become_(
+            Role::Master,
+            epoch,
+            now,
+            format!(
+                "promoted with --force while the master {} still answered (split brain until they meet again)",
+                p.node
+            ),
+        )),
+        PeerAnswer::Answered(p) => PromoteVerdict::Failover(me.become_(
+            Role::Master,
+            epoch,
+            now,
+            format!("promoted; the peer {} is a standby too", p.node),
+        )),
+        PeerAnswer::Unreachable(why) => PromoteVerdict::Failover(me.become_(
+            Role::Master,
+            epoch,
+            now,
+            format!("promoted (failover): the master does not answer: {why}"),
+        )),
+    }
+}
+
+/// A master steps down (a newer epoch, or it handed over).
+pub fn step_down(me: &Live, epoch: u64, reason: String, now: u64) -> Live {
+    me.become_(Role::Standby, epoch.max(me.epoch), now, reason)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    #[error(
+        "cannot read the live role {path}: {source}; fix: restore it from a backup, or remove it to start again from the role in config.toml (only if the other host is the master or down for good)"
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not a valid live role: {message}; fix: remove it to start again from the role in config.toml (only if the other host is the master or down for good)"
+    )]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot save the live role {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub fn state_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(STATE_FILE)
+}
+
+/// The persisted live role; `None` on the very first start.
+pub fn load(state_dir: &Path) -> Result<Option<Live>, RoleError> {
+    let path = state_path(state_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(RoleError::Read { path, source }),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| RoleError::Invalid {
+            path,
+            message: e.to_string(),
+        })
+}
+
+/// Persists the live role (fsynced and renamed: a crash leaves the old or the new one).
+pub fn save(state_dir: &Path, live: &Live) -> Result<(), RoleError> {
+    let path = state_path(state_dir);
+    let text = serde_json::to_vec_pretty(live).map_err(|e| RoleError::Write {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    crate::fsutil::write_atomic(&path, &text, 0o600, None)
+        .map_err(|source| RoleError::Write { path, source })
+}
+
+/// This host's node name, as its peer sees it.
+pub fn node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unnamed".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(role: Role, epoch: u64) -> Live {
+        Live {
+            role,
+            epoch,
+            since: 0,
+            reason: String::new(),
+        }
+    }
+
+    fn peer(node: &str, role: Role, epoch: u64) -> Published {
+        Published {
+            node: node.into(),
+            role,
+            epoch,
+            wants_master: false,
+            users: None,
+        }
+    }
+
+    fn claim(node: &str, epoch: u64, handover: Option<u64>) -> Claim {
+        Claim {
+            node: node.into(),
+            epoch,
+            handover,
+        }
+    }
+
+    #[test]
+    fn the_first_start_takes_the_configured_role() {
+        assert_eq!(Live::first(Role::Master, 5).epoch, 1);
+        assert_eq!(Live::first(Role::Standby, 5).epoch, 0);
+        assert_eq!(Live::first(Role::Standby, 5).role, Role::Standby);
+    }
+
+    #[test]
+    fn a_master_replicates_to_a_standby_at_its_epoch_or_older() {
+        let me = live(Role::Master, 3);
+        for e in 0..=3 {
+            assert_eq!(
+                judge_peer(&me, "a", &peer("b", Role::Standby, e)),
+                PeerVerdict::Replicate
+            );
+        }
+    }
+
+    #[test]
+    fn a_master_steps_down_for_any_newer_epoch() {
+        let me = live(Role::Master, 3);
+        for role in [Role::Master, Role::Standby] {
+            match judge_peer(&me, "a", &peer("b", role, 4)) {
+                PeerVerdict::StepDown { epoch: 4, reason } => {
+                    assert!(reason.contains("epoch 4"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_older_master_is_left_to_step_down_by_itself() {
+        let me = live(Role::Master, 3);
+        assert!(matches!(
+            judge_peer(&me, "a", &peer("b", Role::Master, 2)),
+            PeerVerdict::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn a_tie_between_masters_keeps_the_name_that_sorts_first() {
+        let me = live(Role::Master, 3);
+        assert!(matches!(
+            judge_peer(&me, "alpha", &peer("beta", Role::Master, 3)),
+            PeerVerdict::Wait { .. }
+        ));
+        assert!(matches!(
+            judge_peer(&me, "beta", &peer("alpha", Role::Master, 3)),
+            PeerVerdict::StepDown { epoch: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn a_handover_is_agreed_only_with_a_standby_of_this_epoch() {
+        let me = live(Role::Master, 3);
+        let mut p = peer("b", Role::Standby, 3);
+        p.wants_master = true;
+        assert_eq!(judge_peer(&me, "a", &p), PeerVerdict::HandOver);
+        // A standby that has not yet followed this master (older epoch) is
+        // first brought up to date by a claim; it asks again.
+        p.epoch = 2;
+        assert_eq!(judge_peer(&me, "a", &p), PeerVerdict::Replicate);
+    }
+
+    #[test]
+    fn a_standby_follows_newer_claims_and_refuses_older_ones() {
+        let me = live(Role::Standby, 3);
+        assert_eq!(judge_claim(&me, &claim("m", 3, None), 9), ClaimVerdict::Ignore);
+        match judge_claim(&me, &claim("m", 4, None), 9) {
+            ClaimVerdict::Follow(l) => {
+                assert_eq!((l.role, l.epoch, l.since), (Role::Standby, 4, 9))
+            }
+            other => panic!("{other:?}"),
+        }
+        match judge_claim(&me, &claim("old", 2, None), 9) {
+            ClaimVerdict::Refuse { reason } => assert!(reason.contains("older"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_handover_makes_the_standby_master_with_the_higher_epoch() {
+        let me = live(Role::Standby, 3);
+        match judge_claim(&me, &claim("m", 3, Some(4)), 9) {
+            ClaimVerdict::TakeOver(l) => assert_eq!((l.role, l.epoch), (Role::Master, 4)),
+            other => panic!("{other:?}"),
+        }
+        // A stale handover (already taken, or from an older master) does nothing.
+        let me = live(Role::Standby, 4);
+        assert_eq!(
+            judge_claim(&me, &claim("m", 4, Some(4)), 9),
+            ClaimVerdict::Ignore
+        );
+        assert!(matches!(
+            judge_claim(&me, &claim("m", 3, Some(4)), 9),
+            ClaimVerdict::Refuse { .. }
+        ));
+    }
+
+    #[test]
+    fn a_master_ignores_claims_unless_they_are_newer() {
+        let me = live(Role::Master, 3);
+        assert_eq!(judge_claim(&me, &claim("b", 3, Some(9)), 1), ClaimVerdict::Ignore);
+        assert!(matches!(
+            judge_claim(&me, &claim("b", 4, None), 1),
+            ClaimVerdict::StepDown(Live { role: Role::Standby, epoch: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn promote_fails_over_past_every_epoch_seen_or_asks_a_live_master() {
+        let me = live(Role::Standby, 3);
+        let gone = PeerAnswer::Unreachable("timed out".into());
+        match judge_promote(&me, &gone, false, 7) {
+            PromoteVerdict::Failover(l) => {
+                assert_eq!((l.role, l.epoch), (Role::Master, 4));
+                assert!(l.reason.contains("timed out"), "{}", l.reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        let master = PeerAnswer::Answered(peer("m", Role::Master, 5));
+        assert_eq!(judge_promote(&me, &master, false, 7), PromoteVerdict::AskHandover);
+        match judge_promote(&me, &master, true, 7) {
+            PromoteVerdict::Failover(l) => {
+                assert_eq!(l.epoch, 6);
+                assert!(l.reason.contains("--force"), "{}", l.reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        let standby = PeerAnswer::Answered(peer("s", Role::Standby, 2));
+        assert!(matches!(
+            judge_promote(&me, &standby, false, 7),
+            PromoteVerdict::Failover(Live { epoch: 4, .. })
+        ));
+        assert_eq!(
+            judge_promote(&live(Role::Master, 1), &gone, true, 7),
+            PromoteVerdict::AlreadyMaster
+        );
+    }
+
+    #[test]
+    fn every_promotion_then_claim_sequence_leaves_one_master_per_epoch() {
+        // Two hosts, any order of: promote (forced or not, peer answering or
+        // not), claims delivered, peers read. Whatever happens, once each has
+        // seen the other, exactly one is master.
+        for a_promotes in [false, true] {
+            for b_promotes in [false, true] {
+                let mut a = live(Role::Master, 1);
+                let mut b = live(Role::Standby, 1);
+                if a_promotes {
+                    a = match judge_promote(&a, &PeerAnswer::Unreachable("x".into()), true, 0) {
+                        PromoteVerdict::Failover(l) => l,
+                        _ => a,
+                    };
+                }
+                if b_promotes {
+                    b = match judge_promote(&b, &PeerAnswer::Unreachable("x".into()), true, 0) {
+                        PromoteVerdict::Failover(l) => l,
+                        _ => b,
+                    };
+                }
+                // They meet: each master reads the other's role.
+                for _ in 0..2 {
+                    let (pa, pb) = (
+                        peer("a", a.role, a.epoch),
+                        peer("b", b.role, b.epoch),
+                    );
+                    if a.role == Role::Master
+                        && let PeerVerdict::StepDown { epoch, reason } = judge_peer(&a, "a", &pb)
+                    {
+                        a = step_down(&a, epoch, reason, 0);
+                    }
+                    if b.role == Role::Master
+                        && let PeerVerdict::StepDown { epoch, reason } = judge_peer(&b, "b", &pa)
+                    {
+                        b = step_down(&b, epoch, reason, 0);
+                    }
+                }
+                let masters = [&a, &b].iter().filter(|l| l.role == Role::Master).count();
+                assert_eq!(masters, 1, "a {a:?} b {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_live_role_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("sftp-ha-role-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(load(&dir).unwrap(), None);
+        let l = live(Role::Master, 7);
+        save(&dir, &l).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(l));
+        std::fs::write(state_path(&dir), "{").unwrap();
+        let e = load(&dir).unwrap_err().to_string();
+        assert!(e.contains("not a valid live role") && e.contains("fix"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
