@@ -17,6 +17,7 @@ const INIT: u8 = 1;
 const VERSION: u8 = 2;
 const OPEN: u8 = 3;
 const CLOSE: u8 = 4;
+const READ: u8 = 5;
 const WRITE: u8 = 6;
 const LSTAT: u8 = 7;
 const OPENDIR: u8 = 11;
@@ -27,6 +28,7 @@ const MKDIR: u8 = 14;
 const RMDIR: u8 = 15;
 const STATUS: u8 = 101;
 const HANDLE: u8 = 102;
+const DATA: u8 = 103;
 const NAME: u8 = 104;
 const ATTRS: u8 = 105;
 const EXTENDED: u8 = 200;
@@ -73,6 +75,8 @@ pub enum SftpError {
     Protocol(String),
     #[error("the standby's sftp-server lacks {0}; fix: use OpenSSH 8.0 or later on the standby")]
     MissingExtension(&'static str),
+    #[error("{path} is larger than the {limit} bytes expected of it")]
+    TooLarge { path: String, limit: u64 },
 }
 
 impl SftpError {
@@ -456,6 +460,143 @@ impl<S: Read + Write> SftpClient<S> {
         self.request(CLOSE, &p, || "close".into())
     }
 
+    /// The whole content of the small file `path` (a control file): more than
+    /// `limit` bytes is [`SftpError::TooLarge`], so a peer cannot make this
+    /// host buffer an arbitrary amount.
+    pub fn read_all(&mut self, path: &[u8], limit: u64) -> Result<Vec<u8>, SftpError> {
+        let mut data = Vec::new();
+        // No more requests in flight than the limit can need (plus the one
+        // that sees EOF): a control file is a few bytes, not 2 MiB of reads.
+        let window = usize::try_from(limit / CHUNK as u64)
+            .unwrap_or(WINDOW)
+            .saturating_add(2)
+            .min(WINDOW);
+        self.read_into(path, &mut data, Some(limit), window)?;
+        Ok(data)
+    }
+
+    /// Copies the whole file `path` into `out`, with up to [`WINDOW`] READ
+    /// requests in flight (as writes are pipelined). Returns the bytes copied.
+    /// A missing file is an error whose `is_no_such_file()` is true.
+    pub fn download(&mut self, path: &[u8], out: &mut impl Write) -> Result<u64, SftpError> {
+        self.read_into(path, out, None, WINDOW)
+    }
+
+    fn read_into(
+        &mut self,
+        path: &[u8],
+        out: &mut impl Write,
+        limit: Option<u64>,
+        window: usize,
+    ) -> Result<u64, SftpError> {
+        let handle = self.open_read(path)?;
+        let copied = self.read_handle(&handle, path, out, limit, window.max(1));
+        // Closed whatever happened; the first failure is the one reported.
+        let closed = self.close(&handle);
+        let copied = copied?;
+        closed?;
+        Ok(copied)
+    }
+
+    /// Reads `handle` from offset 0 to EOF into `out`, in order.
+    fn read_handle(
+        &mut self,
+        handle: &[u8],
+        path: &[u8],
+        out: &mut impl Write,
+        limit: Option<u64>,
+        window: usize,
+    ) -> Result<u64, SftpError> {
+        // (request id, offset, length) in offset order: replies are written
+        // to `out` in that order, whatever order they arrive in.
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut next_offset = 0u64;
+        let mut copied = 0u64;
+        let result = loop {
+            while in_flight.len() < window {
+                let id = self.start_read(handle, next_offset, CHUNK as u32)?;
+                in_flight.push_back((id, next_offset, CHUNK as u32));
+                next_offset += CHUNK as u64;
+            }
+            let Some((id, offset, len)) = in_flight.pop_front() else {
+                break Ok(copied);
+            };
+            match self.read_reply(id, path, len) {
+                Ok(None) => break Ok(copied),
+                Ok(Some(data)) => {
+                    copied += data.len() as u64;
+                    if let Some(limit) = limit.filter(|l| copied > *l) {
+                        break Err(SftpError::TooLarge {
+                            path: show(path),
+                            limit,
+                        });
+                    }
+                    if let Err(e) = out.write_all(&data) {
+                        break Err(e.into());
+                    }
+                    // A short read (allowed by the protocol) leaves a gap
+                    // that must be filled before the later replies are
+                    // written: ask for the rest at once, ahead of them.
+                    let got = data.len() as u32;
+                    if got < len {
+                        match self.start_read(handle, offset + u64::from(got), len - got) {
+                            Ok(id) => {
+                                in_flight.push_front((id, offset + u64::from(got), len - got))
+                            }
+                            Err(e) => break Err(e),
+                        }
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        // The answers still due are read and dropped, so none is left
+        // waiting for an id no one asks for. On a broken connection that
+        // fails too; the first error is the one that counts.
+        for (id, _, _) in in_flight {
+            if self.reply(id).is_err() {
+                break;
+            }
+        }
+        result
+    }
+
+    /// Sends one READ of `len` bytes at `offset` without waiting.
+    fn start_read(&mut self, handle: &[u8], offset: u64, len: u32) -> Result<u32, SftpError> {
+        let mut p = Vec::with_capacity(handle.len() + 16);
+        put_str(&mut p, handle);
+        p.extend_from_slice(&offset.to_be_bytes());
+        put_u32(&mut p, len);
+        self.send(READ, &p)
+    }
+
+    /// The data a READ of `asked` bytes sent as `id` returned; `None` at EOF.
+    fn read_reply(
+        &mut self,
+        id: u32,
+        path: &[u8],
+        asked: u32,
+    ) -> Result<Option<Vec<u8>>, SftpError> {
+        let reply = self.reply(id)?;
+        if reply.kind == DATA {
+            let data = Reader { data: &reply.body }.string()?;
+            // Empty data would ask for the same bytes again, forever; more
+            // than asked for cannot be placed.
+            if data.is_empty() || data.len() > asked as usize {
+                return Err(SftpError::Protocol(format!(
+                    "READ of {asked} bytes answered with {}",
+                    data.len()
+                )));
+            }
+            return Ok(Some(data.to_vec()));
+        }
+        if reply.kind == STATUS && (Reader { data: &reply.body }).u32()? == FX_EOF {
+            return Ok(None);
+        }
+        check_status(&reply, || format!("read {}", show(path)))?;
+        Err(SftpError::Protocol("READ answered OK without data".into()))
+    }
+
     /// Atomically replaces `to` with `from` (rename(2) on the standby).
     pub fn posix_rename(&mut self, from: &[u8], to: &[u8]) -> Result<(), SftpError> {
         let id = self.start_posix_rename(from, to)?;
@@ -656,6 +797,251 @@ mod tests {
         let mut out = Vec::new();
         Attrs::default().encode(&mut out);
         assert_eq!(out, vec![0, 0, 0, 0]);
+    }
+
+    /// An in-memory SFTP server holding a few files: it answers INIT, OPEN
+    /// (read), READ and CLOSE as requests are written, at most `max_read`
+    /// bytes per READ (to exercise short reads), and records each READ.
+    struct FakeServer {
+        files: HashMap<Vec<u8>, Vec<u8>>,
+        max_read: usize,
+        /// Handle number → file content.
+        open: HashMap<u32, Vec<u8>>,
+        next_handle: u32,
+        input: Vec<u8>,
+        output: std::collections::VecDeque<u8>,
+        reads: Vec<(u64, u32)>,
+        most_unanswered: usize,
+    }
+
+    impl FakeServer {
+        fn new(files: &[(&[u8], Vec<u8>)], max_read: usize) -> FakeServer {
+            FakeServer {
+                files: files.iter().map(|(p, d)| (p.to_vec(), d.clone())).collect(),
+                max_read,
+                open: HashMap::new(),
+                next_handle: 0,
+                input: Vec::new(),
+                output: Default::default(),
+                reads: Vec::new(),
+                most_unanswered: 0,
+            }
+        }
+
+        fn answer(&mut self, kind: u8, id: Option<u32>, body: &[u8]) {
+            let mut p = Vec::new();
+            p.push(kind);
+            if let Some(id) = id {
+                put_u32(&mut p, id);
+            }
+            p.extend_from_slice(body);
+            let mut framed = Vec::new();
+            put_str(&mut framed, &p);
+            self.output.extend(framed);
+        }
+
+        fn status(&mut self, id: u32, code: u32) {
+            let mut b = Vec::new();
+            put_u32(&mut b, code);
+            put_str(&mut b, b"message");
+            put_str(&mut b, b"");
+            self.answer(STATUS, Some(id), &b);
+        }
+
+        fn handle_packet(&mut self, kind: u8, body: &[u8]) {
+            let mut r = Reader { data: body };
+            if kind == INIT {
+                let mut b = Vec::new();
+                put_u32(&mut b, 3);
+                put_str(&mut b, b"fsync@openssh.com");
+                put_str(&mut b, b"1");
+                self.answer(VERSION, None, &b);
+                return;
+            }
+            let id = r.u32().unwrap();
+            match kind {
+                OPEN => {
+                    let path = r.string().unwrap();
+                    match self.files.get(path).cloned() {
+                        Some(data) => {
+                            self.next_handle += 1;
+                            self.open.insert(self.next_handle, data);
+                            let mut b = Vec::new();
+                            put_str(&mut b, &self.next_handle.to_be_bytes());
+                            self.answer(HANDLE, Some(id), &b);
+                        }
+                        None => self.status(id, FX_NO_SUCH_FILE),
+                    }
+                }
+                READ => {
+                    let h = r.string().unwrap();
+                    let h = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+                    let offset = r.u64().unwrap();
+                    let len = r.u32().unwrap();
+                    self.reads.push((offset, len));
+                    let data = &self.open[&h];
+                    if offset >= data.len() as u64 {
+                        self.status(id, FX_EOF);
+                    } else {
+                        let end = data
+                            .len()
+                            .min(offset as usize + len as usize)
+                            .min(offset as usize + self.max_read);
+                        let mut b = Vec::new();
+                        put_str(&mut b, &data[offset as usize..end]);
+                        self.answer(DATA, Some(id), &b);
+                    }
+                }
+                CLOSE => {
+                    let h = r.string().unwrap();
+                    let h = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+                    let code = if self.open.remove(&h).is_some() {
+                        FX_OK
+                    } else {
+                        FX_FAILURE
+                    };
+                    self.status(id, code);
+                }
+                _ => self.status(id, FX_FAILURE),
+            }
+        }
+    }
+
+    impl Write for FakeServer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.input.extend_from_slice(buf);
+            let mut packets = 0;
+            while self.input.len() >= 4 {
+                let len = u32::from_be_bytes([
+                    self.input[0],
+                    self.input[1],
+                    self.input[2],
+                    self.input[3],
+                ]) as usize;
+                if self.input.len() < 4 + len {
+                    break;
+                }
+                let packet: Vec<u8> = self.input.drain(..4 + len).skip(4).collect();
+                self.handle_packet(packet[0], &packet[1..]);
+                packets += 1;
+            }
+            self.most_unanswered = self.most_unanswered.max(packets);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Read for FakeServer {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.output.len());
+            for (b, v) in buf.iter_mut().zip(self.output.drain(..n)) {
+                *b = v;
+            }
+            Ok(n)
+        }
+    }
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn downloads_whole_files_pipelined_and_in_order() {
+        for (len, max_read) in [
+            (0, CHUNK),
+            (10, CHUNK),
+            (CHUNK, CHUNK),
+            (5 * CHUNK + 17, CHUNK),
+            (100 * CHUNK + 3, CHUNK),
+            // Every READ answered short: the gaps are asked for again.
+            (3 * CHUNK + 5, 1000),
+        ] {
+            let data = content(len);
+            let server = FakeServer::new(&[(b"/u/f", data.clone())], max_read);
+            let mut c = SftpClient::new(server).unwrap();
+            let mut out = Vec::new();
+            assert_eq!(c.download(b"/u/f", &mut out).unwrap(), len as u64);
+            assert!(out == data, "{len} bytes, {max_read} per read");
+            assert!(c.early.is_empty(), "no answer left behind");
+            assert!(c.stream.open.is_empty(), "the handle is closed");
+            if len > WINDOW * CHUNK {
+                assert!(
+                    c.stream.most_unanswered >= WINDOW,
+                    "reads are pipelined: {}",
+                    c.stream.most_unanswered
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_no_such_file() {
+        let mut c = SftpClient::new(FakeServer::new(&[], CHUNK)).unwrap();
+        let err = c.download(b"/u/gone", &mut Vec::new()).unwrap_err();
+        assert!(err.is_no_such_file(), "{err}");
+        let err = c.read_all(b"/u/gone", 10).unwrap_err();
+        assert!(err.is_no_such_file(), "{err}");
+    }
+
+    #[test]
+    fn read_all_keeps_to_its_limit() {
+        let big = content(3 * CHUNK);
+        let server = FakeServer::new(
+            &[(b"/small", b"abc".to_vec()), (b"/big", big.clone())],
+            CHUNK,
+        );
+        let mut c = SftpClient::new(server).unwrap();
+        assert_eq!(c.read_all(b"/small", 3).unwrap(), b"abc");
+        assert_eq!(c.stream.reads.len(), 3, "{:?}", c.stream.reads);
+        c.stream.reads.clear();
+        assert_eq!(c.read_all(b"/small", 100).unwrap(), b"abc");
+        assert!(
+            c.stream.reads.len() <= 3,
+            "a small limit sends few reads: {:?}",
+            c.stream.reads
+        );
+        let err = c.read_all(b"/small", 2).unwrap_err();
+        assert!(matches!(err, SftpError::TooLarge { limit: 2, .. }), "{err}");
+        assert!(err.to_string().contains("/small"), "{err}");
+        let err = c.read_all(b"/big", CHUNK as u64).unwrap_err();
+        assert!(matches!(err, SftpError::TooLarge { .. }), "{err}");
+        // The session is still usable after a refusal.
+        assert!(c.early.is_empty() && c.stream.open.is_empty());
+        assert_eq!(c.read_all(b"/big", big.len() as u64).unwrap(), big);
+    }
+
+    #[test]
+    fn a_bad_data_reply_is_a_protocol_error() {
+        let mut c = SftpClient::new(FakeServer::new(&[], CHUNK)).unwrap();
+        // A DATA answer with more than was asked for.
+        let mut b = Vec::new();
+        put_str(&mut b, &[0u8; 10]);
+        c.early.insert(
+            77,
+            Reply {
+                kind: DATA,
+                body: b,
+            },
+        );
+        assert!(matches!(
+            c.read_reply(77, b"/f", 5),
+            Err(SftpError::Protocol(_))
+        ));
+        let mut b = Vec::new();
+        put_str(&mut b, &[]);
+        c.early.insert(
+            78,
+            Reply {
+                kind: DATA,
+                body: b,
+            },
+        );
+        assert!(matches!(
+            c.read_reply(78, b"/f", 5),
+            Err(SftpError::Protocol(_))
+        ));
     }
 
     #[test]
