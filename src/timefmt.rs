@@ -94,6 +94,20 @@ pub fn format_utc(unix_secs: u64) -> String {
     )
 }
 
+/// `20261124T083533Z` (ISO 8601 basic format) for seconds since the Unix
+/// epoch: for file names, so no spaces and no colons.
+pub fn format_utc_compact(unix_secs: u64) -> String {
+    let days = unix_secs / 86_400;
+    let secs = unix_secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
@@ -157,5 +171,7 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_utc(1_795_509_333), "2026-11-24 08:35:33 UTC");
+        assert_eq!(format_utc_compact(0), "19700101T000000Z");
+        assert_eq!(format_utc_compact(1_795_509_333), "20261124T083533Z");
     }
 }

@@ -18,6 +18,7 @@
 pub mod lease;
 mod memory;
 pub mod push;
+pub mod reconcile;
 pub mod sftp;
 pub mod transport;
 pub mod tree;
