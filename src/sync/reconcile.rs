@@ -1356,6 +1356,33 @@ mod tests {
         }
 
         #[test]
+        fn pull_copies_the_peers_file_over_sftp() {
+            use crate::sync::sftp::{CHUNK, fake::FakeServer};
+            let d = data_dir();
+            let root = d.path();
+            let data: Vec<u8> = (0..3 * CHUNK + 11).map(|i| (i % 253) as u8).collect();
+            let server = FakeServer::new(&[(&b"/u/d/f.txt"[..], data.clone())], CHUNK);
+            let mut sftp = SftpClient::new(server).unwrap();
+            let mut e = file(data.len() as u64, T);
+            e.uid = 77;
+            let dirs = tree(&[("u/d", dir())]);
+            // Into a renamed folder, as for a peer folder where this host has a file.
+            let local = b"u/d.sftp-ha-conflict-old1-x/f.txt";
+            let n = pull(&mut sftp, root, b"u/d/f.txt", local, &e, &dirs).unwrap();
+            assert_eq!(n, data.len() as u64);
+            let p = root.join(OsStr::from_bytes(local));
+            assert_eq!(fs::read(&p).unwrap(), data);
+            assert_eq!(fs::symlink_metadata(&p).unwrap().uid(), 77);
+            assert_eq!(temporaries(root), 0);
+            let err = pull(&mut sftp, root, b"u/d/gone", b"u/d/gone", &e, &dirs).unwrap_err();
+            assert!(
+                matches!(&err, ReconcileError::Sftp(s) if s.is_no_such_file()),
+                "{err}"
+            );
+            assert_eq!(temporaries(root), 0);
+        }
+
+        #[test]
         fn folders_are_made_with_their_attributes() {
             let d = data_dir();
             let root = d.path();

@@ -779,43 +779,28 @@ pub fn show(path: &[u8]) -> String {
     String::from_utf8_lossy(path).escape_debug().to_string()
 }
 
+/// An in-memory server for tests here and in the modules that use the client.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fake {
     use super::*;
-
-    #[test]
-    fn attrs_round_trip() {
-        let a = Attrs {
-            size: Some(1 << 40),
-            owner: Some((1000, 1001)),
-            mode: Some(0o100640),
-            times: Some((1, 2)),
-        };
-        let mut out = Vec::new();
-        a.encode(&mut out);
-        assert_eq!(Attrs::decode(&mut Reader { data: &out }).unwrap(), a);
-        let mut out = Vec::new();
-        Attrs::default().encode(&mut out);
-        assert_eq!(out, vec![0, 0, 0, 0]);
-    }
 
     /// An in-memory SFTP server holding a few files: it answers INIT, OPEN
     /// (read), READ and CLOSE as requests are written, at most `max_read`
     /// bytes per READ (to exercise short reads), and records each READ.
-    struct FakeServer {
-        files: HashMap<Vec<u8>, Vec<u8>>,
-        max_read: usize,
+    pub(crate) struct FakeServer {
+        pub(crate) files: HashMap<Vec<u8>, Vec<u8>>,
+        pub(crate) max_read: usize,
         /// Handle number → file content.
-        open: HashMap<u32, Vec<u8>>,
-        next_handle: u32,
-        input: Vec<u8>,
-        output: std::collections::VecDeque<u8>,
-        reads: Vec<(u64, u32)>,
-        most_unanswered: usize,
+        pub(crate) open: HashMap<u32, Vec<u8>>,
+        pub(crate) next_handle: u32,
+        pub(crate) input: Vec<u8>,
+        pub(crate) output: std::collections::VecDeque<u8>,
+        pub(crate) reads: Vec<(u64, u32)>,
+        pub(crate) most_unanswered: usize,
     }
 
     impl FakeServer {
-        fn new(files: &[(&[u8], Vec<u8>)], max_read: usize) -> FakeServer {
+        pub(crate) fn new(files: &[(&[u8], Vec<u8>)], max_read: usize) -> FakeServer {
             FakeServer {
                 files: files.iter().map(|(p, d)| (p.to_vec(), d.clone())).collect(),
                 max_read,
@@ -941,6 +926,28 @@ mod tests {
             }
             Ok(n)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fake::FakeServer;
+
+    #[test]
+    fn attrs_round_trip() {
+        let a = Attrs {
+            size: Some(1 << 40),
+            owner: Some((1000, 1001)),
+            mode: Some(0o100640),
+            times: Some((1, 2)),
+        };
+        let mut out = Vec::new();
+        a.encode(&mut out);
+        assert_eq!(Attrs::decode(&mut Reader { data: &out }).unwrap(), a);
+        let mut out = Vec::new();
+        Attrs::default().encode(&mut out);
+        assert_eq!(out, vec![0, 0, 0, 0]);
     }
 
     fn content(len: usize) -> Vec<u8> {
