@@ -33,6 +33,7 @@ ENVIRONMENT:
 
 SIGNALS (sftp-ha run):
     SIGHUP          reload the config; a broken one is refused and the old one kept
+    SIGUSR1         carry out the request `sftp-ha promote` / `demote` left in the runtime dir
     SIGTERM, SIGINT stop cleanly
 
 ";
@@ -87,6 +88,39 @@ pub enum Command {
     /// Pair master and standby with pinned keys
     #[command(subcommand)]
     Pair(PairCommand),
+
+    /// Make this host the master (planned switchover, or failover)
+    ///
+    /// On a standby. If the master answers, it is asked to hand over: it ends
+    /// its users' sessions (new ones are read-only), sends its last changes,
+    /// and this host becomes master with a higher epoch; the old master
+    /// becomes its standby. Uploads are refused for a few seconds at most, and
+    /// none acknowledged before is lost. If the master does not answer (it is
+    /// down, or the link is), this host becomes master at once (failover);
+    /// when the old master comes back it sees the higher epoch, stops taking
+    /// uploads, and is reconciled: whatever it has that this host lacks is
+    /// brought back, and a file changed on both sides is kept as a
+    /// NAME.sftp-ha-conflict-HOST-TIME copy. Nothing is deleted. With --force
+    /// it takes over even while the master answers (both take uploads until
+    /// they meet again: then the older epoch follows and reconciles).
+    /// Idempotent: on a master it says so and exits 0. Exits 0 when this host
+    /// is the master, 1 if not (the message says why), 3 if the daemon is not
+    /// running.
+    Promote {
+        /// Take over even if the master answers but does not hand over
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Hand the master role to the standby (planned switchover)
+    ///
+    /// On a master with its standby connected: users' sessions end, new ones
+    /// are read-only, the last changes go to the standby, and the standby
+    /// becomes master with a higher epoch; this host becomes its standby.
+    /// If the changes do not reach the standby within 30 s, this host stays
+    /// the master and users may write again. Idempotent: on a standby it says
+    /// so and exits 0. Exits 0 when done, 1 if not, 3 if the daemon is not running.
+    Demote,
 
     /// Show what the running daemon is doing
     ///
@@ -173,21 +207,27 @@ pub enum PairCommand {
     ///
     /// Paste the printed line into `sftp-ha pair accept-master` on the standby.
     ShowKey,
-    /// On the standby: let the master's sync key do SFTP into the data dir, and nothing else
+    /// Let the peer's sync key do SFTP into the data dir, and nothing else
     ///
+    /// On the standby with the master's key, and on the master with the
+    /// standby's (so either can replicate to the other after a switchover).
     /// Creates the account sftp-ha-sync (uid 0, so files keep their owners),
     /// installs the key with `restrict`, and makes sshd confine the account to
-    /// the data dir with internal-sftp. Idempotent: accepting again replaces the key.
+    /// the data dir with internal-sftp; on the current master the account may
+    /// only read. Idempotent: accepting again replaces the key.
+    #[command(visible_alias = "accept-peer")]
     AcceptMaster {
         /// The public key line printed by `sftp-ha pair show-key` on the master
         key: String,
     },
-    /// On the master: fetch, pin and print the standby's ed25519 host key
+    /// Fetch, pin and print the peer's ed25519 host key
     ///
+    /// On the master for the standby, and on the standby for the master.
     /// Compare the fingerprint with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`
-    /// on the standby. A different key later is refused unless --replace is given.
+    /// on the peer. A different key later is refused unless --replace is given.
+    #[command(visible_alias = "trust-peer")]
     TrustStandby {
-        /// HOST[:PORT] of the standby (default: [sync] standby from the config)
+        /// HOST[:PORT] of the peer (default: [sync] peer from the config)
         standby: Option<String>,
         /// Replace a pinned key that differs (after a reinstall of the standby)
         #[arg(long)]
@@ -243,6 +283,8 @@ fn run(cli: Cli) -> Exit {
         Command::Run => run_daemon(&cli.config),
         Command::CheckConfig { path } => check_config(path.as_deref().unwrap_or(&cli.config)),
         Command::Status { json } => show_status(json),
+        Command::Promote { force } => role_request(crate::daemon::Action::Promote, force),
+        Command::Demote => role_request(crate::daemon::Action::Demote, false),
         Command::Users(cmd) => users(&cli.config, cmd),
         Command::Pair(cmd) => pair(&cli.config, cmd),
         Command::Stress(args) => stress(*args),
@@ -512,10 +554,15 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
     let result = match cmd {
         PairCommand::ShowKey => crate::pair::show_key(&config.state_dir).map(|key| {
             println!("{key}");
-            eprintln!("On the standby, run: sftp-ha pair accept-master '{key}'");
+            eprintln!("On the peer, run: sftp-ha pair accept-peer '{key}'");
         }),
         PairCommand::AcceptMaster { key } => {
-            crate::pair::accept_master(&key, &config.data_dir, config.role).map(|()| {
+            // The drop-in for the role this host has now, not the first one.
+            let role = crate::role::load(&config.state_dir)
+                .ok()
+                .flatten()
+                .map_or(config.role, |live| live.role);
+            crate::pair::accept_master(&key, &config.data_dir, role).map(|()| {
                 println!(
                     "accepted: the master may now do SFTP into {} as {}, and nothing else",
                     config.data_dir.display(),
@@ -530,7 +577,7 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
                     eprintln!("sftp-ha: not a standby address: {why}");
                     return Exit::Usage;
                 }
-                None => match config.sync.standby.clone() {
+                None => match config.sync.peer.clone() {
                     Some(e) => e,
                     None => {
                         eprintln!(
@@ -556,6 +603,86 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
             Exit::Failure
         }
     }
+}
+
+/// `promote` / `demote`: leaves the request for the daemon, signals it, and
+/// waits for its answer in the status file.
+fn role_request(action: crate::daemon::Action, force: bool) -> Exit {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(90);
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("sftp-ha: changing the role needs root");
+        return Exit::NoPermission;
+    }
+    let dir = status::runtime_dir();
+    let pid = match status::read(&dir) {
+        Ok(Observed::Running(s)) => s.pid,
+        Ok(_) => {
+            eprintln!("sftp-ha: the daemon is not running; fix: systemctl start sftp-ha");
+            return Exit::NotRunning;
+        }
+        Err(err) => {
+            eprintln!(
+                "sftp-ha: cannot read the status in {}: {err}",
+                dir.display()
+            );
+            return Exit::Failure;
+        }
+    };
+    let id = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let request = crate::daemon::CommandRequest {
+        id: id.clone(),
+        action,
+        force,
+    };
+    let path = dir.join(crate::daemon::REQUEST_FILE);
+    let written = serde_json::to_vec(&request)
+        .map_err(std::io::Error::other)
+        .and_then(|text| crate::fsutil::write_atomic(&path, &text, 0o600, None));
+    if let Err(err) = written {
+        eprintln!("sftp-ha: cannot write {}: {err}", path.display());
+        return Exit::Failure;
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
+    if let Err(err) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1) {
+        eprintln!("sftp-ha: cannot signal the daemon (pid {pid}): {err}");
+        return Exit::Failure;
+    }
+    let start = std::time::Instant::now();
+    let mut said = String::new();
+    while start.elapsed() < PATIENCE {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let Ok(Observed::Running(s)) = status::read(&dir) else {
+            continue;
+        };
+        let Some(r) = s.last_request.filter(|r| r.id == id) else {
+            continue;
+        };
+        if !r.done {
+            if r.message != said {
+                eprintln!("sftp-ha: {}", r.message);
+                said = r.message;
+            }
+            continue;
+        }
+        return if r.ok {
+            println!("{}", r.message);
+            Exit::Ok
+        } else {
+            eprintln!("sftp-ha: {}", r.message);
+            Exit::Failure
+        };
+    }
+    eprintln!(
+        "sftp-ha: no answer from the daemon within {} s; see `sftp-ha status` and journalctl -u sftp-ha",
+        PATIENCE.as_secs()
+    );
+    Exit::Failure
 }
 
 /// The config for a one-shot command; an error is printed and becomes exit 78.

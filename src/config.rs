@@ -225,8 +225,9 @@ impl MetricsConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncConfig {
-    /// Where the master replicates to; `None` on a standby or a master without a standby yet.
-    pub standby: Option<Endpoint>,
+    /// The other file host: where this host replicates to while it is the
+    /// master, and the host it asks before a promotion. `None`: none yet.
+    pub peer: Option<Endpoint>,
     pub fallback_interval: Duration,
     /// Mirror deletes to the standby.
     pub delete: bool,
@@ -238,9 +239,9 @@ impl Config {
     /// Things that are allowed but probably not what the admin wants.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.role == Role::Master && self.sync.standby.is_none() {
+        if self.role == Role::Master && self.sync.peer.is_none() {
             warnings.push(format!(
-                "{}: no [sync] standby is set, so nothing is replicated; set standby = \"HOST:PORT\" under [sync]",
+                "{}: no [sync] peer is set, so nothing is replicated; set peer = \"HOST:PORT\" (the standby) under [sync]",
                 self.path.display()
             ));
         }
@@ -259,13 +260,12 @@ impl Config {
 
     /// One line for logs and `check-config`.
     pub fn summary(&self) -> String {
-        let standby = match (&self.role, &self.sync.standby) {
-            (Role::Master, Some(s)) => format!(", standby {s}"),
-            (Role::Master, None) => ", no standby".to_string(),
-            (Role::Standby, _) => String::new(),
+        let standby = match &self.sync.peer {
+            Some(s) => format!(", peer {s}"),
+            None => ", no peer".to_string(),
         };
         format!(
-            "role {}, data in {}{}, fallback scan every {}, {}",
+            "first role {}, data in {}{}, fallback scan every {}, {}",
             self.role,
             self.data_dir.display(),
             standby,
@@ -304,6 +304,8 @@ struct AccountsFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SyncFile {
+    peer: Option<Spanned<String>>,
+    /// The older name of `peer`, on a master.
     standby: Option<Spanned<String>>,
     fallback_interval: Option<Spanned<String>>,
     delete: Option<bool>,
@@ -453,20 +455,33 @@ impl ConfigFile {
             ));
         }
         let sync = self.sync.unwrap_or_default();
-        let standby = match sync.standby {
-            None => None,
-            Some(s) if role == Role::Standby => {
+        let (peer_key, peer) = match (sync.peer, sync.standby) {
+            (Some(_), Some(s)) => {
                 return Err(fail(
                     s.span(),
                     "sync.standby",
-                    "a standby does not replicate anywhere".into(),
-                    "remove `standby` from [sync] on this host, or set role = \"master\"",
+                    "both `peer` and `standby` are set; `standby` is the older name of `peer`"
+                        .into(),
+                    "keep only peer = \"HOST:PORT\"",
                 ));
             }
+            (Some(p), None) => ("sync.peer", Some(p)),
+            (None, Some(s)) if role == Role::Standby => {
+                return Err(fail(
+                    s.span(),
+                    "sync.standby",
+                    "a standby does not replicate anywhere while it is a standby; the other host is its `peer`".into(),
+                    "write peer = \"HOST:PORT\" (the master's address) under [sync] instead",
+                ));
+            }
+            (None, s) => ("sync.standby", s),
+        };
+        let peer = match peer {
+            None => None,
             Some(s) => Some(Endpoint::parse(s.get_ref()).map_err(|msg| {
                 fail(
                     s.span(),
-                    "sync.standby",
+                    peer_key,
                     format!("`{}` is not a valid address: {msg}", s.get_ref()),
                     "write HOST or HOST:PORT, e.g. \"standby.example:22\"",
                 )
@@ -553,7 +568,7 @@ impl ConfigFile {
             state_dir,
             log_level: self.log_level.map(Spanned::into_inner).unwrap_or_default(),
             sync: SyncConfig {
-                standby,
+                peer,
                 fallback_interval,
                 delete: sync.delete.unwrap_or(true),
                 audit_interval,
@@ -727,7 +742,7 @@ mod tests {
         assert_eq!(c.data_dir, Path::new(DEFAULT_DATA_DIR));
         assert_eq!(c.state_dir, Path::new(DEFAULT_STATE_DIR));
         assert_eq!(c.sync.fallback_interval, Duration::from_secs(100));
-        assert_eq!(c.sync.standby, None);
+        assert_eq!(c.sync.peer, None);
         assert_eq!(c.log_level, LogLevel::Info);
         assert_eq!(
             c.warnings().len(),
@@ -743,7 +758,7 @@ mod tests {
         );
         assert_eq!(c.data_dir, Path::new("/data/sftp"));
         assert_eq!(
-            c.sync.standby,
+            c.sync.peer,
             Some(Endpoint {
                 host: "standby.example".into(),
                 port: 2222
@@ -776,7 +791,7 @@ mod tests {
             Textfile::At(PathBuf::from(DEFAULT_TEXTFILE_DIR).join(DEFAULT_TEXTFILE_NAME))
         );
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9781".parse().unwrap()));
-        assert!(c.sync.standby.is_some());
+        assert!(c.sync.peer.is_some());
     }
 
     #[test]

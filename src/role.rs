@@ -192,7 +192,10 @@ pub fn judge_claim(me: &Live, claim: &Claim, now: u64) -> ClaimVerdict {
             Role::Standby,
             claim.epoch,
             now,
-            format!("following the master {} at epoch {}", claim.node, claim.epoch),
+            format!(
+                "following the master {} at epoch {}",
+                claim.node, claim.epoch
+            ),
         )),
         (Role::Standby, _) => ClaimVerdict::Ignore,
         (Role::Master, _) if claim.epoch > me.epoch => ClaimVerdict::StepDown(me.become_(
@@ -427,7 +430,10 @@ mod tests {
     #[test]
     fn a_standby_follows_newer_claims_and_refuses_older_ones() {
         let me = live(Role::Standby, 3);
-        assert_eq!(judge_claim(&me, &claim("m", 3, None), 9), ClaimVerdict::Ignore);
+        assert_eq!(
+            judge_claim(&me, &claim("m", 3, None), 9),
+            ClaimVerdict::Ignore
+        );
         match judge_claim(&me, &claim("m", 4, None), 9) {
             ClaimVerdict::Follow(l) => {
                 assert_eq!((l.role, l.epoch, l.since), (Role::Standby, 4, 9))
@@ -462,10 +468,17 @@ mod tests {
     #[test]
     fn a_master_ignores_claims_unless_they_are_newer() {
         let me = live(Role::Master, 3);
-        assert_eq!(judge_claim(&me, &claim("b", 3, Some(9)), 1), ClaimVerdict::Ignore);
+        assert_eq!(
+            judge_claim(&me, &claim("b", 3, Some(9)), 1),
+            ClaimVerdict::Ignore
+        );
         assert!(matches!(
             judge_claim(&me, &claim("b", 4, None), 1),
-            ClaimVerdict::StepDown(Live { role: Role::Standby, epoch: 4, .. })
+            ClaimVerdict::StepDown(Live {
+                role: Role::Standby,
+                epoch: 4,
+                ..
+            })
         ));
     }
 
@@ -481,7 +494,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let master = PeerAnswer::Answered(peer("m", Role::Master, 5));
-        assert_eq!(judge_promote(&me, &master, false, 7), PromoteVerdict::AskHandover);
+        assert_eq!(
+            judge_promote(&me, &master, false, 7),
+            PromoteVerdict::AskHandover
+        );
         match judge_promote(&me, &master, true, 7) {
             PromoteVerdict::Failover(l) => {
                 assert_eq!(l.epoch, 6);
@@ -523,10 +539,7 @@ mod tests {
                 }
                 // They meet: each master reads the other's role.
                 for _ in 0..2 {
-                    let (pa, pb) = (
-                        peer("a", a.role, a.epoch),
-                        peer("b", b.role, b.epoch),
-                    );
+                    let (pa, pb) = (peer("a", a.role, a.epoch), peer("b", b.role, b.epoch));
                     if a.role == Role::Master
                         && let PeerVerdict::StepDown { epoch, reason } = judge_peer(&a, "a", &pb)
                     {
@@ -554,7 +567,10 @@ mod tests {
         assert_eq!(load(&dir).unwrap(), Some(l));
         std::fs::write(state_path(&dir), "{").unwrap();
         let e = load(&dir).unwrap_err().to_string();
-        assert!(e.contains("not a valid live role") && e.contains("fix"), "{e}");
+        assert!(
+            e.contains("not a valid live role") && e.contains("fix"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -196,6 +196,74 @@ pub fn end_sync_sessions() -> usize {
     ended
 }
 
+/// Ends every open SFTP session of a managed user (a member of
+/// [`crate::layout::MANAGED_GROUP`]): a host that stops being the master must
+/// stop taking uploads at once, and a new drop-in changes only new sessions.
+/// Processes of accounts sftp-ha does not manage are never touched. Returns
+/// how many processes were signalled.
+pub fn end_user_sessions() -> usize {
+    let uids: std::collections::HashSet<u32> =
+        nix::unistd::Group::from_name(crate::layout::MANAGED_GROUP)
+            .ok()
+            .flatten()
+            .map(|g| {
+                g.mem
+                    .iter()
+                    .filter_map(|name| nix::unistd::User::from_name(name).ok().flatten())
+                    .map(|u| u.uid.as_raw())
+                    .filter(|uid| *uid != 0)
+                    .collect()
+            })
+            .unwrap_or_default();
+    if uids.is_empty() {
+        return 0;
+    }
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut ended = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if is_session_title(&cmdline) && real_uid(&status).is_some_and(|u| uids.contains(&u)) {
+            let signalled = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            ended += usize::from(signalled.is_ok());
+        }
+    }
+    ended
+}
+
+/// The real uid in a `/proc/PID/status` text.
+fn real_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// An sshd session process (`sshd: NAME@notty`, `sshd-session: ...`).
+fn is_session_title(cmdline: &[u8]) -> bool {
+    let title = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    title.starts_with(b"sshd: ") || title.starts_with(b"sshd-session: ")
+}
+
 /// sshd's process title for a session of the sync account: `sshd:
 /// sftp-ha-sync [priv]`, `sshd: sftp-ha-sync@internal-sftp` (OpenSSH 9.8 and
 /// later say `sshd-session:`).
@@ -236,6 +304,19 @@ pub fn includes_drop_ins(sshd_config: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_sessions_are_found_by_title_and_real_uid() {
+        assert!(is_session_title(b"sshd: EPuser@notty\0"));
+        assert!(is_session_title(b"sshd-session: EPuser@internal-sftp\0"));
+        assert!(!is_session_title(b"/usr/sbin/sshd\0-D\0"));
+        assert!(!is_session_title(b"bash\0"));
+        assert_eq!(
+            real_uid("Name:\tsshd\nUid:\t1001\t1001\t1001\t1001\n"),
+            Some(1001)
+        );
+        assert_eq!(real_uid("Name:\tsshd\n"), None);
+    }
 
     #[test]
     fn drop_in_confines_the_group() {

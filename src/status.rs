@@ -69,6 +69,44 @@ pub struct DaemonStatus {
     /// Replication, on a master with a standby.
     #[serde(default)]
     pub sync: Option<crate::sync::SyncStatus>,
+    /// The live role's epoch, since when and why this host has its role.
+    #[serde(default)]
+    pub epoch: u64,
+    #[serde(default)]
+    pub role_since: u64,
+    #[serde(default)]
+    pub role_reason: String,
+    /// This host's node name, as the peer sees it.
+    #[serde(default)]
+    pub node: String,
+    /// The peer as last seen (its published role, or its claim).
+    #[serde(default)]
+    pub peer: Option<PeerSeen>,
+    /// The answer to the last `sftp-ha promote` / `demote`.
+    #[serde(default)]
+    pub last_request: Option<RequestOutcome>,
+}
+
+/// The peer's role as this host last learnt it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSeen {
+    pub node: String,
+    pub role: Role,
+    pub epoch: u64,
+    pub at: u64,
+    /// The peer's last users.yaml apply, when it is the standby.
+    #[serde(default)]
+    pub users: Option<crate::role::UsersOutcome>,
+}
+
+/// What the daemon answered a `promote` / `demote` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestOutcome {
+    pub id: String,
+    /// False while it is still being carried out.
+    pub done: bool,
+    pub ok: bool,
+    pub message: String,
 }
 
 /// The outcome of the last users.yaml apply, in short.
@@ -143,6 +181,55 @@ impl DaemonStatus {
         let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<12} {v}\n"));
         row("doing:", self.activity.clone());
         row(
+            "role:",
+            format!(
+                "{} at epoch {} since {} ({}); node {}",
+                self.role,
+                self.epoch,
+                format_utc(self.role_since),
+                self.role_reason,
+                self.node
+            ),
+        );
+        if let Some(p) = &self.peer {
+            row(
+                "peer:",
+                format!(
+                    "{} is {} at epoch {} (seen {})",
+                    p.node,
+                    p.role,
+                    p.epoch,
+                    format_utc(p.at)
+                ),
+            );
+            if let Some(u) = p.users.as_ref().filter(|u| !u.ok) {
+                row(
+                    "peer users:",
+                    format!(
+                        "the standby did NOT follow the last users.yaml ({}): {}",
+                        format_utc(u.at),
+                        u.summary
+                    ),
+                );
+            }
+        }
+        if let Some(r) = &self.last_request {
+            row(
+                "request:",
+                format!(
+                    "{}{}",
+                    if !r.done {
+                        "in progress: "
+                    } else if r.ok {
+                        ""
+                    } else {
+                        "FAILED: "
+                    },
+                    r.message
+                ),
+            );
+        }
+        row(
             "config:",
             format!(
                 "{} (loaded {})",
@@ -165,6 +252,23 @@ impl DaemonStatus {
         );
         if let Some(sync) = &self.sync {
             row("sync:", sync_words(sync));
+            if sync.reconciling {
+                row(
+                    "reconcile:",
+                    "waiting for the former master: what it has that this host lacks comes here before anything is mirrored to it".into(),
+                );
+            }
+            if let Some(at) = sync.last_reconcile {
+                row(
+                    "reconciled:",
+                    format!(
+                        "{} file(s) brought back, {} conflict copie(s) kept (last {}; each is in the journal and in reconcile-report.jsonl in the state dir)",
+                        sync.brought_back,
+                        sync.conflicts,
+                        format_utc(at)
+                    ),
+                );
+            }
             if sync.files_synced > 0 || sync.last_sync.is_some() {
                 row(
                     "synced:",
@@ -284,6 +388,12 @@ mod tests {
             sshd: "drop-in installed".into(),
             users_apply: None,
             sync: None,
+            epoch: 1,
+            role_since: 1_000,
+            role_reason: "first start".into(),
+            node: "m1".into(),
+            peer: None,
+            last_request: None,
         }
     }
 

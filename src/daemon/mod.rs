@@ -3,6 +3,9 @@
 //! pings the watchdog, and nothing else, so that a ping really means "healthy".
 
 mod notify;
+mod roles;
+
+pub use roles::{Action, CommandRequest, REQUEST_FILE};
 mod sftp_log;
 mod signals;
 mod users_watch;
@@ -48,6 +51,8 @@ pub enum DaemonError {
         "{what} {path} exists but is not a folder; fix: move it away or point the config elsewhere"
     )]
     NotADir { what: &'static str, path: PathBuf },
+    #[error(transparent)]
+    Role(#[from] crate::role::RoleError),
     #[error("cannot set up {what}: {source}")]
     Os {
         what: &'static str,
@@ -62,6 +67,7 @@ impl DaemonError {
             DaemonError::Config(_) => Exit::Config,
             DaemonError::CreateDir { .. } | DaemonError::NotADir { .. } => Exit::CantCreate,
             DaemonError::Os { .. } => Exit::OsError,
+            DaemonError::Role(_) => Exit::Failure,
         }
     }
 }
@@ -83,6 +89,16 @@ struct Daemon {
     last_cleanup: Option<Instant>,
     /// Prometheus metrics (textfile and/or HTTP); `None` when both are off.
     metrics: Option<crate::metrics::Metrics>,
+    /// The live role (see [`crate::role`]); `config.role` only seeds it.
+    live: crate::role::Live,
+    /// This host's name, as the peer sees it.
+    node: String,
+    /// The claim file as last judged.
+    claim_seen: Option<roles::ClaimMark>,
+    /// A `promote` / `demote` under way.
+    pending: Option<roles::Pending>,
+    /// The published role asks the master to hand over (`promote`).
+    wants_master: bool,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `log` is already set up; its level follows the config.
@@ -109,13 +125,21 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
     );
 
     prepare_dirs(&config)?;
+    let live = Daemon::load_live(&config)?;
+    tracing::info!(
+        "live role: {} at epoch {} since {} ({})",
+        live.role,
+        live.epoch,
+        crate::timefmt::format_utc(live.since),
+        live.reason
+    );
 
     let now = unix_now();
     let mut daemon = Daemon {
         status: DaemonStatus {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            role: config.role,
+            role: live.role,
             phase: Phase::Starting,
             activity: String::new(),
             started_at: now,
@@ -129,8 +153,14 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
             sshd: String::new(),
             users_apply: None,
             sync: None,
+            epoch: live.epoch,
+            role_since: live.since,
+            role_reason: live.reason.clone(),
+            node: String::new(),
+            peer: None,
+            last_request: None,
         },
-        users: UsersWatch::new(&config.data_dir, config.hash_method, config.role).map_err(|e| {
+        users: UsersWatch::new(&config.data_dir, config.hash_method, live.role).map_err(|e| {
             DaemonError::Os {
                 what: "inotify for the admin folders",
                 source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
@@ -145,19 +175,18 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         sync: None,
         last_cleanup: None,
         metrics: None,
+        live,
+        node: crate::role::node_name(),
+        claim_seen: None,
+        pending: None,
+        wants_master: false,
     };
     daemon.refresh_config_fields();
     daemon.install_sshd();
-    if daemon.config.role == Role::Master {
-        // One writer at a time: a former master's replication sessions, opened
-        // while this host was its standby, must not go on writing here.
-        let ended = crate::sshd::end_sync_sessions();
-        if ended > 0 {
-            tracing::warn!(
-                "ended {ended} replication session process(es) of another host: this host is the master, and a master takes no replication"
-            );
-        }
-    }
+    // One writer at a time: on a master, a former master's replication
+    // sessions; on a standby, users' sessions from before a crash mid-switch.
+    daemon.fence();
+    daemon.publish_role();
     daemon.bind_sftp_log();
     daemon.users.startup();
     daemon.start_sync();
@@ -242,6 +271,9 @@ impl Daemon {
                 metrics.tick();
             }
             self.clean_up_temporaries();
+            self.check_claim();
+            self.check_sync_control();
+            self.advance_request();
             if std::mem::take(&mut self.users.rewatched)
                 && let Some(log) = &mut self.sftp_log
             {
@@ -257,6 +289,7 @@ impl Daemon {
                         return Ok(());
                     }
                     Request::Reload => self.reload(),
+                    Request::Command => self.on_command(),
                 }
             }
             if last_ping.elapsed() >= tick {
@@ -272,16 +305,15 @@ impl Daemon {
         self.set_phase(Phase::Reloading);
         self.notifier
             .reloading(&format!("reloading {}", path.display()));
-        let outcome = match config::load(&path).map_err(|e| e.to_string()).and_then(|new| {
-            if new.role != self.config.role {
-                Err(format!(
-                    "{}: role changed from {} to {}; a role change needs a restart: systemctl restart sftp-ha",
+        let outcome = match config::load(&path).map_err(|e| e.to_string()).inspect(|new| {
+            if new.role != self.live.role {
+                tracing::info!(
+                    "{}: role = \"{}\" only applies on the very first start; this host stays {} at epoch {} (sftp-ha promote / demote change the live role)",
                     path.display(),
-                    self.config.role,
-                    new.role
-                ))
-            } else {
-                Ok(new)
+                    new.role,
+                    self.live.role,
+                    self.live.epoch
+                );
             }
         }) {
             Ok(new) => match prepare_dirs(&new) {
@@ -347,7 +379,13 @@ impl Daemon {
         if let Some(warning) = crate::sshd::include_warning() {
             tracing::error!("{warning}");
         }
-        self.status.sshd = match crate::sshd::install(&self.config.data_dir, self.config.role) {
+        self.install_sshd_for(self.live.role);
+    }
+
+    /// Writes the drop-in for `role` (a master handing over already serves
+    /// its users as a standby would).
+    fn install_sshd_for(&mut self, role: Role) {
+        self.status.sshd = match crate::sshd::install(&self.config.data_dir, role) {
             Ok(installed) => {
                 let words = match installed {
                     crate::sshd::Installed::Unchanged => "drop-in up to date",
@@ -366,12 +404,14 @@ impl Daemon {
 
     /// Starts replication on a master with a standby configured.
     fn start_sync(&mut self) {
-        if self.config.role != Role::Master {
+        if self.live.role != Role::Master {
             return;
         }
-        let Some(settings) = crate::sync::settings(&self.config) else {
+        let Some(mut settings) = crate::sync::settings(&self.config) else {
             return;
         };
+        settings.node = self.node.clone();
+        settings.live = self.live.clone();
         match crate::sync::start(settings) {
             Ok(handle) => {
                 self.status.sync = Some(handle.snapshot());
@@ -400,8 +440,7 @@ impl Daemon {
     fn clean_up_temporaries(&mut self) {
         const EVERY: Duration = Duration::from_secs(600);
         const STALE: Duration = Duration::from_secs(3600);
-        if self.config.role != Role::Standby
-            || self.last_cleanup.is_some_and(|t| t.elapsed() < EVERY)
+        if self.live.role != Role::Standby || self.last_cleanup.is_some_and(|t| t.elapsed() < EVERY)
         {
             return;
         }
@@ -454,13 +493,17 @@ impl Daemon {
             ok: report.ok(),
             summary: report.summary(),
         });
+        if self.live.role == Role::Standby {
+            // For the master to report (see `role::Published::users`).
+            self.publish_role();
+        }
     }
 
     /// Copies what the status shows of the config, and words the activity line.
     fn refresh_config_fields(&mut self) {
         let c = &self.config;
         self.status.data_dir = c.data_dir.clone();
-        self.status.standby = c.sync.standby.as_ref().map(ToString::to_string);
+        self.status.standby = c.sync.peer.as_ref().map(ToString::to_string);
         self.status.fallback_interval = format_duration(c.sync.fallback_interval);
         self.refresh_activity();
     }
@@ -468,7 +511,7 @@ impl Daemon {
     /// Words the activity line (also the unit's STATUS=).
     fn refresh_activity(&mut self) {
         let c = &self.config;
-        self.activity = match (c.role, &c.sync.standby) {
+        self.activity = match (self.live.role, &c.sync.peer) {
             (Role::Master, Some(s)) => match &self.status.sync {
                 Some(sync) => format!(
                     "master serving {}; {}",

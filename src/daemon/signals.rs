@@ -1,4 +1,4 @@
-//! SIGTERM/SIGINT/SIGHUP as readable events on a file descriptor (signalfd), so
+//! SIGTERM/SIGINT/SIGHUP/SIGUSR1 as readable events on a file descriptor (signalfd), so
 //! the main loop handles them in order, in normal code, never in a handler.
 
 use std::os::fd::{AsFd, BorrowedFd};
@@ -11,6 +11,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 pub enum Request {
     Stop,
     Reload,
+    /// `sftp-ha promote` / `demote` left a request in the runtime dir.
+    Command,
 }
 
 pub struct Signals {
@@ -25,6 +27,7 @@ impl Signals {
         mask.add(Signal::SIGTERM);
         mask.add(Signal::SIGINT);
         mask.add(Signal::SIGHUP);
+        mask.add(Signal::SIGUSR1);
         mask.thread_block()?;
         let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         Ok(Signals { fd })
@@ -43,6 +46,7 @@ impl Signals {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGTERM | Signal::SIGINT) => return Ok(Some(Request::Stop)),
                 Ok(Signal::SIGHUP) => return Ok(Some(Request::Reload)),
+                Ok(Signal::SIGUSR1) => return Ok(Some(Request::Command)),
                 _ => continue,
             }
         }

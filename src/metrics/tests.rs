@@ -24,6 +24,12 @@ fn base(role: Role) -> DaemonStatus {
         sshd: String::new(),
         users_apply: None,
         sync: None,
+        epoch: 1,
+        role_since: 1_700_000_000,
+        role_reason: String::new(),
+        node: "m1".into(),
+        peer: None,
+        last_request: None,
     }
 }
 
@@ -44,6 +50,7 @@ fn busy_sync() -> SyncStatus {
         last_lag_ms: Some(1234),
         refused: 2,
         last_refused: Some("upload/x: permission denied".into()),
+        ..SyncStatus::default()
     }
 }
 

@@ -31,6 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Endpoint;
+use crate::layout::{CLAIM_FILE, CONTROL_DIR, ROLE_FILE};
+use crate::role::{Claim, Live, PeerVerdict, Published, Role};
 use crate::timefmt::unix_now;
 use push::{OpError, put_file, remote_path};
 use transport::{Standby, TransportError};
@@ -45,7 +47,11 @@ const SETTLE: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// A standby back after an outage is noticed within this (plus the connect timeout).
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-const INDEX_FILE: &str = "sync-index";
+pub const INDEX_FILE: &str = "sync-index";
+/// The master's tree when this host was promoted (see [`reconcile`]).
+pub const BASELINE_FILE: &str = "baseline";
+/// Every file brought back and conflict copy kept, one JSON object per line.
+pub const RECONCILE_REPORT: &str = "reconcile-report.jsonl";
 /// At most one write of the index per this interval (see `Worker::save_index`).
 const INDEX_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Sessions to the standby that share a run of uploads: many small files are
@@ -57,6 +63,9 @@ const PARALLEL_MIN: usize = 8;
 const BATCH: usize = 16;
 /// Refused operations logged one by one per minute; the rest are counted.
 const REFUSALS_LOGGED: usize = 10;
+/// How often a connected master reads its peer's role: a promotion there (or
+/// a switchover request) is noticed within this.
+const PEER_CHECK: Duration = Duration::from_secs(1);
 
 /// What the sync worker reports, for `sftp-ha status` and the STATUS= line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -85,6 +94,35 @@ pub struct SyncStatus {
     pub refused: usize,
     #[serde(default)]
     pub last_refused: Option<String>,
+    /// A baseline waits: the peer is reconciled before anything is mirrored.
+    #[serde(default)]
+    pub reconciling: bool,
+    /// Files brought back from a former master, and conflict copies kept,
+    /// since the daemon started (each is in the journal and the report).
+    #[serde(default)]
+    pub brought_back: u64,
+    #[serde(default)]
+    pub conflicts: u64,
+    #[serde(default)]
+    pub last_reconcile: Option<u64>,
+}
+
+/// What the daemon and the worker tell each other about roles (see [`crate::role`]).
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Worker → daemon: the peer's role as last read.
+    pub peer: Option<Published>,
+    /// Worker → daemon: a newer epoch was seen; this host must stop taking
+    /// uploads now (the worker has stopped sending).
+    pub step_down: Option<(u64, String)>,
+    /// Worker → daemon: the standby asks for the role (`sftp-ha promote`).
+    pub handover_asked: bool,
+    /// Daemon → worker: users can no longer write here; send the last
+    /// changes, then hand the role over.
+    pub hand_over: bool,
+    /// Worker → daemon: the handover is written; the standby becomes master
+    /// with this epoch.
+    pub handed_over: Option<u64>,
 }
 
 /// Settings the worker runs with.
@@ -93,6 +131,10 @@ pub struct SyncSettings {
     pub data_dir: PathBuf,
     pub state_dir: PathBuf,
     pub standby: Endpoint,
+    /// This host's name and live role (a master's epoch does not change while
+    /// its worker runs: stepping down stops the worker).
+    pub node: String,
+    pub live: Live,
     pub fallback_interval: Duration,
     /// Mirror deletes.
     pub delete: bool,
@@ -103,6 +145,7 @@ pub struct SyncSettings {
 pub struct SyncHandle {
     stop: Arc<AtomicBool>,
     pub status: Arc<Mutex<SyncStatus>>,
+    pub control: Arc<Mutex<Control>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -126,6 +169,11 @@ impl SyncHandle {
     pub fn snapshot(&self) -> SyncStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
+
+    /// Runs `f` on the shared [`Control`].
+    pub fn control<T>(&self, f: impl FnOnce(&mut Control) -> T) -> Option<T> {
+        self.control.lock().ok().map(|mut c| f(&mut c))
+    }
 }
 
 /// Starts the worker thread.
@@ -136,8 +184,22 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         since: unix_now(),
         ..SyncStatus::default()
     }));
+    let control = Arc::new(Mutex::new(Control::default()));
+    // A baseline that cannot be read must not turn into "nothing agreed":
+    // that would bring back every file the new master deleted, but worse,
+    // an empty one would be taken as no reconciliation at all.
+    let baseline =
+        reconcile::load_baseline(&settings.state_dir.join(BASELINE_FILE)).map_err(|e| {
+            std::io::Error::other(format!("cannot read the reconciliation baseline: {e}"))
+        })?;
+    if baseline.is_some() {
+        status.lock().map(|mut s| s.reconciling = true).ok();
+    }
     let watcher = watch::Watcher::new(settings.data_dir.clone())?;
     let mut worker = Worker {
+        baseline,
+        control: control.clone(),
+        last_peer_check: Instant::now(),
         index_path: settings.state_dir.join(INDEX_FILE),
         index: tree::load_index(&settings.state_dir.join(INDEX_FILE)),
         settings,
@@ -167,12 +229,19 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
     Ok(SyncHandle {
         stop,
         status,
+        control,
         thread: Some(thread),
     })
 }
 
 struct Worker {
     settings: SyncSettings,
+    /// This host's tree when it was promoted: while it is here, the peer is a
+    /// former master to reconcile before anything is mirrored to it.
+    baseline: Option<Tree>,
+    control: Arc<Mutex<Control>>,
+    /// When the peer's role was last read (every [`PEER_CHECK`] while connected).
+    last_peer_check: Instant,
     index_path: PathBuf,
     /// What the standby has confirmed.
     index: Tree,
@@ -248,13 +317,27 @@ impl Worker {
                 due = self.round();
             } else if self.index_unsaved && self.index_saved.elapsed() >= INDEX_SAVE_INTERVAL {
                 self.flush_index();
+            } else if self.standby.is_some() && self.handing_over() {
+                if let Some(retry) = self.hand_over() {
+                    due = Some(retry);
+                }
             } else if let Some(standby) = &self.standby {
                 let alive = std::iter::once(standby)
                     .chain(&self.helpers)
-                    .try_for_each(Standby::keepalive);
+                    .try_for_each(Standby::keepalive)
+                    .and_then(|()| {
+                        if self.last_peer_check.elapsed() >= PEER_CHECK {
+                            self.check_peer()
+                        } else {
+                            Ok(())
+                        }
+                    });
                 if let Err(err) = alive {
                     due = Some(self.failed(err));
                 }
+            }
+            if self.stepped_down() {
+                break;
             }
         }
         self.flush_index();
@@ -498,6 +581,10 @@ impl Worker {
                     tracing::info!(standby = %self.settings.standby, "connected to the standby");
                 }
                 self.standby = Some(s);
+                // Whom we reached decides whether anything is sent at all.
+                if let Err(err) = self.check_peer() {
+                    return Err(self.failed(err));
+                }
                 // Ready before the first burst: opening them then would delay it.
                 self.open_helpers();
                 self.backoff = BACKOFF_MIN;
@@ -556,6 +643,15 @@ impl Worker {
                 endpoint: self.settings.standby.to_string(),
             });
         }
+        // The standby learns (again) whose replication it takes, and at which epoch.
+        write_claim(
+            &mut standby.sftp,
+            &Claim {
+                node: self.settings.node.clone(),
+                epoch: self.settings.live.epoch,
+                handover: None,
+            },
+        )?;
         let mut remote = Tree::new();
         // What the audit removes at once: unfinished temporaries, and links
         // and special files (the master never sends one, and root on the
@@ -572,6 +668,10 @@ impl Worker {
                 let path = join(&folder, &name);
                 if folder.as_slice() == TEMP_DIR {
                     stray.push(remote_path(&path));
+                    continue;
+                }
+                // The peer's own role and claims: never compared, never removed.
+                if path.as_slice() == CONTROL_DIR.as_bytes() {
                     continue;
                 }
                 let mode = a.mode.unwrap_or(0);
@@ -633,6 +733,13 @@ impl Worker {
             }
         }
 
+        // A former master rejoining: whatever it has that this host lacks,
+        // or changed since the baseline, comes here before anything is
+        // mirrored over it.
+        if self.baseline.is_some() {
+            self.reconcile(&remote)?;
+        }
+
         let matches = |confirmed: &Entry, there: &Entry| {
             confirmed.kind == there.kind
                 && confirmed.mode == there.mode
@@ -680,6 +787,14 @@ impl Worker {
         self.replan_all = true;
         self.next_audit = Instant::now() + self.settings.audit_interval;
         self.said = None;
+        if self.baseline.take().is_some() {
+            let path = self.settings.state_dir.join(BASELINE_FILE);
+            if let Err(err) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), "cannot remove the reconciled baseline: {err}");
+            }
+            tracing::info!(standby = %self.settings.standby, "reconciled with the former master: normal one-way replication from now on");
+            self.set_status(|s| s.reconciling = false);
+        }
         self.set_status(|s| {
             s.last_audit = Some(unix_now());
             s.last_audit_repairs = repairs;
@@ -1004,6 +1119,237 @@ impl Worker {
         retry
     }
 
+    /// Brings back what the former master (now the standby) has and this host
+    /// lacks, and keeps its side of every conflict as a copy here, as
+    /// [`reconcile::plan`] says. Each is logged with the user and the path,
+    /// counted, and listed in the report in the state dir. Any failure stops
+    /// the audit: nothing is mirrored over the peer until all of it is done.
+    fn reconcile(&mut self, remote: &Tree) -> Result<(), TransportError> {
+        let Some(baseline) = self.baseline.as_ref() else {
+            return Ok(());
+        };
+        let node = self
+            .control
+            .lock()
+            .ok()
+            .and_then(|c| c.peer.as_ref().map(|p| p.node.clone()))
+            .unwrap_or_else(|| self.settings.standby.host.clone());
+        let actions: Vec<reconcile::Action> =
+            reconcile::plan(&self.current, remote, baseline, &node)
+                .into_iter()
+                .filter(|a| !host_local(a.target()))
+                .collect();
+        let Some(standby) = self.standby.as_mut() else {
+            return Err(TransportError::NotPinned);
+        };
+        let endpoint = self.settings.standby.to_string();
+        let failed = |err: reconcile::ReconcileError| TransportError::Reconcile {
+            endpoint: endpoint.clone(),
+            message: err.to_string(),
+        };
+        let mut report = Vec::new();
+        let (mut back, mut conflicts) = (0u64, 0u64);
+        let data_dir = self.settings.data_dir.clone();
+        for action in &actions {
+            let what = match action {
+                reconcile::Action::MakeDir { path, entry } => {
+                    reconcile::make_dir(&data_dir, path, entry).map_err(failed)?;
+                    "made_dir"
+                }
+                reconcile::Action::BringBack { path, entry } => {
+                    reconcile::pull(
+                        &mut standby.sftp,
+                        &data_dir,
+                        &remote_path(path),
+                        path,
+                        entry,
+                        remote,
+                    )
+                    .map_err(failed)?;
+                    back += 1;
+                    tracing::warn!(
+                        user = %sftp::show(user_of(path)),
+                        path = %sftp::show(path),
+                        "reconcile: brought back from the former master {node}: it was written there and never reached this host"
+                    );
+                    "brought_back"
+                }
+                reconcile::Action::ConflictCopy { path, copy, entry } => {
+                    reconcile::pull(
+                        &mut standby.sftp,
+                        &data_dir,
+                        &remote_path(path),
+                        copy,
+                        entry,
+                        remote,
+                    )
+                    .map_err(failed)?;
+                    conflicts += 1;
+                    tracing::warn!(
+                        user = %sftp::show(user_of(path)),
+                        path = %sftp::show(path),
+                        copy = %sftp::show(copy),
+                        "reconcile: CONFLICT: changed on both hosts; this host's version stays, the former master's {node} is kept as {}",
+                        sftp::show(copy)
+                    );
+                    "conflict_copy"
+                }
+            };
+            report.push(serde_json::json!({
+                "at": unix_now(),
+                "peer": node,
+                "epoch": self.settings.live.epoch,
+                "action": what,
+                "user": sftp::show(user_of(action.target())),
+                "path": sftp::show(match action {
+                    reconcile::Action::ConflictCopy { path, .. } => path,
+                    other => other.target(),
+                }),
+                "copy": match action {
+                    reconcile::Action::ConflictCopy { copy, .. } => Some(sftp::show(copy)),
+                    _ => None,
+                },
+            }));
+        }
+        if !report.is_empty() {
+            let path = self.settings.state_dir.join(RECONCILE_REPORT);
+            let mut text = String::new();
+            for line in &report {
+                text.push_str(&line.to_string());
+                text.push('\n');
+            }
+            use std::io::Write as _;
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(text.as_bytes()));
+            if let Err(err) = appended {
+                tracing::error!(path = %path.display(), "cannot write the reconciliation report: {err}");
+            }
+            // What was brought in is part of this host's tree now.
+            self.rescan_all = true;
+            self.look().map_err(|e| TransportError::Reconcile {
+                endpoint: endpoint.clone(),
+                message: format!("cannot walk the data dir again: {e}"),
+            })?;
+        }
+        tracing::info!(
+            standby = %endpoint,
+            "reconcile with the former master {node}: {back} file(s) brought back, {conflicts} conflict copie(s) kept"
+        );
+        self.set_status(|s| {
+            s.brought_back += back;
+            s.conflicts += conflicts;
+            s.last_reconcile = Some(unix_now());
+        });
+        Ok(())
+    }
+
+    /// Reads the peer's role and judges it ([`crate::role::judge_peer`]):
+    /// replicate, hand over, wait, or step down.
+    fn check_peer(&mut self) -> Result<(), TransportError> {
+        let endpoint = self.settings.standby.to_string();
+        let Some(standby) = self.standby.as_mut() else {
+            return Err(TransportError::NotPinned);
+        };
+        self.last_peer_check = Instant::now();
+        let path = remote_path(&join(CONTROL_DIR.as_bytes(), ROLE_FILE.as_bytes()));
+        let peer = match standby.sftp.read_all(&path, 64 * 1024) {
+            Ok(bytes) => serde_json::from_slice::<Published>(&bytes).map_err(|e| {
+                TransportError::BadPeerRole {
+                    endpoint: endpoint.clone(),
+                    message: e.to_string(),
+                }
+            })?,
+            // A peer that has published nothing yet (just installed, or
+            // upgraded from a version without roles): a standby that knows
+            // no epoch; whether it takes writes is probed before anything is sent.
+            Err(e) if e.is_no_such_file() => Published {
+                node: String::from("(unnamed)"),
+                role: Role::Standby,
+                epoch: 0,
+                wants_master: false,
+                users: None,
+            },
+            Err(e) => return Err(e.into()),
+        };
+        if peer.node == self.settings.node {
+            return Err(TransportError::PeerRole {
+                endpoint,
+                reason: format!(
+                    "it has this host's own node name `{}`; fix: give the two hosts different host names",
+                    peer.node
+                ),
+            });
+        }
+        let verdict = crate::role::judge_peer(&self.settings.live, &self.settings.node, &peer);
+        let mut control = self.control.lock().map_err(|_| TransportError::NotPinned)?;
+        control.peer = Some(peer);
+        match verdict {
+            PeerVerdict::Replicate => Ok(()),
+            PeerVerdict::HandOver => {
+                if !control.handover_asked {
+                    tracing::info!(standby = %endpoint, "the standby asks to become master (sftp-ha promote): handing over");
+                }
+                control.handover_asked = true;
+                Ok(())
+            }
+            PeerVerdict::StepDown { epoch, reason } => {
+                control.step_down = Some((epoch, reason.clone()));
+                Err(TransportError::SteppedDown { reason })
+            }
+            PeerVerdict::Wait { reason } => Err(TransportError::PeerRole { endpoint, reason }),
+        }
+    }
+
+    fn handing_over(&self) -> bool {
+        self.control
+            .lock()
+            .is_ok_and(|c| c.hand_over && c.handed_over.is_none())
+    }
+
+    fn stepped_down(&self) -> bool {
+        self.control
+            .lock()
+            .is_ok_and(|c| c.step_down.is_some() || c.handed_over.is_some())
+    }
+
+    /// The daemon has stopped users writing here: sends what is left (a full
+    /// walk, so nothing a last event missed stays behind), then writes the
+    /// handover. Returns when to try again if something is still pending.
+    fn hand_over(&mut self) -> Option<Instant> {
+        self.rescan_all = true;
+        if let Some(retry) = self.round() {
+            return Some(retry);
+        }
+        let pending = self.status.lock().map_or(1, |s| s.pending);
+        if pending > 0 || !self.dirty.is_empty() {
+            return Some(Instant::now() + Duration::from_millis(200));
+        }
+        let to = self.settings.live.epoch + 1;
+        let claim = Claim {
+            node: self.settings.node.clone(),
+            epoch: self.settings.live.epoch,
+            handover: Some(to),
+        };
+        let written = match self.standby.as_mut() {
+            Some(standby) => write_claim(&mut standby.sftp, &claim).map_err(TransportError::from),
+            None => Err(TransportError::NotPinned),
+        };
+        match written {
+            Ok(()) => {
+                self.flush_index();
+                tracing::info!(standby = %self.settings.standby, "every change sent; handed the role over at epoch {to}");
+                if let Ok(mut c) = self.control.lock() {
+                    c.handed_over = Some(to);
+                }
+                None
+            }
+            Err(err) => Some(self.failed(err)),
+        }
+    }
+
     fn execute(&mut self, op: &Op) -> Result<u64, OpError> {
         let Some(standby) = self.standby.as_mut() else {
             return Err(OpError::Transport(TransportError::NotPinned));
@@ -1082,6 +1428,40 @@ fn host_local(path: &[u8]) -> bool {
     matches!(parts.as_slice(), [_, admin, status] if *admin == b"admin" && *status == crate::accounts::STATUS_FILE.as_bytes())
 }
 
+/// Writes a claim into the peer's control folder: a fresh temporary there,
+/// then renamed over the last claim, so the peer never reads half of one.
+fn write_claim(
+    sftp: &mut sftp::SftpClient<ssh2::Channel>,
+    claim: &Claim,
+) -> Result<(), sftp::SftpError> {
+    let dir = remote_path(CONTROL_DIR.as_bytes());
+    if sftp.lstat(&dir)?.is_none() {
+        sftp.mkdir(
+            &dir,
+            sftp::Attrs {
+                mode: Some(0o700),
+                ..sftp::Attrs::default()
+            },
+        )?;
+    }
+    let text = serde_json::to_vec(claim).unwrap_or_default();
+    let temp = join(
+        &dir,
+        format!("{CLAIM_FILE}.{}", std::process::id()).as_bytes(),
+    );
+    // Left over from a crash of this same process id: replaced.
+    let _ = sftp.remove(&temp);
+    let handle = sftp.create(&temp, sftp::Attrs::default())?;
+    sftp.write_from(&handle, &mut text.as_slice())?;
+    sftp.close(&handle)?;
+    sftp.posix_rename(&temp, &join(&dir, CLAIM_FILE.as_bytes()))
+}
+
+/// The user a path belongs to: its first component.
+fn user_of(path: &[u8]) -> &[u8] {
+    path.split(|b| *b == b'/').next().unwrap_or_default()
+}
+
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = dir.to_vec();
     if !p.is_empty() {
@@ -1096,7 +1476,9 @@ pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
     Some(SyncSettings {
         data_dir: config.data_dir.clone(),
         state_dir: config.state_dir.clone(),
-        standby: config.sync.standby.clone()?,
+        standby: config.sync.peer.clone()?,
+        node: crate::role::node_name(),
+        live: crate::role::Live::first(Role::Master, 0),
         fallback_interval: config.sync.fallback_interval,
         delete: config.sync.delete,
         audit_interval: config.sync.audit_interval,

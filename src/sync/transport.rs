@@ -42,6 +42,20 @@ pub enum TransportError {
         "the peer {endpoint} does not accept replication: it is not a standby (it was made master while this host was away?), so nothing is sent to it and nothing there is changed; fix: if it is the master now, stop taking uploads here and make this host its standby; files uploaded here meanwhile stay here"
     )]
     NotAStandby { endpoint: String },
+    #[error(
+        "the peer {endpoint} is not this host's standby: {reason}; nothing is sent to it meanwhile"
+    )]
+    PeerRole { endpoint: String, reason: String },
+    #[error(
+        "the peer {endpoint} published a role this host cannot read ({message}); nothing is sent to it; fix: install the same sftp-ha version on both hosts"
+    )]
+    BadPeerRole { endpoint: String, message: String },
+    #[error(
+        "cannot reconcile with the former master {endpoint}: {message}; nothing is mirrored to it until this is fixed (it is tried again every few seconds)"
+    )]
+    Reconcile { endpoint: String, message: String },
+    #[error("this host steps down: {reason}")]
+    SteppedDown { reason: String },
     #[error("SFTP with the standby: {0}")]
     Sftp(#[from] SftpError),
 }
@@ -55,6 +69,10 @@ impl TransportError {
                 | TransportError::HostKeyMismatch { .. }
                 | TransportError::Auth { .. }
                 | TransportError::NotAStandby { .. }
+                | TransportError::PeerRole { .. }
+                | TransportError::BadPeerRole { .. }
+                | TransportError::SteppedDown { .. }
+                | TransportError::Reconcile { .. }
         )
     }
 }

@@ -305,7 +305,11 @@ fn walk(
         for entry in dir.iter() {
             let entry = entry.map_err(io::Error::from)?;
             let name = entry.file_name().to_bytes().to_vec();
-            if name == b"." || name == b".." || (prefix.is_empty() && name == TEMP_DIR) {
+            if name == b"."
+                || name == b".."
+                || (prefix.is_empty()
+                    && (name == TEMP_DIR || name == crate::layout::CONTROL_DIR.as_bytes()))
+            {
                 continue;
             }
             children.push(name);

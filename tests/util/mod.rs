@@ -375,11 +375,19 @@ pub fn replicating_pair(sync_extra: &str) -> Testbed {
     for host in [MASTER, STANDBY] {
         tb.install(host, &package("current", "deb"));
     }
-    tb.write(STANDBY, "/etc/sftp-ha/config.toml", "role = \"standby\"\n");
+    tb.write(
+        STANDBY,
+        "/etc/sftp-ha/config.toml",
+        "role = \"standby\"\n[sync]\npeer = \"10.231.0.1\"\n",
+    );
     tb.ok(STANDBY, "systemctl restart sftp-ha");
+    // Both ways, as the README says: either host can be the master.
     let key = tb.ok(MASTER, "sftp-ha pair show-key").trim().to_string();
-    tb.ok(STANDBY, &format!("sftp-ha pair accept-master '{key}'"));
-    tb.ok(MASTER, "sftp-ha pair trust-standby 10.231.0.2");
+    tb.ok(STANDBY, &format!("sftp-ha pair accept-peer '{key}'"));
+    tb.ok(MASTER, "sftp-ha pair trust-peer 10.231.0.2");
+    let key = tb.ok(STANDBY, "sftp-ha pair show-key").trim().to_string();
+    tb.ok(MASTER, &format!("sftp-ha pair accept-peer '{key}'"));
+    tb.ok(STANDBY, "sftp-ha pair trust-peer 10.231.0.1");
     tb.write(
         MASTER,
         "/etc/sftp-ha/config.toml",

@@ -1,0 +1,640 @@
+//! The daemon's side of live roles: the thin driver around [`crate::role`].
+//! It persists the live role, publishes it for the peer, judges the claims a
+//! master writes here, carries out `sftp-ha promote` / `demote`, and switches
+//! everything that depends on the role (the sshd drop-in, the users' open
+//! sessions, replication, the users.yaml watch) when it changes.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::layout::{CLAIM_FILE, CONTROL_DIR, ROLE_FILE};
+use crate::role::{
+    self, Claim, ClaimVerdict, Live, PeerAnswer, PromoteVerdict, Published, Role, UsersOutcome,
+};
+use crate::status::{PeerSeen, RequestOutcome};
+use crate::sync::BASELINE_FILE;
+use crate::timefmt::unix_now;
+
+use super::Daemon;
+
+/// How long a promotion waits for the master to hand over, and a demotion
+/// for the last changes to reach the standby, before giving up (and undoing
+/// what it did).
+const HANDOVER_PATIENCE: Duration = Duration::from_secs(30);
+/// The request `sftp-ha promote` / `demote` leaves in the runtime dir.
+pub const REQUEST_FILE: &str = "request.json";
+
+/// A `promote` or `demote` asked for on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommandRequest {
+    pub id: String,
+    pub action: Action,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Promote,
+    Demote,
+}
+
+/// A request being carried out.
+pub(super) struct Pending {
+    id: String,
+    started: Instant,
+    stage: Stage,
+}
+
+enum Stage {
+    /// `promote`: asking the peer what it is, on a thread (a dead peer takes
+    /// the connect timeout to say so).
+    Probing {
+        probe: JoinHandle<PeerAnswer>,
+        force: bool,
+    },
+    /// `promote`: the master was asked to hand over.
+    AwaitHandover,
+    /// `demote`: users stopped here; the worker sends the rest, then hands over.
+    AwaitHandedOver,
+}
+
+/// What the daemon remembers of the claim file, to judge each claim once.
+pub(super) type ClaimMark = (u64, i64, i64, u64);
+
+impl Daemon {
+    /// The persisted live role, or on the very first start the configured one.
+    pub(super) fn load_live(config: &crate::config::Config) -> Result<Live, role::RoleError> {
+        if let Some(live) = role::load(&config.state_dir)? {
+            if live.role != config.role {
+                tracing::info!(
+                    "config.toml says role = \"{}\", but this host is live {} at epoch {} since {} ({}); the live role decides (sftp-ha promote / demote change it)",
+                    config.role,
+                    live.role,
+                    live.epoch,
+                    crate::timefmt::format_utc(live.since),
+                    live.reason
+                );
+            }
+            return Ok(live);
+        }
+        let live = Live::first(config.role, unix_now());
+        role::save(&config.state_dir, &live)?;
+        Ok(live)
+    }
+
+    fn control_dir(&self) -> PathBuf {
+        self.config.data_dir.join(CONTROL_DIR)
+    }
+
+    /// Writes this host's [`Published`] role for the peer to read.
+    pub(super) fn publish_role(&mut self) {
+        let users = match (self.live.role, &self.status.users_apply) {
+            (Role::Standby, Some(u)) => Some(UsersOutcome {
+                at: u.at,
+                ok: u.ok,
+                summary: u.summary.clone(),
+            }),
+            _ => None,
+        };
+        let published = Published {
+            node: self.node.clone(),
+            role: self.live.role,
+            epoch: self.live.epoch,
+            wants_master: self.wants_master,
+            users,
+        };
+        let dir = self.control_dir();
+        let written = prepare_control_dir(&dir).and_then(|()| {
+            let text = serde_json::to_vec_pretty(&published).map_err(io::Error::other)?;
+            crate::fsutil::write_atomic(&dir.join(ROLE_FILE), &text, 0o600, Some((0, 0)))
+        });
+        if let Err(err) = written {
+            tracing::error!(path = %dir.display(), "cannot publish this host's role for the peer: {err}");
+        }
+        self.status.role = self.live.role;
+        self.status.epoch = self.live.epoch;
+        self.status.role_since = self.live.since;
+        self.status.role_reason = self.live.reason.clone();
+        self.status.node = self.node.clone();
+    }
+
+    /// Persists a new live role and says why; returns false (and changes
+    /// nothing) if it cannot be persisted: a role the host would forget at
+    /// the next start must not be acted on.
+    fn persist(&mut self, live: Live) -> bool {
+        if let Err(err) = role::save(&self.config.state_dir, &live) {
+            tracing::error!(
+                "{err}; the role stays {} at epoch {}",
+                self.live.role,
+                self.live.epoch
+            );
+            return false;
+        }
+        if live.role != self.live.role {
+            tracing::warn!(
+                "role change: {} -> {} at epoch {}: {}",
+                self.live.role,
+                live.role,
+                live.epoch,
+                live.reason
+            );
+        } else if live.epoch != self.live.epoch {
+            tracing::info!("{} at epoch {} now: {}", live.role, live.epoch, live.reason);
+        }
+        self.live = live;
+        true
+    }
+
+    /// Becomes the master: the tree as it is now is the baseline for the
+    /// reconciliation with the former master; then users may write, the sync
+    /// account may not, and replication starts.
+    pub(super) fn become_master(&mut self, live: Live) -> bool {
+        let state = self.config.state_dir.clone();
+        // The old index describes a peer of long ago; the first audit rebuilds it.
+        let _ = fs::remove_file(state.join(crate::sync::INDEX_FILE));
+        match crate::sync::tree::scan(&self.config.data_dir, &mut |_| {}) {
+            Ok((tree, _)) => {
+                // The last point both hosts agreed on, for the reconciliation
+                // when the other one rejoins.
+                if let Err(err) =
+                    crate::sync::reconcile::save_baseline(&state.join(BASELINE_FILE), &tree)
+                {
+                    tracing::error!(
+                        "cannot save the baseline for the reconciliation: {err}; not promoted"
+                    );
+                    return false;
+                }
+            }
+            Err(err) => {
+                tracing::error!(path = %self.config.data_dir.display(), "cannot walk the data dir for the baseline: {err}; not promoted");
+                return false;
+            }
+        }
+        if !self.persist(live) {
+            return false;
+        }
+        // The claim of the master this host followed is history now.
+        let _ = fs::remove_file(self.control_dir().join(CLAIM_FILE));
+        self.wants_master = false;
+        self.switch_role_parts();
+        true
+    }
+
+    /// Becomes a standby: users' sessions end and new ones are read-only,
+    /// replication stops, the sync account may write here.
+    pub(super) fn become_standby(&mut self, live: Live) {
+        if !self.persist(live) {
+            // It cannot be remembered, but users must stop writing anyway.
+            self.live.role = Role::Standby;
+        }
+        let state = self.config.state_dir.clone();
+        let _ = fs::remove_file(state.join(BASELINE_FILE));
+        self.switch_role_parts();
+    }
+
+    /// Everything that follows the role, switched to the current one.
+    fn switch_role_parts(&mut self) {
+        let role = self.live.role;
+        if role == Role::Standby
+            && let Some(sync) = self.sync.take()
+        {
+            sync.stop(Duration::from_secs(3));
+            self.status.sync = None;
+        }
+        self.install_sshd();
+        self.fence();
+        self.publish_role();
+        self.claim_seen = None;
+        match super::UsersWatch::new(&self.config.data_dir, self.config.hash_method, role) {
+            Ok(users) => {
+                self.users = users;
+                self.users.startup();
+            }
+            Err(err) => {
+                tracing::error!("cannot watch the admin folders after the role change: {err}")
+            }
+        }
+        if role == Role::Master {
+            self.start_sync();
+        }
+        self.refresh_activity();
+        self.set_phase(self.status.phase);
+        self.notifier.status(&self.status.activity);
+    }
+
+    /// Ends the sessions that the role forbids: on a master, replication
+    /// sessions of the former master; on a standby, the users' sessions (a new
+    /// drop-in changes only new sessions).
+    pub(super) fn fence(&self) {
+        match self.live.role {
+            Role::Master => {
+                let ended = crate::sshd::end_sync_sessions();
+                if ended > 0 {
+                    tracing::warn!(
+                        "ended {ended} replication session process(es) of another host: this host is the master, and a master takes no replication"
+                    );
+                }
+            }
+            Role::Standby => {
+                let ended = crate::sshd::end_user_sessions();
+                if ended > 0 {
+                    tracing::warn!(
+                        "ended {ended} user session process(es): this host is not the master, users may only read here"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Reads the claim file if it changed, and acts on it.
+    pub(super) fn check_claim(&mut self) {
+        let path = self.control_dir().join(CLAIM_FILE);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => m,
+            _ => return,
+        };
+        let mark = (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.size());
+        if self.claim_seen == Some(mark) {
+            return;
+        }
+        self.claim_seen = Some(mark);
+        let claim: Claim = match fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(path = %path.display(), "cannot read the master's claim: {err}");
+                return;
+            }
+        };
+        self.status.peer = Some(PeerSeen {
+            node: claim.node.clone(),
+            role: Role::Master,
+            epoch: claim.epoch,
+            at: unix_now(),
+            users: None,
+        });
+        match role::judge_claim(&self.live, &claim, unix_now()) {
+            ClaimVerdict::Ignore => {}
+            ClaimVerdict::Follow(live) => {
+                if self.persist(live) {
+                    self.publish_role();
+                }
+            }
+            ClaimVerdict::TakeOver(live) => {
+                if self.become_master(live) {
+                    self.answer_pending(true, format!(
+                        "switchover complete: this host is the master at epoch {}, {} is its standby",
+                        self.live.epoch, claim.node
+                    ));
+                }
+            }
+            ClaimVerdict::Refuse { reason } => {
+                tracing::error!("{reason}");
+                let ended = crate::sshd::end_sync_sessions();
+                tracing::warn!(
+                    "ended {ended} replication session process(es) of the stale master {}",
+                    claim.node
+                );
+                let _ = fs::remove_file(&path);
+            }
+            ClaimVerdict::StepDown(live) => self.become_standby(live),
+        }
+        self.set_phase(self.status.phase);
+    }
+
+    /// What the replication worker learnt about the peer and the role.
+    pub(super) fn check_sync_control(&mut self) {
+        let Some(sync) = &self.sync else {
+            return;
+        };
+        let Some((peer, step_down, asked, handed_over)) = sync.control(|c| {
+            (
+                c.peer.clone(),
+                c.step_down.clone(),
+                std::mem::take(&mut c.handover_asked),
+                c.handed_over,
+            )
+        }) else {
+            return;
+        };
+        if let Some(p) = peer {
+            self.note_peer(p);
+        }
+        if let Some((epoch, reason)) = step_down {
+            let live = role::step_down(&self.live, epoch, reason, unix_now());
+            self.become_standby(live);
+            self.answer_pending(
+                false,
+                "this host stepped down instead: a newer epoch was seen".into(),
+            );
+            return;
+        }
+        if let Some(to) = handed_over {
+            let live = role::step_down(
+                &self.live,
+                to,
+                "handed the role over to the standby (planned switchover)".into(),
+                unix_now(),
+            );
+            self.become_standby(live);
+            self.answer_pending(true, format!("switchover complete: the peer is the master at epoch {to}, this host is its standby"));
+            return;
+        }
+        if asked && self.pending.is_none() {
+            self.start_handover(String::from("(asked by the standby)"));
+        }
+    }
+
+    fn note_peer(&mut self, p: Published) {
+        let users = p.users.clone();
+        if let (Some(u), Some(before)) = (&users, self.status.peer.as_ref()) {
+            let news = before.users.as_ref().is_none_or(|b| b.at != u.at);
+            if news && !u.ok {
+                tracing::warn!(
+                    "the standby {} did NOT follow the last users.yaml: {}; after a failover its accounts would differ from this host's",
+                    p.node,
+                    u.summary
+                );
+            }
+        }
+        self.status.peer = Some(PeerSeen {
+            node: p.node,
+            role: p.role,
+            epoch: p.epoch,
+            at: unix_now(),
+            users,
+        });
+    }
+
+    /// A master stops its users and lets the worker send the rest, then hand over.
+    fn start_handover(&mut self, id: String) -> bool {
+        let connected = self.sync.as_ref().is_some_and(|s| s.snapshot().connected);
+        if !connected {
+            return false;
+        }
+        tracing::warn!(
+            "handing the role over: users' sessions end, new ones are read-only, the last changes go to the standby"
+        );
+        self.install_sshd_for(Role::Standby);
+        let ended = crate::sshd::end_user_sessions();
+        if ended > 0 {
+            tracing::info!("ended {ended} user session process(es) for the handover");
+        }
+        if let Some(sync) = &self.sync {
+            sync.control(|c| c.hand_over = true);
+        }
+        self.pending = Some(Pending {
+            id,
+            started: Instant::now(),
+            stage: Stage::AwaitHandedOver,
+        });
+        true
+    }
+
+    /// SIGUSR1: reads the request `sftp-ha promote` / `demote` left.
+    pub(super) fn on_command(&mut self) {
+        let path = self.runtime_dir.join(REQUEST_FILE);
+        let request: CommandRequest = match fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::warn!(path = %path.display(), "SIGUSR1 without a readable request: {err}");
+                return;
+            }
+        };
+        let _ = fs::remove_file(&path);
+        if let Some(p) = &self.pending {
+            let busy = p.id.clone();
+            self.answer(
+                &request.id,
+                false,
+                format!("another request ({busy}) is under way; try again when it is done"),
+            );
+            return;
+        }
+        tracing::info!(
+            "sftp-ha {:?} requested{}",
+            request.action,
+            if request.force { " with --force" } else { "" }
+        );
+        match (request.action, self.live.role) {
+            (Action::Promote, Role::Master) => self.answer(
+                &request.id,
+                true,
+                format!(
+                    "already the master at epoch {}; nothing to do",
+                    self.live.epoch
+                ),
+            ),
+            (Action::Demote, Role::Standby) => self.answer(
+                &request.id,
+                true,
+                format!(
+                    "already a standby at epoch {}; nothing to do",
+                    self.live.epoch
+                ),
+            ),
+            (Action::Promote, Role::Standby) => {
+                let probe = self.probe_peer();
+                self.pending = Some(Pending {
+                    id: request.id.clone(),
+                    started: Instant::now(),
+                    stage: Stage::Probing {
+                        probe,
+                        force: request.force,
+                    },
+                });
+                self.progress(&request.id, "asking the master".into());
+            }
+            (Action::Demote, Role::Master) => {
+                if self.start_handover(request.id.clone()) {
+                    self.progress(
+                        &request.id,
+                        "users stopped; sending the last changes to the standby".into(),
+                    );
+                } else {
+                    self.answer(
+                        &request.id,
+                        false,
+                        "no standby is connected to hand the role to; nothing changed (see `sftp-ha status`: sync)".into(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Moves a request under way on; called every loop.
+    pub(super) fn advance_request(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        match pending.stage {
+            Stage::Probing { probe, force } if probe.is_finished() => {
+                let answer = probe
+                    .join()
+                    .unwrap_or_else(|_| PeerAnswer::Unreachable("the probe failed".into()));
+                let id = pending.id;
+                match role::judge_promote(&self.live, &answer, force, unix_now()) {
+                    PromoteVerdict::AlreadyMaster => {
+                        self.answer(&id, true, "already the master".into())
+                    }
+                    PromoteVerdict::Failover(live) => {
+                        let epoch = live.epoch;
+                        let reason = live.reason.clone();
+                        if self.become_master(live) {
+                            self.answer(
+                                &id,
+                                true,
+                                format!("this host is the master at epoch {epoch}: {reason}"),
+                            );
+                        } else {
+                            self.answer(
+                                &id,
+                                false,
+                                "cannot become master: see journalctl -u sftp-ha".into(),
+                            );
+                        }
+                    }
+                    PromoteVerdict::AskHandover => {
+                        self.wants_master = true;
+                        self.publish_role();
+                        self.progress(
+                            &id,
+                            "the master answers; asking it to hand over (planned switchover)"
+                                .into(),
+                        );
+                        self.pending = Some(Pending {
+                            id,
+                            started: Instant::now(),
+                            stage: Stage::AwaitHandover,
+                        });
+                    }
+                }
+            }
+            Stage::AwaitHandover if pending.started.elapsed() >= HANDOVER_PATIENCE => {
+                self.wants_master = false;
+                self.publish_role();
+                self.answer(
+                    &pending.id,
+                    false,
+                    format!(
+                        "the master answered but did not hand over within {} s; nothing changed here. If it is unhealthy, `sftp-ha promote --force` takes over anyway (both hosts then take uploads until they meet again; then the one with the older epoch reconciles and follows)",
+                        HANDOVER_PATIENCE.as_secs()
+                    ),
+                );
+            }
+            Stage::AwaitHandedOver if pending.started.elapsed() >= HANDOVER_PATIENCE => {
+                if let Some(sync) = &self.sync {
+                    sync.control(|c| c.hand_over = false);
+                }
+                // Users may write again.
+                self.install_sshd();
+                tracing::error!(
+                    "the handover did not complete in time; this host stays the master"
+                );
+                self.answer(
+                    &pending.id,
+                    false,
+                    format!(
+                        "the last changes did not reach the standby within {} s; this host stays the master and users may write again (see `sftp-ha status`: sync)",
+                        HANDOVER_PATIENCE.as_secs()
+                    ),
+                );
+            }
+            stage => {
+                self.pending = Some(Pending {
+                    id: pending.id,
+                    started: pending.started,
+                    stage,
+                });
+            }
+        }
+    }
+
+    /// Connects to the peer as the sync account and reads its role, on a thread.
+    fn probe_peer(&self) -> JoinHandle<PeerAnswer> {
+        let peer = self.config.sync.peer.clone();
+        let state = self.config.state_dir.clone();
+        std::thread::spawn(move || {
+            let Some(peer) = peer else {
+                return PeerAnswer::Unreachable("no [sync] peer is set in config.toml".into());
+            };
+            let pinned = crate::pair::pinned_host_key(&state);
+            let key = crate::pair::key_path(&state);
+            let mut session =
+                match crate::sync::transport::Standby::connect(&peer, pinned.as_deref(), &key) {
+                    Ok(s) => s,
+                    Err(err) => return PeerAnswer::Unreachable(err.to_string()),
+                };
+            let path = format!("/{CONTROL_DIR}/{ROLE_FILE}");
+            match session.sftp.read_all(path.as_bytes(), 64 * 1024) {
+                Ok(bytes) => match serde_json::from_slice::<Published>(&bytes) {
+                    Ok(p) => PeerAnswer::Answered(p),
+                    Err(e) => PeerAnswer::Unreachable(format!(
+                        "{peer} answered with an unreadable role: {e}"
+                    )),
+                },
+                Err(e) => PeerAnswer::Unreachable(format!(
+                    "{peer} answered but its role cannot be read: {e}"
+                )),
+            }
+        })
+    }
+
+    fn answer_pending(&mut self, ok: bool, message: String) {
+        if let Some(p) = self.pending.take() {
+            self.answer(&p.id, ok, message);
+        }
+    }
+
+    fn progress(&mut self, id: &str, message: String) {
+        self.status.last_request = Some(RequestOutcome {
+            id: id.to_string(),
+            done: false,
+            ok: true,
+            message,
+        });
+        self.set_phase(self.status.phase);
+    }
+
+    fn answer(&mut self, id: &str, ok: bool, message: String) {
+        if ok {
+            tracing::info!("request done: {message}");
+        } else {
+            tracing::error!("request failed: {message}");
+        }
+        self.status.last_request = Some(RequestOutcome {
+            id: id.to_string(),
+            done: true,
+            ok,
+            message,
+        });
+        self.set_phase(self.status.phase);
+    }
+}
+
+/// The control folder: root's, 0700, a real folder (never a link).
+fn prepare_control_dir(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(io::Error::other(format!(
+                "{} exists but is not a folder",
+                dir.display()
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(dir)?,
+        Err(e) => return Err(e),
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
