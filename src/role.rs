@@ -38,6 +38,11 @@ pub struct Live {
     /// When it took this role (unix seconds), and why, for the status.
     pub since: u64,
     pub reason: String,
+    /// Still the role config.toml gave: no promotion, demotion or newer
+    /// epoch has changed it since. While this holds, an admin who edits
+    /// `role` in config.toml (the way before live roles) is followed.
+    #[serde(default)]
+    pub from_config: bool,
 }
 
 impl Live {
@@ -49,7 +54,29 @@ impl Live {
             epoch: u64::from(role == Role::Master),
             since: now,
             reason: "first start: the role in config.toml".into(),
+            from_config: true,
         }
+    }
+
+    /// The admin changed `role` in config.toml of a host whose live role
+    /// still came from it: followed, and a promotion raises the epoch like
+    /// `sftp-ha promote` would. `None`: nothing to change (the config agrees,
+    /// or the live role was changed since and the config only seeded it).
+    pub fn follow_config(&self, configured: Role, now: u64) -> Option<Live> {
+        if !self.from_config || self.role == configured {
+            return None;
+        }
+        let epoch = match configured {
+            Role::Master => self.epoch + 1,
+            Role::Standby => self.epoch,
+        };
+        Some(Live {
+            role: configured,
+            epoch,
+            since: now,
+            reason: format!("role = \"{configured}\" set in config.toml by the admin"),
+            from_config: true,
+        })
     }
 
     fn become_(&self, role: Role, epoch: u64, now: u64, reason: String) -> Live {
@@ -58,6 +85,7 @@ impl Live {
             epoch,
             since: now,
             reason,
+            from_config: false,
         }
     }
 }
@@ -341,7 +369,27 @@ mod tests {
             epoch,
             since: 0,
             reason: String::new(),
+            from_config: false,
         }
+    }
+
+    #[test]
+    fn the_config_is_followed_until_the_live_role_changes() {
+        let first = Live::first(Role::Master, 1);
+        assert_eq!(first.follow_config(Role::Master, 2), None);
+        // Installed with the default (master), then configured as a standby.
+        let standby = first.follow_config(Role::Standby, 2).unwrap();
+        assert_eq!(
+            (standby.role, standby.epoch, standby.from_config),
+            (Role::Standby, 1, true)
+        );
+        // Promoted by editing the config: a new epoch, like `promote`.
+        let master = standby.follow_config(Role::Master, 3).unwrap();
+        assert_eq!((master.role, master.epoch), (Role::Master, 2));
+        // Once a promotion, a step-down or a claim changed it, the config only seeded it.
+        let stepped = step_down(&master, 5, "newer".into(), 4);
+        assert!(!stepped.from_config);
+        assert_eq!(stepped.follow_config(Role::Master, 5), None);
     }
 
     fn peer(node: &str, role: Role, epoch: u64) -> Published {

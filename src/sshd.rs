@@ -66,7 +66,7 @@ pub fn render(data_dir: &Path, role: Role) -> String {
 # Written by sftp-ha (see /etc/sftp-ha/config.toml); do not edit: it is
 # rewritten whenever sftp-ha starts or reloads.
 # This host is a {role}.
-# The master's sync key (sftp-ha pair accept-master) may do SFTP in {data} and
+# The peer's sync key (sftp-ha pair accept-peer) may do SFTP in {data} and
 # nothing else. The account has uid 0 only so that files keep their owners.
 Match User {SYNC_USER}
     ChrootDirectory {data}

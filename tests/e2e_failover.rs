@@ -1,110 +1,357 @@
-//! End-to-end: a manual failover, then the old master comes back unchanged
-//! (still configured as master, still pointing at the standby). A host takes
-//! replication only while it is a standby, so the old master's audit is
-//! refused before it compares anything, and nothing the promoted host took is
-//! deleted. Run by `tests/run-all`.
+//! End-to-end: failover and failback that never lose a file. Live roles with
+//! epochs, `sftp-ha promote` / `demote`, fencing, and the reconciliation of a
+//! former master when it rejoins. Run by `tests/run-all`.
 
 mod util;
 
-use util::{MASTER, STANDBY, describe, replicating_pair, wait_for};
+use util::{MASTER, STANDBY, Testbed, describe, replicating_pair, wait_for};
 
-#[test]
-#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
-fn an_old_master_coming_back_deletes_nothing_on_the_promoted_host() {
-    let tb = replicating_pair("");
-    let local = |name: &str| {
-        let p = tb.path(MASTER, &format!("/var/tmp/{name}"));
-        std::fs::write(&p, name).unwrap();
-        p.display().to_string()
-    };
-    let a = local("A.txt");
-    let out = tb.sftp(
-        MASTER,
-        "10.231.0.1",
+const DIR: &str = "/srv/sftp-ha/EPuser/upload";
+
+/// Uploads `content` as EPuser to `/upload/NAME` on the host at `addr`, from
+/// a client in `from`'s network namespace.
+fn upload(tb: &Testbed, from: &str, addr: &str, name: &str, content: &str) -> std::process::Output {
+    let local = tb.path(from, &format!("/var/tmp/{name}.{}", std::process::id()));
+    std::fs::write(&local, content).unwrap();
+    tb.sftp(
+        from,
+        addr,
         "EPuser",
         "1234",
-        &format!("put {a} /upload/A.txt\n"),
-    );
-    assert!(out.status.success(), "{}", describe(&out));
-    util::wait_on_standby(&tb, "-f", "/srv/sftp-ha/EPuser/upload/A.txt");
-    // The master dies; the admin promotes the standby by hand.
-    tb.poweroff(MASTER);
-    tb.write(STANDBY, "/etc/sftp-ha/config.toml", "role = \"master\"\n");
-    tb.ok(STANDBY, "systemctl restart sftp-ha");
-    let b = local("B.txt");
-    let out = wait_for("an upload to the promoted host", || {
-        let out = tb.sftp(
-            MASTER,
-            "10.231.0.2",
-            "EPuser",
-            "1234",
-            &format!("put {b} /upload/B.txt\n"),
-        );
-        out.status.success().then_some(out)
-    });
-    assert!(out.status.success());
-    // The old master boots with its config unchanged.
-    tb.boot(MASTER);
-    let status = wait_for("the old master to see the peer is not a standby", || {
-        let s = tb.ok(MASTER, "sftp-ha status");
-        s.contains("does not accept replication").then_some(s)
-    });
-    assert!(status.contains("not a standby"), "{status}");
-    std::thread::sleep(std::time::Duration::from_secs(5));
-    let files = tb.ok(STANDBY, "ls /srv/sftp-ha/EPuser/upload");
-    assert_eq!(
-        files.trim(),
-        "A.txt\nB.txt",
-        "the promoted host lost a file"
-    );
-    let journal = tb.journal(MASTER, "");
-    assert_eq!(
-        journal.matches("does not accept replication").count(),
-        1,
-        "said once, not on every retry:\n{journal}"
+        &format!("put {} /upload/{name}\n", local.display()),
+    )
+}
+
+fn upload_ok(tb: &Testbed, from: &str, addr: &str, name: &str, content: &str) {
+    let out = upload(tb, from, addr, name, content);
+    assert!(
+        out.status.success(),
+        "upload of {name} to {addr}: {}",
+        describe(&out)
     );
 }
 
+fn status_json(tb: &Testbed, host: &str) -> serde_json::Value {
+    let text = tb.ok(host, "sftp-ha status --json");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn role_of(tb: &Testbed, host: &str) -> (String, u64) {
+    let s = status_json(tb, host);
+    let s = &s["status"];
+    (
+        s["role"].as_str().unwrap_or_default().to_string(),
+        s["epoch"].as_u64().unwrap_or_default(),
+    )
+}
+
+/// Like [`wait_for`], but a timeout shows both hosts' status and journal.
+fn wait_or_dump(tb: &Testbed, what: &str, probe: impl FnMut() -> Option<()>) {
+    if util::wait_for_or(what, probe).is_none() {
+        let dump = |host: &str| {
+            util::stdout(&tb.sh(
+                host,
+                "sftp-ha status; journalctl -u sftp-ha --no-pager -n 60 -o short-precise",
+            ))
+        };
+        panic!(
+            "gave up waiting for {what}\n--- master:\n{}\n--- standby:\n{}",
+            dump(MASTER),
+            dump(STANDBY)
+        );
+    }
+}
+
+fn read(tb: &Testbed, host: &str, path: &str) -> String {
+    tb.ok(host, &format!("cat {path}"))
+}
+
+/// The sequence: the master dies with a file it never replicated and
+/// a change to a file both have; the standby is promoted and takes uploads;
+/// the old master boots with its config unchanged. It must step down by
+/// itself, and afterwards both hosts hold every file of both sides, with the
+/// same path written on both kept as a conflict copy.
 #[test]
 #[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
-fn a_standby_promoted_while_connected_ends_the_old_masters_sessions() {
+fn failover_then_the_old_master_rejoins_and_nothing_is_lost() {
     let tb = replicating_pair("");
-    let local = tb.path(MASTER, "/var/tmp/keep.txt");
-    std::fs::write(&local, "keep\n").unwrap();
-    let out = tb.sftp(
-        MASTER,
-        "10.231.0.1",
-        "EPuser",
-        "1234",
-        &format!("put {} /upload/keep.txt\n", local.display()),
-    );
-    assert!(out.status.success(), "{}", describe(&out));
-    util::wait_on_standby(&tb, "-f", "/srv/sftp-ha/EPuser/upload/keep.txt");
-    // Promoted by hand while the master is up and connected: the master's
-    // open replication sessions must not go on writing there.
-    tb.write(STANDBY, "/etc/sftp-ha/config.toml", "role = \"master\"\n");
-    tb.ok(STANDBY, "systemctl restart sftp-ha");
-    let out = tb.sftp(
-        MASTER,
-        "10.231.0.1",
-        "EPuser",
-        "1234",
-        &format!(
-            "rm /upload/keep.txt\nput {} /upload/later.txt\n",
-            local.display()
-        ),
-    );
-    assert!(out.status.success(), "{}", describe(&out));
-    let status = wait_for("the old master to see the peer is not a standby", || {
-        let s = tb.ok(MASTER, "sftp-ha status");
-        s.contains("does not accept replication").then_some(s)
+    assert_eq!(role_of(&tb, MASTER), ("master".into(), 1));
+    upload_ok(&tb, MASTER, "10.231.0.1", "A.txt", "A\n");
+    upload_ok(&tb, MASTER, "10.231.0.1", "same.txt", "agreed\n");
+    util::wait_on_standby(&tb, "-f", &format!("{DIR}/A.txt"));
+    util::wait_on_standby(&tb, "-f", &format!("{DIR}/same.txt"));
+    wait_for("the standby to follow epoch 1", || {
+        (role_of(&tb, STANDBY) == ("standby".into(), 1)).then_some(())
     });
-    assert!(status.contains("UNREACHABLE"), "{status}");
+
+    // The link breaks; the master takes uploads that never reach the standby; then it dies.
+    tb.cut(MASTER);
+    upload_ok(
+        &tb,
+        MASTER,
+        "10.231.0.1",
+        "stranded.txt",
+        "only on the old master\n",
+    );
+    upload_ok(
+        &tb,
+        MASTER,
+        "10.231.0.1",
+        "same.txt",
+        "changed on the old master\n",
+    );
+    tb.poweroff(MASTER);
+    tb.uncut(MASTER);
+
+    // A standby refuses a user's upload, and nothing changes there.
+    let out = upload(&tb, STANDBY, "10.231.0.2", "refused.txt", "no\n");
+    assert!(
+        !out.status.success(),
+        "a standby took an upload: {}",
+        describe(&out)
+    );
+    assert!(!tb.path(STANDBY, &format!("{DIR}/refused.txt")).exists());
+
+    // Failover: the master does not answer.
+    let out = tb.sh(STANDBY, "sftp-ha promote");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(util::stdout(&out).contains("epoch 2"), "{}", describe(&out));
+    assert_eq!(role_of(&tb, STANDBY), ("master".into(), 2));
+    // Idempotent.
+    let again = tb.sh(STANDBY, "sftp-ha promote");
+    assert!(
+        again.status.success() && util::stdout(&again).contains("already"),
+        "{}",
+        describe(&again)
+    );
+
+    let b = wait_for("an upload to the promoted host", || {
+        let out = upload(&tb, STANDBY, "10.231.0.2", "B.txt", "B\n");
+        out.status.success().then_some(out)
+    });
+    assert!(b.status.success());
+    upload_ok(
+        &tb,
+        STANDBY,
+        "10.231.0.2",
+        "same.txt",
+        "changed on the new master\n",
+    );
+
+    // The old master boots, config unchanged (role = "master").
+    tb.boot(MASTER);
+    wait_or_dump(&tb, "the old master to step down", || {
+        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
+    // Its users are read-only now.
+    let out = upload(&tb, MASTER, "10.231.0.1", "late.txt", "no\n");
+    assert!(
+        !out.status.success(),
+        "a stepped-down master took an upload: {}",
+        describe(&out)
+    );
+
+    // What only the old master had comes to the new one; what the new one took goes back.
+    wait_or_dump(&tb, "the stranded file on the new master", || {
+        tb.path(STANDBY, &format!("{DIR}/stranded.txt"))
+            .exists()
+            .then_some(())
+    });
+    wait_or_dump(&tb, "B.txt on the old master", || {
+        tb.path(MASTER, &format!("{DIR}/B.txt"))
+            .exists()
+            .then_some(())
+    });
+    util::converged(&tb, "after the failback");
+    let files = tb.ok(STANDBY, &format!("ls {DIR}"));
+    let conflict = files
+        .lines()
+        .find(|l| l.contains("sftp-ha-conflict"))
+        .unwrap_or_else(|| panic!("no conflict copy: {files}"))
+        .to_string();
+    assert!(
+        conflict.starts_with("same.sftp-ha-conflict-master-") && conflict.ends_with(".txt"),
+        "{conflict}"
+    );
     assert_eq!(
-        tb.ok(STANDBY, "ls /srv/sftp-ha/EPuser/upload").trim(),
-        "keep.txt",
-        "the old master changed the promoted host"
+        read(&tb, STANDBY, &format!("{DIR}/same.txt")),
+        "changed on the new master\n"
+    );
+    assert_eq!(
+        read(&tb, STANDBY, &format!("{DIR}/{conflict}")),
+        "changed on the old master\n"
+    );
+    assert_eq!(
+        read(&tb, STANDBY, &format!("{DIR}/stranded.txt")),
+        "only on the old master\n"
+    );
+    for name in ["A.txt", "B.txt"] {
+        assert!(files.lines().any(|l| l == name), "{name} lost: {files}");
+    }
+    assert!(
+        !files.contains("refused.txt") && !files.contains("late.txt"),
+        "{files}"
+    );
+    let owner = tb.ok(
+        STANDBY,
+        &format!("stat -c %U {DIR}/{conflict} {DIR}/stranded.txt"),
+    );
+    assert_eq!(owner, "EPuser\nEPuser\n");
+
+    // Reported: status, journal, the report in the state dir.
+    wait_or_dump(&tb, "the reconciliation in the status", || {
+        tb.ok(STANDBY, "sftp-ha status")
+            .contains("1 file(s) brought back, 1 conflict copie(s)")
+            .then_some(())
+    });
+    let status = tb.ok(STANDBY, "sftp-ha status");
+    assert!(
+        !status.contains("waiting for the former master"),
+        "{status}"
     );
     let journal = tb.journal(STANDBY, "");
-    assert!(journal.contains("ended"), "{journal}");
+    assert!(
+        journal.contains("CONFLICT") && journal.contains("stranded.txt"),
+        "{journal}"
+    );
+    let report = tb.ok(STANDBY, "cat /var/lib/sftp-ha/reconcile-report.jsonl");
+    assert!(
+        report.contains("\"conflict_copy\"") && report.contains("\"brought_back\""),
+        "{report}"
+    );
+    let old = tb.journal(MASTER, "");
+    assert!(old.contains("role change: master -> standby"), "{old}");
+}
+
+/// A planned switchover with `promote` while uploads go on: every upload the
+/// old master acknowledged reaches the new one; replication then runs the
+/// other way; `demote` switches back.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_planned_switchover_loses_no_acknowledged_upload_and_reverses_replication() {
+    let tb = replicating_pair("");
+    wait_for("the standby to follow epoch 1", || {
+        (role_of(&tb, STANDBY) == ("standby".into(), 1)).then_some(())
+    });
+    // 20 uploads in flight from a client on the master while the standby is
+    // promoted. `sftp -b` echoes each command before it runs it and stops at
+    // the first failure: every echoed put but a failed last one was acknowledged.
+    let local = tb.path(MASTER, "/var/tmp/burst");
+    std::fs::create_dir_all(&local).unwrap();
+    let mut batch = String::new();
+    for i in 0..20 {
+        std::fs::write(
+            local.join(format!("f{i:02}.txt")),
+            format!("{i}\n").repeat(50_000),
+        )
+        .unwrap();
+        batch.push_str(&format!(
+            "put /var/tmp/burst/f{i:02}.txt /upload/f{i:02}.txt\n"
+        ));
+    }
+    let uploads = std::thread::scope(|scope| {
+        let uploader = scope.spawn(|| tb.sftp(MASTER, "10.231.0.1", "EPuser", "1234", &batch));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let out = tb.sh(STANDBY, "sftp-ha promote");
+        assert!(out.status.success(), "{}", describe(&out));
+        assert!(
+            util::stdout(&out).contains("switchover complete"),
+            "{}",
+            describe(&out)
+        );
+        uploader.join().unwrap()
+    });
+    assert_eq!(role_of(&tb, STANDBY), ("master".into(), 2));
+    wait_or_dump(&tb, "the old master to be the standby", || {
+        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
+    let echoed = util::stdout(&uploads);
+    let mut acknowledged: Vec<&str> = echoed
+        .lines()
+        .filter_map(|l| l.strip_prefix("sftp> put /var/tmp/burst/"))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    if !uploads.status.success() {
+        acknowledged.pop();
+    }
+    eprintln!(
+        "{} of 20 uploads acknowledged before the switchover",
+        acknowledged.len()
+    );
+    for name in &acknowledged {
+        let i: usize = name[1..3].parse().unwrap();
+        let there = tb.path(STANDBY, &format!("{DIR}/{name}"));
+        let size = std::fs::metadata(&there).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(
+            size,
+            (format!("{i}\n").len() * 50_000) as u64,
+            "{name} was acknowledged by the old master but is not complete on the new one"
+        );
+    }
+    // Replication now runs the other way.
+    upload_ok(&tb, STANDBY, "10.231.0.2", "after.txt", "after\n");
+    wait_or_dump(&tb, "after.txt on the new standby", || {
+        tb.path(MASTER, &format!("{DIR}/after.txt"))
+            .exists()
+            .then_some(())
+    });
+    // And back with demote.
+    let out = tb.sh(STANDBY, "sftp-ha demote");
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_or_dump(&tb, "the first host to be master again", || {
+        (role_of(&tb, MASTER) == ("master".into(), 3)).then_some(())
+    });
+    assert_eq!(role_of(&tb, STANDBY), ("standby".into(), 3));
+    upload_ok(&tb, MASTER, "10.231.0.1", "back.txt", "back\n");
+    util::wait_on_standby(&tb, "-f", &format!("{DIR}/back.txt"));
+}
+
+/// Split brain: the link is cut, the standby is promoted with --force, both
+/// take uploads to different and to the same paths; the link comes back.
+/// One master remains and both trees end identical with every file.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_split_brain_heals_with_every_file_of_both_sides() {
+    let tb = replicating_pair("");
+    upload_ok(&tb, MASTER, "10.231.0.1", "shared.txt", "agreed\n");
+    util::wait_on_standby(&tb, "-f", &format!("{DIR}/shared.txt"));
+    tb.cut(STANDBY);
+    let out = tb.sh(STANDBY, "sftp-ha promote --force");
+    assert!(out.status.success(), "{}", describe(&out));
+    upload_ok(&tb, MASTER, "10.231.0.1", "m.txt", "from the old master\n");
+    upload_ok(&tb, STANDBY, "10.231.0.2", "s.txt", "from the new master\n");
+    upload_ok(
+        &tb,
+        MASTER,
+        "10.231.0.1",
+        "shared.txt",
+        "old master's change\n",
+    );
+    upload_ok(
+        &tb,
+        STANDBY,
+        "10.231.0.2",
+        "shared.txt",
+        "new master's change\n",
+    );
+    tb.uncut(STANDBY);
+    wait_or_dump(&tb, "one master", || {
+        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
+    assert_eq!(role_of(&tb, STANDBY), ("master".into(), 2));
+    wait_or_dump(&tb, "m.txt on the new master", || {
+        tb.path(STANDBY, &format!("{DIR}/m.txt"))
+            .exists()
+            .then_some(())
+    });
+    util::converged(&tb, "after the split brain");
+    let files = tb.ok(MASTER, &format!("ls {DIR}"));
+    for name in ["m.txt", "s.txt", "shared.txt"] {
+        assert!(files.lines().any(|l| l == name), "{name} missing: {files}");
+    }
+    assert!(files.contains("shared.sftp-ha-conflict-master-"), "{files}");
+    assert_eq!(
+        read(&tb, MASTER, &format!("{DIR}/shared.txt")),
+        "new master's change\n"
+    );
 }

@@ -200,7 +200,7 @@ fn a_cut_off_standby_catches_up_without_waiting_for_the_fallback_scan() {
         s.contains("not the pinned one").then_some(s)
     });
     assert!(
-        status.contains("UNREACHABLE") && status.contains("trust-standby --replace"),
+        status.contains("UNREACHABLE") && status.contains("trust-peer --replace"),
         "{status}"
     );
     assert!(

@@ -68,9 +68,17 @@ enum Stage {
 pub(super) type ClaimMark = (u64, i64, i64, u64);
 
 impl Daemon {
-    /// The persisted live role, or on the very first start the configured one.
+    /// The persisted live role, or on the very first start the configured
+    /// one; a config edited by the admin is followed while the live role
+    /// still came from it ([`Live::follow_config`]).
     pub(super) fn load_live(config: &crate::config::Config) -> Result<Live, role::RoleError> {
-        if let Some(live) = role::load(&config.state_dir)? {
+        let now = unix_now();
+        let Some(live) = role::load(&config.state_dir)? else {
+            let live = Live::first(config.role, now);
+            role::save(&config.state_dir, &live)?;
+            return Ok(live);
+        };
+        let Some(new) = live.follow_config(config.role, now) else {
             if live.role != config.role {
                 tracing::info!(
                     "config.toml says role = \"{}\", but this host is live {} at epoch {} since {} ({}); the live role decides (sftp-ha promote / demote change it)",
@@ -82,10 +90,23 @@ impl Daemon {
                 );
             }
             return Ok(live);
+        };
+        let state = &config.state_dir;
+        let _ = fs::remove_file(state.join(crate::sync::INDEX_FILE));
+        if new.role == Role::Master {
+            save_baseline(config)?;
+        } else {
+            let _ = fs::remove_file(state.join(BASELINE_FILE));
         }
-        let live = Live::first(config.role, unix_now());
-        role::save(&config.state_dir, &live)?;
-        Ok(live)
+        role::save(state, &new)?;
+        tracing::warn!(
+            "role change: {} -> {} at epoch {}: {}",
+            live.role,
+            new.role,
+            new.epoch,
+            new.reason
+        );
+        Ok(new)
     }
 
     fn control_dir(&self) -> PathBuf {
@@ -158,23 +179,9 @@ impl Daemon {
         let state = self.config.state_dir.clone();
         // The old index describes a peer of long ago; the first audit rebuilds it.
         let _ = fs::remove_file(state.join(crate::sync::INDEX_FILE));
-        match crate::sync::tree::scan(&self.config.data_dir, &mut |_| {}) {
-            Ok((tree, _)) => {
-                // The last point both hosts agreed on, for the reconciliation
-                // when the other one rejoins.
-                if let Err(err) =
-                    crate::sync::reconcile::save_baseline(&state.join(BASELINE_FILE), &tree)
-                {
-                    tracing::error!(
-                        "cannot save the baseline for the reconciliation: {err}; not promoted"
-                    );
-                    return false;
-                }
-            }
-            Err(err) => {
-                tracing::error!(path = %self.config.data_dir.display(), "cannot walk the data dir for the baseline: {err}; not promoted");
-                return false;
-            }
+        if let Err(err) = save_baseline(&self.config) {
+            tracing::error!("{err}; not promoted");
+            return false;
         }
         if !self.persist(live) {
             return false;
@@ -365,13 +372,20 @@ impl Daemon {
                 );
             }
         }
-        self.status.peer = Some(PeerSeen {
+        let seen = PeerSeen {
             node: p.node,
             role: p.role,
             epoch: p.epoch,
             at: unix_now(),
             users,
+        };
+        let news = self.status.peer.as_ref().is_none_or(|b| {
+            (&b.node, b.role, b.epoch, &b.users) != (&seen.node, seen.role, seen.epoch, &seen.users)
         });
+        self.status.peer = Some(seen);
+        if news {
+            self.set_phase(self.status.phase);
+        }
     }
 
     /// A master stops its users and lets the worker send the rest, then hand over.
@@ -621,6 +635,18 @@ impl Daemon {
         });
         self.set_phase(self.status.phase);
     }
+}
+
+/// Saves the tree as it is now as the baseline: the last point both hosts
+/// agreed on, for the reconciliation when the other one rejoins.
+fn save_baseline(config: &crate::config::Config) -> Result<(), role::RoleError> {
+    let path = config.state_dir.join(BASELINE_FILE);
+    let fail = |source: io::Error| role::RoleError::Write {
+        path: path.clone(),
+        source,
+    };
+    let (tree, _) = crate::sync::tree::scan(&config.data_dir, &mut |_| {}).map_err(fail)?;
+    crate::sync::reconcile::save_baseline(&path, &tree).map_err(fail)
 }
 
 /// The control folder: root's, 0700, a real folder (never a link).

@@ -736,9 +736,11 @@ impl Worker {
         // A former master rejoining: whatever it has that this host lacks,
         // or changed since the baseline, comes here before anything is
         // mirrored over it.
-        if self.baseline.is_some() {
-            self.reconcile(&remote)?;
-        }
+        let differing = if self.baseline.is_some() {
+            self.reconcile(&remote)?
+        } else {
+            HashSet::new()
+        };
 
         let matches = |confirmed: &Entry, there: &Entry| {
             confirmed.kind == there.kind
@@ -775,6 +777,14 @@ impl Worker {
                     repairs += 1;
                     self.index.insert(path, there);
                 }
+            }
+        }
+        // Same size and mtime, other bytes: never taken as confirmed, so the
+        // plan sends this host's version.
+        for path in differing {
+            if let Some(e) = self.index.get_mut(&path) {
+                e.mtime = -1;
+                repairs += 1;
             }
         }
         if repairs > 0 {
@@ -1121,12 +1131,17 @@ impl Worker {
 
     /// Brings back what the former master (now the standby) has and this host
     /// lacks, and keeps its side of every conflict as a copy here, as
-    /// [`reconcile::plan`] says. Each is logged with the user and the path,
-    /// counted, and listed in the report in the state dir. Any failure stops
-    /// the audit: nothing is mirrored over the peer until all of it is done.
-    fn reconcile(&mut self, remote: &Tree) -> Result<(), TransportError> {
+    /// [`reconcile::plan`] says. A file written here since the promotion that
+    /// the peer has with the same size and mtime second is compared byte by
+    /// byte (two uploads in the same second look alike otherwise). Each
+    /// action is logged with the user and the path, counted, and appended to
+    /// the report in the state dir as it is done. Any failure stops the
+    /// audit: nothing is mirrored over the peer until all of it is done.
+    /// Returns the paths whose content differs although size and mtime agree:
+    /// the index must not take them as confirmed.
+    fn reconcile(&mut self, remote: &Tree) -> Result<HashSet<Vec<u8>>, TransportError> {
         let Some(baseline) = self.baseline.as_ref() else {
-            return Ok(());
+            return Ok(HashSet::new());
         };
         let node = self
             .control
@@ -1134,116 +1149,129 @@ impl Worker {
             .ok()
             .and_then(|c| c.peer.as_ref().map(|p| p.node.clone()))
             .unwrap_or_else(|| self.settings.standby.host.clone());
-        let actions: Vec<reconcile::Action> =
+        let mut actions: Vec<reconcile::Action> =
             reconcile::plan(&self.current, remote, baseline, &node)
                 .into_iter()
-                .filter(|a| !host_local(a.target()))
+                .filter(|a| {
+                    let source = match a {
+                        reconcile::Action::ConflictCopy { path, .. } => path,
+                        other => other.target(),
+                    };
+                    !host_local(source)
+                })
                 .collect();
+        let same_version =
+            |a: &Entry, b: &Entry| a.kind == b.kind && a.size == b.size && a.mtime == b.mtime;
+        let suspects: Vec<(Vec<u8>, Entry)> = self
+            .current
+            .iter()
+            .filter(|(path, mine)| {
+                mine.kind == Kind::File
+                    && !host_local(path)
+                    && remote
+                        .get(*path)
+                        .is_some_and(|there| same_version(mine, there))
+                    && !baseline.get(*path).is_some_and(|b| same_version(mine, b))
+            })
+            .filter_map(|(path, _)| remote.get(path).map(|there| (path.clone(), *there)))
+            .collect();
+        let endpoint = self.settings.standby.to_string();
+        let failed = |message: String| TransportError::Reconcile {
+            endpoint: endpoint.clone(),
+            message,
+        };
+        let data_dir = self.settings.data_dir.clone();
         let Some(standby) = self.standby.as_mut() else {
             return Err(TransportError::NotPinned);
         };
-        let endpoint = self.settings.standby.to_string();
-        let failed = |err: reconcile::ReconcileError| TransportError::Reconcile {
-            endpoint: endpoint.clone(),
-            message: err.to_string(),
-        };
-        let mut report = Vec::new();
+        let mut differing = HashSet::new();
+        for (path, there) in suspects {
+            let (local, _) = tree::open_file(&data_dir, &path)
+                .map_err(|e| failed(format!("{}: {e}", sftp::show(&path))))?;
+            let mut compare = SameBytes::new(local);
+            standby
+                .sftp
+                .download(&remote_path(&path), &mut compare)
+                .map_err(|e| failed(e.to_string()))?;
+            if !compare.same() {
+                let copy = reconcile::conflict_name(&path, &node, there.mtime);
+                if !self.current.contains_key(&copy) {
+                    actions.push(reconcile::Action::ConflictCopy {
+                        path: path.clone(),
+                        copy,
+                        entry: there,
+                    });
+                }
+                differing.insert(path);
+            }
+        }
+        let report_path = self.settings.state_dir.join(RECONCILE_REPORT);
         let (mut back, mut conflicts) = (0u64, 0u64);
-        let data_dir = self.settings.data_dir.clone();
         for action in &actions {
-            let what = match action {
+            let (what, path, copy) = match action {
                 reconcile::Action::MakeDir { path, entry } => {
-                    reconcile::make_dir(&data_dir, path, entry).map_err(failed)?;
-                    "made_dir"
+                    reconcile::make_dir(&data_dir, path, entry)
+                        .map_err(|e| failed(e.to_string()))?;
+                    ("made_dir", path, None)
                 }
                 reconcile::Action::BringBack { path, entry } => {
-                    reconcile::pull(
-                        &mut standby.sftp,
-                        &data_dir,
-                        &remote_path(path),
-                        path,
-                        entry,
-                        remote,
-                    )
-                    .map_err(failed)?;
+                    reconcile::pull(&mut standby.sftp, &data_dir, path, path, entry, remote)
+                        .map_err(|e| failed(e.to_string()))?;
                     back += 1;
                     tracing::warn!(
                         user = %sftp::show(user_of(path)),
                         path = %sftp::show(path),
-                        "reconcile: brought back from the former master {node}: it was written there and never reached this host"
+                        "reconcile: {}: {} brought back from {node} (the former master): written there, it had never reached this host",
+                        sftp::show(user_of(path)),
+                        sftp::show(path)
                     );
-                    "brought_back"
+                    ("brought_back", path, None)
                 }
                 reconcile::Action::ConflictCopy { path, copy, entry } => {
-                    reconcile::pull(
-                        &mut standby.sftp,
-                        &data_dir,
-                        &remote_path(path),
-                        copy,
-                        entry,
-                        remote,
-                    )
-                    .map_err(failed)?;
+                    reconcile::pull(&mut standby.sftp, &data_dir, path, copy, entry, remote)
+                        .map_err(|e| failed(e.to_string()))?;
                     conflicts += 1;
                     tracing::warn!(
                         user = %sftp::show(user_of(path)),
                         path = %sftp::show(path),
                         copy = %sftp::show(copy),
-                        "reconcile: CONFLICT: changed on both hosts; this host's version stays, the former master's {node} is kept as {}",
+                        "reconcile: CONFLICT for {}: {} changed on both hosts; this host's version stays, the one from {node} (the former master) is kept beside it as {}",
+                        sftp::show(user_of(path)),
+                        sftp::show(path),
                         sftp::show(copy)
                     );
-                    "conflict_copy"
+                    ("conflict_copy", path, Some(copy))
                 }
             };
-            report.push(serde_json::json!({
+            // Recorded as soon as done: a failure later must not hide it.
+            let line = serde_json::json!({
                 "at": unix_now(),
                 "peer": node,
                 "epoch": self.settings.live.epoch,
                 "action": what,
-                "user": sftp::show(user_of(action.target())),
-                "path": sftp::show(match action {
-                    reconcile::Action::ConflictCopy { path, .. } => path,
-                    other => other.target(),
-                }),
-                "copy": match action {
-                    reconcile::Action::ConflictCopy { copy, .. } => Some(sftp::show(copy)),
-                    _ => None,
-                },
-            }));
+                "user": sftp::show(user_of(path)),
+                "path": sftp::show(path),
+                "copy": copy.map(|c| sftp::show(c)),
+            });
+            append_line(&report_path, &line.to_string());
+            if let Ok(mut s) = self.status.lock() {
+                s.brought_back += u64::from(what == "brought_back");
+                s.conflicts += u64::from(what == "conflict_copy");
+                s.last_reconcile = Some(unix_now());
+            }
         }
-        if !report.is_empty() {
-            let path = self.settings.state_dir.join(RECONCILE_REPORT);
-            let mut text = String::new();
-            for line in &report {
-                text.push_str(&line.to_string());
-                text.push('\n');
-            }
-            use std::io::Write as _;
-            let appended = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(text.as_bytes()));
-            if let Err(err) = appended {
-                tracing::error!(path = %path.display(), "cannot write the reconciliation report: {err}");
-            }
+        if !actions.is_empty() {
             // What was brought in is part of this host's tree now.
             self.rescan_all = true;
-            self.look().map_err(|e| TransportError::Reconcile {
-                endpoint: endpoint.clone(),
-                message: format!("cannot walk the data dir again: {e}"),
-            })?;
+            self.look()
+                .map_err(|e| failed(format!("cannot walk the data dir again: {e}")))?;
         }
         tracing::info!(
             standby = %endpoint,
             "reconcile with the former master {node}: {back} file(s) brought back, {conflicts} conflict copie(s) kept"
         );
-        self.set_status(|s| {
-            s.brought_back += back;
-            s.conflicts += conflicts;
-            s.last_reconcile = Some(unix_now());
-        });
-        Ok(())
+        self.set_status(|s| s.last_reconcile = Some(unix_now()));
+        Ok(differing)
     }
 
     /// Reads the peer's role and judges it ([`crate::role::judge_peer`]):
@@ -1457,6 +1485,58 @@ fn write_claim(
     sftp.posix_rename(&temp, &join(&dir, CLAIM_FILE.as_bytes()))
 }
 
+/// Appends one line to a report file (created 0600 by root if missing).
+fn append_line(path: &std::path::Path, line: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    if let Err(err) = appended {
+        tracing::error!(path = %path.display(), "cannot write the reconciliation report: {err}");
+    }
+}
+
+/// A writer that compares what is written with a local file's bytes.
+struct SameBytes<R> {
+    local: R,
+    same: bool,
+    buf: Vec<u8>,
+}
+
+impl<R: std::io::Read> SameBytes<R> {
+    fn new(local: R) -> SameBytes<R> {
+        SameBytes {
+            local,
+            same: true,
+            buf: Vec::new(),
+        }
+    }
+
+    /// True if every byte written matched, and the local file has no more.
+    fn same(mut self) -> bool {
+        let mut one = [0u8; 1];
+        self.same && matches!(self.local.read(&mut one), Ok(0))
+    }
+}
+
+impl<R: std::io::Read> std::io::Write for SameBytes<R> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.same {
+            self.buf.resize(data.len(), 0);
+            self.same = self.local.read_exact(&mut self.buf).is_ok() && self.buf == data;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The user a path belongs to: its first component.
 fn user_of(path: &[u8]) -> &[u8] {
     path.split(|b| *b == b'/').next().unwrap_or_default()
@@ -1488,6 +1568,23 @@ pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_bytes_tells_equal_content_from_other_bytes_and_lengths() {
+        use std::io::Write as _;
+        let check = |local: &[u8], chunks: &[&[u8]]| {
+            let mut c = SameBytes::new(local);
+            for chunk in chunks {
+                c.write_all(chunk).unwrap();
+            }
+            c.same()
+        };
+        assert!(check(b"abcdef", &[b"abc", b"def"]));
+        assert!(check(b"", &[]));
+        assert!(!check(b"abcdef", &[b"abc", b"deX"]));
+        assert!(!check(b"abcdef", &[b"abc"]));
+        assert!(!check(b"abc", &[b"abc", b"d"]));
+    }
 
     #[test]
     fn only_the_hosts_own_log_sockets_are_left_alone_by_the_audit() {

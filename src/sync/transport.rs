@@ -28,14 +28,16 @@ const UNACKED_LIMIT: Duration = Duration::from_secs(15);
 pub enum TransportError {
     #[error("cannot reach the standby {endpoint}: {message}")]
     Connect { endpoint: String, message: String },
-    #[error("no standby host key is pinned; fix: run `sftp-ha pair trust-standby` on the master")]
+    #[error(
+        "no host key of the peer is pinned; fix: run `sftp-ha pair trust-peer HOST[:PORT]` on this host"
+    )]
     NotPinned,
     #[error(
-        "the standby {endpoint} presented a host key that is not the pinned one: sync stopped; if the standby was reinstalled, check its fingerprint and run `sftp-ha pair trust-standby --replace`"
+        "the standby {endpoint} presented a host key that is not the pinned one: sync stopped; if the standby was reinstalled, check its fingerprint and run `sftp-ha pair trust-peer --replace`"
     )]
     HostKeyMismatch { endpoint: String },
     #[error(
-        "the standby {endpoint} refused the master's sync key: {message}; fix: run `sftp-ha pair accept-master '<key from sftp-ha pair show-key>'` on the standby"
+        "the peer {endpoint} refused this host's sync key: {message}; fix: run `sftp-ha pair accept-peer '<key from sftp-ha pair show-key here>'` on the peer"
     )]
     Auth { endpoint: String, message: String },
     #[error(

@@ -309,11 +309,11 @@ impl Drop for Testbed {
 /// temporaries. "changing" while `find` races with
 /// the tree (the caller's wait tries again).
 pub fn listing(tb: &Testbed, host: &str) -> String {
-    let files = "find . -type f ! -name 'users.yaml.status' ! -path './*/dev/*' ! -path './.sftp-ha-tmp/*' -print0 | sort -z";
+    let files = "find . -type f ! -name 'users.yaml.status' ! -path './*/dev/*' ! -path './.sftp-ha-tmp/*' ! -path './.sftp-ha-ctl/*' -print0 | sort -z";
     let out = tb.sh(
         host,
         &format!(
-            "cd /srv/sftp-ha && find . \\( -type f -o -type d \\) ! -name 'users.yaml.status' ! -path './*/dev*' ! -path './.sftp-ha-tmp*' -print0 | sort -z | \
+            "cd /srv/sftp-ha && find . \\( -type f -o -type d \\) ! -name 'users.yaml.status' ! -path './*/dev*' ! -path './.sftp-ha-tmp*' ! -path './.sftp-ha-ctl*' -print0 | sort -z | \
              xargs -0 stat -c '%n|%F|%u|%g|%a' && {files} | xargs -0 -r stat -c '%n|%s|%Y' && {files} | xargs -0 -r sha256sum"
         ),
     );
