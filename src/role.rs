@@ -43,6 +43,11 @@ pub struct Live {
     /// `role` in config.toml (the way before live roles) is followed.
     #[serde(default)]
     pub from_config: bool,
+    /// This host was a master and may hold uploads its current master
+    /// lacks: until that master says it has reconciled them (a claim with
+    /// `reconciled`), the peer must not mirror over this host's tree.
+    #[serde(default)]
+    pub unreconciled: bool,
 }
 
 impl Live {
@@ -55,6 +60,7 @@ impl Live {
             since: now,
             reason: "first start: the role in config.toml".into(),
             from_config: true,
+            unreconciled: false,
         }
     }
 
@@ -76,6 +82,8 @@ impl Live {
             since: now,
             reason: format!("role = \"{configured}\" set in config.toml by the admin"),
             from_config: true,
+            // A master made standby by the admin may hold uploads.
+            unreconciled: self.unreconciled || configured == Role::Standby,
         })
     }
 
@@ -86,6 +94,13 @@ impl Live {
             since: now,
             reason,
             from_config: false,
+            // A master's own tree is the truth; a standby keeps what it had
+            // to be reconciled, and a master stepping down has some.
+            unreconciled: match (self.role, role) {
+                (_, Role::Master) => false,
+                (Role::Master, Role::Standby) => true,
+                (Role::Standby, Role::Standby) => self.unreconciled,
+            },
         }
     }
 }
@@ -102,6 +117,9 @@ pub struct Published {
     /// The standby's last users.yaml apply, for the master to report.
     #[serde(default)]
     pub users: Option<UsersOutcome>,
+    /// See [`Live::unreconciled`]: the master reconciles before mirroring.
+    #[serde(default)]
+    pub unreconciled: bool,
 }
 
 /// A users.yaml apply on the standby, as the master shows it.
@@ -121,6 +139,10 @@ pub struct Claim {
     /// with this epoch (one above the master's).
     #[serde(default)]
     pub handover: Option<u64>,
+    /// The master has reconciled this host's tree (brought back what only it
+    /// had): it may be mirrored over from now on.
+    #[serde(default)]
+    pub reconciled: bool,
 }
 
 /// What a master's replication worker does after reading its peer's role.
@@ -216,15 +238,27 @@ pub fn judge_claim(me: &Live, claim: &Claim, now: u64) -> ClaimVerdict {
                 format!("handover from {} (planned switchover)", claim.node),
             ))
         }
-        (Role::Standby, _) if claim.epoch > me.epoch => ClaimVerdict::Follow(me.become_(
-            Role::Standby,
-            claim.epoch,
-            now,
-            format!(
-                "following the master {} at epoch {}",
-                claim.node, claim.epoch
-            ),
-        )),
+        (Role::Standby, _) if claim.epoch > me.epoch => ClaimVerdict::Follow(Live {
+            unreconciled: me.unreconciled && !claim.reconciled,
+            ..me.become_(
+                Role::Standby,
+                claim.epoch,
+                now,
+                format!(
+                    "following the master {} at epoch {}",
+                    claim.node, claim.epoch
+                ),
+            )
+        }),
+        (Role::Standby, _) if me.unreconciled && claim.reconciled => ClaimVerdict::Follow(Live {
+            unreconciled: false,
+            ..me.become_(
+                Role::Standby,
+                me.epoch,
+                now,
+                format!("reconciled by the master {}", claim.node),
+            )
+        }),
         (Role::Standby, _) => ClaimVerdict::Ignore,
         (Role::Master, _) if claim.epoch > me.epoch => ClaimVerdict::StepDown(me.become_(
             Role::Standby,
@@ -263,7 +297,9 @@ pub fn judge_promote(me: &Live, peer: &PeerAnswer, force: bool, now: u64) -> Pro
         PeerAnswer::Answered(p) => p.epoch,
         PeerAnswer::Unreachable(_) => 0,
     };
-    let epoch = me.epoch.max(seen) + 1;
+    // Never below 2: a master from config.toml has epoch 1 even if this
+    // standby never heard from it.
+    let epoch = me.epoch.max(seen).max(1) + 1;
     match peer {
         PeerAnswer::Answered(p) if p.role == Role::Master && !force => {
             PromoteVerdict::AskHandover
@@ -370,6 +406,7 @@ mod tests {
             since: 0,
             reason: String::new(),
             from_config: false,
+            unreconciled: false,
         }
     }
 
@@ -399,6 +436,7 @@ mod tests {
             epoch,
             wants_master: false,
             users: None,
+            unreconciled: false,
         }
     }
 
@@ -407,6 +445,40 @@ mod tests {
             node: node.into(),
             epoch,
             handover,
+            reconciled: false,
+        }
+    }
+
+    #[test]
+    fn a_master_that_steps_down_stays_unreconciled_until_its_master_says_so() {
+        let me = step_down(&live(Role::Master, 1), 2, "newer".into(), 0);
+        assert!(me.unreconciled);
+        // Following a claim does not clear it...
+        let me = match judge_claim(&me, &claim("n", 3, None), 0) {
+            ClaimVerdict::Follow(l) => l,
+            other => panic!("{other:?}"),
+        };
+        assert!(me.unreconciled && me.epoch == 3);
+        assert_eq!(
+            judge_claim(&me, &claim("n", 3, None), 0),
+            ClaimVerdict::Ignore
+        );
+        // ...only a claim that says the reconciliation is done.
+        let mut done = claim("n", 3, None);
+        done.reconciled = true;
+        match judge_claim(&me, &done, 0) {
+            ClaimVerdict::Follow(l) => assert!(!l.unreconciled && l.epoch == 3),
+            other => panic!("{other:?}"),
+        }
+        // An admin making a master a standby by config counts too.
+        let by_config = Live::first(Role::Master, 0)
+            .follow_config(Role::Standby, 1)
+            .unwrap();
+        assert!(by_config.unreconciled);
+        // A promotion clears it: a master's tree is the truth.
+        match judge_promote(&me, &PeerAnswer::Unreachable("x".into()), false, 0) {
+            PromoteVerdict::Failover(l) => assert!(!l.unreconciled),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -355,3 +355,119 @@ fn a_split_brain_heals_with_every_file_of_both_sides() {
         "new master's change\n"
     );
 }
+
+/// The standby refuses a users.yaml the master applied (an account it does
+/// not manage has the name): the master says so in its status, its journal
+/// and the admins' users.yaml.status.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_users_yaml_the_standby_refuses_is_reported_on_the_master() {
+    let tb = replicating_pair("");
+    tb.ok(STANDBY, "useradd -M -s /usr/sbin/nologin bob");
+    let local = tb.path(MASTER, "/var/tmp/users.yaml");
+    std::fs::write(
+        &local,
+        format!(
+            "{}  2: {{name: bob, password: \"bobpass1\"}}\n",
+            util::USERS
+        ),
+    )
+    .unwrap();
+    let out = tb.sftp(
+        MASTER,
+        "10.231.0.1",
+        "admin",
+        "35oi3g4l3he",
+        &format!("put {} /admin/users.yaml\n", local.display()),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_or_dump(&tb, "the master to report the standby's refusal", || {
+        tb.ok(MASTER, "sftp-ha status")
+            .contains("the standby did NOT follow")
+            .then_some(())
+    });
+    let status = read(&tb, MASTER, "/srv/sftp-ha/admin/admin/users.yaml.status");
+    assert!(
+        status.contains("STANDBY: the standby standby did NOT follow this users.yaml")
+            && status.contains("bob"),
+        "{status}"
+    );
+    let journal = tb.journal(MASTER, "");
+    assert!(
+        journal.contains("did NOT follow the last users.yaml"),
+        "{journal}"
+    );
+    // The master itself applied it.
+    tb.ok(MASTER, "id bob");
+}
+
+/// The files in the upload folder on `host`, with their sizes.
+fn sizes(tb: &Testbed, host: &str) -> std::collections::BTreeMap<String, u64> {
+    tb.ok(
+        host,
+        &format!("cd {DIR} && stat -c '%n %s' * 2>/dev/null || true"),
+    )
+    .lines()
+    .filter_map(|l| {
+        let (name, size) = l.rsplit_once(' ')?;
+        Some((name.to_string(), size.parse().ok()?))
+    })
+    .collect()
+}
+
+/// The master's daemon is killed (-9) and its link cut in the middle of a
+/// burst of uploads, which go on landing there; then it powers off, the
+/// standby is promoted and takes uploads, and the old master comes back. The
+/// end: both hosts hold the union of what each had, nothing lost.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_master_killed_mid_burst_then_promoted_over_and_back_loses_nothing() {
+    let tb = replicating_pair("");
+    let local = tb.path(MASTER, "/var/tmp/burst");
+    std::fs::create_dir_all(&local).unwrap();
+    let mut batch = String::new();
+    for i in 0..40 {
+        std::fs::write(
+            local.join(format!("b{i:02}.bin")),
+            vec![b'x'; 1000 + i * 1000],
+        )
+        .unwrap();
+        batch.push_str(&format!(
+            "put /var/tmp/burst/b{i:02}.bin /upload/b{i:02}.bin\n"
+        ));
+    }
+    let out = std::thread::scope(|scope| {
+        let uploader = scope.spawn(|| tb.sftp(MASTER, "10.231.0.1", "EPuser", "1234", &batch));
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        tb.ok(MASTER, "systemctl kill -s KILL sftp-ha");
+        tb.cut(MASTER);
+        uploader.join().unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "the burst on the master: {}",
+        describe(&out)
+    );
+    let on_old = sizes(&tb, MASTER);
+    assert_eq!(on_old.len(), 40, "{on_old:?}");
+    tb.poweroff(MASTER);
+    let on_standby = sizes(&tb, STANDBY);
+    eprintln!("{} of 40 had reached the standby", on_standby.len());
+
+    let out = tb.sh(STANDBY, "sftp-ha promote");
+    assert!(out.status.success(), "{}", describe(&out));
+    for i in 0..5 {
+        upload_ok(&tb, STANDBY, "10.231.0.2", &format!("new{i}.txt"), "new\n");
+    }
+    let on_new = sizes(&tb, STANDBY);
+    tb.uncut(MASTER);
+    tb.boot(MASTER);
+    wait_or_dump(&tb, "the old master to step down", || {
+        (role_of(&tb, MASTER).0 == "standby").then_some(())
+    });
+    util::converged(&tb, "after the failback");
+    let end = sizes(&tb, STANDBY);
+    for (name, size) in on_old.iter().chain(&on_new) {
+        assert_eq!(end.get(name), Some(size), "{name} lost or changed: {end:?}");
+    }
+}

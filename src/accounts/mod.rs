@@ -411,9 +411,91 @@ pub fn publish(
     }
 }
 
+/// The line that starts what the master adds to users.yaml.status about the standby.
+const STANDBY_NOTE: &str = "STANDBY:";
+
+/// On the master: adds `note` (what the standby made of the users.yaml) to
+/// every admin's users.yaml.status, replacing an earlier note; `None` removes
+/// it. Written like [`publish`] writes, never through a link.
+pub fn note_standby(data_dir: &Path, note: Option<&str>) {
+    for dir in admin_dirs(data_dir) {
+        let changed = crate::fsutil::open_dir_beneath(data_dir, &dir.path).and_then(|fd| {
+            let current = read_at(&fd, STATUS_FILE)?;
+            let text = with_standby_note(&current, note);
+            if text == current {
+                return Ok(());
+            }
+            crate::fsutil::write_atomic_at(
+                &fd,
+                STATUS_FILE,
+                text.as_bytes(),
+                0o640,
+                Some((dir.uid, dir.gid)),
+            )
+            .map(|_| ())
+        });
+        if let Err(err) = changed {
+            tracing::warn!(path = %dir.path.join(STATUS_FILE).display(), "cannot write: {err}");
+        }
+    }
+}
+
+/// A file in an open folder, read without following a link; missing: empty.
+fn read_at(dir: &std::os::fd::OwnedFd, name: &str) -> std::io::Result<String> {
+    use nix::fcntl::{OFlag, openat};
+    use std::io::Read as _;
+    let fd = match openat(
+        std::os::fd::AsFd::as_fd(dir),
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(String::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut file = fs::File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.by_ref().take(1 << 20).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// `status` with its standby note replaced by `note` (or removed).
+fn with_standby_note(status: &str, note: Option<&str>) -> String {
+    let mut text = match status.find(&format!("\n{STANDBY_NOTE}")) {
+        Some(at) => status[..at + 1].to_string(),
+        None if status.starts_with(STANDBY_NOTE) => String::new(),
+        None => status.to_string(),
+    };
+    if let Some(note) = note {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("{STANDBY_NOTE} {}\n", visible(note)));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_standby_note_is_added_replaced_and_removed() {
+        let base = "OK: the accounts now match the file.\n";
+        let one = with_standby_note(base, Some("the standby s did NOT follow: uid taken"));
+        assert_eq!(
+            one,
+            format!("{base}STANDBY: the standby s did NOT follow: uid taken\n")
+        );
+        let two = with_standby_note(&one, Some("still not:\nforged"));
+        assert_eq!(two, format!("{base}STANDBY: still not:?forged\n"));
+        assert_eq!(with_standby_note(&two, None), base);
+        assert_eq!(with_standby_note("", Some("x")), "STANDBY: x\n");
+    }
 
     #[test]
     fn a_problem_cannot_forge_a_line_of_the_status_or_the_journal() {

@@ -129,6 +129,7 @@ impl Daemon {
             epoch: self.live.epoch,
             wants_master: self.wants_master,
             users,
+            unreconciled: self.live.unreconciled,
         };
         let dir = self.control_dir();
         let written = prepare_control_dir(&dir).and_then(|()| {
@@ -362,14 +363,32 @@ impl Daemon {
 
     fn note_peer(&mut self, p: Published) {
         let users = p.users.clone();
-        if let (Some(u), Some(before)) = (&users, self.status.peer.as_ref()) {
-            let news = before.users.as_ref().is_none_or(|b| b.at != u.at);
+        if let Some(u) = &users {
+            let before = self.status.peer.as_ref().and_then(|b| b.users.as_ref());
+            let news = before.is_none_or(|b| b.at != u.at || b.ok != u.ok);
             if news && !u.ok {
                 tracing::warn!(
                     "the standby {} did NOT follow the last users.yaml: {}; after a failover its accounts would differ from this host's",
                     p.node,
                     u.summary
                 );
+                // The admins read the outcome next to their file.
+                crate::accounts::note_standby(
+                    &self.config.data_dir,
+                    Some(&format!(
+                        "the standby {} did NOT follow this users.yaml ({}): {}. After a failover its accounts would differ from these; fix it on the standby (journalctl -u sftp-ha there), then upload users.yaml again.",
+                        p.node,
+                        crate::timefmt::format_utc(u.at),
+                        u.summary
+                    )),
+                );
+            } else if news && before.is_some_and(|b| !b.ok) {
+                tracing::info!(
+                    "the standby {} follows the users.yaml again: {}",
+                    p.node,
+                    u.summary
+                );
+                crate::accounts::note_standby(&self.config.data_dir, None);
             }
         }
         let seen = PeerSeen {

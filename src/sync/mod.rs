@@ -198,6 +198,7 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
     let watcher = watch::Watcher::new(settings.data_dir.clone())?;
     let mut worker = Worker {
         baseline,
+        peer_unreconciled: false,
         control: control.clone(),
         last_peer_check: Instant::now(),
         index_path: settings.state_dir.join(INDEX_FILE),
@@ -239,6 +240,8 @@ struct Worker {
     /// This host's tree when it was promoted: while it is here, the peer is a
     /// former master to reconcile before anything is mirrored to it.
     baseline: Option<Tree>,
+    /// The peer says it was a master and has not been reconciled.
+    peer_unreconciled: bool,
     control: Arc<Mutex<Control>>,
     /// When the peer's role was last read (every [`PEER_CHECK`] while connected).
     last_peer_check: Instant,
@@ -650,6 +653,7 @@ impl Worker {
                 node: self.settings.node.clone(),
                 epoch: self.settings.live.epoch,
                 handover: None,
+                reconciled: false,
             },
         )?;
         let mut remote = Tree::new();
@@ -736,6 +740,16 @@ impl Worker {
         // A former master rejoining: whatever it has that this host lacks,
         // or changed since the baseline, comes here before anything is
         // mirrored over it.
+        // A peer that was a master and was never reconciled, while this host
+        // has no baseline (it was not promoted over it: e.g. the peer stepped
+        // down on its own after a forced promotion of its own): everything
+        // it has that this host lacks is brought back, nothing of it is
+        // taken as deleted here.
+        if self.baseline.is_none() && self.peer_unreconciled {
+            tracing::warn!(standby = %self.settings.standby, "the peer was a master and has not been reconciled, and this host has no baseline for it: whatever it has that this host lacks comes back here, nothing is deleted there");
+            self.baseline = Some(Tree::new());
+            self.set_status(|s| s.reconciling = true);
+        }
         let differing = if self.baseline.is_some() {
             self.reconcile(&remote)?
         } else {
@@ -797,11 +811,29 @@ impl Worker {
         self.replan_all = true;
         self.next_audit = Instant::now() + self.settings.audit_interval;
         self.said = None;
-        if self.baseline.take().is_some() {
-            let path = self.settings.state_dir.join(BASELINE_FILE);
-            if let Err(err) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), "cannot remove the reconciled baseline: {err}");
+        if self.baseline.is_some() {
+            // The peer may be mirrored over from now on, and it knows it;
+            // the baseline goes only once it does.
+            if let Some(standby) = self.standby.as_mut() {
+                write_claim(
+                    &mut standby.sftp,
+                    &Claim {
+                        node: self.settings.node.clone(),
+                        epoch: self.settings.live.epoch,
+                        handover: None,
+                        reconciled: true,
+                    },
+                )?;
             }
+            self.baseline = None;
+            let path = self.settings.state_dir.join(BASELINE_FILE);
+            match std::fs::remove_file(&path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %path.display(), "cannot remove the reconciled baseline: {err}")
+                }
+                _ => {}
+            }
+            self.peer_unreconciled = false;
             tracing::info!(standby = %self.settings.standby, "reconciled with the former master: normal one-way replication from now on");
             self.set_status(|s| s.reconciling = false);
         }
@@ -1299,6 +1331,7 @@ impl Worker {
                 epoch: 0,
                 wants_master: false,
                 users: None,
+                unreconciled: false,
             },
             Err(e) => return Err(e.into()),
         };
@@ -1311,6 +1344,7 @@ impl Worker {
                 ),
             });
         }
+        self.peer_unreconciled = peer.unreconciled;
         let verdict = crate::role::judge_peer(&self.settings.live, &self.settings.node, &peer);
         let mut control = self.control.lock().map_err(|_| TransportError::NotPinned)?;
         control.peer = Some(peer);
@@ -1360,6 +1394,7 @@ impl Worker {
             node: self.settings.node.clone(),
             epoch: self.settings.live.epoch,
             handover: Some(to),
+            reconciled: false,
         };
         let written = match self.standby.as_mut() {
             Some(standby) => write_claim(&mut standby.sftp, &claim).map_err(TransportError::from),
