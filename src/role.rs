@@ -275,6 +275,10 @@ pub fn judge_claim(me: &Live, claim: &Claim, now: u64) -> ClaimVerdict {
 pub enum PeerAnswer {
     /// No answer: the peer is down, or the link is.
     Unreachable(String),
+    /// Something answered but could not be asked (pairing: no pinned host
+    /// key, another host key, the key refused; or an unreadable role). The
+    /// master may well be alive.
+    Unasked(String),
     Answered(Published),
 }
 
@@ -286,6 +290,8 @@ pub enum PromoteVerdict {
     Failover(Live),
     /// The master answers: ask it to hand over.
     AskHandover,
+    /// Nothing changes: the master could not be asked, and may be alive.
+    Refuse(String),
 }
 
 /// A host asked to become master judges what it learnt about its peer.
@@ -295,7 +301,7 @@ pub fn judge_promote(me: &Live, peer: &PeerAnswer, force: bool, now: u64) -> Pro
     }
     let seen = match peer {
         PeerAnswer::Answered(p) => p.epoch,
-        PeerAnswer::Unreachable(_) => 0,
+        PeerAnswer::Unreachable(_) | PeerAnswer::Unasked(_) => 0,
     };
     // Never below 2: a master from config.toml has epoch 1 even if this
     // standby never heard from it.
@@ -318,6 +324,15 @@ pub fn judge_promote(me: &Live, peer: &PeerAnswer, force: bool, now: u64) -> Pro
             epoch,
             now,
             format!("promoted; the peer {} is a standby too", p.node),
+        )),
+        PeerAnswer::Unasked(why) if !force => PromoteVerdict::Refuse(format!(
+            "the master could not be asked ({why}), so it may still be taking uploads; nothing changed. Fix the pairing (sftp-ha pair trust-peer / accept-peer), or if the master is really down, sftp-ha promote --force"
+        )),
+        PeerAnswer::Unasked(why) => PromoteVerdict::Failover(me.become_(
+            Role::Master,
+            epoch,
+            now,
+            format!("promoted with --force; the master could not be asked: {why}"),
         )),
         PeerAnswer::Unreachable(why) => PromoteVerdict::Failover(me.become_(
             Role::Master,
@@ -625,6 +640,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let unasked = PeerAnswer::Unasked("no host key pinned".into());
+        assert!(matches!(
+            judge_promote(&me, &unasked, false, 7),
+            PromoteVerdict::Refuse(r) if r.contains("--force")
+        ));
+        assert!(matches!(
+            judge_promote(&me, &unasked, true, 7),
+            PromoteVerdict::Failover(Live { epoch: 4, .. })
+        ));
         let standby = PeerAnswer::Answered(peer("s", Role::Standby, 2));
         assert!(matches!(
             judge_promote(&me, &standby, false, 7),

@@ -521,6 +521,7 @@ impl Daemon {
                     PromoteVerdict::AlreadyMaster => {
                         self.answer(&id, true, "already the master".into())
                     }
+                    PromoteVerdict::Refuse(why) => self.answer(&id, false, why),
                     PromoteVerdict::Failover(live) => {
                         let epoch = live.epoch;
                         let reason = live.reason.clone();
@@ -607,19 +608,24 @@ impl Daemon {
             let mut session =
                 match crate::sync::transport::Standby::connect(&peer, pinned.as_deref(), &key) {
                     Ok(s) => s,
-                    Err(err) => return PeerAnswer::Unreachable(err.to_string()),
+                    // Only "nobody there" counts as down: a pairing problem
+                    // says nothing about whether the master still takes uploads.
+                    Err(err @ crate::sync::transport::TransportError::Connect { .. }) => {
+                        return PeerAnswer::Unreachable(err.to_string());
+                    }
+                    Err(err) => return PeerAnswer::Unasked(err.to_string()),
                 };
             let path = format!("/{CONTROL_DIR}/{ROLE_FILE}");
             match session.sftp.read_all(path.as_bytes(), 64 * 1024) {
                 Ok(bytes) => match serde_json::from_slice::<Published>(&bytes) {
                     Ok(p) => PeerAnswer::Answered(p),
-                    Err(e) => PeerAnswer::Unreachable(format!(
-                        "{peer} answered with an unreadable role: {e}"
-                    )),
+                    Err(e) => {
+                        PeerAnswer::Unasked(format!("{peer} answered with an unreadable role: {e}"))
+                    }
                 },
-                Err(e) => PeerAnswer::Unreachable(format!(
-                    "{peer} answered but its role cannot be read: {e}"
-                )),
+                Err(e) => {
+                    PeerAnswer::Unasked(format!("{peer} answered but its role cannot be read: {e}"))
+                }
             }
         })
     }
