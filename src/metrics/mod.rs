@@ -211,6 +211,16 @@ pub fn render(status: &DaemonStatus) -> String {
         "1",
     );
     out.gauge(
+        "sftp_ha_epoch",
+        "The live role's epoch: raised by every promotion; with sftp_ha_info's role, two masters at once show up as two hosts with role=\"master\".",
+        status.epoch,
+    );
+    out.gauge(
+        "sftp_ha_role_change_time_seconds",
+        "When this host took its live role, in unix seconds.",
+        status.role_since,
+    );
+    out.gauge(
         "sftp_ha_start_time_seconds",
         "When the daemon started, in unix seconds.",
         status.started_at,
@@ -316,6 +326,21 @@ fn render_sync(out: &mut Exposition, sync: &crate::sync::SyncStatus) {
         "sftp_ha_sync_refused_operations",
         "Operations the standby refused and that were skipped (retried on the next full scan).",
         sync.refused,
+    );
+    out.counter(
+        "sftp_ha_reconcile_brought_back_total",
+        "Files brought back from a former master since start (each is in the journal and reconcile-report.jsonl).",
+        sync.brought_back,
+    );
+    out.counter(
+        "sftp_ha_reconcile_conflicts_total",
+        "Conflict copies kept from a former master since start (a file changed on both hosts).",
+        sync.conflicts,
+    );
+    out.gauge(
+        "sftp_ha_reconcile_pending",
+        "1 while a former master waits to be reconciled (nothing is mirrored to it meanwhile).",
+        u8::from(sync.reconciling),
     );
     if let Some(at) = sync.last_audit {
         out.gauge(
