@@ -411,17 +411,33 @@ pub fn publish(
     }
 }
 
-/// The line that starts what the master adds to users.yaml.status about the standby.
-const STANDBY_NOTE: &str = "STANDBY:";
+/// What the master adds to users.yaml.status after the apply's own report,
+/// each a line starting with its tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    /// What the standby made of the users.yaml.
+    Standby,
+    /// A former master had another users.yaml, kept as a conflict copy.
+    Conflict,
+}
 
-/// On the master: adds `note` (what the standby made of the users.yaml) to
-/// every admin's users.yaml.status, replacing an earlier note; `None` removes
-/// it. Written like [`publish`] writes, never through a link.
-pub fn note_standby(data_dir: &Path, note: Option<&str>) {
+impl Note {
+    fn tag(self) -> &'static str {
+        match self {
+            Note::Standby => "STANDBY:",
+            Note::Conflict => "CONFLICT:",
+        }
+    }
+}
+
+/// On the master: adds `note` to every admin's users.yaml.status, replacing
+/// an earlier note of the same kind; `None` removes it. Written like
+/// [`publish`] writes, never through a link.
+pub fn note_status(data_dir: &Path, kind: Note, note: Option<&str>) {
     for dir in admin_dirs(data_dir) {
         let changed = crate::fsutil::open_dir_beneath(data_dir, &dir.path).and_then(|fd| {
             let current = read_at(&fd, STATUS_FILE)?;
-            let text = with_standby_note(&current, note);
+            let text = with_note(&current, kind.tag(), note);
             if text == current {
                 return Ok(());
             }
@@ -463,18 +479,18 @@ fn read_at(dir: &std::os::fd::OwnedFd, name: &str) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// `status` with its standby note replaced by `note` (or removed).
-fn with_standby_note(status: &str, note: Option<&str>) -> String {
-    let mut text = match status.find(&format!("\n{STANDBY_NOTE}")) {
-        Some(at) => status[..at + 1].to_string(),
-        None if status.starts_with(STANDBY_NOTE) => String::new(),
-        None => status.to_string(),
-    };
+/// `status` with its note tagged `tag` replaced by `note` (or removed).
+/// A note is one line (control characters in it are shown as `?`).
+fn with_note(status: &str, tag: &str, note: Option<&str>) -> String {
+    let mut text: String = status
+        .split_inclusive('\n')
+        .filter(|line| !line.starts_with(tag))
+        .collect();
     if let Some(note) = note {
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
-        text.push_str(&format!("{STANDBY_NOTE} {}\n", visible(note)));
+        text.push_str(&format!("{tag} {}\n", visible(note)));
     }
     text
 }
@@ -484,17 +500,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_standby_note_is_added_replaced_and_removed() {
+    fn notes_are_added_replaced_and_removed_by_kind() {
+        let (s, c) = (Note::Standby.tag(), Note::Conflict.tag());
         let base = "OK: the accounts now match the file.\n";
-        let one = with_standby_note(base, Some("the standby s did NOT follow: uid taken"));
+        let one = with_note(base, s, Some("the standby s did NOT follow: uid taken"));
         assert_eq!(
             one,
             format!("{base}STANDBY: the standby s did NOT follow: uid taken\n")
         );
-        let two = with_standby_note(&one, Some("still not:\nforged"));
+        let two = with_note(&one, s, Some("still not:\nforged"));
         assert_eq!(two, format!("{base}STANDBY: still not:?forged\n"));
-        assert_eq!(with_standby_note(&two, None), base);
-        assert_eq!(with_standby_note("", Some("x")), "STANDBY: x\n");
+        let both = with_note(&two, c, Some("kept as users.x.yaml"));
+        assert_eq!(both, format!("{two}CONFLICT: kept as users.x.yaml\n"));
+        assert_eq!(
+            with_note(&both, s, None),
+            format!("{base}CONFLICT: kept as users.x.yaml\n")
+        );
+        assert_eq!(with_note("", s, Some("x")), "STANDBY: x\n");
     }
 
     #[test]

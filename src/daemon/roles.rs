@@ -373,8 +373,9 @@ impl Daemon {
                     u.summary
                 );
                 // The admins read the outcome next to their file.
-                crate::accounts::note_standby(
+                crate::accounts::note_status(
                     &self.config.data_dir,
+                    crate::accounts::Note::Standby,
                     Some(&format!(
                         "the standby {} did NOT follow this users.yaml ({}): {}. After a failover its accounts would differ from these; fix it on the standby (journalctl -u sftp-ha there), then upload users.yaml again.",
                         p.node,
@@ -388,7 +389,11 @@ impl Daemon {
                     p.node,
                     u.summary
                 );
-                crate::accounts::note_standby(&self.config.data_dir, None);
+                crate::accounts::note_status(
+                    &self.config.data_dir,
+                    crate::accounts::Note::Standby,
+                    None,
+                );
             }
         }
         let seen = PeerSeen {

@@ -1272,6 +1272,16 @@ impl Worker {
                         sftp::show(path),
                         sftp::show(copy)
                     );
+                    if is_users_yaml(path) {
+                        crate::accounts::note_status(
+                            &data_dir,
+                            crate::accounts::Note::Conflict,
+                            Some(&format!(
+                                "the former master {node} had another users.yaml; this one stays in force, the other is kept as {}",
+                                sftp::show(copy)
+                            )),
+                        );
+                    }
                     ("conflict_copy", path, Some(copy))
                 }
             };
@@ -1570,6 +1580,12 @@ impl<R: std::io::Read> std::io::Write for SameBytes<R> {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// An admin's users.yaml: `<user>/admin/users.yaml`.
+fn is_users_yaml(path: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+    matches!(parts.as_slice(), [_, admin, name] if *admin == b"admin" && *name == crate::accounts::USERS_FILE.as_bytes())
 }
 
 /// The user a path belongs to: its first component.
