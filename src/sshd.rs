@@ -170,30 +170,7 @@ fn reload() -> Result<Installed, SshdError> {
 /// the standby would otherwise keep writing, since an sshd reload changes
 /// only new sessions. Returns how many processes were signalled.
 pub fn end_sync_sessions() -> usize {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut ended = 0;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if is_sync_session(&cmdline) {
-            let signalled = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            ended += usize::from(signalled.is_ok());
-        }
-    }
-    ended
+    end_processes(|cmdline, _| is_sync_session(cmdline))
 }
 
 /// Ends every open SFTP session of a managed user (a member of
@@ -218,6 +195,18 @@ pub fn end_user_sessions() -> usize {
     if uids.is_empty() {
         return 0;
     }
+    end_processes(|cmdline, proc_dir| {
+        is_session_title(cmdline)
+            && fs::read_to_string(proc_dir.join("status"))
+                .ok()
+                .and_then(|status| real_uid(&status))
+                .is_some_and(|u| uids.contains(&u))
+    })
+}
+
+/// Sends SIGTERM to every process whose command line (and `/proc/PID`
+/// folder) `pick` chooses; returns how many were signalled.
+fn end_processes(pick: impl Fn(&[u8], &Path) -> bool) -> usize {
     let Ok(entries) = fs::read_dir("/proc") else {
         return 0;
     };
@@ -230,13 +219,10 @@ pub fn end_user_sessions() -> usize {
         else {
             continue;
         };
-        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        if is_session_title(&cmdline) && real_uid(&status).is_some_and(|u| uids.contains(&u)) {
+        if pick(&cmdline, &entry.path()) {
             let signalled = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGTERM,

@@ -81,31 +81,24 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
+/// Year, month, day, hour, minute, second (UTC) of seconds since the Unix epoch.
+fn utc_fields(unix_secs: u64) -> (u64, u64, u64, u64, u64, u64) {
+    let (year, month, day) = civil_from_days(unix_secs / 86_400);
+    let secs = unix_secs % 86_400;
+    (year, month, day, secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 /// `2026-11-24 08:35:33 UTC` for seconds since the Unix epoch.
 pub fn format_utc(unix_secs: u64) -> String {
-    let days = unix_secs / 86_400;
-    let secs = unix_secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let (y, mo, d, h, mi, s) = utc_fields(unix_secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
 /// `20261124T083533Z` (ISO 8601 basic format) for seconds since the Unix
 /// epoch: for file names, so no spaces and no colons.
 pub fn format_utc_compact(unix_secs: u64) -> String {
-    let days = unix_secs / 86_400;
-    let secs = unix_secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let (y, mo, d, h, mi, s) = utc_fields(unix_secs);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).

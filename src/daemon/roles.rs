@@ -272,10 +272,7 @@ impl Daemon {
             return;
         }
         self.claim_seen = Some(mark);
-        let claim: Claim = match fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
+        let claim: Claim = match read_json(&path) {
             Ok(c) => c,
             Err(err) => {
                 tracing::warn!(path = %path.display(), "cannot read the master's claim: {err}");
@@ -440,10 +437,7 @@ impl Daemon {
     /// SIGUSR1: reads the request `sftp-ha promote` / `demote` left.
     pub(super) fn on_command(&mut self) {
         let path = self.runtime_dir.join(REQUEST_FILE);
-        let request: CommandRequest = match fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
+        let request: CommandRequest = match read_json(&path) {
             Ok(r) => r,
             Err(err) => {
                 tracing::warn!(path = %path.display(), "SIGUSR1 without a readable request: {err}");
@@ -677,6 +671,12 @@ fn save_baseline(config: &crate::config::Config) -> Result<(), role::RoleError> 
     };
     let (tree, _) = crate::sync::tree::scan(&config.data_dir, &mut |_| {}).map_err(fail)?;
     crate::sync::reconcile::save_baseline(&path, &tree).map_err(fail)
+}
+
+/// A small JSON file of ours (root's, in a root-only folder).
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
 /// The control folder: root's, 0700, a real folder (never a link).

@@ -141,6 +141,18 @@ pub struct SyncSettings {
     pub audit_interval: Duration,
 }
 
+impl SyncSettings {
+    /// This master's claim on the peer.
+    fn claim(&self, handover: Option<u64>, reconciled: bool) -> Claim {
+        Claim {
+            node: self.node.clone(),
+            epoch: self.live.epoch,
+            handover,
+            reconciled,
+        }
+    }
+}
+
 /// The running worker; dropping it does not stop it, [`SyncHandle::stop`] does.
 pub struct SyncHandle {
     stop: Arc<AtomicBool>,
@@ -647,15 +659,7 @@ impl Worker {
             });
         }
         // The standby learns (again) whose replication it takes, and at which epoch.
-        write_claim(
-            &mut standby.sftp,
-            &Claim {
-                node: self.settings.node.clone(),
-                epoch: self.settings.live.epoch,
-                handover: None,
-                reconciled: false,
-            },
-        )?;
+        write_claim(&mut standby.sftp, &self.settings.claim(None, false))?;
         let mut remote = Tree::new();
         // What the audit removes at once: unfinished temporaries, and links
         // and special files (the master never sends one, and root on the
@@ -815,15 +819,7 @@ impl Worker {
             // The peer may be mirrored over from now on, and it knows it;
             // the baseline goes only once it does.
             if let Some(standby) = self.standby.as_mut() {
-                write_claim(
-                    &mut standby.sftp,
-                    &Claim {
-                        node: self.settings.node.clone(),
-                        epoch: self.settings.live.epoch,
-                        handover: None,
-                        reconciled: true,
-                    },
-                )?;
+                write_claim(&mut standby.sftp, &self.settings.claim(None, true))?;
             }
             self.baseline = None;
             let path = self.settings.state_dir.join(BASELINE_FILE);
@@ -1400,12 +1396,7 @@ impl Worker {
             return Some(Instant::now() + Duration::from_millis(200));
         }
         let to = self.settings.live.epoch + 1;
-        let claim = Claim {
-            node: self.settings.node.clone(),
-            epoch: self.settings.live.epoch,
-            handover: Some(to),
-            reconciled: false,
-        };
+        let claim = self.settings.claim(Some(to), false);
         let written = match self.standby.as_mut() {
             Some(standby) => write_claim(&mut standby.sftp, &claim).map_err(TransportError::from),
             None => Err(TransportError::NotPinned),
