@@ -211,6 +211,7 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
     let mut worker = Worker {
         baseline,
         peer_unreconciled: false,
+        union: false,
         control: control.clone(),
         last_peer_check: Instant::now(),
         index_path: settings.state_dir.join(INDEX_FILE),
@@ -254,6 +255,9 @@ struct Worker {
     baseline: Option<Tree>,
     /// The peer says it was a master and has not been reconciled.
     peer_unreconciled: bool,
+    /// `baseline` is empty because there is none for this peer: everything
+    /// of its that differs is kept.
+    union: bool,
     control: Arc<Mutex<Control>>,
     /// When the peer's role was last read (every [`PEER_CHECK`] while connected).
     last_peer_check: Instant,
@@ -752,6 +756,7 @@ impl Worker {
         if self.baseline.is_none() && self.peer_unreconciled {
             tracing::warn!(standby = %self.settings.standby, "the peer was a master and has not been reconciled, and this host has no baseline for it: whatever it has that this host lacks comes back here, nothing is deleted there");
             self.baseline = Some(Tree::new());
+            self.union = true;
             self.set_status(|s| s.reconciling = true);
         }
         let differing = if self.baseline.is_some() {
@@ -822,6 +827,7 @@ impl Worker {
                 write_claim(&mut standby.sftp, &self.settings.claim(None, true))?;
             }
             self.baseline = None;
+            self.union = false;
             let path = self.settings.state_dir.join(BASELINE_FILE);
             match std::fs::remove_file(&path) {
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -1188,21 +1194,16 @@ impl Worker {
                     !host_local(source)
                 })
                 .collect();
-        let same_version =
-            |a: &Entry, b: &Entry| a.kind == b.kind && a.size == b.size && a.mtime == b.mtime;
-        let suspects: Vec<(Vec<u8>, Entry)> = self
-            .current
-            .iter()
-            .filter(|(path, mine)| {
-                mine.kind == Kind::File
-                    && !host_local(path)
-                    && remote
-                        .get(*path)
-                        .is_some_and(|there| same_version(mine, there))
-                    && !baseline.get(*path).is_some_and(|b| same_version(mine, b))
-            })
-            .filter_map(|(path, _)| remote.get(path).map(|there| (path.clone(), *there)))
-            .collect();
+        // Without a baseline (the union) every file both have alike would
+        // be read whole; that is left to size and mtime.
+        let suspects: Vec<(Vec<u8>, Entry)> = if self.union {
+            Vec::new()
+        } else {
+            reconcile::same_second_suspects(&self.current, remote, baseline)
+                .into_iter()
+                .filter(|(path, _)| !host_local(path))
+                .collect()
+        };
         let endpoint = self.settings.standby.to_string();
         let failed = |message: String| TransportError::Reconcile {
             endpoint: endpoint.clone(),
