@@ -44,10 +44,12 @@ pub struct Live {
     #[serde(default)]
     pub from_config: bool,
     /// This host was a master and may hold uploads its current master
-    /// lacks: until that master says it has reconciled them (a claim with
-    /// `reconciled`), the peer must not mirror over this host's tree.
+    /// lacks: until that master says it has reconciled them (a claim whose
+    /// `reconciled` names this token), the peer must not mirror over this
+    /// host's tree. The token names the step-down, so an old claim about an
+    /// earlier one never clears a later one.
     #[serde(default)]
-    pub unreconciled: bool,
+    pub unreconciled: Option<u64>,
 }
 
 impl Live {
@@ -60,7 +62,7 @@ impl Live {
             since: now,
             reason: "first start: the role in config.toml".into(),
             from_config: true,
-            unreconciled: false,
+            unreconciled: None,
         }
     }
 
@@ -83,7 +85,10 @@ impl Live {
             reason: format!("role = \"{configured}\" set in config.toml by the admin"),
             from_config: true,
             // A master made standby by the admin may hold uploads.
-            unreconciled: self.unreconciled || configured == Role::Standby,
+            unreconciled: match configured {
+                Role::Master => None,
+                Role::Standby => self.unreconciled.or(Some(token(now, self.epoch))),
+            },
         })
     }
 
@@ -97,12 +102,17 @@ impl Live {
             // A master's own tree is the truth; a standby keeps what it had
             // to be reconciled, and a master stepping down has some.
             unreconciled: match (self.role, role) {
-                (_, Role::Master) => false,
-                (Role::Master, Role::Standby) => true,
+                (_, Role::Master) => None,
+                (Role::Master, Role::Standby) => Some(token(now, epoch)),
                 (Role::Standby, Role::Standby) => self.unreconciled,
             },
         }
     }
+}
+
+/// Names one step-down: when, and into which epoch.
+fn token(now: u64, epoch: u64) -> u64 {
+    (now << 16) | (epoch & 0xffff)
 }
 
 /// What a host tells its peer about itself (`<data>/.sftp-ha-ctl/role.json`).
@@ -119,7 +129,7 @@ pub struct Published {
     pub users: Option<UsersOutcome>,
     /// See [`Live::unreconciled`]: the master reconciles before mirroring.
     #[serde(default)]
-    pub unreconciled: bool,
+    pub unreconciled: Option<u64>,
 }
 
 /// A users.yaml apply on the standby, as the master shows it.
@@ -140,9 +150,9 @@ pub struct Claim {
     #[serde(default)]
     pub handover: Option<u64>,
     /// The master has reconciled this host's tree (brought back what only it
-    /// had): it may be mirrored over from now on.
+    /// had) for the step-down with this token: it may be mirrored over now.
     #[serde(default)]
-    pub reconciled: bool,
+    pub reconciled: Option<u64>,
 }
 
 /// What a master's replication worker does after reading its peer's role.
@@ -239,7 +249,7 @@ pub fn judge_claim(me: &Live, claim: &Claim, now: u64) -> ClaimVerdict {
             ))
         }
         (Role::Standby, _) if claim.epoch > me.epoch => ClaimVerdict::Follow(Live {
-            unreconciled: me.unreconciled && !claim.reconciled,
+            unreconciled: me.unreconciled.filter(|t| claim.reconciled != Some(*t)),
             ..me.become_(
                 Role::Standby,
                 claim.epoch,
@@ -250,15 +260,17 @@ pub fn judge_claim(me: &Live, claim: &Claim, now: u64) -> ClaimVerdict {
                 ),
             )
         }),
-        (Role::Standby, _) if me.unreconciled && claim.reconciled => ClaimVerdict::Follow(Live {
-            unreconciled: false,
-            ..me.become_(
-                Role::Standby,
-                me.epoch,
-                now,
-                format!("reconciled by the master {}", claim.node),
-            )
-        }),
+        (Role::Standby, _) if me.unreconciled.is_some() && claim.reconciled == me.unreconciled => {
+            ClaimVerdict::Follow(Live {
+                unreconciled: None,
+                ..me.become_(
+                    Role::Standby,
+                    me.epoch,
+                    now,
+                    format!("reconciled by the master {}", claim.node),
+                )
+            })
+        }
         (Role::Standby, _) => ClaimVerdict::Ignore,
         (Role::Master, _) if claim.epoch > me.epoch => ClaimVerdict::StepDown(me.become_(
             Role::Standby,
@@ -421,7 +433,7 @@ mod tests {
             since: 0,
             reason: String::new(),
             from_config: false,
-            unreconciled: false,
+            unreconciled: None,
         }
     }
 
@@ -451,7 +463,7 @@ mod tests {
             epoch,
             wants_master: false,
             users: None,
-            unreconciled: false,
+            unreconciled: None,
         }
     }
 
@@ -460,39 +472,53 @@ mod tests {
             node: node.into(),
             epoch,
             handover,
-            reconciled: false,
+            reconciled: None,
         }
     }
 
     #[test]
     fn a_master_that_steps_down_stays_unreconciled_until_its_master_says_so() {
-        let me = step_down(&live(Role::Master, 1), 2, "newer".into(), 0);
-        assert!(me.unreconciled);
+        let me = step_down(&live(Role::Master, 1), 2, "newer".into(), 100);
+        let token = me.unreconciled.expect("a token");
         // Following a claim does not clear it...
         let me = match judge_claim(&me, &claim("n", 3, None), 0) {
             ClaimVerdict::Follow(l) => l,
             other => panic!("{other:?}"),
         };
-        assert!(me.unreconciled && me.epoch == 3);
+        assert!(me.unreconciled == Some(token) && me.epoch == 3);
         assert_eq!(
             judge_claim(&me, &claim("n", 3, None), 0),
             ClaimVerdict::Ignore
         );
-        // ...only a claim that says the reconciliation is done.
+        // ...nor a claim about another step-down (left over from an earlier one)...
+        let mut old = claim("n", 3, None);
+        old.reconciled = Some(token + 1);
+        assert_eq!(judge_claim(&me, &old, 0), ClaimVerdict::Ignore);
+        // ...only a claim that says this one is reconciled.
         let mut done = claim("n", 3, None);
-        done.reconciled = true;
+        done.reconciled = Some(token);
         match judge_claim(&me, &done, 0) {
-            ClaimVerdict::Follow(l) => assert!(!l.unreconciled && l.epoch == 3),
+            ClaimVerdict::Follow(l) => assert!(l.unreconciled.is_none() && l.epoch == 3),
             other => panic!("{other:?}"),
         }
-        // An admin making a master a standby by config counts too.
+        // Two step-downs get two tokens.
+        let again = step_down(&live(Role::Master, 4), 5, "newer".into(), 200);
+        assert_ne!(again.unreconciled, Some(token));
+        // An admin making a master a standby by config counts too; the other way not.
         let by_config = Live::first(Role::Master, 0)
             .follow_config(Role::Standby, 1)
             .unwrap();
-        assert!(by_config.unreconciled);
+        assert!(by_config.unreconciled.is_some());
+        assert!(
+            by_config
+                .follow_config(Role::Master, 2)
+                .unwrap()
+                .unreconciled
+                .is_none()
+        );
         // A promotion clears it: a master's tree is the truth.
         match judge_promote(&me, &PeerAnswer::Unreachable("x".into()), false, 0) {
-            PromoteVerdict::Failover(l) => assert!(!l.unreconciled),
+            PromoteVerdict::Failover(l) => assert!(l.unreconciled.is_none()),
             other => panic!("{other:?}"),
         }
     }

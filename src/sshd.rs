@@ -2,6 +2,7 @@
 //! It is written atomically, checked with `sshd -t` against the host's whole
 //! config, put back as it was if sshd refuses it, and only then is sshd reloaded.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -105,14 +106,31 @@ pub enum Installed {
 
 /// Writes the drop-in if it differs, checks it with `sshd -t`, reloads sshd.
 pub fn install(data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
-    install_at(Path::new(DROP_IN), data_dir, role)
+    install_at(Path::new(DROP_IN), data_dir, role, false)
 }
 
-fn install_at(path: &Path, data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
+/// [`install`], and sshd reloaded even if the file was already up to date:
+/// at start and on a role change, the running sshd must have loaded it (a
+/// crash between writing the file and the reload would leave a standby's
+/// users writable).
+pub fn install_and_reload(data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
+    install_at(Path::new(DROP_IN), data_dir, role, true)
+}
+
+fn install_at(
+    path: &Path,
+    data_dir: &Path,
+    role: Role,
+    always_reload: bool,
+) -> Result<Installed, SshdError> {
     let text = render(data_dir, role);
     let previous = fs::read(path).ok();
     if previous.as_deref() == Some(text.as_bytes()) {
-        return Ok(Installed::Unchanged);
+        return if always_reload {
+            reload()
+        } else {
+            Ok(Installed::Unchanged)
+        };
     }
     let write_err = |source| SshdError::Write {
         path: path.to_path_buf(),
@@ -173,40 +191,101 @@ pub fn end_sync_sessions() -> usize {
     end_processes(|cmdline, _| is_sync_session(cmdline))
 }
 
-/// Ends every open SFTP session of a managed user (a member of
-/// [`crate::layout::MANAGED_GROUP`]): a host that stops being the master must
-/// stop taking uploads at once, and a new drop-in changes only new sessions.
-/// Processes of accounts sftp-ha does not manage are never touched. Returns
-/// how many processes were signalled.
-pub fn end_user_sessions() -> usize {
-    let uids: std::collections::HashSet<u32> =
-        nix::unistd::Group::from_name(crate::layout::MANAGED_GROUP)
-            .ok()
-            .flatten()
-            .map(|g| {
-                g.mem
-                    .iter()
-                    .filter_map(|name| nix::unistd::User::from_name(name).ok().flatten())
-                    .map(|u| u.uid.as_raw())
-                    .filter(|uid| *uid != 0)
-                    .collect()
-            })
-            .unwrap_or_default();
-    if uids.is_empty() {
+/// The processes of the SSH connections open now (every sshd process but
+/// the listener). A connection keeps the sshd config it was accepted with,
+/// also for a login that completes after a reload: these are the ones a
+/// host that stops taking uploads must watch (see [`end_user_sessions_of`]).
+pub fn connection_pids() -> HashSet<i32> {
+    let mut pids = HashSet::new();
+    end_processes(|cmdline, proc_dir| {
+        let title = title(cmdline);
+        if session_user(title).is_some()
+            && !title.windows(10).any(|w| w == b"[listener]")
+            && let Some(pid) = proc_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+        {
+            pids.insert(pid);
+        }
+        false
+    });
+    pids
+}
+
+/// Ends the sessions of managed users (members of
+/// [`crate::layout::MANAGED_GROUP`], named in the process title or by the
+/// real uid) that belong to one of `connections` (the process itself or an
+/// ancestor): also a login that was waiting for its password when the role
+/// changed. Other accounts' sessions (root's, the sync account's) and
+/// connections made later (read-only) are never touched. Returns how many
+/// processes were signalled.
+pub fn end_user_sessions_of(connections: &HashSet<i32>) -> usize {
+    if connections.is_empty() {
+        return 0;
+    }
+    let (names, uids) = managed_accounts();
+    if names.is_empty() {
         return 0;
     }
     end_processes(|cmdline, proc_dir| {
-        is_session_title(cmdline)
-            && fs::read_to_string(proc_dir.join("status"))
+        let title = title(cmdline);
+        let managed = session_user(title).is_some_and(|u| names.contains(u))
+            || fs::read_to_string(proc_dir.join("status"))
                 .ok()
                 .and_then(|status| real_uid(&status))
-                .is_some_and(|u| uids.contains(&u))
+                .is_some_and(|u| uids.contains(&u));
+        managed && descends_from(proc_dir, connections)
     })
+}
+
+/// The names and uids of the managed accounts.
+fn managed_accounts() -> (HashSet<Vec<u8>>, HashSet<u32>) {
+    let members = nix::unistd::Group::from_name(crate::layout::MANAGED_GROUP)
+        .ok()
+        .flatten()
+        .map(|g| g.mem)
+        .unwrap_or_default();
+    let uids = members
+        .iter()
+        .filter_map(|name| nix::unistd::User::from_name(name).ok().flatten())
+        .map(|u| u.uid.as_raw())
+        .filter(|uid| *uid != 0)
+        .collect();
+    (members.into_iter().map(String::into_bytes).collect(), uids)
+}
+
+/// True if the process of `proc_dir`, or one of its ancestors, is in `pids`.
+fn descends_from(proc_dir: &Path, pids: &HashSet<i32>) -> bool {
+    let mut pid: Option<i32> = proc_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok());
+    // sshd nests a connection's processes a few levels deep at most.
+    for _ in 0..8 {
+        let Some(p) = pid.filter(|p| *p > 1) else {
+            return false;
+        };
+        if pids.contains(&p) {
+            return true;
+        }
+        pid = fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|stat| parent_pid(&stat));
+    }
+    false
+}
+
+/// The parent pid in a `/proc/PID/stat` text (the field after the state,
+/// which follows the command name in parentheses, which may hold anything).
+fn parent_pid(stat: &str) -> Option<i32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Sends SIGTERM to every process whose command line (and `/proc/PID`
 /// folder) `pick` chooses; returns how many were signalled.
-fn end_processes(pick: impl Fn(&[u8], &Path) -> bool) -> usize {
+fn end_processes(mut pick: impl FnMut(&[u8], &Path) -> bool) -> usize {
     let Ok(entries) = fs::read_dir("/proc") else {
         return 0;
     };
@@ -244,10 +323,23 @@ fn real_uid(status: &str) -> Option<u32> {
         .ok()
 }
 
-/// An sshd session process (`sshd: NAME@notty`, `sshd-session: ...`).
-fn is_session_title(cmdline: &[u8]) -> bool {
-    let title = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-    title.starts_with(b"sshd: ") || title.starts_with(b"sshd-session: ")
+/// A process title: the first word of its command line.
+fn title(cmdline: &[u8]) -> &[u8] {
+    cmdline.split(|b| *b == 0).next().unwrap_or_default()
+}
+
+/// The account an sshd connection process names in its title (`sshd:
+/// EPuser [priv]`, `sshd: EPuser@notty`, `sshd-session: ...`, `sshd-auth:
+/// ...`), or `[accepted]`-style placeholders before the client named one.
+fn session_user(title: &[u8]) -> Option<&[u8]> {
+    let rest = [&b"sshd: "[..], b"sshd-session: ", b"sshd-auth: "]
+        .iter()
+        .find_map(|p| title.strip_prefix(*p))?;
+    let end = rest
+        .iter()
+        .position(|b| *b == b' ' || *b == b'@')
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 /// sshd's process title for a session of the sync account: `sshd:
@@ -293,10 +385,18 @@ mod tests {
 
     #[test]
     fn user_sessions_are_found_by_title_and_real_uid() {
-        assert!(is_session_title(b"sshd: EPuser@notty\0"));
-        assert!(is_session_title(b"sshd-session: EPuser@internal-sftp\0"));
-        assert!(!is_session_title(b"/usr/sbin/sshd\0-D\0"));
-        assert!(!is_session_title(b"bash\0"));
+        let user = |cmdline: &[u8]| session_user(title(cmdline)).map(<[u8]>::to_vec);
+        assert_eq!(user(b"sshd: EPuser@notty\0"), Some(b"EPuser".to_vec()));
+        assert_eq!(user(b"sshd: EPuser [priv]\0"), Some(b"EPuser".to_vec()));
+        assert_eq!(
+            user(b"sshd-session: EPuser@internal-sftp\0"),
+            Some(b"EPuser".to_vec())
+        );
+        assert_eq!(user(b"sshd-auth: EPuser [net]\0"), Some(b"EPuser".to_vec()));
+        assert_eq!(user(b"/usr/sbin/sshd\0-D\0"), None);
+        assert_eq!(user(b"bash\0"), None);
+        assert_eq!(parent_pid("12 (sshd: a) b) S 7 12 12 0"), Some(7));
+        assert_eq!(parent_pid("garbage"), None);
         assert_eq!(
             real_uid("Name:\tsshd\nUid:\t1001\t1001\t1001\t1001\n"),
             Some(1001)

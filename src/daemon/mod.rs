@@ -97,6 +97,9 @@ struct Daemon {
     claim_seen: Option<roles::ClaimMark>,
     /// A `promote` / `demote` under way.
     pending: Option<roles::Pending>,
+    /// Until when, and against which connections, users' sessions are ended
+    /// after this host stopped taking uploads (see [`roles::FENCE_WINDOW`]).
+    fencing: Option<(Instant, std::collections::HashSet<i32>)>,
     /// The published role asks the master to hand over (`promote`).
     wants_master: bool,
 }
@@ -179,6 +182,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         node: crate::role::node_name(),
         claim_seen: None,
         pending: None,
+        fencing: None,
         wants_master: false,
     };
     daemon.refresh_config_fields();
@@ -186,6 +190,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
     // One writer at a time: on a master, a former master's replication
     // sessions; on a standby, users' sessions from before a crash mid-switch.
     daemon.fence();
+    daemon.forget_claim_if_master();
     daemon.publish_role();
     daemon.bind_sftp_log();
     daemon.users.startup();
@@ -272,6 +277,7 @@ impl Daemon {
             }
             self.clean_up_temporaries();
             self.check_claim();
+            self.keep_fencing();
             self.check_sync_control();
             self.advance_request();
             if std::mem::take(&mut self.users.rewatched)
@@ -385,7 +391,7 @@ impl Daemon {
     /// Writes the drop-in for `role` (a master handing over already serves
     /// its users as a standby would).
     fn install_sshd_for(&mut self, role: Role) {
-        self.status.sshd = match crate::sshd::install(&self.config.data_dir, role) {
+        self.status.sshd = match crate::sshd::install_and_reload(&self.config.data_dir, role) {
             Ok(installed) => {
                 let words = match installed {
                     crate::sshd::Installed::Unchanged => "drop-in up to date",

@@ -25,6 +25,10 @@ use super::Daemon;
 /// for the last changes to reach the standby, before giving up (and undoing
 /// what it did).
 const HANDOVER_PATIENCE: Duration = Duration::from_secs(30);
+/// How long after this host stopped taking uploads the connections that were
+/// open then are watched: one still logging in (sshd's LoginGraceTime is 2
+/// minutes by default) would get the config it was accepted with, writable.
+pub const FENCE_WINDOW: Duration = Duration::from_secs(180);
 /// The request `sftp-ha promote` / `demote` leaves in the runtime dir.
 pub const REQUEST_FILE: &str = "request.json";
 
@@ -111,6 +115,14 @@ impl Daemon {
 
     fn control_dir(&self) -> PathBuf {
         self.config.data_dir.join(CONTROL_DIR)
+    }
+
+    /// A master forgets the claim of the master it once followed: it must
+    /// never be judged again (see [`Daemon::check_claim`]).
+    pub(super) fn forget_claim_if_master(&self) {
+        if self.live.role == Role::Master {
+            let _ = fs::remove_file(self.control_dir().join(CLAIM_FILE));
+        }
     }
 
     /// Writes this host's [`Published`] role for the peer to read.
@@ -209,14 +221,15 @@ impl Daemon {
     /// Everything that follows the role, switched to the current one.
     fn switch_role_parts(&mut self) {
         let role = self.live.role;
+        // Users first: stopping the worker can take seconds.
+        self.install_sshd();
+        self.fence();
         if role == Role::Standby
             && let Some(sync) = self.sync.take()
         {
             sync.stop(Duration::from_secs(3));
             self.status.sync = None;
         }
-        self.install_sshd();
-        self.fence();
         self.publish_role();
         self.claim_seen = None;
         match super::UsersWatch::new(&self.config.data_dir, self.config.hash_method, role) {
@@ -238,10 +251,12 @@ impl Daemon {
 
     /// Ends the sessions that the role forbids: on a master, replication
     /// sessions of the former master; on a standby, the users' sessions (a new
-    /// drop-in changes only new sessions).
-    pub(super) fn fence(&self) {
+    /// drop-in changes only new connections), and for [`FENCE_WINDOW`] any
+    /// login completing on a connection that was open then.
+    pub(super) fn fence(&mut self) {
         match self.live.role {
             Role::Master => {
+                self.fencing = None;
                 let ended = crate::sshd::end_sync_sessions();
                 if ended > 0 {
                     tracing::warn!(
@@ -250,13 +265,37 @@ impl Daemon {
                 }
             }
             Role::Standby => {
-                let ended = crate::sshd::end_user_sessions();
-                if ended > 0 {
-                    tracing::warn!(
-                        "ended {ended} user session process(es): this host is not the master, users may only read here"
-                    );
-                }
+                self.fence_users("this host is not the master, users may only read here")
             }
+        }
+    }
+
+    /// Ends the users' sessions on the connections open now, and keeps doing
+    /// so for [`FENCE_WINDOW`] (call after the read-only drop-in is loaded).
+    fn fence_users(&mut self, why: &str) {
+        let connections = crate::sshd::connection_pids();
+        let ended = crate::sshd::end_user_sessions_of(&connections);
+        if ended > 0 {
+            tracing::warn!("ended {ended} user session process(es): {why}");
+        }
+        self.fencing = Some((Instant::now() + FENCE_WINDOW, connections));
+    }
+
+    /// Each loop while fencing: a login that completes on a connection that
+    /// was open when this host stopped taking uploads is ended.
+    pub(super) fn keep_fencing(&mut self) {
+        let Some((until, connections)) = &self.fencing else {
+            return;
+        };
+        if Instant::now() >= *until {
+            self.fencing = None;
+            return;
+        }
+        let ended = crate::sshd::end_user_sessions_of(connections);
+        if ended > 0 {
+            tracing::warn!(
+                "ended {ended} user session process(es) that logged in on a connection opened while this host still took uploads"
+            );
         }
     }
 
@@ -419,10 +458,7 @@ impl Daemon {
             "handing the role over: users' sessions end, new ones are read-only, the last changes go to the standby"
         );
         self.install_sshd_for(Role::Standby);
-        let ended = crate::sshd::end_user_sessions();
-        if ended > 0 {
-            tracing::info!("ended {ended} user session process(es) for the handover");
-        }
+        self.fence_users("handing the role over");
         if let Some(sync) = &self.sync {
             sync.control(|c| c.hand_over = true);
         }
@@ -571,6 +607,7 @@ impl Daemon {
                     sync.control(|c| c.hand_over = false);
                 }
                 // Users may write again.
+                self.fencing = None;
                 self.install_sshd();
                 tracing::error!(
                     "the handover did not complete in time; this host stays the master"
@@ -599,8 +636,11 @@ impl Daemon {
         let peer = self.config.sync.peer.clone();
         let state = self.config.state_dir.clone();
         std::thread::spawn(move || {
+            // Nobody to ask is not "nobody there": the master may be up.
             let Some(peer) = peer else {
-                return PeerAnswer::Unreachable("no [sync] peer is set in config.toml".into());
+                return PeerAnswer::Unasked(
+                    "no [sync] peer is set in config.toml; set peer = \"HOST\" (the master) under [sync]".into(),
+                );
             };
             let pinned = crate::pair::pinned_host_key(&state);
             let key = crate::pair::key_path(&state);

@@ -143,7 +143,7 @@ pub struct SyncSettings {
 
 impl SyncSettings {
     /// This master's claim on the peer.
-    fn claim(&self, handover: Option<u64>, reconciled: bool) -> Claim {
+    fn claim(&self, handover: Option<u64>, reconciled: Option<u64>) -> Claim {
         Claim {
             node: self.node.clone(),
             epoch: self.live.epoch,
@@ -210,7 +210,7 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
     let watcher = watch::Watcher::new(settings.data_dir.clone())?;
     let mut worker = Worker {
         baseline,
-        peer_unreconciled: false,
+        peer_unreconciled: None,
         union: false,
         control: control.clone(),
         last_peer_check: Instant::now(),
@@ -253,8 +253,9 @@ struct Worker {
     /// This host's tree when it was promoted: while it is here, the peer is a
     /// former master to reconcile before anything is mirrored to it.
     baseline: Option<Tree>,
-    /// The peer says it was a master and has not been reconciled.
-    peer_unreconciled: bool,
+    /// The peer says it was a master and has not been reconciled (the token
+    /// of that step-down, echoed back once it is).
+    peer_unreconciled: Option<u64>,
     /// `baseline` is empty because there is none for this peer: everything
     /// of its that differs is kept.
     union: bool,
@@ -663,7 +664,7 @@ impl Worker {
             });
         }
         // The standby learns (again) whose replication it takes, and at which epoch.
-        write_claim(&mut standby.sftp, &self.settings.claim(None, false))?;
+        write_claim(&mut standby.sftp, &self.settings.claim(None, None))?;
         let mut remote = Tree::new();
         // What the audit removes at once: unfinished temporaries, and links
         // and special files (the master never sends one, and root on the
@@ -753,8 +754,8 @@ impl Worker {
         // down on its own after a forced promotion of its own): everything
         // it has that this host lacks is brought back, nothing of it is
         // taken as deleted here.
-        if self.baseline.is_none() && self.peer_unreconciled {
-            tracing::warn!(standby = %self.settings.standby, "the peer was a master and has not been reconciled, and this host has no baseline for it: whatever it has that this host lacks comes back here, nothing is deleted there");
+        if self.baseline.is_none() && self.peer_unreconciled.is_some() {
+            tracing::info!(standby = %self.settings.standby, "the peer was a master before it became this host's standby, and this host has no baseline for it: whatever it has that this host lacks comes here first, nothing is deleted there");
             self.baseline = Some(Tree::new());
             self.union = true;
             self.set_status(|s| s.reconciling = true);
@@ -824,7 +825,10 @@ impl Worker {
             // The peer may be mirrored over from now on, and it knows it;
             // the baseline goes only once it does.
             if let Some(standby) = self.standby.as_mut() {
-                write_claim(&mut standby.sftp, &self.settings.claim(None, true))?;
+                write_claim(
+                    &mut standby.sftp,
+                    &self.settings.claim(None, self.peer_unreconciled),
+                )?;
             }
             self.baseline = None;
             self.union = false;
@@ -835,7 +839,7 @@ impl Worker {
                 }
                 _ => {}
             }
-            self.peer_unreconciled = false;
+            self.peer_unreconciled = None;
             tracing::info!(standby = %self.settings.standby, "reconciled with the former master: normal one-way replication from now on");
             self.set_status(|s| s.reconciling = false);
         }
@@ -1338,7 +1342,7 @@ impl Worker {
                 epoch: 0,
                 wants_master: false,
                 users: None,
-                unreconciled: false,
+                unreconciled: None,
             },
             Err(e) => return Err(e.into()),
         };
@@ -1397,7 +1401,7 @@ impl Worker {
             return Some(Instant::now() + Duration::from_millis(200));
         }
         let to = self.settings.live.epoch + 1;
-        let claim = self.settings.claim(Some(to), false);
+        let claim = self.settings.claim(Some(to), None);
         let written = match self.standby.as_mut() {
             Some(standby) => write_claim(&mut standby.sftp, &claim).map_err(TransportError::from),
             None => Err(TransportError::NotPinned),
