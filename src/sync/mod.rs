@@ -19,6 +19,7 @@ pub mod lease;
 mod memory;
 pub mod push;
 pub mod reconcile;
+pub mod schedule;
 pub mod sftp;
 pub mod transport;
 pub mod tree;
@@ -35,25 +36,17 @@ use crate::layout::{CLAIM_FILE, CONTROL_DIR, ROLE_FILE};
 use crate::role::{Claim, Live, PeerVerdict, Published, Role};
 use crate::timefmt::unix_now;
 use push::{OpError, put_file, remote_path};
+use schedule::Schedule;
 use transport::{Standby, TransportError};
 use tree::{Entry, Kind, Op, TEMP_DIR, Tree};
 
-/// How long after the first event of a batch its round starts: the events of
-/// a burst arriving meanwhile join the same round. Not reset by later events,
-/// so a steady stream of uploads cannot postpone replication.
-const DEBOUNCE: Duration = Duration::from_millis(25);
 /// A file modified this recently and not yet closed may still be written to.
 const SETTLE: Duration = Duration::from_secs(2);
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-/// A standby back after an outage is noticed within this (plus the connect timeout).
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const INDEX_FILE: &str = "sync-index";
 /// The master's tree when this host was promoted (see [`reconcile`]).
 pub const BASELINE_FILE: &str = "baseline";
 /// Every file brought back and conflict copy kept, one JSON object per line.
 pub const RECONCILE_REPORT: &str = "reconcile-report.jsonl";
-/// At most one write of the index per this interval (see `Worker::save_index`).
-const INDEX_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Sessions to the standby that share a run of uploads: many small files are
 /// bound by round trips and the standby's fsyncs, which sessions overlap.
 const SESSIONS: usize = 4;
@@ -63,9 +56,6 @@ const PARALLEL_MIN: usize = 8;
 const BATCH: usize = 16;
 /// Refused operations logged one by one per minute; the rest are counted.
 const REFUSALS_LOGGED: usize = 10;
-/// How often a connected master reads its peer's role: a promotion there (or
-/// a switchover request) is noticed within this.
-const PEER_CHECK: Duration = Duration::from_secs(1);
 
 /// What the sync worker reports, for `sftp-ha status` and the STATUS= line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -213,7 +203,11 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         peer_unreconciled: false,
         union: false,
         control: control.clone(),
-        last_peer_check: Instant::now(),
+        schedule: Schedule::new(
+            Instant::now(),
+            settings.fallback_interval,
+            settings.audit_interval,
+        ),
         index_path: settings.state_dir.join(INDEX_FILE),
         index: tree::load_index(&settings.state_dir.join(INDEX_FILE)),
         settings,
@@ -225,17 +219,12 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         closed: HashSet::new(),
         standby: None,
         helpers: Vec::new(),
-        backoff: BACKOFF_MIN,
         stop: stop.clone(),
         status: status.clone(),
         skipped_logged: HashSet::new(),
         refused: std::collections::HashMap::new(),
         refusals_logged: (Instant::now(), 0),
         said: None,
-        next_audit: Instant::now(),
-        retry_at: None,
-        index_unsaved: false,
-        index_saved: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name("sync".into())
@@ -259,8 +248,8 @@ struct Worker {
     /// of its that differs is kept.
     union: bool,
     control: Arc<Mutex<Control>>,
-    /// When the peer's role was last read (every [`PEER_CHECK`] while connected).
-    last_peer_check: Instant,
+    /// Rounds, reconnects, audits, peer checks and index writes: when each is due.
+    schedule: Schedule,
     index_path: PathBuf,
     /// What the standby has confirmed.
     index: Tree,
@@ -280,7 +269,6 @@ struct Worker {
     standby: Option<Standby>,
     /// Extra sessions that share a run of uploads with `standby`.
     helpers: Vec<Standby>,
-    backoff: Duration,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<SyncStatus>>,
     skipped_logged: HashSet<Vec<u8>>,
@@ -292,13 +280,6 @@ struct Worker {
     /// The last connection failure logged, so a repeated one is said once;
     /// cleared once an audit succeeds.
     said: Option<String>,
-    /// When to list the standby and repair drift next (also after every connect).
-    next_audit: Instant,
-    /// While the standby is unreachable: when to try again (capped backoff).
-    retry_at: Option<Instant>,
-    /// The index changed since it was last written, and when that was.
-    index_unsaved: bool,
-    index_saved: Instant,
 }
 
 /// What a targeted round looks at: paths whose own entry changed, and paths
@@ -312,47 +293,37 @@ struct Changed {
 impl Worker {
     fn run(&mut self) {
         tracing::info!(standby = %self.settings.standby, "sync started");
-        let mut due = Some(Instant::now()); // start-up scan
-        let mut next_fallback = Instant::now() + self.settings.fallback_interval;
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
-            let wake = due.unwrap_or(next_fallback).min(next_fallback);
-            let wait = wake
-                .saturating_duration_since(now)
-                .min(Duration::from_millis(200));
+            let wait = self.schedule.next_wake(now).saturating_duration_since(now);
             if self.wait_for_events(wait) {
-                // Soon, but not before a reconnect is due, and never later than planned.
-                let soon = Instant::now() + DEBOUNCE;
-                let earliest = self.retry_at.map_or(soon, |r| r.max(soon));
-                due = Some(due.map_or(earliest, |d| d.min(earliest)));
+                self.schedule.events_arrived(Instant::now());
             }
             let now = Instant::now();
-            if now >= next_fallback {
-                next_fallback = now + self.settings.fallback_interval;
+            if self.schedule.fallback_due(now) {
+                self.schedule.fallback_started(now);
                 self.rescan_all = true;
-                due = Some(now);
             }
-            if due.is_some_and(|d| now >= d) {
-                due = self.round();
-            } else if self.index_unsaved && self.index_saved.elapsed() >= INDEX_SAVE_INTERVAL {
+            if self.schedule.round_due(now) {
+                self.round();
+            } else if self.schedule.index_save_due(now) {
                 self.flush_index();
             } else if self.standby.is_some() && self.handing_over() {
-                if let Some(retry) = self.hand_over() {
-                    due = Some(retry);
-                }
+                self.hand_over();
             } else if let Some(standby) = &self.standby {
                 let alive = std::iter::once(standby)
                     .chain(&self.helpers)
                     .try_for_each(Standby::keepalive)
                     .and_then(|()| {
-                        if self.last_peer_check.elapsed() >= PEER_CHECK {
+                        if self.schedule.peer_check_due(Instant::now()) {
                             self.check_peer()
                         } else {
                             Ok(())
                         }
                     });
                 if let Err(err) = alive {
-                    due = Some(self.failed(err));
+                    // Plans the next round at the retry.
+                    self.failed(err);
                 }
             }
             if self.stepped_down() {
@@ -483,9 +454,9 @@ impl Worker {
         }
     }
 
-    /// One round: look, plan and sync. Returns when to run again (files still
-    /// settling, or the standby unreachable), or `None` when all is done.
-    fn round(&mut self) -> Option<Instant> {
+    /// One round: look, plan and sync. Tells the schedule when to run again
+    /// (files still settling, or the standby unreachable), if at all.
+    fn round(&mut self) {
         let changed = match self.look() {
             Ok(c) => c,
             Err(err) => {
@@ -494,15 +465,18 @@ impl Worker {
                     s.last_error = Some(format!("cannot scan the data dir: {err}"))
                 });
                 self.rescan_all = true;
-                return Some(Instant::now() + BACKOFF_MAX);
+                self.schedule.scan_failed(Instant::now());
+                return;
             }
         };
-        if self.standby.is_none() || Instant::now() >= self.next_audit {
-            if let Err(retry) = self.connect() {
-                return Some(retry);
+        if self.standby.is_none() || self.schedule.audit_due(Instant::now()) {
+            // A failure plans the next round at the retry.
+            if self.connect().is_err() {
+                return;
             }
             if let Err(err) = self.audit() {
-                return Some(self.failed(err));
+                self.failed(err);
+                return;
             }
         }
         // The audit may have corrected the index anywhere. The whole tree is
@@ -571,12 +545,8 @@ impl Worker {
         } else {
             self.apply(ops)
         };
-        let again = (settling || !self.dirty.is_empty())
-            .then(|| Instant::now() + Duration::from_millis(500));
-        match (retry, again) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let again = settling || !self.dirty.is_empty();
+        self.schedule.round_done(Instant::now(), retry, again);
     }
 
     /// True if the kernel says no process has this file open for writing
@@ -606,9 +576,7 @@ impl Worker {
                 }
                 // Ready before the first burst: opening them then would delay it.
                 self.open_helpers();
-                self.backoff = BACKOFF_MIN;
-                self.retry_at = None;
-                self.next_audit = Instant::now();
+                self.schedule.connected(Instant::now());
                 self.set_status(|s| {
                     s.connected = true;
                     s.since = unix_now();
@@ -815,10 +783,10 @@ impl Worker {
         } else {
             tracing::debug!("audit: the standby matches");
         }
-        self.index_unsaved = true;
+        self.schedule.index_changed();
         self.flush_index();
         self.replan_all = true;
-        self.next_audit = Instant::now() + self.settings.audit_interval;
+        self.schedule.audited(Instant::now());
         self.said = None;
         if self.baseline.is_some() {
             // The peer may be mirrored over from now on, and it knows it;
@@ -1102,29 +1070,31 @@ impl Worker {
         Ok(())
     }
 
-    /// Notes that the index changed and writes it if the last write is
-    /// INDEX_SAVE_INTERVAL old. Written more often, a big index would cost
-    /// more than the transfers; what a crash loses of it costs no re-upload,
-    /// since the audit after a restart confirms files already there as they are.
+    /// Notes that the index changed and writes it if the schedule says so
+    /// ([`schedule::INDEX_SAVE_INTERVAL`]). What a crash loses of it costs no
+    /// re-upload, since the audit after a restart confirms files already
+    /// there as they are.
     fn save_index(&mut self, changed: bool) {
-        self.index_unsaved |= changed;
-        if self.index_unsaved && self.index_saved.elapsed() >= INDEX_SAVE_INTERVAL {
+        if changed {
+            self.schedule.index_changed();
+        }
+        if self.schedule.index_save_due(Instant::now()) {
             self.flush_index();
         }
     }
 
     fn flush_index(&mut self) {
-        if !self.index_unsaved {
+        if !self.schedule.index_unsaved() {
             return;
         }
         if let Err(err) = tree::save_index(&self.index_path, &self.index) {
             tracing::warn!(path = %self.index_path.display(), "cannot save the sync index: {err}");
         }
-        self.index_unsaved = false;
-        self.index_saved = Instant::now();
+        self.schedule.index_saved(Instant::now());
     }
 
-    /// Records a transport failure and returns when to retry (capped backoff).
+    /// Records a transport failure; returns when to retry (capped backoff),
+    /// which the schedule also takes as the next round.
     fn failed(&mut self, err: TransportError) -> Instant {
         let needs_admin = err.needs_admin();
         let message = err.to_string();
@@ -1150,17 +1120,7 @@ impl Worker {
             s.connected = false;
             s.last_error = Some(message);
         });
-        let wait = self.backoff;
-        // What needs the admin (pairing) is checked often, so sync starts soon after it.
-        let cap = if needs_admin {
-            Duration::from_secs(3)
-        } else {
-            BACKOFF_MAX
-        };
-        self.backoff = (self.backoff * 2).min(cap);
-        let retry = Instant::now() + wait;
-        self.retry_at = Some(retry);
-        retry
+        self.schedule.failed(Instant::now(), needs_admin)
     }
 
     /// Brings back what the former master (now the standby) has and this host
@@ -1320,7 +1280,7 @@ impl Worker {
         let Some(standby) = self.standby.as_mut() else {
             return Err(TransportError::NotPinned);
         };
-        self.last_peer_check = Instant::now();
+        self.schedule.peer_checked(Instant::now());
         let path = remote_path(&join(CONTROL_DIR.as_bytes(), ROLE_FILE.as_bytes()));
         let peer = match standby.sftp.read_all(&path, 64 * 1024) {
             Ok(bytes) => serde_json::from_slice::<Published>(&bytes).map_err(|e| {
@@ -1386,15 +1346,17 @@ impl Worker {
 
     /// The daemon has stopped users writing here: sends what is left (a full
     /// walk, so nothing a last event missed stays behind), then writes the
-    /// handover. Returns when to try again if something is still pending.
-    fn hand_over(&mut self) -> Option<Instant> {
+    /// handover. Tells the schedule when to try again if something is still pending.
+    fn hand_over(&mut self) {
         self.rescan_all = true;
-        if let Some(retry) = self.round() {
-            return Some(retry);
+        self.round();
+        if self.schedule.round_planned() {
+            return;
         }
         let pending = self.status.lock().map_or(1, |s| s.pending);
         if pending > 0 || !self.dirty.is_empty() {
-            return Some(Instant::now() + Duration::from_millis(200));
+            self.schedule.handover_pending(Instant::now());
+            return;
         }
         let to = self.settings.live.epoch + 1;
         let claim = self.settings.claim(Some(to), false);
@@ -1409,9 +1371,10 @@ impl Worker {
                 if let Ok(mut c) = self.control.lock() {
                     c.handed_over = Some(to);
                 }
-                None
             }
-            Err(err) => Some(self.failed(err)),
+            Err(err) => {
+                self.failed(err);
+            }
         }
     }
 
