@@ -15,6 +15,7 @@
 //! mode and mtime, and are renamed over the target with posix-rename: a reader
 //! there never sees a partial file.
 
+pub mod audit;
 pub mod lease;
 mod memory;
 pub mod push;
@@ -38,7 +39,7 @@ use crate::timefmt::unix_now;
 use push::{OpError, put_file, remote_path};
 use schedule::Schedule;
 use transport::{Standby, TransportError};
-use tree::{Entry, Kind, Op, TEMP_DIR, Tree};
+use tree::{Entry, Kind, Op, TEMP_DIR, Tree, join};
 
 /// A file modified this recently and not yet closed may still be written to.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -445,7 +446,7 @@ impl Worker {
     fn log_skipped(&mut self, skipped: tree::Skipped) {
         for (path, what) in skipped {
             // The host's own log sockets are no news.
-            if is_log_socket(&path) {
+            if audit::is_log_socket(&path) {
                 continue;
             }
             if self.skipped_logged.insert(path.clone()) {
@@ -632,74 +633,28 @@ impl Worker {
         }
         // The standby learns (again) whose replication it takes, and at which epoch.
         write_claim(&mut standby.sftp, &self.settings.claim(None, false))?;
-        let mut remote = Tree::new();
-        // What the audit removes at once: unfinished temporaries, and links
-        // and special files (the master never sends one, and root on the
-        // standby must never act through one a user planted).
-        let mut stray = Vec::new();
-        let mut planted = Vec::new();
-        let mut folders = vec![Vec::new()];
-        while let Some(folder) = folders.pop() {
-            let listing = match standby.sftp.read_dir(&remote_path(&folder)) {
+        let mut listing = audit::Listing::new();
+        while let Some(folder) = listing.next_folder() {
+            let entries = match standby.sftp.read_dir(&remote_path(&folder)) {
+                // The standby's own cleanup may remove it meanwhile.
                 Err(e) if folder.as_slice() == TEMP_DIR && e.is_no_such_file() => Vec::new(),
                 other => other?,
             };
-            for (name, a) in listing {
-                let path = join(&folder, &name);
-                if folder.as_slice() == TEMP_DIR {
-                    stray.push(remote_path(&path));
-                    continue;
-                }
-                // The peer's own role and claims: never compared, never removed.
-                if path.as_slice() == CONTROL_DIR.as_bytes() {
-                    continue;
-                }
-                let mode = a.mode.unwrap_or(0);
-                let kind = match mode & 0o170000 {
-                    0o040000 if path.as_slice() == TEMP_DIR => {
-                        folders.push(path);
-                        continue;
-                    }
-                    0o040000 => Kind::Dir,
-                    0o100000 => Kind::File,
-                    // The standby's own SFTP log socket in each chroot.
-                    0o140000 if is_log_socket(&path) => continue,
-                    _ => {
-                        planted.push(path);
-                        continue;
-                    }
-                };
-                if kind == Kind::Dir {
-                    folders.push(path.clone());
-                }
-                let (uid, gid) = a.owner.unwrap_or((u32::MAX, u32::MAX));
-                let mtime = a.times.map_or(-1, |(_, m)| i64::from(m));
-                remote.insert(
-                    path,
-                    Entry {
-                        kind,
-                        size: a.size.unwrap_or(0),
-                        mtime,
-                        mtime_nsec: 0,
-                        mode: mode & 0o1777,
-                        uid,
-                        gid,
-                        ino: 0,
-                    },
-                );
-            }
+            listing.add(&folder, entries);
         }
-        // Nothing of ours is in flight during an audit (it runs between
-        // transfers): a temporary there is what an interrupted transfer, or a
-        // crash of either host, left behind.
-        for temp in &stray {
-            match standby.sftp.remove(temp) {
+        let audit::Found {
+            tree: remote,
+            temporaries,
+            planted,
+        } = listing.finish();
+        for temp in &temporaries {
+            match standby.sftp.remove(&remote_path(temp)) {
                 Err(e) if !e.is_no_such_file() => return Err(e.into()),
                 _ => {}
             }
         }
-        if !stray.is_empty() {
-            tracing::info!(standby = %self.settings.standby, "audit: removed {} unfinished temporary file(s)", stray.len());
+        if !temporaries.is_empty() {
+            tracing::info!(standby = %self.settings.standby, "audit: removed {} unfinished temporary file(s)", temporaries.len());
         }
         for path in &planted {
             match standby.sftp.remove(&remote_path(path)) {
@@ -733,51 +688,7 @@ impl Worker {
             HashSet::new()
         };
 
-        let matches = |confirmed: &Entry, there: &Entry| {
-            confirmed.kind == there.kind
-                && confirmed.mode == there.mode
-                && confirmed.uid == there.uid
-                && confirmed.gid == there.gid
-                && (confirmed.kind == Kind::Dir
-                    || (confirmed.size == there.size && confirmed.mtime == there.mtime))
-        };
-        // A repair is a difference the next round has to send. An index older
-        // than the standby (it is written every few seconds, a crash loses the
-        // rest) differs too, but is only corrected here.
-        let mut repairs = 0;
-        let current = &self.current;
-        self.index.retain(|path, confirmed| {
-            let there = remote.get(path);
-            let ok = there.is_some_and(|there| matches(confirmed, there));
-            // Gone from the standby while the master has it; a changed one is
-            // counted below, where it is recorded as it is there.
-            repairs += usize::from(!ok && there.is_none() && current.contains_key(path));
-            ok
-        });
-        for (path, there) in remote {
-            if self.index.contains_key(&path) || host_local(&path) {
-                continue;
-            }
-            // Already there as the master has it (a lost index): confirmed as is.
-            // Anything else is recorded as it is, so the plan replaces or deletes it.
-            match self.current.get(&path) {
-                Some(mine) if matches(mine, &there) => {
-                    self.index.insert(path, *mine);
-                }
-                _ => {
-                    repairs += 1;
-                    self.index.insert(path, there);
-                }
-            }
-        }
-        // Same size and mtime, other bytes: never taken as confirmed, so the
-        // plan sends this host's version.
-        for path in differing {
-            if let Some(e) = self.index.get_mut(&path) {
-                e.mtime = -1;
-                repairs += 1;
-            }
-        }
+        let repairs = audit::correct_index(&mut self.index, remote, &self.current, differing);
         if repairs > 0 {
             tracing::warn!(standby = %self.settings.standby, "audit: {repairs} difference(s) on the standby, repairing");
         } else {
@@ -1151,7 +1062,7 @@ impl Worker {
                         reconcile::Action::ConflictCopy { path, .. } => path,
                         other => other.target(),
                     };
-                    !host_local(source)
+                    !audit::host_local(source)
                 })
                 .collect();
         // Without a baseline (the union) every file both have alike would
@@ -1161,7 +1072,7 @@ impl Worker {
         } else {
             reconcile::same_second_suspects(&self.current, remote, baseline)
                 .into_iter()
-                .filter(|(path, _)| !host_local(path))
+                .filter(|(path, _)| !audit::host_local(path))
                 .collect()
         };
         let endpoint = self.settings.standby.to_string();
@@ -1438,24 +1349,6 @@ fn lag_ms(e: &Entry) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The host's own SFTP log socket: at the top of the data dir, and linked
-/// into every chroot as `<user>/dev/log`.
-fn is_log_socket(path: &[u8]) -> bool {
-    let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
-    match parts.as_slice() {
-        [name] => *name == crate::layout::LOG_SOCKET.as_bytes(),
-        [_, dev, log] => dev == b"dev" && log == b"log",
-        _ => false,
-    }
-}
-
-/// The outcome files of a users.yaml apply: each host writes its own, so
-/// they are not drift for the audit to repair.
-fn host_local(path: &[u8]) -> bool {
-    let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
-    matches!(parts.as_slice(), [_, admin, status] if *admin == b"admin" && *status == crate::accounts::STATUS_FILE.as_bytes())
-}
-
 /// Writes a claim into the peer's control folder: a fresh temporary there,
 /// then renamed over the last claim, so the peer never reads half of one.
 fn write_claim(
@@ -1548,15 +1441,6 @@ fn user_of(path: &[u8]) -> &[u8] {
     path.split(|b| *b == b'/').next().unwrap_or_default()
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = dir.to_vec();
-    if !p.is_empty() {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
-}
-
 /// For callers that need the sync settings from a config.
 pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
     Some(SyncSettings {
@@ -1590,18 +1474,5 @@ mod tests {
         assert!(!check(b"abcdef", &[b"abc", b"deX"]));
         assert!(!check(b"abcdef", &[b"abc"]));
         assert!(!check(b"abc", &[b"abc", b"d"]));
-    }
-
-    #[test]
-    fn only_the_hosts_own_log_sockets_are_left_alone_by_the_audit() {
-        assert!(is_log_socket(b".sftp-ha-log.sock"));
-        assert!(is_log_socket(b"EPuser/dev/log"));
-        assert!(!is_log_socket(b"EPuser/upload/log"));
-        assert!(!is_log_socket(b"EPuser/dev/log/x"));
-        assert!(!is_log_socket(b"EPuser/.sftp-ha-log.sock"));
-        assert!(host_local(b"admin/admin/users.yaml.status"));
-        assert!(!host_local(b"admin/upload/users.yaml"));
-        // A user's own file of that name is a file like any other.
-        assert!(!host_local(b"EPuser/upload/admin/users.yaml.status"));
     }
 }
