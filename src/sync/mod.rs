@@ -20,6 +20,7 @@ pub mod lease;
 mod memory;
 pub mod push;
 pub mod reconcile;
+pub mod round;
 pub mod schedule;
 pub mod sftp;
 pub mod transport;
@@ -37,12 +38,11 @@ use crate::layout::{CLAIM_FILE, CONTROL_DIR, ROLE_FILE};
 use crate::role::{Claim, Live, PeerVerdict, Published, Role};
 use crate::timefmt::unix_now;
 use push::{OpError, put_file, remote_path};
+use round::Changed;
 use schedule::Schedule;
 use transport::{Standby, TransportError};
 use tree::{Entry, Kind, Op, TEMP_DIR, Tree, join};
 
-/// A file modified this recently and not yet closed may still be written to.
-const SETTLE: Duration = Duration::from_secs(2);
 pub const INDEX_FILE: &str = "sync-index";
 /// The master's tree when this host was promoted (see [`reconcile`]).
 pub const BASELINE_FILE: &str = "baseline";
@@ -283,14 +283,6 @@ struct Worker {
     said: Option<String>,
 }
 
-/// What a targeted round looks at: paths whose own entry changed, and paths
-/// whose whole subtree may have (new, gone or replaced folders).
-#[derive(Default)]
-struct Changed {
-    exact: BTreeSet<Vec<u8>>,
-    subtrees: BTreeSet<Vec<u8>>,
-}
-
 impl Worker {
     fn run(&mut self) {
         tracing::info!(standby = %self.settings.standby, "sync started");
@@ -480,45 +472,20 @@ impl Worker {
                 return;
             }
         }
-        // The audit may have corrected the index anywhere. The whole tree is
-        // planned from the trees themselves: copies of 100,000 entries would
-        // double the daemon's memory.
-        use std::borrow::Cow;
-        let (part, confirmed): (Cow<Tree>, Cow<Tree>) = match changed.filter(|_| !self.replan_all) {
-            Some(c) => (
-                Cow::Owned(tree::part(&self.current, &c.exact, &c.subtrees)),
-                Cow::Owned(tree::part(&self.index, &c.exact, &c.subtrees)),
-            ),
-            None => (Cow::Borrowed(&self.current), Cow::Borrowed(&self.index)),
-        };
+        // The audit may have corrected the index anywhere: then all of it is planned.
+        let changed = changed.filter(|_| !self.replan_all);
+        let (part, confirmed) = round::scope(&self.current, &self.index, changed.as_ref());
 
         // A file modified in the last seconds, with no close seen, may still be
         // being written: unless the kernel says nobody has it open for writing,
         // it keeps its confirmed version (or waits to be created) until it settles.
         let now = unix_now() as i64;
-        let fresh: Vec<Vec<u8>> = part
-            .iter()
-            .filter(|(path, e)| {
-                e.kind == Kind::File
-                    && now - e.mtime < SETTLE.as_secs() as i64
-                    && !self.closed.contains(*path)
-                    && !self.nobody_writes(path)
-            })
-            .map(|(path, _)| path.clone())
+        let fresh: Vec<Vec<u8>> = round::maybe_being_written(&part, now, &self.closed)
+            .into_iter()
+            .filter(|path| !self.nobody_writes(path))
             .collect();
         let settling = !fresh.is_empty();
-        let ready = if settling {
-            let mut ready = part.into_owned();
-            for path in &fresh {
-                match confirmed.get(path) {
-                    Some(old) => ready.insert(path.clone(), *old),
-                    None => ready.remove(path),
-                };
-            }
-            Cow::Owned(ready)
-        } else {
-            part
-        };
+        let ready = round::hold_back(part, &confirmed, &fresh);
 
         let mass_delete = tree::looks_like_mass_delete(&self.current, &self.index);
         if mass_delete {
@@ -529,7 +496,7 @@ impl Worker {
         }
         let ops = tree::plan(&ready, &confirmed, self.settings.delete && !mass_delete);
         // After a walk, an audit or a plan of many paths.
-        let big = matches!(confirmed, Cow::Borrowed(_)) || ready.len() > 10_000;
+        let big = matches!(confirmed, std::borrow::Cow::Borrowed(_)) || ready.len() > 10_000;
         drop((ready, confirmed));
         if big {
             memory::give_back();
