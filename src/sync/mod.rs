@@ -39,7 +39,7 @@ use crate::role::{Claim, Live, PeerVerdict, Published, Role};
 use crate::timefmt::unix_now;
 use push::{OpError, put_file, remote_path};
 use round::Changed;
-use schedule::Schedule;
+use schedule::{LogBudget, Schedule};
 use transport::{Standby, TransportError};
 use tree::{Entry, Kind, Op, TEMP_DIR, Tree, join};
 
@@ -224,7 +224,7 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         status: status.clone(),
         skipped_logged: HashSet::new(),
         refused: std::collections::HashMap::new(),
-        refusals_logged: (Instant::now(), 0),
+        refusals_logged: LogBudget::new(Instant::now(), REFUSALS_LOGGED),
         said: None,
     };
     let thread = std::thread::Builder::new()
@@ -276,8 +276,8 @@ struct Worker {
     /// Paths whose operation the standby refused, with the refusal: each is
     /// logged once, shown in the status, and dropped when it succeeds.
     refused: std::collections::HashMap<Vec<u8>, String>,
-    /// Since when, and how many, refusals were counted for the journal.
-    refusals_logged: (Instant, usize),
+    /// How many refusals the journal gets one by one.
+    refusals_logged: LogBudget,
     /// The last connection failure logged, so a repeated one is said once;
     /// cleared once an audit succeeds.
     said: Option<String>,
@@ -754,20 +754,16 @@ impl Worker {
     fn note_refused(&mut self, path: Vec<u8>, err: &sftp::SftpError) {
         let message = err.to_string();
         if self.refused.get(&path) != Some(&message) {
-            // At most REFUSALS_LOGGED lines a minute: users' churn must not
-            // flood the journal; the status has the count and the last one.
-            if self.refusals_logged.0.elapsed() >= Duration::from_secs(60) {
-                if self.refusals_logged.1 > REFUSALS_LOGGED {
-                    tracing::warn!(
-                        standby = %self.settings.standby,
-                        "{} more refused operation(s) in the last minute were not logged one by one (sftp-ha status counts them)",
-                        self.refusals_logged.1 - REFUSALS_LOGGED
-                    );
-                }
-                self.refusals_logged = (Instant::now(), 0);
+            // The status has the count and the last one.
+            let spend = self.refusals_logged.spend(Instant::now());
+            if spend.unlogged_before > 0 {
+                tracing::warn!(
+                    standby = %self.settings.standby,
+                    "{} more refused operation(s) in the last minute were not logged one by one (sftp-ha status counts them)",
+                    spend.unlogged_before
+                );
             }
-            self.refusals_logged.1 += 1;
-            if self.refusals_logged.1 <= REFUSALS_LOGGED {
+            if spend.log {
                 tracing::warn!(
                     standby = %self.settings.standby,
                     path = %sftp::show(&path),

@@ -199,6 +199,53 @@ impl Schedule {
     }
 }
 
+/// Lines of one kind logged one by one per [`LogBudget::WINDOW`]; the rest
+/// are counted and said in one line, so users' churn cannot flood the journal.
+#[derive(Debug, Clone)]
+pub struct LogBudget {
+    per_window: usize,
+    window_start: Instant,
+    counted: usize,
+}
+
+/// What to log of one occurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spend {
+    /// Log this one in full.
+    pub log: bool,
+    /// Occurrences of the window that just ended that were only counted:
+    /// to be said in one line, if any.
+    pub unlogged_before: usize,
+}
+
+impl LogBudget {
+    pub const WINDOW: Duration = Duration::from_secs(60);
+
+    pub fn new(now: Instant, per_window: usize) -> LogBudget {
+        LogBudget {
+            per_window,
+            window_start: now,
+            counted: 0,
+        }
+    }
+
+    /// One more occurrence at `now`. A window starts with the first
+    /// occurrence after the last one ended.
+    pub fn spend(&mut self, now: Instant) -> Spend {
+        let mut unlogged_before = 0;
+        if now.saturating_duration_since(self.window_start) >= Self::WINDOW {
+            unlogged_before = self.counted.saturating_sub(self.per_window);
+            self.window_start = now;
+            self.counted = 0;
+        }
+        self.counted += 1;
+        Spend {
+            log: self.counted <= self.per_window,
+            unlogged_before,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,5 +498,36 @@ mod tests {
         s.index_changed();
         assert!(!s.index_save_due(saved + secs(4)));
         assert!(s.index_save_due(saved + INDEX_SAVE_INTERVAL));
+    }
+
+    #[test]
+    fn a_log_budget_logs_so_many_a_minute_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut b = LogBudget::new(t0, 3);
+        let logged: Vec<bool> = (0..5).map(|k| b.spend(t0 + secs(k)).log).collect();
+        assert_eq!(logged, [true, true, true, false, false]);
+        // The next window says how many went unlogged, once.
+        assert_eq!(
+            b.spend(t0 + secs(60)),
+            Spend {
+                log: true,
+                unlogged_before: 2
+            }
+        );
+        assert_eq!(b.spend(t0 + secs(61)).unlogged_before, 0);
+        // A quiet window: nothing to say, and a new one starts at the next occurrence.
+        let later = t0 + secs(500);
+        assert_eq!(
+            b.spend(later),
+            Spend {
+                log: true,
+                unlogged_before: 0
+            }
+        );
+        for k in 1..3 {
+            assert!(b.spend(later + secs(k)).log);
+        }
+        assert!(!b.spend(later + secs(59)).log);
+        assert!(b.spend(later + secs(60)).log);
     }
 }
