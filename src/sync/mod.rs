@@ -7,13 +7,25 @@
 //! ([`tree::plan`] against the index), so a round costs what changed, not the
 //! size of the tree. At start, on the fallback timer and after an inotify
 //! overflow the whole tree is walked instead. The index is updated per
-//! confirmed operation and saved after each round, so a restart resumes
-//! without re-sending what already arrived. Runs of uploads are shared by
-//! several sessions.
+//! confirmed operation and written at most every few seconds, so a restart
+//! resumes without re-sending what already arrived. Runs of uploads are
+//! shared by several sessions.
 //!
 //! Files reach the standby under a temporary name, are fsynced, get owner,
 //! mode and mtime, and are renamed over the target with posix-rename: a reader
 //! there never sees a partial file.
+//!
+//! What lives where: the decisions are pure and unit-tested in their own
+//! modules: [`schedule`] (when rounds, reconnects, audits, peer checks and
+//! index writes are due; the backoff), [`round`] (which part of the trees a
+//! round plans and which files wait to settle), [`tree`] (the plan against
+//! the index), [`audit`] (what of the standby's listing is compared, removed
+//! or left alone; correcting the index), [`reconcile`] (the failback plan)
+//! and [`crate::role`] (judging the peer). The `Worker` here is the driver:
+//! it owns the state, does the I/O (inotify, local `stat`, SFTP), feeds
+//! events to those modules and carries out what they decide. [`push`] turns
+//! planned operations into SFTP requests, [`watch`] is inotify, [`lease`]
+//! asks the kernel about writers.
 
 pub mod audit;
 pub mod lease;
