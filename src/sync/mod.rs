@@ -615,7 +615,7 @@ impl Worker {
         let mut listing = audit::Listing::new();
         while let Some(folder) = listing.next_folder() {
             let entries = match standby.sftp.read_dir(&remote_path(&folder)) {
-                // The standby's own cleanup may remove it meanwhile.
+                // Gone since its parent was listed: no temporaries to remove.
                 Err(e) if folder.as_slice() == TEMP_DIR && e.is_no_such_file() => Vec::new(),
                 other => other?,
             };

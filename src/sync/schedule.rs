@@ -115,7 +115,11 @@ impl Schedule {
 
     /// A round ended: the next one at a reconnect (`retry`), or soon if
     /// files were settling or paths are left to look at (`again`), whichever
-    /// comes first; none if all is done.
+    /// comes first; none if all is done. Unlike events, `again` is not held
+    /// back until a pending reconnect: a round with files settling while the
+    /// standby is unreachable tries to connect again after [`AGAIN`] (the
+    /// behaviour the worker had before this module; see the test
+    /// `a_round_that_left_work_runs_again_at_the_retry_or_soon_whichever_first`).
     pub fn round_done(&mut self, now: Instant, retry: Option<Instant>, again: bool) {
         let again = again.then(|| now + AGAIN);
         self.due = match (retry, again) {
