@@ -7,18 +7,33 @@
 //! ([`tree::plan`] against the index), so a round costs what changed, not the
 //! size of the tree. At start, on the fallback timer and after an inotify
 //! overflow the whole tree is walked instead. The index is updated per
-//! confirmed operation and saved after each round, so a restart resumes
-//! without re-sending what already arrived. Runs of uploads are shared by
-//! several sessions.
+//! confirmed operation and written at most every few seconds, so a restart
+//! resumes without re-sending what already arrived. Runs of uploads are
+//! shared by several sessions.
 //!
 //! Files reach the standby under a temporary name, are fsynced, get owner,
 //! mode and mtime, and are renamed over the target with posix-rename: a reader
 //! there never sees a partial file.
+//!
+//! What lives where: the decisions are pure and unit-tested in their own
+//! modules: [`schedule`] (when rounds, reconnects, audits, peer checks and
+//! index writes are due; the backoff), [`round`] (which part of the trees a
+//! round plans and which files wait to settle), [`tree`] (the plan against
+//! the index), [`audit`] (what of the standby's listing is compared, removed
+//! or left alone; correcting the index), [`reconcile`] (the failback plan)
+//! and [`crate::role`] (judging the peer). The `Worker` here is the driver:
+//! it owns the state, does the I/O (inotify, local `stat`, SFTP), feeds
+//! events to those modules and carries out what they decide. [`push`] turns
+//! planned operations into SFTP requests, [`watch`] is inotify, [`lease`]
+//! asks the kernel about writers.
 
+pub mod audit;
 pub mod lease;
 mod memory;
 pub mod push;
 pub mod reconcile;
+pub mod round;
+pub mod schedule;
 pub mod sftp;
 pub mod transport;
 pub mod tree;
@@ -35,25 +50,16 @@ use crate::layout::{CLAIM_FILE, CONTROL_DIR, ROLE_FILE};
 use crate::role::{Claim, Live, PeerVerdict, Published, Role};
 use crate::timefmt::unix_now;
 use push::{OpError, put_file, remote_path};
+use round::Changed;
+use schedule::{LogBudget, Schedule};
 use transport::{Standby, TransportError};
-use tree::{Entry, Kind, Op, TEMP_DIR, Tree};
+use tree::{Entry, Kind, Op, TEMP_DIR, Tree, join};
 
-/// How long after the first event of a batch its round starts: the events of
-/// a burst arriving meanwhile join the same round. Not reset by later events,
-/// so a steady stream of uploads cannot postpone replication.
-const DEBOUNCE: Duration = Duration::from_millis(25);
-/// A file modified this recently and not yet closed may still be written to.
-const SETTLE: Duration = Duration::from_secs(2);
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-/// A standby back after an outage is noticed within this (plus the connect timeout).
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const INDEX_FILE: &str = "sync-index";
 /// The master's tree when this host was promoted (see [`reconcile`]).
 pub const BASELINE_FILE: &str = "baseline";
 /// Every file brought back and conflict copy kept, one JSON object per line.
 pub const RECONCILE_REPORT: &str = "reconcile-report.jsonl";
-/// At most one write of the index per this interval (see `Worker::save_index`).
-const INDEX_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Sessions to the standby that share a run of uploads: many small files are
 /// bound by round trips and the standby's fsyncs, which sessions overlap.
 const SESSIONS: usize = 4;
@@ -63,9 +69,6 @@ const PARALLEL_MIN: usize = 8;
 const BATCH: usize = 16;
 /// Refused operations logged one by one per minute; the rest are counted.
 const REFUSALS_LOGGED: usize = 10;
-/// How often a connected master reads its peer's role: a promotion there (or
-/// a switchover request) is noticed within this.
-const PEER_CHECK: Duration = Duration::from_secs(1);
 
 /// What the sync worker reports, for `sftp-ha status` and the STATUS= line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -213,7 +216,11 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         peer_unreconciled: None,
         union: false,
         control: control.clone(),
-        last_peer_check: Instant::now(),
+        schedule: Schedule::new(
+            Instant::now(),
+            settings.fallback_interval,
+            settings.audit_interval,
+        ),
         index_path: settings.state_dir.join(INDEX_FILE),
         index: tree::load_index(&settings.state_dir.join(INDEX_FILE)),
         settings,
@@ -225,17 +232,12 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
         closed: HashSet::new(),
         standby: None,
         helpers: Vec::new(),
-        backoff: BACKOFF_MIN,
         stop: stop.clone(),
         status: status.clone(),
         skipped_logged: HashSet::new(),
         refused: std::collections::HashMap::new(),
-        refusals_logged: (Instant::now(), 0),
+        refusals_logged: LogBudget::new(Instant::now(), REFUSALS_LOGGED),
         said: None,
-        next_audit: Instant::now(),
-        retry_at: None,
-        index_unsaved: false,
-        index_saved: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name("sync".into())
@@ -260,8 +262,8 @@ struct Worker {
     /// of its that differs is kept.
     union: bool,
     control: Arc<Mutex<Control>>,
-    /// When the peer's role was last read (every [`PEER_CHECK`] while connected).
-    last_peer_check: Instant,
+    /// Rounds, reconnects, audits, peer checks and index writes: when each is due.
+    schedule: Schedule,
     index_path: PathBuf,
     /// What the standby has confirmed.
     index: Tree,
@@ -281,79 +283,53 @@ struct Worker {
     standby: Option<Standby>,
     /// Extra sessions that share a run of uploads with `standby`.
     helpers: Vec<Standby>,
-    backoff: Duration,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<SyncStatus>>,
     skipped_logged: HashSet<Vec<u8>>,
     /// Paths whose operation the standby refused, with the refusal: each is
     /// logged once, shown in the status, and dropped when it succeeds.
     refused: std::collections::HashMap<Vec<u8>, String>,
-    /// Since when, and how many, refusals were counted for the journal.
-    refusals_logged: (Instant, usize),
+    /// How many refusals the journal gets one by one.
+    refusals_logged: LogBudget,
     /// The last connection failure logged, so a repeated one is said once;
     /// cleared once an audit succeeds.
     said: Option<String>,
-    /// When to list the standby and repair drift next (also after every connect).
-    next_audit: Instant,
-    /// While the standby is unreachable: when to try again (capped backoff).
-    retry_at: Option<Instant>,
-    /// The index changed since it was last written, and when that was.
-    index_unsaved: bool,
-    index_saved: Instant,
-}
-
-/// What a targeted round looks at: paths whose own entry changed, and paths
-/// whose whole subtree may have (new, gone or replaced folders).
-#[derive(Default)]
-struct Changed {
-    exact: BTreeSet<Vec<u8>>,
-    subtrees: BTreeSet<Vec<u8>>,
 }
 
 impl Worker {
     fn run(&mut self) {
         tracing::info!(standby = %self.settings.standby, "sync started");
-        let mut due = Some(Instant::now()); // start-up scan
-        let mut next_fallback = Instant::now() + self.settings.fallback_interval;
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
-            let wake = due.unwrap_or(next_fallback).min(next_fallback);
-            let wait = wake
-                .saturating_duration_since(now)
-                .min(Duration::from_millis(200));
+            let wait = self.schedule.next_wake(now).saturating_duration_since(now);
             if self.wait_for_events(wait) {
-                // Soon, but not before a reconnect is due, and never later than planned.
-                let soon = Instant::now() + DEBOUNCE;
-                let earliest = self.retry_at.map_or(soon, |r| r.max(soon));
-                due = Some(due.map_or(earliest, |d| d.min(earliest)));
+                self.schedule.events_arrived(Instant::now());
             }
             let now = Instant::now();
-            if now >= next_fallback {
-                next_fallback = now + self.settings.fallback_interval;
+            if self.schedule.fallback_due(now) {
+                self.schedule.fallback_started(now);
                 self.rescan_all = true;
-                due = Some(now);
             }
-            if due.is_some_and(|d| now >= d) {
-                due = self.round();
-            } else if self.index_unsaved && self.index_saved.elapsed() >= INDEX_SAVE_INTERVAL {
+            if self.schedule.round_due(now) {
+                self.round();
+            } else if self.schedule.index_save_due(now) {
                 self.flush_index();
             } else if self.standby.is_some() && self.handing_over() {
-                if let Some(retry) = self.hand_over() {
-                    due = Some(retry);
-                }
+                self.hand_over();
             } else if let Some(standby) = &self.standby {
                 let alive = std::iter::once(standby)
                     .chain(&self.helpers)
                     .try_for_each(Standby::keepalive)
                     .and_then(|()| {
-                        if self.last_peer_check.elapsed() >= PEER_CHECK {
+                        if self.schedule.peer_check_due(Instant::now()) {
                             self.check_peer()
                         } else {
                             Ok(())
                         }
                     });
                 if let Err(err) = alive {
-                    due = Some(self.failed(err));
+                    // Plans the next round at the retry.
+                    self.failed(err);
                 }
             }
             if self.stepped_down() {
@@ -475,7 +451,7 @@ impl Worker {
     fn log_skipped(&mut self, skipped: tree::Skipped) {
         for (path, what) in skipped {
             // The host's own log sockets are no news.
-            if is_log_socket(&path) {
+            if audit::is_log_socket(&path) {
                 continue;
             }
             if self.skipped_logged.insert(path.clone()) {
@@ -484,9 +460,9 @@ impl Worker {
         }
     }
 
-    /// One round: look, plan and sync. Returns when to run again (files still
-    /// settling, or the standby unreachable), or `None` when all is done.
-    fn round(&mut self) -> Option<Instant> {
+    /// One round: look, plan and sync. Tells the schedule when to run again
+    /// (files still settling, or the standby unreachable), if at all.
+    fn round(&mut self) {
         let changed = match self.look() {
             Ok(c) => c,
             Err(err) => {
@@ -495,56 +471,34 @@ impl Worker {
                     s.last_error = Some(format!("cannot scan the data dir: {err}"))
                 });
                 self.rescan_all = true;
-                return Some(Instant::now() + BACKOFF_MAX);
+                self.schedule.scan_failed(Instant::now());
+                return;
             }
         };
-        if self.standby.is_none() || Instant::now() >= self.next_audit {
-            if let Err(retry) = self.connect() {
-                return Some(retry);
+        if self.standby.is_none() || self.schedule.audit_due(Instant::now()) {
+            // A failure plans the next round at the retry.
+            if self.connect().is_err() {
+                return;
             }
             if let Err(err) = self.audit() {
-                return Some(self.failed(err));
+                self.failed(err);
+                return;
             }
         }
-        // The audit may have corrected the index anywhere. The whole tree is
-        // planned from the trees themselves: copies of 100,000 entries would
-        // double the daemon's memory.
-        use std::borrow::Cow;
-        let (part, confirmed): (Cow<Tree>, Cow<Tree>) = match changed.filter(|_| !self.replan_all) {
-            Some(c) => (
-                Cow::Owned(tree::part(&self.current, &c.exact, &c.subtrees)),
-                Cow::Owned(tree::part(&self.index, &c.exact, &c.subtrees)),
-            ),
-            None => (Cow::Borrowed(&self.current), Cow::Borrowed(&self.index)),
-        };
+        // The audit may have corrected the index anywhere: then all of it is planned.
+        let changed = changed.filter(|_| !self.replan_all);
+        let (part, confirmed) = round::scope(&self.current, &self.index, changed.as_ref());
 
         // A file modified in the last seconds, with no close seen, may still be
         // being written: unless the kernel says nobody has it open for writing,
         // it keeps its confirmed version (or waits to be created) until it settles.
         let now = unix_now() as i64;
-        let fresh: Vec<Vec<u8>> = part
-            .iter()
-            .filter(|(path, e)| {
-                e.kind == Kind::File
-                    && now - e.mtime < SETTLE.as_secs() as i64
-                    && !self.closed.contains(*path)
-                    && !self.nobody_writes(path)
-            })
-            .map(|(path, _)| path.clone())
+        let fresh: Vec<Vec<u8>> = round::maybe_being_written(&part, now, &self.closed)
+            .into_iter()
+            .filter(|path| !self.nobody_writes(path))
             .collect();
         let settling = !fresh.is_empty();
-        let ready = if settling {
-            let mut ready = part.into_owned();
-            for path in &fresh {
-                match confirmed.get(path) {
-                    Some(old) => ready.insert(path.clone(), *old),
-                    None => ready.remove(path),
-                };
-            }
-            Cow::Owned(ready)
-        } else {
-            part
-        };
+        let ready = round::hold_back(part, &confirmed, &fresh);
 
         let mass_delete = tree::looks_like_mass_delete(&self.current, &self.index);
         if mass_delete {
@@ -555,7 +509,7 @@ impl Worker {
         }
         let ops = tree::plan(&ready, &confirmed, self.settings.delete && !mass_delete);
         // After a walk, an audit or a plan of many paths.
-        let big = matches!(confirmed, Cow::Borrowed(_)) || ready.len() > 10_000;
+        let big = matches!(confirmed, std::borrow::Cow::Borrowed(_)) || ready.len() > 10_000;
         drop((ready, confirmed));
         if big {
             memory::give_back();
@@ -572,12 +526,8 @@ impl Worker {
         } else {
             self.apply(ops)
         };
-        let again = (settling || !self.dirty.is_empty())
-            .then(|| Instant::now() + Duration::from_millis(500));
-        match (retry, again) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let again = settling || !self.dirty.is_empty();
+        self.schedule.round_done(Instant::now(), retry, again);
     }
 
     /// True if the kernel says no process has this file open for writing
@@ -607,9 +557,7 @@ impl Worker {
                 }
                 // Ready before the first burst: opening them then would delay it.
                 self.open_helpers();
-                self.backoff = BACKOFF_MIN;
-                self.retry_at = None;
-                self.next_audit = Instant::now();
+                self.schedule.connected(Instant::now());
                 self.set_status(|s| {
                     s.connected = true;
                     s.since = unix_now();
@@ -665,74 +613,28 @@ impl Worker {
         }
         // The standby learns (again) whose replication it takes, and at which epoch.
         write_claim(&mut standby.sftp, &self.settings.claim(None, None))?;
-        let mut remote = Tree::new();
-        // What the audit removes at once: unfinished temporaries, and links
-        // and special files (the master never sends one, and root on the
-        // standby must never act through one a user planted).
-        let mut stray = Vec::new();
-        let mut planted = Vec::new();
-        let mut folders = vec![Vec::new()];
-        while let Some(folder) = folders.pop() {
-            let listing = match standby.sftp.read_dir(&remote_path(&folder)) {
+        let mut listing = audit::Listing::new();
+        while let Some(folder) = listing.next_folder() {
+            let entries = match standby.sftp.read_dir(&remote_path(&folder)) {
+                // Gone since its parent was listed: no temporaries to remove.
                 Err(e) if folder.as_slice() == TEMP_DIR && e.is_no_such_file() => Vec::new(),
                 other => other?,
             };
-            for (name, a) in listing {
-                let path = join(&folder, &name);
-                if folder.as_slice() == TEMP_DIR {
-                    stray.push(remote_path(&path));
-                    continue;
-                }
-                // The peer's own role and claims: never compared, never removed.
-                if path.as_slice() == CONTROL_DIR.as_bytes() {
-                    continue;
-                }
-                let mode = a.mode.unwrap_or(0);
-                let kind = match mode & 0o170000 {
-                    0o040000 if path.as_slice() == TEMP_DIR => {
-                        folders.push(path);
-                        continue;
-                    }
-                    0o040000 => Kind::Dir,
-                    0o100000 => Kind::File,
-                    // The standby's own SFTP log socket in each chroot.
-                    0o140000 if is_log_socket(&path) => continue,
-                    _ => {
-                        planted.push(path);
-                        continue;
-                    }
-                };
-                if kind == Kind::Dir {
-                    folders.push(path.clone());
-                }
-                let (uid, gid) = a.owner.unwrap_or((u32::MAX, u32::MAX));
-                let mtime = a.times.map_or(-1, |(_, m)| i64::from(m));
-                remote.insert(
-                    path,
-                    Entry {
-                        kind,
-                        size: a.size.unwrap_or(0),
-                        mtime,
-                        mtime_nsec: 0,
-                        mode: mode & 0o1777,
-                        uid,
-                        gid,
-                        ino: 0,
-                    },
-                );
-            }
+            listing.add(&folder, entries);
         }
-        // Nothing of ours is in flight during an audit (it runs between
-        // transfers): a temporary there is what an interrupted transfer, or a
-        // crash of either host, left behind.
-        for temp in &stray {
-            match standby.sftp.remove(temp) {
+        let audit::Found {
+            tree: remote,
+            temporaries,
+            planted,
+        } = listing.finish();
+        for temp in &temporaries {
+            match standby.sftp.remove(&remote_path(temp)) {
                 Err(e) if !e.is_no_such_file() => return Err(e.into()),
                 _ => {}
             }
         }
-        if !stray.is_empty() {
-            tracing::info!(standby = %self.settings.standby, "audit: removed {} unfinished temporary file(s)", stray.len());
+        if !temporaries.is_empty() {
+            tracing::info!(standby = %self.settings.standby, "audit: removed {} unfinished temporary file(s)", temporaries.len());
         }
         for path in &planted {
             match standby.sftp.remove(&remote_path(path)) {
@@ -766,60 +668,16 @@ impl Worker {
             HashSet::new()
         };
 
-        let matches = |confirmed: &Entry, there: &Entry| {
-            confirmed.kind == there.kind
-                && confirmed.mode == there.mode
-                && confirmed.uid == there.uid
-                && confirmed.gid == there.gid
-                && (confirmed.kind == Kind::Dir
-                    || (confirmed.size == there.size && confirmed.mtime == there.mtime))
-        };
-        // A repair is a difference the next round has to send. An index older
-        // than the standby (it is written every few seconds, a crash loses the
-        // rest) differs too, but is only corrected here.
-        let mut repairs = 0;
-        let current = &self.current;
-        self.index.retain(|path, confirmed| {
-            let there = remote.get(path);
-            let ok = there.is_some_and(|there| matches(confirmed, there));
-            // Gone from the standby while the master has it; a changed one is
-            // counted below, where it is recorded as it is there.
-            repairs += usize::from(!ok && there.is_none() && current.contains_key(path));
-            ok
-        });
-        for (path, there) in remote {
-            if self.index.contains_key(&path) || host_local(&path) {
-                continue;
-            }
-            // Already there as the master has it (a lost index): confirmed as is.
-            // Anything else is recorded as it is, so the plan replaces or deletes it.
-            match self.current.get(&path) {
-                Some(mine) if matches(mine, &there) => {
-                    self.index.insert(path, *mine);
-                }
-                _ => {
-                    repairs += 1;
-                    self.index.insert(path, there);
-                }
-            }
-        }
-        // Same size and mtime, other bytes: never taken as confirmed, so the
-        // plan sends this host's version.
-        for path in differing {
-            if let Some(e) = self.index.get_mut(&path) {
-                e.mtime = -1;
-                repairs += 1;
-            }
-        }
+        let repairs = audit::correct_index(&mut self.index, remote, &self.current, differing);
         if repairs > 0 {
             tracing::warn!(standby = %self.settings.standby, "audit: {repairs} difference(s) on the standby, repairing");
         } else {
             tracing::debug!("audit: the standby matches");
         }
-        self.index_unsaved = true;
+        self.schedule.index_changed();
         self.flush_index();
         self.replan_all = true;
-        self.next_audit = Instant::now() + self.settings.audit_interval;
+        self.schedule.audited(Instant::now());
         self.said = None;
         if self.baseline.is_some() {
             // The peer may be mirrored over from now on, and it knows it;
@@ -912,20 +770,16 @@ impl Worker {
     fn note_refused(&mut self, path: Vec<u8>, err: &sftp::SftpError) {
         let message = err.to_string();
         if self.refused.get(&path) != Some(&message) {
-            // At most REFUSALS_LOGGED lines a minute: users' churn must not
-            // flood the journal; the status has the count and the last one.
-            if self.refusals_logged.0.elapsed() >= Duration::from_secs(60) {
-                if self.refusals_logged.1 > REFUSALS_LOGGED {
-                    tracing::warn!(
-                        standby = %self.settings.standby,
-                        "{} more refused operation(s) in the last minute were not logged one by one (sftp-ha status counts them)",
-                        self.refusals_logged.1 - REFUSALS_LOGGED
-                    );
-                }
-                self.refusals_logged = (Instant::now(), 0);
+            // The status has the count and the last one.
+            let spend = self.refusals_logged.spend(Instant::now());
+            if spend.unlogged_before > 0 {
+                tracing::warn!(
+                    standby = %self.settings.standby,
+                    "{} more refused operation(s) in the last minute were not logged one by one (sftp-ha status counts them)",
+                    spend.unlogged_before
+                );
             }
-            self.refusals_logged.1 += 1;
-            if self.refusals_logged.1 <= REFUSALS_LOGGED {
+            if spend.log {
                 tracing::warn!(
                     standby = %self.settings.standby,
                     path = %sftp::show(&path),
@@ -1106,29 +960,31 @@ impl Worker {
         Ok(())
     }
 
-    /// Notes that the index changed and writes it if the last write is
-    /// INDEX_SAVE_INTERVAL old. Written more often, a big index would cost
-    /// more than the transfers; what a crash loses of it costs no re-upload,
-    /// since the audit after a restart confirms files already there as they are.
+    /// Notes that the index changed and writes it if the schedule says so
+    /// ([`schedule::INDEX_SAVE_INTERVAL`]). What a crash loses of it costs no
+    /// re-upload, since the audit after a restart confirms files already
+    /// there as they are.
     fn save_index(&mut self, changed: bool) {
-        self.index_unsaved |= changed;
-        if self.index_unsaved && self.index_saved.elapsed() >= INDEX_SAVE_INTERVAL {
+        if changed {
+            self.schedule.index_changed();
+        }
+        if self.schedule.index_save_due(Instant::now()) {
             self.flush_index();
         }
     }
 
     fn flush_index(&mut self) {
-        if !self.index_unsaved {
+        if !self.schedule.index_unsaved() {
             return;
         }
         if let Err(err) = tree::save_index(&self.index_path, &self.index) {
             tracing::warn!(path = %self.index_path.display(), "cannot save the sync index: {err}");
         }
-        self.index_unsaved = false;
-        self.index_saved = Instant::now();
+        self.schedule.index_saved(Instant::now());
     }
 
-    /// Records a transport failure and returns when to retry (capped backoff).
+    /// Records a transport failure; returns when to retry (capped backoff),
+    /// which the schedule also takes as the next round.
     fn failed(&mut self, err: TransportError) -> Instant {
         let needs_admin = err.needs_admin();
         let message = err.to_string();
@@ -1154,17 +1010,7 @@ impl Worker {
             s.connected = false;
             s.last_error = Some(message);
         });
-        let wait = self.backoff;
-        // What needs the admin (pairing) is checked often, so sync starts soon after it.
-        let cap = if needs_admin {
-            Duration::from_secs(3)
-        } else {
-            BACKOFF_MAX
-        };
-        self.backoff = (self.backoff * 2).min(cap);
-        let retry = Instant::now() + wait;
-        self.retry_at = Some(retry);
-        retry
+        self.schedule.failed(Instant::now(), needs_admin)
     }
 
     /// Brings back what the former master (now the standby) has and this host
@@ -1195,7 +1041,7 @@ impl Worker {
                         reconcile::Action::ConflictCopy { path, .. } => path,
                         other => other.target(),
                     };
-                    !host_local(source)
+                    !audit::host_local(source)
                 })
                 .collect();
         // Without a baseline (the union) every file both have alike would
@@ -1205,7 +1051,7 @@ impl Worker {
         } else {
             reconcile::same_second_suspects(&self.current, remote, baseline)
                 .into_iter()
-                .filter(|(path, _)| !host_local(path))
+                .filter(|(path, _)| !audit::host_local(path))
                 .collect()
         };
         let endpoint = self.settings.standby.to_string();
@@ -1324,7 +1170,7 @@ impl Worker {
         let Some(standby) = self.standby.as_mut() else {
             return Err(TransportError::NotPinned);
         };
-        self.last_peer_check = Instant::now();
+        self.schedule.peer_checked(Instant::now());
         let path = remote_path(&join(CONTROL_DIR.as_bytes(), ROLE_FILE.as_bytes()));
         let peer = match standby.sftp.read_all(&path, 64 * 1024) {
             Ok(bytes) => serde_json::from_slice::<Published>(&bytes).map_err(|e| {
@@ -1390,15 +1236,17 @@ impl Worker {
 
     /// The daemon has stopped users writing here: sends what is left (a full
     /// walk, so nothing a last event missed stays behind), then writes the
-    /// handover. Returns when to try again if something is still pending.
-    fn hand_over(&mut self) -> Option<Instant> {
+    /// handover. Tells the schedule when to try again if something is still pending.
+    fn hand_over(&mut self) {
         self.rescan_all = true;
-        if let Some(retry) = self.round() {
-            return Some(retry);
+        self.round();
+        if self.schedule.round_planned() {
+            return;
         }
         let pending = self.status.lock().map_or(1, |s| s.pending);
         if pending > 0 || !self.dirty.is_empty() {
-            return Some(Instant::now() + Duration::from_millis(200));
+            self.schedule.handover_pending(Instant::now());
+            return;
         }
         let to = self.settings.live.epoch + 1;
         let claim = self.settings.claim(Some(to), None);
@@ -1413,9 +1261,10 @@ impl Worker {
                 if let Ok(mut c) = self.control.lock() {
                     c.handed_over = Some(to);
                 }
-                None
             }
-            Err(err) => Some(self.failed(err)),
+            Err(err) => {
+                self.failed(err);
+            }
         }
     }
 
@@ -1477,24 +1326,6 @@ fn lag_ms(e: &Entry) -> u64 {
     std::time::SystemTime::now()
         .duration_since(modified)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The host's own SFTP log socket: at the top of the data dir, and linked
-/// into every chroot as `<user>/dev/log`.
-fn is_log_socket(path: &[u8]) -> bool {
-    let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
-    match parts.as_slice() {
-        [name] => *name == crate::layout::LOG_SOCKET.as_bytes(),
-        [_, dev, log] => dev == b"dev" && log == b"log",
-        _ => false,
-    }
-}
-
-/// The outcome files of a users.yaml apply: each host writes its own, so
-/// they are not drift for the audit to repair.
-fn host_local(path: &[u8]) -> bool {
-    let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
-    matches!(parts.as_slice(), [_, admin, status] if *admin == b"admin" && *status == crate::accounts::STATUS_FILE.as_bytes())
 }
 
 /// Writes a claim into the peer's control folder: a fresh temporary there,
@@ -1589,15 +1420,6 @@ fn user_of(path: &[u8]) -> &[u8] {
     path.split(|b| *b == b'/').next().unwrap_or_default()
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = dir.to_vec();
-    if !p.is_empty() {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
-}
-
 /// For callers that need the sync settings from a config.
 pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
     Some(SyncSettings {
@@ -1631,18 +1453,5 @@ mod tests {
         assert!(!check(b"abcdef", &[b"abc", b"deX"]));
         assert!(!check(b"abcdef", &[b"abc"]));
         assert!(!check(b"abc", &[b"abc", b"d"]));
-    }
-
-    #[test]
-    fn only_the_hosts_own_log_sockets_are_left_alone_by_the_audit() {
-        assert!(is_log_socket(b".sftp-ha-log.sock"));
-        assert!(is_log_socket(b"EPuser/dev/log"));
-        assert!(!is_log_socket(b"EPuser/upload/log"));
-        assert!(!is_log_socket(b"EPuser/dev/log/x"));
-        assert!(!is_log_socket(b"EPuser/.sftp-ha-log.sock"));
-        assert!(host_local(b"admin/admin/users.yaml.status"));
-        assert!(!host_local(b"admin/upload/users.yaml"));
-        // A user's own file of that name is a file like any other.
-        assert!(!host_local(b"EPuser/upload/admin/users.yaml.status"));
     }
 }

@@ -228,6 +228,16 @@ fn kind_name(kind: SFlag) -> &'static str {
 }
 
 /// `a/b/c` → (`a/b`, `c`); `c` → (``, `c`).
+/// `name` in the folder `dir` (the empty path is the data dir itself).
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
 fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
     match rel.iter().rposition(|b| *b == b'/') {
         Some(i) => (&rel[..i], &rel[i + 1..]),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::join;
+use super::tree::join;
 
 /// What a batch of events named.
 #[derive(Debug, Default)]
