@@ -25,6 +25,9 @@ use super::Daemon;
 /// for the last changes to reach the standby, before giving up (and undoing
 /// what it did).
 const HANDOVER_PATIENCE: Duration = Duration::from_secs(30);
+/// How long `promote` waits for the master's handover: longer than the
+/// master's own patience, so the master always decides first.
+const PROMOTE_PATIENCE: Duration = Duration::from_secs(45);
 /// How long after this host stopped taking uploads the connections that were
 /// open then are watched: one still logging in (sshd's LoginGraceTime is 2
 /// minutes by default) would get the config it was accepted with, writable.
@@ -590,7 +593,7 @@ impl Daemon {
                     }
                 }
             }
-            Stage::AwaitHandover if pending.started.elapsed() >= HANDOVER_PATIENCE => {
+            Stage::AwaitHandover if pending.started.elapsed() >= PROMOTE_PATIENCE => {
                 self.wants_master = false;
                 self.publish_role();
                 self.answer(
@@ -598,14 +601,24 @@ impl Daemon {
                     false,
                     format!(
                         "the master answered but did not hand over within {} s; nothing changed here. If it is unhealthy, `sftp-ha promote --force` takes over anyway (both hosts then take uploads until they meet again; then the one with the older epoch reconciles and follows)",
-                        HANDOVER_PATIENCE.as_secs()
+                        PROMOTE_PATIENCE.as_secs()
                     ),
                 );
             }
-            Stage::AwaitHandedOver if pending.started.elapsed() >= HANDOVER_PATIENCE => {
-                if let Some(sync) = &self.sync {
-                    sync.control(|c| c.hand_over = false);
-                }
+            Stage::AwaitHandedOver
+                if pending.started.elapsed() >= HANDOVER_PATIENCE
+                    && self.sync.as_ref().is_none_or(|sync| {
+                        // Called off only if the worker is not writing it.
+                        sync.control(|c| {
+                            let off = !c.writing_handover && c.handed_over.is_none();
+                            if off {
+                                c.hand_over = false;
+                            }
+                            off
+                        })
+                        .unwrap_or(true)
+                    }) =>
+            {
                 // Users may write again.
                 self.fencing = None;
                 self.install_sshd();

@@ -123,6 +123,9 @@ pub struct Control {
     /// Daemon → worker: users can no longer write here; send the last
     /// changes, then hand the role over.
     pub hand_over: bool,
+    /// Worker → daemon: the handover is being written: too late to call it
+    /// off (the standby may already have read it).
+    pub writing_handover: bool,
     /// Worker → daemon: the handover is written; the standby becomes master
     /// with this epoch.
     pub handed_over: Option<u64>,
@@ -1248,6 +1251,15 @@ impl Worker {
             self.schedule.handover_pending(Instant::now());
             return;
         }
+        // From here on the daemon waits for the outcome instead of calling
+        // the handover off: the standby may take over as soon as it is written.
+        let go = self.control.lock().is_ok_and(|mut c| {
+            c.writing_handover = c.hand_over;
+            c.hand_over
+        });
+        if !go {
+            return;
+        }
         let to = self.settings.live.epoch + 1;
         let claim = self.settings.claim(Some(to), None);
         let written = match self.standby.as_mut() {
@@ -1263,6 +1275,9 @@ impl Worker {
                 }
             }
             Err(err) => {
+                if let Ok(mut c) = self.control.lock() {
+                    c.writing_handover = false;
+                }
                 self.failed(err);
             }
         }
