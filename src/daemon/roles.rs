@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::layout::{CLAIM_FILE, CONTROL_DIR, ROLE_FILE};
+use crate::layout::{CHANGED_FILE, CLAIM_FILE, CONTROL_DIR, ROLE_FILE};
 use crate::role::{
     self, Claim, ClaimVerdict, Live, PeerAnswer, PromoteVerdict, Published, Role, UsersOutcome,
 };
@@ -99,11 +99,16 @@ impl Daemon {
             return Ok(live);
         };
         let state = &config.state_dir;
-        let _ = fs::remove_file(state.join(crate::sync::INDEX_FILE));
         if new.role == Role::Master {
+            let _ = fs::remove_file(state.join(crate::sync::INDEX_FILE));
             save_baseline(config)?;
         } else {
             let _ = fs::remove_file(state.join(BASELINE_FILE));
+            if let Err(err) = write_changed_list(config) {
+                tracing::error!(
+                    "cannot list the files the peer never confirmed: {err}; the new master goes by size and mtime alone"
+                );
+            }
         }
         role::save(state, &new)?;
         tracing::warn!(
@@ -212,6 +217,7 @@ impl Daemon {
     /// Becomes a standby: users' sessions end and new ones are read-only,
     /// replication stops, the sync account may write here.
     pub(super) fn become_standby(&mut self, live: Live) {
+        let was_master = self.live.role == Role::Master;
         if !self.persist(live) {
             // It cannot be remembered, but users must stop writing anyway.
             self.live.role = Role::Standby;
@@ -219,6 +225,18 @@ impl Daemon {
         let state = self.config.state_dir.clone();
         let _ = fs::remove_file(state.join(BASELINE_FILE));
         self.switch_role_parts();
+        if was_master {
+            // After the worker stopped: its index on disk is final.
+            match write_changed_list(&self.config) {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    "{n} file(s) written here never reached the peer; they are listed for the new master's reconciliation"
+                ),
+                Err(err) => tracing::error!(
+                    "cannot list the files the peer never confirmed: {err}; the new master goes by size and mtime alone"
+                ),
+            }
+        }
     }
 
     /// Everything that follows the role, switched to the current one.
@@ -331,7 +349,11 @@ impl Daemon {
         match role::judge_claim(&self.live, &claim, unix_now()) {
             ClaimVerdict::Ignore => {}
             ClaimVerdict::Follow(live) => {
+                let reconciled = self.live.unreconciled.is_some() && live.unreconciled.is_none();
                 if self.persist(live) {
+                    if reconciled {
+                        let _ = fs::remove_file(self.control_dir().join(CHANGED_FILE));
+                    }
                     self.publish_role();
                 }
             }
@@ -712,6 +734,24 @@ impl Daemon {
         });
         self.set_phase(self.status.phase);
     }
+}
+
+/// On a master that steps down: lists in the control folder the files it
+/// wrote that its standby never confirmed (see [`CHANGED_FILE`]). Returns how many.
+fn write_changed_list(config: &crate::config::Config) -> io::Result<usize> {
+    let (tree, _) = crate::sync::tree::scan(&config.data_dir, &mut |_| {})?;
+    let confirmed = crate::sync::tree::load_index(&config.state_dir.join(crate::sync::INDEX_FILE));
+    let files = crate::sync::reconcile::unconfirmed_files(&tree, &confirmed);
+    let dir = config.data_dir.join(CONTROL_DIR);
+    prepare_control_dir(&dir)?;
+    let text = crate::sync::reconcile::changed_list_text(&files);
+    crate::fsutil::write_atomic(
+        &dir.join(CHANGED_FILE),
+        text.as_bytes(),
+        0o600,
+        Some((0, 0)),
+    )?;
+    Ok(files.len())
 }
 
 /// Saves the tree as it is now as the baseline: the last point both hosts

@@ -488,6 +488,11 @@ impl Worker {
                 return;
             }
         }
+        for path in round::rewritten_alike(&self.current, &self.index, &self.closed) {
+            if let Some(confirmed) = self.index.get_mut(&path) {
+                confirmed.mtime_nsec = -1;
+            }
+        }
         // The audit may have corrected the index anywhere: then all of it is planned.
         let changed = changed.filter(|_| !self.replan_all);
         let (part, confirmed) = round::scope(&self.current, &self.index, changed.as_ref());
@@ -1027,7 +1032,7 @@ impl Worker {
     /// Returns the paths whose content differs although size and mtime agree:
     /// the index must not take them as confirmed.
     fn reconcile(&mut self, remote: &Tree) -> Result<HashSet<Vec<u8>>, TransportError> {
-        let Some(baseline) = self.baseline.as_ref() else {
+        let Some(mut baseline) = self.baseline.clone() else {
             return Ok(HashSet::new());
         };
         let node = self
@@ -1036,8 +1041,14 @@ impl Worker {
             .ok()
             .and_then(|c| c.peer.as_ref().map(|p| p.node.clone()))
             .unwrap_or_else(|| self.settings.standby.host.clone());
+        // What the former master wrote that its standby never confirmed is
+        // changed there, whatever size and mtime say.
+        let peer_changed = self.read_peer_changed()?;
+        for path in &peer_changed {
+            baseline.remove(path);
+        }
         let mut actions: Vec<reconcile::Action> =
-            reconcile::plan(&self.current, remote, baseline, &node)
+            reconcile::plan(&self.current, remote, &baseline, &node)
                 .into_iter()
                 .filter(|a| {
                     let source = match a {
@@ -1048,15 +1059,13 @@ impl Worker {
                 })
                 .collect();
         // Without a baseline (the union) every file both have alike would
-        // be read whole; that is left to size and mtime.
-        let suspects: Vec<(Vec<u8>, Entry)> = if self.union {
-            Vec::new()
-        } else {
-            reconcile::same_second_suspects(&self.current, remote, baseline)
+        // be read whole: only those the former master listed as changed are.
+        let suspects: Vec<(Vec<u8>, Entry)> =
+            reconcile::same_second_suspects(&self.current, remote, &baseline)
                 .into_iter()
                 .filter(|(path, _)| !audit::host_local(path))
-                .collect()
-        };
+                .filter(|(path, _)| !self.union || peer_changed.contains(path))
+                .collect();
         let endpoint = self.settings.standby.to_string();
         let failed = |message: String| TransportError::Reconcile {
             endpoint: endpoint.clone(),
@@ -1164,6 +1173,25 @@ impl Worker {
         );
         self.set_status(|s| s.last_reconcile = Some(unix_now()));
         Ok(differing)
+    }
+
+    /// The former master's list of files its standby never confirmed
+    /// ([`crate::layout::CHANGED_FILE`]); none: an empty list.
+    fn read_peer_changed(&mut self) -> Result<HashSet<Vec<u8>>, TransportError> {
+        let Some(standby) = self.standby.as_mut() else {
+            return Err(TransportError::NotPinned);
+        };
+        let path = remote_path(&tree::join(
+            CONTROL_DIR.as_bytes(),
+            crate::layout::CHANGED_FILE.as_bytes(),
+        ));
+        match standby.sftp.read_all(&path, 1 << 30) {
+            Ok(bytes) => Ok(reconcile::parse_changed_list(&String::from_utf8_lossy(
+                &bytes,
+            ))),
+            Err(e) if e.is_no_such_file() => Ok(HashSet::new()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads the peer's role and judges it ([`crate::role::judge_peer`]):

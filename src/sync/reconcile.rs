@@ -214,6 +214,33 @@ pub fn same_second_suspects(mine: &Tree, theirs: &Tree, baseline: &Tree) -> Vec<
         .collect()
 }
 
+/// The files in `current` that `confirmed` (what the standby confirmed)
+/// does not hold as they are: what a master that steps down had written and
+/// its standby never got.
+pub fn unconfirmed_files(current: &Tree, confirmed: &Tree) -> Vec<Vec<u8>> {
+    current
+        .iter()
+        .filter(|(path, e)| e.kind == Kind::File && confirmed.get(*path) != Some(e))
+        .map(|(path, _)| path.clone())
+        .collect()
+}
+
+/// The list of [`unconfirmed_files`] as written to the control folder.
+pub fn changed_list_text(paths: &[Vec<u8>]) -> String {
+    paths
+        .iter()
+        .map(|p| format!("{}\n", super::tree::hex(p)))
+        .collect()
+}
+
+/// Reads a list written by [`changed_list_text`]; lines that are not hex are skipped.
+pub fn parse_changed_list(text: &str) -> std::collections::HashSet<Vec<u8>> {
+    text.lines()
+        .filter_map(super::tree::unhex)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
 /// What this host must do so that replication from it loses nothing only
 /// the peer has; see the module comment and [`Action`]. Ordered by the path
 /// each action makes, so a folder comes before what goes in it.
@@ -1466,5 +1493,31 @@ mod tests {
         assert_eq!(suspects, vec![(b"u/new-alike".to_vec(), f(2, 20))]);
         // With no baseline (the union), everything alike is a suspect.
         assert_eq!(same_second_suspects(&mine, &theirs, &Tree::new()).len(), 2);
+    }
+
+    #[test]
+    fn the_unconfirmed_files_of_a_former_master_go_through_their_list() {
+        let f = |size: u64, nsec: i64| Entry {
+            kind: Kind::File,
+            size,
+            mtime: 10,
+            mtime_nsec: nsec,
+            mode: 0o640,
+            uid: 1000,
+            gid: 1000,
+            ino: 1,
+        };
+        let confirmed = tree(&[("u/same", f(1, 5)), ("u/touched", f(1, 5))]);
+        let current = tree(&[
+            ("u/same", f(1, 5)),
+            ("u/touched", f(1, 0)),
+            ("u/new\nline", f(2, 0)),
+        ]);
+        let files = unconfirmed_files(&current, &confirmed);
+        assert_eq!(files, vec![b"u/new\nline".to_vec(), b"u/touched".to_vec()]);
+        let back = parse_changed_list(&changed_list_text(&files));
+        assert_eq!(back.len(), 2);
+        assert!(back.contains(b"u/new\nline".as_slice()));
+        assert!(parse_changed_list("zz\n\n").is_empty());
     }
 }

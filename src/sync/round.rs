@@ -71,6 +71,33 @@ pub fn hold_back<'a>(part: Cow<'a, Tree>, confirmed: &Tree, settling: &[Vec<u8>]
     Cow::Owned(ready)
 }
 
+/// Files closed after writing whose size and mtime (to the nanosecond) are
+/// still what the standby confirmed: rewritten with the mtime set back (WinSCP
+/// keeps timestamps by default, so does `sftp put -p`), which stat alone
+/// cannot tell from no change. The caller drops their confirmation, so they
+/// are sent again.
+pub fn rewritten_alike(
+    current: &Tree,
+    confirmed: &Tree,
+    closed: &HashSet<Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    closed
+        .iter()
+        .filter(|path| {
+            current.get(*path).is_some_and(|now| {
+                now.kind == Kind::File
+                    && confirmed.get(*path).is_some_and(|c| {
+                        c.kind == Kind::File
+                            && c.size == now.size
+                            && c.mtime == now.mtime
+                            && c.mtime_nsec == now.mtime_nsec
+                    })
+            })
+        })
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +228,36 @@ mod tests {
         assert_eq!(
             plan(&ready, &confirmed, true),
             [Op::Put(b"u/done".to_vec(), file(7, 9_000))]
+        );
+    }
+
+    #[test]
+    fn a_file_rewritten_to_the_same_size_and_mtime_is_sent_again() {
+        let confirmed = tree(&[("a", file(5, 10)), ("b", file(5, 10)), ("d", dir(3))]);
+        let current = tree(&[("a", file(5, 10)), ("b", file(6, 10)), ("d", dir(3))]);
+        let closed: HashSet<Vec<u8>> = [
+            b"a".to_vec(),
+            b"b".to_vec(),
+            b"d".to_vec(),
+            b"gone".to_vec(),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            rewritten_alike(&current, &confirmed, &closed),
+            vec![b"a".to_vec()]
+        );
+        // Not closed: nothing was written, nothing is sent.
+        assert!(rewritten_alike(&current, &confirmed, &HashSet::new()).is_empty());
+        // Once its confirmation is dropped, the plan sends it.
+        let mut dropped = confirmed.clone();
+        if let Some(e) = dropped.get_mut(b"a".as_slice()) {
+            e.mtime_nsec = -1;
+        }
+        let ops = plan(&current, &dropped, true);
+        assert!(
+            ops.contains(&Op::Put(b"a".to_vec(), file(5, 10))),
+            "{ops:?}"
         );
     }
 }

@@ -582,11 +582,11 @@ pub fn looks_like_mass_delete(current: &Tree, confirmed: &Tree) -> bool {
         && confirmed.values().any(|e| e.kind == Kind::File)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;
     }
