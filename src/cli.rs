@@ -640,7 +640,7 @@ fn role_request(action: crate::daemon::Action, force: bool) -> Exit {
         action,
         force,
     };
-    let path = dir.join(crate::daemon::REQUEST_FILE);
+    let path = dir.join(format!("{}{id}.json", crate::daemon::REQUEST_PREFIX));
     let written = serde_json::to_vec(&request)
         .map_err(std::io::Error::other)
         .and_then(|text| crate::fsutil::write_atomic(&path, &text, 0o600, None));
@@ -660,7 +660,7 @@ fn role_request(action: crate::daemon::Action, force: bool) -> Exit {
         let Ok(Observed::Running(s)) = status::read(&dir) else {
             continue;
         };
-        let Some(r) = s.last_request.filter(|r| r.id == id) else {
+        let Some(r) = s.answers.into_iter().find(|r| r.id == id) else {
             continue;
         };
         if !r.done {

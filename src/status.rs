@@ -85,6 +85,9 @@ pub struct DaemonStatus {
     /// The answer to the last `sftp-ha promote` / `demote`.
     #[serde(default)]
     pub last_request: Option<RequestOutcome>,
+    /// The last few answers, for the commands that wait on theirs.
+    #[serde(default)]
+    pub answers: Vec<RequestOutcome>,
 }
 
 /// The peer's role as this host last learnt it.
@@ -394,6 +397,7 @@ mod tests {
             node: "m1".into(),
             peer: None,
             last_request: None,
+            answers: Vec::new(),
         }
     }
 

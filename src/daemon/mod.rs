@@ -5,7 +5,7 @@
 mod notify;
 mod roles;
 
-pub use roles::{Action, CommandRequest, REQUEST_FILE};
+pub use roles::{Action, CommandRequest, REQUEST_PREFIX};
 mod sftp_log;
 mod signals;
 mod users_watch;
@@ -162,6 +162,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
             node: String::new(),
             peer: None,
             last_request: None,
+            answers: Vec::new(),
         },
         users: UsersWatch::new(&config.data_dir, config.hash_method, live.role).map_err(|e| {
             DaemonError::Os {

@@ -32,8 +32,11 @@ const PROMOTE_PATIENCE: Duration = Duration::from_secs(45);
 /// open then are watched: one still logging in (sshd's LoginGraceTime is 2
 /// minutes by default) would get the config it was accepted with, writable.
 pub const FENCE_WINDOW: Duration = Duration::from_secs(180);
-/// The request `sftp-ha promote` / `demote` leaves in the runtime dir.
-pub const REQUEST_FILE: &str = "request.json";
+/// `sftp-ha promote` / `demote` leave their request in the runtime dir as
+/// `request-<id>.json`, one file each, so two at once do not overwrite one another.
+pub const REQUEST_PREFIX: &str = "request-";
+/// How many answers the status keeps, for the commands waiting on them.
+const ANSWERS_KEPT: usize = 8;
 
 /// A `promote` or `demote` asked for on the command line.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -497,15 +500,34 @@ impl Daemon {
 
     /// SIGUSR1: reads the request `sftp-ha promote` / `demote` left.
     pub(super) fn on_command(&mut self) {
-        let path = self.runtime_dir.join(REQUEST_FILE);
-        let request: CommandRequest = match read_json(&path) {
-            Ok(r) => r,
-            Err(err) => {
-                tracing::warn!(path = %path.display(), "SIGUSR1 without a readable request: {err}");
-                return;
+        let mut files: Vec<PathBuf> = fs::read_dir(&self.runtime_dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(REQUEST_PREFIX) && n.ends_with(".json"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        if files.is_empty() {
+            tracing::warn!(path = %self.runtime_dir.display(), "SIGUSR1 without a request");
+        }
+        for path in files {
+            let request = read_json::<CommandRequest>(&path);
+            let _ = fs::remove_file(&path);
+            match request {
+                Ok(r) => self.carry_out(r),
+                Err(err) => tracing::warn!(path = %path.display(), "an unreadable request: {err}"),
             }
-        };
-        let _ = fs::remove_file(&path);
+        }
+    }
+
+    fn carry_out(&mut self, request: CommandRequest) {
         if let Some(p) = &self.pending {
             let busy = p.id.clone();
             self.answer(
@@ -711,12 +733,24 @@ impl Daemon {
     }
 
     fn progress(&mut self, id: &str, message: String) {
-        self.status.last_request = Some(RequestOutcome {
+        self.record_answer(RequestOutcome {
             id: id.to_string(),
             done: false,
             ok: true,
             message,
         });
+    }
+
+    /// The answer goes to the status (the last one shown, a few kept for
+    /// the commands waiting on them).
+    fn record_answer(&mut self, outcome: RequestOutcome) {
+        let answers = &mut self.status.answers;
+        answers.retain(|a| a.id != outcome.id);
+        answers.push(outcome.clone());
+        if answers.len() > ANSWERS_KEPT {
+            answers.remove(0);
+        }
+        self.status.last_request = Some(outcome);
         self.set_phase(self.status.phase);
     }
 
@@ -726,13 +760,12 @@ impl Daemon {
         } else {
             tracing::error!("request failed: {message}");
         }
-        self.status.last_request = Some(RequestOutcome {
+        self.record_answer(RequestOutcome {
             id: id.to_string(),
             done: true,
             ok,
             message,
         });
-        self.set_phase(self.status.phase);
     }
 }
 

@@ -30,6 +30,7 @@ fn base(role: Role) -> DaemonStatus {
         node: "m1".into(),
         peer: None,
         last_request: None,
+        answers: Vec::new(),
     }
 }
 

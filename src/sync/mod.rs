@@ -1085,8 +1085,9 @@ impl Worker {
                 .download(&remote_path(&path), &mut compare)
                 .map_err(|e| failed(e.to_string()))?;
             if !compare.same() {
-                let copy = reconcile::conflict_name(&path, &node, there.mtime);
-                if !self.current.contains_key(&copy) {
+                if let Some(copy) =
+                    reconcile::conflict_copy_for(&path, &there, &node, &self.current, remote)
+                {
                     actions.push(reconcile::Action::ConflictCopy {
                         path: path.clone(),
                         copy,

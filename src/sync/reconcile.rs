@@ -154,6 +154,23 @@ fn numbered_conflict_name(path: &[u8], node: &str, mtime: i64, n: u32) -> Vec<u8
     out
 }
 
+/// The name to keep the peer's version `entry` of `path` under, for a
+/// conflict found outside [`plan`] (bytes that differ where size and mtime
+/// agree): the first conflict name nobody holds; `None` if this host already
+/// holds that version under one (an earlier run made it).
+pub fn conflict_copy_for(
+    path: &[u8],
+    entry: &Entry,
+    node: &str,
+    mine: &Tree,
+    theirs: &Tree,
+) -> Option<Vec<u8>> {
+    match conflict_target(path, entry, node, mine, theirs, &BTreeSet::new()) {
+        Name::Free(name) => Some(name),
+        Name::Present(_) => None,
+    }
+}
+
 /// A name for the peer's `entry` (a conflict copy of `path`, or a folder
 /// renamed out of the way) on this host.
 enum Name {
