@@ -239,6 +239,28 @@ pub fn end_user_sessions_of(connections: &HashSet<i32>) -> usize {
     })
 }
 
+/// Ends the logins still in progress among `connections` (any account: the
+/// client has not authenticated yet, so nothing is lost but a retry), so
+/// none completes with the config its connection was accepted with. Returns
+/// how many processes were signalled.
+pub fn end_logins_of(connections: &HashSet<i32>) -> usize {
+    end_processes(|cmdline, proc_dir| {
+        is_login_in_progress(title(cmdline))
+            && proc_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<i32>().ok())
+                .is_some_and(|pid| connections.contains(&pid))
+    })
+}
+
+/// sshd's titles before authentication: `sshd: [accepted]`, and the
+/// unprivileged child `sshd: [net]`, `sshd: unknown [net]`, `sshd: NAME [net]`.
+fn is_login_in_progress(title: &[u8]) -> bool {
+    session_user(title).is_some_and(|user| user == b"[accepted]" || user == b"[net]")
+        || (session_user(title).is_some() && title.ends_with(b" [net]"))
+}
+
 /// The names and uids of the managed accounts.
 fn managed_accounts() -> (HashSet<Vec<u8>>, HashSet<u32>) {
     let members = nix::unistd::Group::from_name(crate::layout::MANAGED_GROUP)
@@ -396,6 +418,31 @@ mod tests {
         assert_eq!(user(b"/usr/sbin/sshd\0-D\0"), None);
         assert_eq!(user(b"bash\0"), None);
         assert_eq!(parent_pid("12 (sshd: a) b) S 7 12 12 0"), Some(7));
+        for pre_auth in [
+            &b"sshd: [accepted]"[..],
+            b"sshd: [net]",
+            b"sshd: unknown [net]",
+            b"sshd: EPuser [net]",
+            b"sshd-session: root [net]",
+        ] {
+            assert!(
+                is_login_in_progress(pre_auth),
+                "{}",
+                String::from_utf8_lossy(pre_auth)
+            );
+        }
+        for done in [
+            &b"sshd: EPuser [priv]"[..],
+            b"sshd: EPuser@notty",
+            b"sshd: root@pts/0",
+            b"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups",
+        ] {
+            assert!(
+                !is_login_in_progress(done),
+                "{}",
+                String::from_utf8_lossy(done)
+            );
+        }
         assert_eq!(parent_pid("garbage"), None);
         assert_eq!(
             real_uid("Name:\tsshd\nUid:\t1001\t1001\t1001\t1001\n"),

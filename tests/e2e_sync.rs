@@ -329,3 +329,28 @@ fn names_modes_and_accounts_the_standby_can_hold() {
         "{groups}"
     );
 }
+
+/// A file rewritten with the same size and the same mtime (WinSCP keeps
+/// timestamps by default, so does `sftp put -p`) reaches the standby: `stat`
+/// alone cannot tell it changed.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_rewrite_that_keeps_size_and_mtime_reaches_the_standby() {
+    let tb = replicating_pair("");
+    for content in ["version-1\n", "version-2\n"] {
+        std::fs::write(tb.path(MASTER, "/var/tmp/same.txt"), content).unwrap();
+        tb.ok(MASTER, "touch -d @1700000000 /var/tmp/same.txt");
+        let out = tb.sftp(
+            MASTER,
+            "10.231.0.1",
+            "EPuser",
+            "1234",
+            "put -p /var/tmp/same.txt /upload/same.txt\n",
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        let there = tb.path(STANDBY, "/srv/sftp-ha/EPuser/upload/same.txt");
+        wait_for(&format!("{content:?} on the standby"), || {
+            (std::fs::read_to_string(&there).ok()? == content).then_some(())
+        });
+    }
+}

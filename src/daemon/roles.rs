@@ -298,7 +298,8 @@ impl Daemon {
     /// so for [`FENCE_WINDOW`] (call after the read-only drop-in is loaded).
     fn fence_users(&mut self, why: &str) {
         let connections = crate::sshd::connection_pids();
-        let ended = crate::sshd::end_user_sessions_of(&connections);
+        let ended = crate::sshd::end_user_sessions_of(&connections)
+            + crate::sshd::end_logins_of(&connections);
         if ended > 0 {
             tracing::warn!("ended {ended} user session process(es): {why}");
         }
