@@ -240,13 +240,15 @@ fn a_planned_switchover_loses_no_acknowledged_upload_and_reverses_replication() 
     std::fs::create_dir_all(&local).unwrap();
     let mut batch = String::new();
     for i in 0..20 {
+        // Big enough that some are still being sent when the master hands over.
         std::fs::write(
             local.join(format!("f{i:02}.txt")),
-            format!("{i}\n").repeat(50_000),
+            format!("{i}\n").repeat(1_500_000),
         )
         .unwrap();
         batch.push_str(&format!(
-            "put /var/tmp/burst/f{i:02}.txt /upload/f{i:02}.txt\n"
+            "put {}/f{i:02}.txt /upload/f{i:02}.txt\n",
+            local.display()
         ));
     }
     let uploads = std::thread::scope(|scope| {
@@ -268,7 +270,7 @@ fn a_planned_switchover_loses_no_acknowledged_upload_and_reverses_replication() 
     let echoed = util::stdout(&uploads);
     let mut acknowledged: Vec<&str> = echoed
         .lines()
-        .filter_map(|l| l.strip_prefix("sftp> put /var/tmp/burst/"))
+        .filter_map(|l| l.strip_prefix(&format!("sftp> put {}/", local.display())))
         .filter_map(|l| l.split(' ').next())
         .collect();
     if !uploads.status.success() {
@@ -278,13 +280,18 @@ fn a_planned_switchover_loses_no_acknowledged_upload_and_reverses_replication() 
         "{} of 20 uploads acknowledged before the switchover",
         acknowledged.len()
     );
+    assert!(
+        !acknowledged.is_empty(),
+        "no upload got through: {}",
+        describe(&uploads)
+    );
     for name in &acknowledged {
         let i: usize = name[1..3].parse().unwrap();
         let there = tb.path(STANDBY, &format!("{DIR}/{name}"));
         let size = std::fs::metadata(&there).map(|m| m.len()).unwrap_or(0);
         assert_eq!(
             size,
-            (format!("{i}\n").len() * 50_000) as u64,
+            (format!("{i}\n").len() * 1_500_000) as u64,
             "{name} was acknowledged by the old master but is not complete on the new one"
         );
     }
@@ -433,13 +440,17 @@ fn a_master_killed_mid_burst_then_promoted_over_and_back_loses_nothing() {
         )
         .unwrap();
         batch.push_str(&format!(
-            "put /var/tmp/burst/b{i:02}.bin /upload/b{i:02}.bin\n"
+            "put {}/b{i:02}.bin /upload/b{i:02}.bin\n",
+            local.display()
         ));
     }
     let out = std::thread::scope(|scope| {
         let uploader = scope.spawn(|| tb.sftp(MASTER, "10.231.0.1", "EPuser", "1234", &batch));
         std::thread::sleep(std::time::Duration::from_millis(150));
-        tb.ok(MASTER, "systemctl kill -s KILL sftp-ha");
+        tb.ok(
+            MASTER,
+            "kill -9 $(systemctl show -p MainPID --value sftp-ha)",
+        );
         tb.cut(MASTER);
         uploader.join().unwrap()
     });
@@ -537,19 +548,22 @@ fn a_login_in_progress_during_a_switchover_cannot_write_on_the_old_master() {
 #[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
 fn rewrites_that_keep_size_and_mtime_on_the_old_master_are_not_lost() {
     let tb = replicating_pair("");
+    // The client runs on this machine: local paths are the host's view of
+    // the container's files, and the mtime is set there before `put -p`.
     let put_p = |from: &str, addr: &str, content: &str| {
+        let mut batch = String::new();
         for name in ["keep.txt", "del.txt"] {
             let local = tb.path(from, &format!("/var/tmp/{name}"));
             std::fs::write(&local, content).unwrap();
-            tb.ok(from, &format!("touch -d @1700000000 /var/tmp/{name}"));
+            let touched = std::process::Command::new("touch")
+                .args(["-d", "@1700000000"])
+                .arg(&local)
+                .status()
+                .unwrap();
+            assert!(touched.success());
+            batch.push_str(&format!("put -p {} /upload/{name}\n", local.display()));
         }
-        let out = tb.sftp(
-            from,
-            addr,
-            "EPuser",
-            "1234",
-            "put -p /var/tmp/keep.txt /upload/keep.txt\nput -p /var/tmp/del.txt /upload/del.txt\n",
-        );
+        let out = tb.sftp(from, addr, "EPuser", "1234", &batch);
         assert!(out.status.success(), "{}", describe(&out));
     };
     put_p(MASTER, "10.231.0.1", "version-1\n");

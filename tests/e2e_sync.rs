@@ -338,14 +338,16 @@ fn names_modes_and_accounts_the_standby_can_hold() {
 fn a_rewrite_that_keeps_size_and_mtime_reaches_the_standby() {
     let tb = replicating_pair("");
     for content in ["version-1\n", "version-2\n"] {
-        std::fs::write(tb.path(MASTER, "/var/tmp/same.txt"), content).unwrap();
+        // The client runs on this machine, where the file is this path.
+        let local = tb.path(MASTER, "/var/tmp/same.txt");
+        std::fs::write(&local, content).unwrap();
         tb.ok(MASTER, "touch -d @1700000000 /var/tmp/same.txt");
         let out = tb.sftp(
             MASTER,
             "10.231.0.1",
             "EPuser",
             "1234",
-            "put -p /var/tmp/same.txt /upload/same.txt\n",
+            &format!("put -p {} /upload/same.txt\n", local.display()),
         );
         assert!(out.status.success(), "{}", describe(&out));
         let there = tb.path(STANDBY, "/srv/sftp-ha/EPuser/upload/same.txt");
