@@ -1375,7 +1375,7 @@ fn lag_ms(e: &Entry) -> u64 {
 /// Writes a claim into the peer's control folder: a fresh temporary there,
 /// then renamed over the last claim, so the peer never reads half of one.
 fn write_claim(
-    sftp: &mut sftp::SftpClient<ssh2::Channel>,
+    sftp: &mut sftp::SftpClient<impl std::io::Read + std::io::Write>,
     claim: &Claim,
 ) -> Result<(), sftp::SftpError> {
     let dir = remote_path(CONTROL_DIR.as_bytes());
