@@ -52,7 +52,7 @@ use crate::timefmt::unix_now;
 use push::{OpError, put_file, remote_path};
 use round::Changed;
 use schedule::{LogBudget, Schedule};
-use transport::{Standby, TransportError};
+use transport::{Connector, Session, SshConnector, TransportError};
 use tree::{Entry, Kind, Op, TEMP_DIR, Tree, join};
 
 pub const INDEX_FILE: &str = "sync-index";
@@ -196,52 +196,16 @@ impl SyncHandle {
 
 /// Starts the worker thread.
 pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let status = Arc::new(Mutex::new(SyncStatus {
-        standby: settings.standby.to_string(),
-        since: unix_now(),
-        ..SyncStatus::default()
-    }));
-    let control = Arc::new(Mutex::new(Control::default()));
-    // A baseline that cannot be read must not turn into "nothing agreed":
-    // that would bring back every file the new master deleted, but worse,
-    // an empty one would be taken as no reconciliation at all.
-    let baseline =
-        reconcile::load_baseline(&settings.state_dir.join(BASELINE_FILE)).map_err(|e| {
-            std::io::Error::other(format!("cannot read the reconciliation baseline: {e}"))
-        })?;
-    if baseline.is_some() {
-        status.lock().map(|mut s| s.reconciling = true).ok();
-    }
-    let watcher = watch::Watcher::new(settings.data_dir.clone())?;
-    let mut worker = Worker {
-        baseline,
-        peer_unreconciled: None,
-        union: false,
-        control: control.clone(),
-        schedule: Schedule::new(
-            Instant::now(),
-            settings.fallback_interval,
-            settings.audit_interval,
-        ),
-        index_path: settings.state_dir.join(INDEX_FILE),
-        index: tree::load_index(&settings.state_dir.join(INDEX_FILE)),
-        settings,
-        watcher,
-        current: Tree::new(),
-        dirty: BTreeSet::new(),
-        rescan_all: true,
-        replan_all: true,
-        closed: HashSet::new(),
-        standby: None,
-        helpers: Vec::new(),
-        stop: stop.clone(),
-        status: status.clone(),
-        skipped_logged: HashSet::new(),
-        refused: std::collections::HashMap::new(),
-        refusals_logged: LogBudget::new(Instant::now(), REFUSALS_LOGGED),
-        said: None,
+    let connector = SshConnector {
+        standby: settings.standby.clone(),
+        state_dir: settings.state_dir.clone(),
     };
+    let mut worker = Worker::new(settings, connector)?;
+    let (stop, status, control) = (
+        worker.stop.clone(),
+        worker.status.clone(),
+        worker.control.clone(),
+    );
     let thread = std::thread::Builder::new()
         .name("sync".into())
         .spawn(move || worker.run())?;
@@ -253,8 +217,10 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
     })
 }
 
-struct Worker {
+struct Worker<C: Connector> {
     settings: SyncSettings,
+    /// How sessions with the standby are opened (SSH; in tests, in memory).
+    connector: C,
     /// This host's tree when it was promoted: while it is here, the peer is a
     /// former master to reconcile before anything is mirrored to it.
     baseline: Option<Tree>,
@@ -283,9 +249,9 @@ struct Worker {
     replan_all: bool,
     /// Files closed after writing since the last round: safe to ship at once.
     closed: HashSet<Vec<u8>>,
-    standby: Option<Standby>,
+    standby: Option<C::Session>,
     /// Extra sessions that share a run of uploads with `standby`.
-    helpers: Vec<Standby>,
+    helpers: Vec<C::Session>,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<SyncStatus>>,
     skipped_logged: HashSet<Vec<u8>>,
@@ -299,7 +265,57 @@ struct Worker {
     said: Option<String>,
 }
 
-impl Worker {
+impl<C: Connector> Worker<C> {
+    /// A worker that opens its sessions with `connector`: the baseline and
+    /// index loaded from the state dir, the data dir watched, nothing sent yet.
+    fn new(settings: SyncSettings, connector: C) -> std::io::Result<Worker<C>> {
+        let status = Arc::new(Mutex::new(SyncStatus {
+            standby: settings.standby.to_string(),
+            since: unix_now(),
+            ..SyncStatus::default()
+        }));
+        // A baseline that cannot be read must not turn into "nothing agreed":
+        // that would bring back every file the new master deleted, but worse,
+        // an empty one would be taken as no reconciliation at all.
+        let baseline =
+            reconcile::load_baseline(&settings.state_dir.join(BASELINE_FILE)).map_err(|e| {
+                std::io::Error::other(format!("cannot read the reconciliation baseline: {e}"))
+            })?;
+        if baseline.is_some() {
+            status.lock().map(|mut s| s.reconciling = true).ok();
+        }
+        let watcher = watch::Watcher::new(settings.data_dir.clone())?;
+        Ok(Worker {
+            baseline,
+            peer_unreconciled: None,
+            union: false,
+            control: Arc::new(Mutex::new(Control::default())),
+            schedule: Schedule::new(
+                Instant::now(),
+                settings.fallback_interval,
+                settings.audit_interval,
+            ),
+            index_path: settings.state_dir.join(INDEX_FILE),
+            index: tree::load_index(&settings.state_dir.join(INDEX_FILE)),
+            settings,
+            connector,
+            watcher,
+            current: Tree::new(),
+            dirty: BTreeSet::new(),
+            rescan_all: true,
+            replan_all: true,
+            closed: HashSet::new(),
+            standby: None,
+            helpers: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            status,
+            skipped_logged: HashSet::new(),
+            refused: std::collections::HashMap::new(),
+            refusals_logged: LogBudget::new(Instant::now(), REFUSALS_LOGGED),
+            said: None,
+        })
+    }
+
     fn run(&mut self) {
         tracing::info!(standby = %self.settings.standby, "sync started");
         while !self.stop.load(Ordering::Relaxed) {
@@ -322,7 +338,7 @@ impl Worker {
             } else if let Some(standby) = &self.standby {
                 let alive = std::iter::once(standby)
                     .chain(&self.helpers)
-                    .try_for_each(Standby::keepalive)
+                    .try_for_each(|s| s.keepalive())
                     .and_then(|()| {
                         if self.schedule.peer_check_due(Instant::now()) {
                             self.check_peer()
@@ -577,10 +593,8 @@ impl Worker {
         }
     }
 
-    fn open_session(&self) -> Result<Standby, TransportError> {
-        let pinned = crate::pair::pinned_host_key(&self.settings.state_dir);
-        let key = crate::pair::key_path(&self.settings.state_dir);
-        Standby::connect(&self.settings.standby, pinned.as_deref(), &key)
+    fn open_session(&self) -> Result<C::Session, TransportError> {
+        self.connector.open()
     }
 
     /// Opens the missing extra sessions for runs of uploads, all at once; one
@@ -590,10 +604,10 @@ impl Worker {
         if missing == 0 {
             return;
         }
-        let this = &*self;
-        let opened: Vec<Result<Standby, TransportError>> = std::thread::scope(|scope| {
+        let connector = &self.connector;
+        let opened: Vec<Result<C::Session, TransportError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..missing)
-                .map(|_| scope.spawn(|| this.open_session()))
+                .map(|_| scope.spawn(|| connector.open()))
                 .collect();
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         });
@@ -614,16 +628,16 @@ impl Worker {
         };
         // Before anything is compared, let alone deleted: a host takes
         // replication only while it is a standby.
-        if !push::accepts_writes(&mut standby.sftp)? {
+        if !push::accepts_writes(standby.sftp())? {
             return Err(TransportError::NotAStandby {
                 endpoint: self.settings.standby.to_string(),
             });
         }
         // The standby learns (again) whose replication it takes, and at which epoch.
-        write_claim(&mut standby.sftp, &self.settings.claim(None, None))?;
+        write_claim(standby.sftp(), &self.settings.claim(None, None))?;
         let mut listing = audit::Listing::new();
         while let Some(folder) = listing.next_folder() {
-            let entries = match standby.sftp.read_dir(&remote_path(&folder)) {
+            let entries = match standby.sftp().read_dir(&remote_path(&folder)) {
                 // Gone since its parent was listed: no temporaries to remove.
                 Err(e) if folder.as_slice() == TEMP_DIR && e.is_no_such_file() => Vec::new(),
                 other => other?,
@@ -636,7 +650,7 @@ impl Worker {
             planted,
         } = listing.finish();
         for temp in &temporaries {
-            match standby.sftp.remove(&remote_path(temp)) {
+            match standby.sftp().remove(&remote_path(temp)) {
                 Err(e) if !e.is_no_such_file() => return Err(e.into()),
                 _ => {}
             }
@@ -645,7 +659,7 @@ impl Worker {
             tracing::info!(standby = %self.settings.standby, "audit: removed {} unfinished temporary file(s)", temporaries.len());
         }
         for path in &planted {
-            match standby.sftp.remove(&remote_path(path)) {
+            match standby.sftp().remove(&remote_path(path)) {
                 Err(e) if !e.is_refusal() => return Err(e.into()),
                 Err(e) => {
                     tracing::warn!(standby = %self.settings.standby, path = %sftp::show(path), "audit: cannot remove a link or special file the master does not have: {e}")
@@ -692,7 +706,7 @@ impl Worker {
             // the baseline goes only once it does.
             if let Some(standby) = self.standby.as_mut() {
                 write_claim(
-                    &mut standby.sftp,
+                    standby.sftp(),
                     &self.settings.claim(None, self.peer_unreconciled),
                 )?;
             }
@@ -869,7 +883,7 @@ impl Worker {
                         let mut results: Vec<(usize, Result<u64, OpError>)> = small
                             .iter()
                             .map(|(i, _)| *i)
-                            .zip(push::put_batch(&mut session.sftp, data_dir, &items))
+                            .zip(push::put_batch(session.sftp(), data_dir, &items))
                             .collect();
                         let mut broke = results.iter().any(|(_, r)| {
                             matches!(r, Err(OpError::Transport(_) | OpError::Aborted))
@@ -878,7 +892,7 @@ impl Worker {
                             let result = if broke {
                                 Err(OpError::Aborted)
                             } else {
-                                put_file(&mut session.sftp, data_dir, path, e)
+                                put_file(session.sftp(), data_dir, path, e)
                             };
                             broke |= matches!(result, Err(OpError::Transport(_)));
                             results.push((i, result));
@@ -948,7 +962,7 @@ impl Worker {
                 let Some(main) = self.standby.as_mut() else {
                     return Err(OpError::Transport(TransportError::NotPinned));
                 };
-                match put_file(&mut main.sftp, &self.settings.data_dir, path, e) {
+                match put_file(main.sftp(), &self.settings.data_dir, path, e) {
                     Ok(bytes) => {
                         *done += 1;
                         confirm(&mut self.index, &self.status, &run[i], bytes, total - *done);
@@ -1081,7 +1095,7 @@ impl Worker {
                 .map_err(|e| failed(format!("{}: {e}", sftp::show(&path))))?;
             let mut compare = SameBytes::new(local);
             standby
-                .sftp
+                .sftp()
                 .download(&remote_path(&path), &mut compare)
                 .map_err(|e| failed(e.to_string()))?;
             if !compare.same() {
@@ -1107,7 +1121,7 @@ impl Worker {
                     ("made_dir", path, None)
                 }
                 reconcile::Action::BringBack { path, entry } => {
-                    reconcile::pull(&mut standby.sftp, &data_dir, path, path, entry, remote)
+                    reconcile::pull(standby.sftp(), &data_dir, path, path, entry, remote)
                         .map_err(|e| failed(e.to_string()))?;
                     back += 1;
                     tracing::warn!(
@@ -1120,7 +1134,7 @@ impl Worker {
                     ("brought_back", path, None)
                 }
                 reconcile::Action::ConflictCopy { path, copy, entry } => {
-                    reconcile::pull(&mut standby.sftp, &data_dir, path, copy, entry, remote)
+                    reconcile::pull(standby.sftp(), &data_dir, path, copy, entry, remote)
                         .map_err(|e| failed(e.to_string()))?;
                     conflicts += 1;
                     tracing::warn!(
@@ -1186,7 +1200,7 @@ impl Worker {
             CONTROL_DIR.as_bytes(),
             crate::layout::CHANGED_FILE.as_bytes(),
         ));
-        match standby.sftp.read_all(&path, 1 << 30) {
+        match standby.sftp().read_all(&path, 1 << 30) {
             Ok(bytes) => Ok(reconcile::parse_changed_list(&String::from_utf8_lossy(
                 &bytes,
             ))),
@@ -1204,7 +1218,7 @@ impl Worker {
         };
         self.schedule.peer_checked(Instant::now());
         let path = remote_path(&join(CONTROL_DIR.as_bytes(), ROLE_FILE.as_bytes()));
-        let peer = match standby.sftp.read_all(&path, 64 * 1024) {
+        let peer = match standby.sftp().read_all(&path, 64 * 1024) {
             Ok(bytes) => serde_json::from_slice::<Published>(&bytes).map_err(|e| {
                 TransportError::BadPeerRole {
                     endpoint: endpoint.clone(),
@@ -1292,7 +1306,7 @@ impl Worker {
         let to = self.settings.live.epoch + 1;
         let claim = self.settings.claim(Some(to), None);
         let written = match self.standby.as_mut() {
-            Some(standby) => write_claim(&mut standby.sftp, &claim).map_err(TransportError::from),
+            Some(standby) => write_claim(standby.sftp(), &claim).map_err(TransportError::from),
             None => Err(TransportError::NotPinned),
         };
         match written {
@@ -1316,7 +1330,7 @@ impl Worker {
         let Some(standby) = self.standby.as_mut() else {
             return Err(OpError::Transport(TransportError::NotPinned));
         };
-        push::execute(&mut standby.sftp, &self.settings.data_dir, op)
+        push::execute(standby.sftp(), &self.settings.data_dir, op)
     }
 
     fn set_status(&self, f: impl FnOnce(&mut SyncStatus)) {
