@@ -1512,4 +1512,360 @@ mod tests {
         assert!(!check(b"abcdef", &[b"abc"]));
         assert!(!check(b"abc", &[b"abc", b"d"]));
     }
+
+    /// Rounds of the real worker against an in-memory standby
+    /// ([`sftp::fake::FakeFs`]): the master's data dir is a temporary folder.
+    mod rounds {
+        use super::super::*;
+        use crate::sync::sftp::fake::{FakeFs, FakeStream, Node};
+        use crate::sync::sftp::{SftpClient, SftpError};
+        use std::os::unix::fs::PermissionsExt as _;
+        use std::path::Path;
+
+        struct FakeSession {
+            sftp: SftpClient<FakeStream>,
+        }
+
+        impl Session for FakeSession {
+            type Stream = FakeStream;
+
+            fn sftp(&mut self) -> &mut SftpClient<FakeStream> {
+                &mut self.sftp
+            }
+
+            fn keepalive(&self) -> Result<(), TransportError> {
+                Ok(())
+            }
+        }
+
+        /// Every session it opens is one more stream to the same file system.
+        struct FakeConnector {
+            fs: Arc<Mutex<FakeFs>>,
+            opened: std::sync::atomic::AtomicUsize,
+        }
+
+        impl Connector for FakeConnector {
+            type Session = FakeSession;
+
+            fn open(&self) -> Result<FakeSession, TransportError> {
+                self.opened.fetch_add(1, Ordering::Relaxed);
+                let sftp = SftpClient::new(FakeStream::new(self.fs.clone()))
+                    .map_err(|e: SftpError| TransportError::Sftp(e))?;
+                Ok(FakeSession { sftp })
+            }
+        }
+
+        struct Bed {
+            data: tempfile::TempDir,
+            _state: tempfile::TempDir,
+            fs: Arc<Mutex<FakeFs>>,
+            worker: Worker<FakeConnector>,
+        }
+
+        /// Long ago: no file is taken as still being written.
+        const OLD: u64 = 1_600_000_000;
+
+        fn bed(standby: FakeFs) -> Bed {
+            let data = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let fs = Arc::new(Mutex::new(standby));
+            let settings = SyncSettings {
+                data_dir: data.path().to_path_buf(),
+                state_dir: state.path().to_path_buf(),
+                standby: Endpoint {
+                    host: "standby.test".into(),
+                    port: 22,
+                },
+                node: "alpha".into(),
+                live: Live::first(Role::Master, 0),
+                fallback_interval: Duration::from_secs(3600),
+                delete: true,
+                audit_interval: Duration::from_secs(3600),
+            };
+            let connector = FakeConnector {
+                fs: fs.clone(),
+                opened: Default::default(),
+            };
+            let worker = Worker::new(settings, connector).unwrap();
+            Bed {
+                data,
+                _state: state,
+                fs,
+                worker,
+            }
+        }
+
+        /// A file on the master with its owner, mode and an old mtime.
+        fn put(root: &Path, rel: &str, data: &[u8], mode: u32, mtime: u64) {
+            let path = root.join(rel);
+            std::fs::write(&path, data).unwrap();
+            std::os::unix::fs::chown(&path, Some(1000), Some(1001)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(mtime))
+                .unwrap();
+        }
+
+        fn mkdir(root: &Path, rel: &str, mode: u32) {
+            let path = root.join(rel);
+            std::fs::create_dir(&path).unwrap();
+            std::os::unix::fs::chown(&path, Some(1000), Some(1001)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+
+        fn node(fs: &Arc<Mutex<FakeFs>>, path: &str) -> Option<Node> {
+            fs.lock().unwrap().nodes.get(path.as_bytes()).cloned()
+        }
+
+        /// Files left in the standby's folder of temporaries.
+        fn temporaries(fs: &Arc<Mutex<FakeFs>>) -> Vec<String> {
+            let fs = fs.lock().unwrap();
+            fs.nodes
+                .keys()
+                .filter(|k| k.starts_with(b"/.sftp-ha-tmp/"))
+                .map(|k| sftp::show(k))
+                .collect()
+        }
+
+        #[test]
+        fn a_first_round_ships_folders_and_files_with_their_attributes() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            mkdir(&root, "u/sub", 0o1770);
+            put(&root, "u/a", b"alpha", 0o640, OLD);
+            put(&root, "u/sub/b", &vec![7u8; 300_000], 0o600, OLD + 1);
+            b.worker.round();
+
+            let status = b.worker.status.lock().unwrap().clone();
+            assert!(status.connected, "{status:?}");
+            assert_eq!(status.last_error, None);
+            assert_eq!(status.files_synced, 2);
+            assert_eq!(status.pending, 0);
+            let u = node(&b.fs, "/u").expect("the folder is there");
+            assert_eq!((u.mode, u.uid, u.gid), (0o040750, 1000, 1001));
+            let sub = node(&b.fs, "/u/sub").unwrap();
+            assert_eq!((sub.mode, sub.uid, sub.gid), (0o041770, 1000, 1001));
+            let a = node(&b.fs, "/u/a").expect("the file is there");
+            assert_eq!(a.data, b"alpha");
+            assert_eq!((a.mode, a.uid, a.gid), (0o100640, 1000, 1001));
+            assert_eq!(u64::from(a.mtime), OLD);
+            let big = node(&b.fs, "/u/sub/b").unwrap();
+            assert_eq!(big.data, vec![7u8; 300_000]);
+            assert_eq!((big.mode, u64::from(big.mtime)), (0o100600, OLD + 1));
+            assert_eq!(temporaries(&b.fs), Vec::<String>::new());
+            // The standby learnt whose replication it takes.
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").expect("a claim");
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!((claim.node.as_str(), claim.epoch), ("alpha", 1));
+            // Confirmed: the index has them.
+            assert!(b.worker.index.contains_key(b"u/sub/b".as_slice()));
+            assert!(!b.worker.schedule.round_planned());
+
+            // Nothing changed: the next round sends nothing.
+            b.fs.lock().unwrap().changes.clear();
+            b.worker.rescan_all = true;
+            b.worker.round();
+            assert_eq!(b.fs.lock().unwrap().changes, Vec::new());
+        }
+
+        #[test]
+        fn a_changed_file_is_sent_again_and_a_deleted_one_deleted() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/keep", b"same", 0o640, OLD);
+            put(&root, "u/change", b"old content", 0o640, OLD);
+            put(&root, "u/gone", b"bye", 0o640, OLD);
+            mkdir(&root, "u/gone-dir", 0o750);
+            b.worker.round();
+            assert!(node(&b.fs, "/u/gone").is_some());
+            assert!(node(&b.fs, "/u/gone-dir").is_some());
+
+            put(&root, "u/change", b"new, longer content", 0o604, OLD + 10);
+            std::fs::remove_file(root.join("u/gone")).unwrap();
+            std::fs::remove_dir(root.join("u/gone-dir")).unwrap();
+            b.fs.lock().unwrap().changes.clear();
+            // As the thread does: the events name what to look at.
+            assert!(b.worker.wait_for_events(Duration::from_secs(1)));
+            assert!(!b.worker.rescan_all, "events, not a walk");
+            b.worker.round();
+
+            let changed = node(&b.fs, "/u/change").unwrap();
+            assert_eq!(changed.data, b"new, longer content");
+            assert_eq!(
+                (changed.mode, u64::from(changed.mtime)),
+                (0o100604, OLD + 10)
+            );
+            assert_eq!(node(&b.fs, "/u/gone"), None);
+            assert_eq!(node(&b.fs, "/u/gone-dir"), None);
+            assert_eq!(node(&b.fs, "/u/keep").unwrap().data, b"same");
+            let changes = b.fs.lock().unwrap().changes.clone();
+            assert!(
+                !changes.iter().any(|(_, p)| p == b"/u/keep"),
+                "an unchanged file is left alone: {changes:?}"
+            );
+            assert!(!b.worker.index.contains_key(b"u/gone".as_slice()));
+            assert_eq!(
+                b.worker.status.lock().unwrap().files_synced,
+                4,
+                "three, then the changed one"
+            );
+        }
+
+        #[test]
+        fn a_run_of_uploads_is_shared_by_several_sessions() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            for i in 0..40 {
+                put(
+                    &root,
+                    &format!("u/f{i}"),
+                    format!("file {i}").as_bytes(),
+                    0o640,
+                    OLD,
+                );
+            }
+            b.worker.round();
+            assert_eq!(
+                b.worker.connector.opened.load(Ordering::Relaxed),
+                SESSIONS,
+                "the main session and its helpers"
+            );
+            for i in 0..40 {
+                let f = node(&b.fs, &format!("/u/f{i}")).unwrap();
+                assert_eq!(f.data, format!("file {i}").as_bytes());
+                assert_eq!((f.mode, f.uid), (0o100640, 1000));
+            }
+            assert_eq!(b.worker.status.lock().unwrap().files_synced, 40);
+            assert_eq!(temporaries(&b.fs), Vec::<String>::new());
+        }
+
+        #[test]
+        fn an_audit_repairs_what_changed_behind_the_masters_back() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"the master's", 0o640, OLD);
+            put(&root, "u/b", b"untouched", 0o640, OLD);
+            b.worker.round();
+            {
+                let mut fs = b.fs.lock().unwrap();
+                fs.nodes.get_mut(b"/u/a".as_slice()).unwrap().data = b"tampered".to_vec();
+                fs.nodes
+                    .insert(b"/u/extra".to_vec(), Node::file(b"not the master's", 0o644));
+                fs.nodes
+                    .insert(b"/.sftp-ha-tmp/left-over".to_vec(), Node::file(b"", 0o600));
+                fs.changes.clear();
+            }
+            // Without an audit, the index says the standby has it all.
+            b.worker.rescan_all = true;
+            b.worker.round();
+            assert_eq!(node(&b.fs, "/u/a").unwrap().data, b"tampered");
+
+            b.worker.audit().unwrap();
+            b.worker.round();
+            assert_eq!(node(&b.fs, "/u/a").unwrap().data, b"the master's");
+            assert_eq!(node(&b.fs, "/u/extra"), None);
+            assert_eq!(temporaries(&b.fs), Vec::<String>::new());
+            let changes = b.fs.lock().unwrap().changes.clone();
+            assert!(!changes.iter().any(|(_, p)| p == b"/u/b"), "{changes:?}");
+            let status = b.worker.status.lock().unwrap().clone();
+            assert_eq!(status.last_audit_repairs, 2, "{status:?}");
+        }
+
+        /// The standby's role file says what it is.
+        fn publishing(role: Role, epoch: u64) -> FakeFs {
+            let mut fs = FakeFs::default();
+            fs.nodes.insert(b"/.sftp-ha-ctl".to_vec(), Node::dir(0o700));
+            let published = Published {
+                node: "beta".into(),
+                role,
+                epoch,
+                wants_master: false,
+                users: None,
+                unreconciled: None,
+            };
+            fs.nodes.insert(
+                b"/.sftp-ha-ctl/role.json".to_vec(),
+                Node::file(&serde_json::to_vec(&published).unwrap(), 0o644),
+            );
+            fs
+        }
+
+        #[test]
+        fn a_peer_at_a_newer_epoch_makes_the_master_step_down_sending_nothing() {
+            let mut b = bed(publishing(Role::Master, 5));
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"data", 0o640, OLD);
+            let before = b.fs.lock().unwrap().nodes.clone();
+            b.worker.round();
+
+            let fs = b.fs.lock().unwrap();
+            assert_eq!(fs.changes, Vec::new(), "nothing sent, no claim written");
+            assert_eq!(fs.nodes, before);
+            drop(fs);
+            let step_down = b.worker.control.lock().unwrap().step_down.clone();
+            assert!(matches!(step_down, Some((5, _))), "{step_down:?}");
+            assert!(b.worker.stepped_down());
+            assert!(b.worker.standby.is_none());
+            let status = b.worker.status.lock().unwrap().clone();
+            assert!(!status.connected);
+            assert!(
+                status
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("steps down"),
+                "{status:?}"
+            );
+            assert!(b.worker.index.is_empty());
+        }
+
+        #[test]
+        fn a_standby_at_this_epoch_is_replicated_to() {
+            let mut b = bed(publishing(Role::Standby, 1));
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            b.worker.round();
+            assert!(node(&b.fs, "/u").is_some());
+            assert!(!b.worker.stepped_down());
+        }
+
+        #[test]
+        fn a_peer_that_takes_no_writes_gets_nothing() {
+            let mut b = bed(FakeFs {
+                read_only: true,
+                ..FakeFs::default()
+            });
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"data", 0o640, OLD);
+            b.worker.round();
+
+            let fs = b.fs.lock().unwrap();
+            assert_eq!(fs.changes, Vec::new());
+            assert!(fs.nodes.is_empty());
+            drop(fs);
+            let status = b.worker.status.lock().unwrap().clone();
+            assert!(!status.connected);
+            assert!(
+                status
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("not a standby"),
+                "{status:?}"
+            );
+            assert!(b.worker.standby.is_none());
+            assert!(!b.worker.stepped_down(), "not this host's to decide");
+            assert!(b.worker.schedule.round_planned(), "tried again later");
+            assert!(b.worker.index.is_empty());
+        }
+    }
 }
