@@ -1778,6 +1778,77 @@ mod tests {
             assert_eq!(status.last_audit_repairs, 2, "{status:?}");
         }
 
+        #[test]
+        fn a_rename_on_the_master_is_a_rename_on_the_standby() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/draft", b"content", 0o640, OLD);
+            // With nanoseconds, as a write gives it: a whole-second mtime
+            // (set by a client, it could repeat) is sent again instead.
+            std::fs::File::options()
+                .write(true)
+                .open(root.join("u/draft"))
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH + Duration::new(OLD, 123_456_789))
+                .unwrap();
+            b.worker.round();
+            b.fs.lock().unwrap().changes.clear();
+
+            std::fs::rename(root.join("u/draft"), root.join("u/final")).unwrap();
+            assert!(b.worker.wait_for_events(Duration::from_secs(1)));
+            b.worker.round();
+            assert_eq!(node(&b.fs, "/u/draft"), None);
+            assert_eq!(node(&b.fs, "/u/final").unwrap().data, b"content");
+            let changes = b.fs.lock().unwrap().changes.clone();
+            assert!(
+                changes.iter().all(|(kind, _)| *kind != 3 /* OPEN */),
+                "renamed, not sent again: {changes:?}"
+            );
+        }
+
+        #[test]
+        fn a_mode_change_alone_is_set_on_the_open_file_not_sent_again() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"content", 0o640, OLD);
+            b.worker.round();
+            b.fs.lock().unwrap().changes.clear();
+
+            std::fs::set_permissions(root.join("u/a"), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+            std::fs::set_permissions(root.join("u"), std::fs::Permissions::from_mode(0o700))
+                .unwrap();
+            assert!(b.worker.wait_for_events(Duration::from_secs(1)));
+            b.worker.round();
+            assert_eq!(node(&b.fs, "/u/a").unwrap().mode, 0o100600);
+            assert_eq!(node(&b.fs, "/u").unwrap().mode, 0o040700);
+            let status = b.worker.status.lock().unwrap().clone();
+            assert_eq!((status.files_synced, status.refused), (1, 0), "{status:?}");
+        }
+
+        #[test]
+        fn a_handover_sends_the_last_changes_then_writes_the_claim() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            b.worker.round();
+            put(&root, "u/last", b"just before", 0o640, OLD);
+            b.worker.control.lock().unwrap().hand_over = true;
+            b.worker.hand_over();
+
+            assert_eq!(node(&b.fs, "/u/last").unwrap().data, b"just before");
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").unwrap();
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!((claim.epoch, claim.handover), (1, Some(2)));
+            let control = b.worker.control.lock().unwrap();
+            assert_eq!(control.handed_over, Some(2));
+            assert!(control.writing_handover);
+            drop(control);
+            assert!(b.worker.stepped_down(), "the worker stops");
+        }
+
         /// The standby's role file says what it is.
         fn publishing(role: Role, epoch: u64) -> FakeFs {
             let mut fs = FakeFs::default();

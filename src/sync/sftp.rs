@@ -990,8 +990,9 @@ pub(crate) mod fake {
     /// entries. It answers what replication uses: OPEN (read, or create with
     /// EXCL), READ, WRITE, FSETSTAT, CLOSE, LSTAT, OPENDIR/READDIR, MKDIR,
     /// RMDIR, REMOVE, and the OpenSSH extensions posix-rename, lsetstat and
-    /// fsync. With `read_only` every change is refused with
-    /// PERMISSION_DENIED, as `sftp-server -R` does.
+    /// fsync. Like sftp-server in a chroot, lsetstat refuses a mode. With
+    /// `read_only` every change is refused with PERMISSION_DENIED, as
+    /// `sftp-server -R` does.
     #[derive(Debug, Default)]
     pub(crate) struct FakeFs {
         pub(crate) nodes: std::collections::BTreeMap<Vec<u8>, Node>,
@@ -1336,6 +1337,11 @@ pub(crate) mod fake {
                         b"lsetstat@openssh.com" => {
                             let path = r.string().unwrap();
                             let attrs = Attrs::decode(r).unwrap();
+                            // In a chroot, sftp-server cannot set a mode without
+                            // following links (no /proc): it fails.
+                            if attrs.mode.is_some() {
+                                return Some(FX_FAILURE);
+                            }
                             let Some(node) = fs.nodes.get_mut(path) else {
                                 return Some(FX_NO_SUCH_FILE);
                             };
