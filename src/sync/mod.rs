@@ -26,6 +26,11 @@
 //! events to those modules and carries out what they decide. [`push`] turns
 //! planned operations into SFTP requests, [`watch`] is inotify, [`lease`]
 //! asks the kernel about writers.
+//!
+//! The worker reaches the standby only through [`transport::Connector`]
+//! (opens sessions: SSH in [`transport::SshConnector`]) and
+//! [`transport::Session`] (an SFTP client and a keepalive), so its rounds
+//! are unit-tested without a network against an in-memory standby.
 
 pub mod audit;
 pub mod lease;
