@@ -26,6 +26,11 @@
 //! events to those modules and carries out what they decide. [`push`] turns
 //! planned operations into SFTP requests, [`watch`] is inotify, [`lease`]
 //! asks the kernel about writers.
+//!
+//! The worker reaches the standby only through [`transport::Connector`]
+//! (opens sessions: SSH in [`transport::SshConnector`]) and
+//! [`transport::Session`] (an SFTP client and a keepalive), so its rounds
+//! are unit-tested without a network against an in-memory standby.
 
 pub mod audit;
 pub mod lease;
@@ -52,7 +57,7 @@ use crate::timefmt::unix_now;
 use push::{OpError, put_file, remote_path};
 use round::Changed;
 use schedule::{LogBudget, Schedule};
-use transport::{Standby, TransportError};
+use transport::{Connector, Session, SshConnector, TransportError};
 use tree::{Entry, Kind, Op, TEMP_DIR, Tree, join};
 
 pub const INDEX_FILE: &str = "sync-index";
@@ -196,52 +201,16 @@ impl SyncHandle {
 
 /// Starts the worker thread.
 pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let status = Arc::new(Mutex::new(SyncStatus {
-        standby: settings.standby.to_string(),
-        since: unix_now(),
-        ..SyncStatus::default()
-    }));
-    let control = Arc::new(Mutex::new(Control::default()));
-    // A baseline that cannot be read must not turn into "nothing agreed":
-    // that would bring back every file the new master deleted, but worse,
-    // an empty one would be taken as no reconciliation at all.
-    let baseline =
-        reconcile::load_baseline(&settings.state_dir.join(BASELINE_FILE)).map_err(|e| {
-            std::io::Error::other(format!("cannot read the reconciliation baseline: {e}"))
-        })?;
-    if baseline.is_some() {
-        status.lock().map(|mut s| s.reconciling = true).ok();
-    }
-    let watcher = watch::Watcher::new(settings.data_dir.clone())?;
-    let mut worker = Worker {
-        baseline,
-        peer_unreconciled: None,
-        union: false,
-        control: control.clone(),
-        schedule: Schedule::new(
-            Instant::now(),
-            settings.fallback_interval,
-            settings.audit_interval,
-        ),
-        index_path: settings.state_dir.join(INDEX_FILE),
-        index: tree::load_index(&settings.state_dir.join(INDEX_FILE)),
-        settings,
-        watcher,
-        current: Tree::new(),
-        dirty: BTreeSet::new(),
-        rescan_all: true,
-        replan_all: true,
-        closed: HashSet::new(),
-        standby: None,
-        helpers: Vec::new(),
-        stop: stop.clone(),
-        status: status.clone(),
-        skipped_logged: HashSet::new(),
-        refused: std::collections::HashMap::new(),
-        refusals_logged: LogBudget::new(Instant::now(), REFUSALS_LOGGED),
-        said: None,
+    let connector = SshConnector {
+        standby: settings.standby.clone(),
+        state_dir: settings.state_dir.clone(),
     };
+    let mut worker = Worker::new(settings, connector)?;
+    let (stop, status, control) = (
+        worker.stop.clone(),
+        worker.status.clone(),
+        worker.control.clone(),
+    );
     let thread = std::thread::Builder::new()
         .name("sync".into())
         .spawn(move || worker.run())?;
@@ -253,8 +222,10 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
     })
 }
 
-struct Worker {
+struct Worker<C: Connector> {
     settings: SyncSettings,
+    /// How sessions with the standby are opened (SSH; in tests, in memory).
+    connector: C,
     /// This host's tree when it was promoted: while it is here, the peer is a
     /// former master to reconcile before anything is mirrored to it.
     baseline: Option<Tree>,
@@ -283,9 +254,9 @@ struct Worker {
     replan_all: bool,
     /// Files closed after writing since the last round: safe to ship at once.
     closed: HashSet<Vec<u8>>,
-    standby: Option<Standby>,
+    standby: Option<C::Session>,
     /// Extra sessions that share a run of uploads with `standby`.
-    helpers: Vec<Standby>,
+    helpers: Vec<C::Session>,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<SyncStatus>>,
     skipped_logged: HashSet<Vec<u8>>,
@@ -299,7 +270,57 @@ struct Worker {
     said: Option<String>,
 }
 
-impl Worker {
+impl<C: Connector> Worker<C> {
+    /// A worker that opens its sessions with `connector`: the baseline and
+    /// index loaded from the state dir, the data dir watched, nothing sent yet.
+    fn new(settings: SyncSettings, connector: C) -> std::io::Result<Worker<C>> {
+        let status = Arc::new(Mutex::new(SyncStatus {
+            standby: settings.standby.to_string(),
+            since: unix_now(),
+            ..SyncStatus::default()
+        }));
+        // A baseline that cannot be read must not turn into "nothing agreed":
+        // that would bring back every file the new master deleted, but worse,
+        // an empty one would be taken as no reconciliation at all.
+        let baseline =
+            reconcile::load_baseline(&settings.state_dir.join(BASELINE_FILE)).map_err(|e| {
+                std::io::Error::other(format!("cannot read the reconciliation baseline: {e}"))
+            })?;
+        if baseline.is_some() {
+            status.lock().map(|mut s| s.reconciling = true).ok();
+        }
+        let watcher = watch::Watcher::new(settings.data_dir.clone())?;
+        Ok(Worker {
+            baseline,
+            peer_unreconciled: None,
+            union: false,
+            control: Arc::new(Mutex::new(Control::default())),
+            schedule: Schedule::new(
+                Instant::now(),
+                settings.fallback_interval,
+                settings.audit_interval,
+            ),
+            index_path: settings.state_dir.join(INDEX_FILE),
+            index: tree::load_index(&settings.state_dir.join(INDEX_FILE)),
+            settings,
+            connector,
+            watcher,
+            current: Tree::new(),
+            dirty: BTreeSet::new(),
+            rescan_all: true,
+            replan_all: true,
+            closed: HashSet::new(),
+            standby: None,
+            helpers: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            status,
+            skipped_logged: HashSet::new(),
+            refused: std::collections::HashMap::new(),
+            refusals_logged: LogBudget::new(Instant::now(), REFUSALS_LOGGED),
+            said: None,
+        })
+    }
+
     fn run(&mut self) {
         tracing::info!(standby = %self.settings.standby, "sync started");
         while !self.stop.load(Ordering::Relaxed) {
@@ -322,7 +343,7 @@ impl Worker {
             } else if let Some(standby) = &self.standby {
                 let alive = std::iter::once(standby)
                     .chain(&self.helpers)
-                    .try_for_each(Standby::keepalive)
+                    .try_for_each(|s| s.keepalive())
                     .and_then(|()| {
                         if self.schedule.peer_check_due(Instant::now()) {
                             self.check_peer()
@@ -577,10 +598,8 @@ impl Worker {
         }
     }
 
-    fn open_session(&self) -> Result<Standby, TransportError> {
-        let pinned = crate::pair::pinned_host_key(&self.settings.state_dir);
-        let key = crate::pair::key_path(&self.settings.state_dir);
-        Standby::connect(&self.settings.standby, pinned.as_deref(), &key)
+    fn open_session(&self) -> Result<C::Session, TransportError> {
+        self.connector.open()
     }
 
     /// Opens the missing extra sessions for runs of uploads, all at once; one
@@ -590,10 +609,10 @@ impl Worker {
         if missing == 0 {
             return;
         }
-        let this = &*self;
-        let opened: Vec<Result<Standby, TransportError>> = std::thread::scope(|scope| {
+        let connector = &self.connector;
+        let opened: Vec<Result<C::Session, TransportError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..missing)
-                .map(|_| scope.spawn(|| this.open_session()))
+                .map(|_| scope.spawn(|| connector.open()))
                 .collect();
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         });
@@ -614,16 +633,16 @@ impl Worker {
         };
         // Before anything is compared, let alone deleted: a host takes
         // replication only while it is a standby.
-        if !push::accepts_writes(&mut standby.sftp)? {
+        if !push::accepts_writes(standby.sftp())? {
             return Err(TransportError::NotAStandby {
                 endpoint: self.settings.standby.to_string(),
             });
         }
         // The standby learns (again) whose replication it takes, and at which epoch.
-        write_claim(&mut standby.sftp, &self.settings.claim(None, None))?;
+        write_claim(standby.sftp(), &self.settings.claim(None, None))?;
         let mut listing = audit::Listing::new();
         while let Some(folder) = listing.next_folder() {
-            let entries = match standby.sftp.read_dir(&remote_path(&folder)) {
+            let entries = match standby.sftp().read_dir(&remote_path(&folder)) {
                 // Gone since its parent was listed: no temporaries to remove.
                 Err(e) if folder.as_slice() == TEMP_DIR && e.is_no_such_file() => Vec::new(),
                 other => other?,
@@ -636,7 +655,7 @@ impl Worker {
             planted,
         } = listing.finish();
         for temp in &temporaries {
-            match standby.sftp.remove(&remote_path(temp)) {
+            match standby.sftp().remove(&remote_path(temp)) {
                 Err(e) if !e.is_no_such_file() => return Err(e.into()),
                 _ => {}
             }
@@ -645,7 +664,7 @@ impl Worker {
             tracing::info!(standby = %self.settings.standby, "audit: removed {} unfinished temporary file(s)", temporaries.len());
         }
         for path in &planted {
-            match standby.sftp.remove(&remote_path(path)) {
+            match standby.sftp().remove(&remote_path(path)) {
                 Err(e) if !e.is_refusal() => return Err(e.into()),
                 Err(e) => {
                     tracing::warn!(standby = %self.settings.standby, path = %sftp::show(path), "audit: cannot remove a link or special file the master does not have: {e}")
@@ -692,7 +711,7 @@ impl Worker {
             // the baseline goes only once it does.
             if let Some(standby) = self.standby.as_mut() {
                 write_claim(
-                    &mut standby.sftp,
+                    standby.sftp(),
                     &self.settings.claim(None, self.peer_unreconciled),
                 )?;
             }
@@ -869,7 +888,7 @@ impl Worker {
                         let mut results: Vec<(usize, Result<u64, OpError>)> = small
                             .iter()
                             .map(|(i, _)| *i)
-                            .zip(push::put_batch(&mut session.sftp, data_dir, &items))
+                            .zip(push::put_batch(session.sftp(), data_dir, &items))
                             .collect();
                         let mut broke = results.iter().any(|(_, r)| {
                             matches!(r, Err(OpError::Transport(_) | OpError::Aborted))
@@ -878,7 +897,7 @@ impl Worker {
                             let result = if broke {
                                 Err(OpError::Aborted)
                             } else {
-                                put_file(&mut session.sftp, data_dir, path, e)
+                                put_file(session.sftp(), data_dir, path, e)
                             };
                             broke |= matches!(result, Err(OpError::Transport(_)));
                             results.push((i, result));
@@ -948,7 +967,7 @@ impl Worker {
                 let Some(main) = self.standby.as_mut() else {
                     return Err(OpError::Transport(TransportError::NotPinned));
                 };
-                match put_file(&mut main.sftp, &self.settings.data_dir, path, e) {
+                match put_file(main.sftp(), &self.settings.data_dir, path, e) {
                     Ok(bytes) => {
                         *done += 1;
                         confirm(&mut self.index, &self.status, &run[i], bytes, total - *done);
@@ -1081,7 +1100,7 @@ impl Worker {
                 .map_err(|e| failed(format!("{}: {e}", sftp::show(&path))))?;
             let mut compare = SameBytes::new(local);
             standby
-                .sftp
+                .sftp()
                 .download(&remote_path(&path), &mut compare)
                 .map_err(|e| failed(e.to_string()))?;
             if !compare.same() {
@@ -1107,7 +1126,7 @@ impl Worker {
                     ("made_dir", path, None)
                 }
                 reconcile::Action::BringBack { path, entry } => {
-                    reconcile::pull(&mut standby.sftp, &data_dir, path, path, entry, remote)
+                    reconcile::pull(standby.sftp(), &data_dir, path, path, entry, remote)
                         .map_err(|e| failed(e.to_string()))?;
                     back += 1;
                     tracing::warn!(
@@ -1120,7 +1139,7 @@ impl Worker {
                     ("brought_back", path, None)
                 }
                 reconcile::Action::ConflictCopy { path, copy, entry } => {
-                    reconcile::pull(&mut standby.sftp, &data_dir, path, copy, entry, remote)
+                    reconcile::pull(standby.sftp(), &data_dir, path, copy, entry, remote)
                         .map_err(|e| failed(e.to_string()))?;
                     conflicts += 1;
                     tracing::warn!(
@@ -1186,7 +1205,7 @@ impl Worker {
             CONTROL_DIR.as_bytes(),
             crate::layout::CHANGED_FILE.as_bytes(),
         ));
-        match standby.sftp.read_all(&path, 1 << 30) {
+        match standby.sftp().read_all(&path, 1 << 30) {
             Ok(bytes) => Ok(reconcile::parse_changed_list(&String::from_utf8_lossy(
                 &bytes,
             ))),
@@ -1204,7 +1223,7 @@ impl Worker {
         };
         self.schedule.peer_checked(Instant::now());
         let path = remote_path(&join(CONTROL_DIR.as_bytes(), ROLE_FILE.as_bytes()));
-        let peer = match standby.sftp.read_all(&path, 64 * 1024) {
+        let peer = match standby.sftp().read_all(&path, 64 * 1024) {
             Ok(bytes) => serde_json::from_slice::<Published>(&bytes).map_err(|e| {
                 TransportError::BadPeerRole {
                     endpoint: endpoint.clone(),
@@ -1292,7 +1311,7 @@ impl Worker {
         let to = self.settings.live.epoch + 1;
         let claim = self.settings.claim(Some(to), None);
         let written = match self.standby.as_mut() {
-            Some(standby) => write_claim(&mut standby.sftp, &claim).map_err(TransportError::from),
+            Some(standby) => write_claim(standby.sftp(), &claim).map_err(TransportError::from),
             None => Err(TransportError::NotPinned),
         };
         match written {
@@ -1316,7 +1335,7 @@ impl Worker {
         let Some(standby) = self.standby.as_mut() else {
             return Err(OpError::Transport(TransportError::NotPinned));
         };
-        push::execute(&mut standby.sftp, &self.settings.data_dir, op)
+        push::execute(standby.sftp(), &self.settings.data_dir, op)
     }
 
     fn set_status(&self, f: impl FnOnce(&mut SyncStatus)) {
@@ -1375,7 +1394,7 @@ fn lag_ms(e: &Entry) -> u64 {
 /// Writes a claim into the peer's control folder: a fresh temporary there,
 /// then renamed over the last claim, so the peer never reads half of one.
 fn write_claim(
-    sftp: &mut sftp::SftpClient<ssh2::Channel>,
+    sftp: &mut sftp::SftpClient<impl std::io::Read + std::io::Write>,
     claim: &Claim,
 ) -> Result<(), sftp::SftpError> {
     let dir = remote_path(CONTROL_DIR.as_bytes());
@@ -1497,5 +1516,432 @@ mod tests {
         assert!(!check(b"abcdef", &[b"abc", b"deX"]));
         assert!(!check(b"abcdef", &[b"abc"]));
         assert!(!check(b"abc", &[b"abc", b"d"]));
+    }
+
+    /// Rounds of the real worker against an in-memory standby
+    /// ([`sftp::fake::FakeFs`]): the master's data dir is a temporary folder.
+    mod rounds {
+        use super::super::*;
+        use crate::sync::sftp::fake::{FakeFs, FakeStream, Node};
+        use crate::sync::sftp::{SftpClient, SftpError};
+        use std::os::unix::fs::PermissionsExt as _;
+        use std::path::Path;
+
+        struct FakeSession {
+            sftp: SftpClient<FakeStream>,
+        }
+
+        impl Session for FakeSession {
+            type Stream = FakeStream;
+
+            fn sftp(&mut self) -> &mut SftpClient<FakeStream> {
+                &mut self.sftp
+            }
+
+            fn keepalive(&self) -> Result<(), TransportError> {
+                Ok(())
+            }
+        }
+
+        /// Every session it opens is one more stream to the same file system.
+        struct FakeConnector {
+            fs: Arc<Mutex<FakeFs>>,
+            opened: std::sync::atomic::AtomicUsize,
+        }
+
+        impl Connector for FakeConnector {
+            type Session = FakeSession;
+
+            fn open(&self) -> Result<FakeSession, TransportError> {
+                self.opened.fetch_add(1, Ordering::Relaxed);
+                let sftp = SftpClient::new(FakeStream::new(self.fs.clone()))
+                    .map_err(|e: SftpError| TransportError::Sftp(e))?;
+                Ok(FakeSession { sftp })
+            }
+        }
+
+        struct Bed {
+            data: tempfile::TempDir,
+            _state: tempfile::TempDir,
+            fs: Arc<Mutex<FakeFs>>,
+            worker: Worker<FakeConnector>,
+        }
+
+        /// Long ago: no file is taken as still being written.
+        const OLD: u64 = 1_600_000_000;
+
+        fn bed(standby: FakeFs) -> Bed {
+            let data = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let fs = Arc::new(Mutex::new(standby));
+            let settings = SyncSettings {
+                data_dir: data.path().to_path_buf(),
+                state_dir: state.path().to_path_buf(),
+                standby: Endpoint {
+                    host: "standby.test".into(),
+                    port: 22,
+                },
+                node: "alpha".into(),
+                live: Live::first(Role::Master, 0),
+                fallback_interval: Duration::from_secs(3600),
+                delete: true,
+                audit_interval: Duration::from_secs(3600),
+            };
+            let connector = FakeConnector {
+                fs: fs.clone(),
+                opened: Default::default(),
+            };
+            let worker = Worker::new(settings, connector).unwrap();
+            Bed {
+                data,
+                _state: state,
+                fs,
+                worker,
+            }
+        }
+
+        /// A file on the master with its owner, mode and an old mtime.
+        fn put(root: &Path, rel: &str, data: &[u8], mode: u32, mtime: u64) {
+            let path = root.join(rel);
+            std::fs::write(&path, data).unwrap();
+            std::os::unix::fs::chown(&path, Some(1000), Some(1001)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(mtime))
+                .unwrap();
+        }
+
+        fn mkdir(root: &Path, rel: &str, mode: u32) {
+            let path = root.join(rel);
+            std::fs::create_dir(&path).unwrap();
+            std::os::unix::fs::chown(&path, Some(1000), Some(1001)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+
+        fn node(fs: &Arc<Mutex<FakeFs>>, path: &str) -> Option<Node> {
+            fs.lock().unwrap().nodes.get(path.as_bytes()).cloned()
+        }
+
+        /// Files left in the standby's folder of temporaries.
+        fn temporaries(fs: &Arc<Mutex<FakeFs>>) -> Vec<String> {
+            let fs = fs.lock().unwrap();
+            fs.nodes
+                .keys()
+                .filter(|k| k.starts_with(b"/.sftp-ha-tmp/"))
+                .map(|k| sftp::show(k))
+                .collect()
+        }
+
+        #[test]
+        fn a_first_round_ships_folders_and_files_with_their_attributes() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            mkdir(&root, "u/sub", 0o1770);
+            put(&root, "u/a", b"alpha", 0o640, OLD);
+            put(&root, "u/sub/b", &vec![7u8; 300_000], 0o600, OLD + 1);
+            b.worker.round();
+
+            let status = b.worker.status.lock().unwrap().clone();
+            assert!(status.connected, "{status:?}");
+            assert_eq!(status.last_error, None);
+            assert_eq!(status.files_synced, 2);
+            assert_eq!(status.pending, 0);
+            let u = node(&b.fs, "/u").expect("the folder is there");
+            assert_eq!((u.mode, u.uid, u.gid), (0o040750, 1000, 1001));
+            let sub = node(&b.fs, "/u/sub").unwrap();
+            assert_eq!((sub.mode, sub.uid, sub.gid), (0o041770, 1000, 1001));
+            let a = node(&b.fs, "/u/a").expect("the file is there");
+            assert_eq!(a.data, b"alpha");
+            assert_eq!((a.mode, a.uid, a.gid), (0o100640, 1000, 1001));
+            assert_eq!(u64::from(a.mtime), OLD);
+            let big = node(&b.fs, "/u/sub/b").unwrap();
+            assert_eq!(big.data, vec![7u8; 300_000]);
+            assert_eq!((big.mode, u64::from(big.mtime)), (0o100600, OLD + 1));
+            assert_eq!(temporaries(&b.fs), Vec::<String>::new());
+            // The standby learnt whose replication it takes.
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").expect("a claim");
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!((claim.node.as_str(), claim.epoch), ("alpha", 1));
+            // Confirmed: the index has them.
+            assert!(b.worker.index.contains_key(b"u/sub/b".as_slice()));
+            assert!(!b.worker.schedule.round_planned());
+
+            // Nothing changed: the next round sends nothing.
+            b.fs.lock().unwrap().changes.clear();
+            b.worker.rescan_all = true;
+            b.worker.round();
+            assert_eq!(b.fs.lock().unwrap().changes, Vec::new());
+        }
+
+        #[test]
+        fn a_changed_file_is_sent_again_and_a_deleted_one_deleted() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/keep", b"same", 0o640, OLD);
+            put(&root, "u/change", b"old content", 0o640, OLD);
+            put(&root, "u/gone", b"bye", 0o640, OLD);
+            mkdir(&root, "u/gone-dir", 0o750);
+            b.worker.round();
+            assert!(node(&b.fs, "/u/gone").is_some());
+            assert!(node(&b.fs, "/u/gone-dir").is_some());
+
+            put(&root, "u/change", b"new, longer content", 0o604, OLD + 10);
+            std::fs::remove_file(root.join("u/gone")).unwrap();
+            std::fs::remove_dir(root.join("u/gone-dir")).unwrap();
+            b.fs.lock().unwrap().changes.clear();
+            // As the thread does: the events name what to look at.
+            assert!(b.worker.wait_for_events(Duration::from_secs(1)));
+            assert!(!b.worker.rescan_all, "events, not a walk");
+            b.worker.round();
+
+            let changed = node(&b.fs, "/u/change").unwrap();
+            assert_eq!(changed.data, b"new, longer content");
+            assert_eq!(
+                (changed.mode, u64::from(changed.mtime)),
+                (0o100604, OLD + 10)
+            );
+            assert_eq!(node(&b.fs, "/u/gone"), None);
+            assert_eq!(node(&b.fs, "/u/gone-dir"), None);
+            assert_eq!(node(&b.fs, "/u/keep").unwrap().data, b"same");
+            let changes = b.fs.lock().unwrap().changes.clone();
+            assert!(
+                !changes.iter().any(|(_, p)| p == b"/u/keep"),
+                "an unchanged file is left alone: {changes:?}"
+            );
+            assert!(!b.worker.index.contains_key(b"u/gone".as_slice()));
+            assert_eq!(
+                b.worker.status.lock().unwrap().files_synced,
+                4,
+                "three, then the changed one"
+            );
+        }
+
+        #[test]
+        fn a_run_of_uploads_is_shared_by_several_sessions() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            for i in 0..40 {
+                put(
+                    &root,
+                    &format!("u/f{i}"),
+                    format!("file {i}").as_bytes(),
+                    0o640,
+                    OLD,
+                );
+            }
+            b.worker.round();
+            assert_eq!(
+                b.worker.connector.opened.load(Ordering::Relaxed),
+                SESSIONS,
+                "the main session and its helpers"
+            );
+            for i in 0..40 {
+                let f = node(&b.fs, &format!("/u/f{i}")).unwrap();
+                assert_eq!(f.data, format!("file {i}").as_bytes());
+                assert_eq!((f.mode, f.uid), (0o100640, 1000));
+            }
+            assert_eq!(b.worker.status.lock().unwrap().files_synced, 40);
+            assert_eq!(temporaries(&b.fs), Vec::<String>::new());
+        }
+
+        #[test]
+        fn an_audit_repairs_what_changed_behind_the_masters_back() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"the master's", 0o640, OLD);
+            put(&root, "u/b", b"untouched", 0o640, OLD);
+            b.worker.round();
+            {
+                let mut fs = b.fs.lock().unwrap();
+                fs.nodes.get_mut(b"/u/a".as_slice()).unwrap().data = b"tampered".to_vec();
+                fs.nodes
+                    .insert(b"/u/extra".to_vec(), Node::file(b"not the master's", 0o644));
+                fs.nodes
+                    .insert(b"/.sftp-ha-tmp/left-over".to_vec(), Node::file(b"", 0o600));
+                fs.changes.clear();
+            }
+            // Without an audit, the index says the standby has it all.
+            b.worker.rescan_all = true;
+            b.worker.round();
+            assert_eq!(node(&b.fs, "/u/a").unwrap().data, b"tampered");
+
+            b.worker.audit().unwrap();
+            b.worker.round();
+            assert_eq!(node(&b.fs, "/u/a").unwrap().data, b"the master's");
+            assert_eq!(node(&b.fs, "/u/extra"), None);
+            assert_eq!(temporaries(&b.fs), Vec::<String>::new());
+            let changes = b.fs.lock().unwrap().changes.clone();
+            assert!(!changes.iter().any(|(_, p)| p == b"/u/b"), "{changes:?}");
+            let status = b.worker.status.lock().unwrap().clone();
+            assert_eq!(status.last_audit_repairs, 2, "{status:?}");
+        }
+
+        #[test]
+        fn a_rename_on_the_master_is_a_rename_on_the_standby() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/draft", b"content", 0o640, OLD);
+            // With nanoseconds, as a write gives it: a whole-second mtime
+            // (set by a client, it could repeat) is sent again instead.
+            std::fs::File::options()
+                .write(true)
+                .open(root.join("u/draft"))
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH + Duration::new(OLD, 123_456_789))
+                .unwrap();
+            b.worker.round();
+            b.fs.lock().unwrap().changes.clear();
+
+            std::fs::rename(root.join("u/draft"), root.join("u/final")).unwrap();
+            assert!(b.worker.wait_for_events(Duration::from_secs(1)));
+            b.worker.round();
+            assert_eq!(node(&b.fs, "/u/draft"), None);
+            assert_eq!(node(&b.fs, "/u/final").unwrap().data, b"content");
+            let changes = b.fs.lock().unwrap().changes.clone();
+            assert!(
+                changes.iter().all(|(kind, _)| *kind != 3 /* OPEN */),
+                "renamed, not sent again: {changes:?}"
+            );
+        }
+
+        #[test]
+        fn a_mode_change_alone_is_set_on_the_open_file_not_sent_again() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"content", 0o640, OLD);
+            b.worker.round();
+            b.fs.lock().unwrap().changes.clear();
+
+            std::fs::set_permissions(root.join("u/a"), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+            std::fs::set_permissions(root.join("u"), std::fs::Permissions::from_mode(0o700))
+                .unwrap();
+            assert!(b.worker.wait_for_events(Duration::from_secs(1)));
+            b.worker.round();
+            assert_eq!(node(&b.fs, "/u/a").unwrap().mode, 0o100600);
+            assert_eq!(node(&b.fs, "/u").unwrap().mode, 0o040700);
+            let status = b.worker.status.lock().unwrap().clone();
+            assert_eq!((status.files_synced, status.refused), (1, 0), "{status:?}");
+        }
+
+        #[test]
+        fn a_handover_sends_the_last_changes_then_writes_the_claim() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            b.worker.round();
+            put(&root, "u/last", b"just before", 0o640, OLD);
+            b.worker.control.lock().unwrap().hand_over = true;
+            b.worker.hand_over();
+
+            assert_eq!(node(&b.fs, "/u/last").unwrap().data, b"just before");
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").unwrap();
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!((claim.epoch, claim.handover), (1, Some(2)));
+            let control = b.worker.control.lock().unwrap();
+            assert_eq!(control.handed_over, Some(2));
+            assert!(control.writing_handover);
+            drop(control);
+            assert!(b.worker.stepped_down(), "the worker stops");
+        }
+
+        /// The standby's role file says what it is.
+        fn publishing(role: Role, epoch: u64) -> FakeFs {
+            let mut fs = FakeFs::default();
+            fs.nodes.insert(b"/.sftp-ha-ctl".to_vec(), Node::dir(0o700));
+            let published = Published {
+                node: "beta".into(),
+                role,
+                epoch,
+                wants_master: false,
+                users: None,
+                unreconciled: None,
+            };
+            fs.nodes.insert(
+                b"/.sftp-ha-ctl/role.json".to_vec(),
+                Node::file(&serde_json::to_vec(&published).unwrap(), 0o644),
+            );
+            fs
+        }
+
+        #[test]
+        fn a_peer_at_a_newer_epoch_makes_the_master_step_down_sending_nothing() {
+            let mut b = bed(publishing(Role::Master, 5));
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"data", 0o640, OLD);
+            let before = b.fs.lock().unwrap().nodes.clone();
+            b.worker.round();
+
+            let fs = b.fs.lock().unwrap();
+            assert_eq!(fs.changes, Vec::new(), "nothing sent, no claim written");
+            assert_eq!(fs.nodes, before);
+            drop(fs);
+            let step_down = b.worker.control.lock().unwrap().step_down.clone();
+            assert!(matches!(step_down, Some((5, _))), "{step_down:?}");
+            assert!(b.worker.stepped_down());
+            assert!(b.worker.standby.is_none());
+            let status = b.worker.status.lock().unwrap().clone();
+            assert!(!status.connected);
+            assert!(
+                status
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("steps down"),
+                "{status:?}"
+            );
+            assert!(b.worker.index.is_empty());
+        }
+
+        #[test]
+        fn a_standby_at_this_epoch_is_replicated_to() {
+            let mut b = bed(publishing(Role::Standby, 1));
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            b.worker.round();
+            assert!(node(&b.fs, "/u").is_some());
+            assert!(!b.worker.stepped_down());
+        }
+
+        #[test]
+        fn a_peer_that_takes_no_writes_gets_nothing() {
+            let mut b = bed(FakeFs {
+                read_only: true,
+                ..FakeFs::default()
+            });
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"data", 0o640, OLD);
+            b.worker.round();
+
+            let fs = b.fs.lock().unwrap();
+            assert_eq!(fs.changes, Vec::new());
+            assert!(fs.nodes.is_empty());
+            drop(fs);
+            let status = b.worker.status.lock().unwrap().clone();
+            assert!(!status.connected);
+            assert!(
+                status
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("not a standby"),
+                "{status:?}"
+            );
+            assert!(b.worker.standby.is_none());
+            assert!(!b.worker.stepped_down(), "not this host's to decide");
+            assert!(b.worker.schedule.round_planned(), "tried again later");
+            assert!(b.worker.index.is_empty());
+        }
     }
 }

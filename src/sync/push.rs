@@ -10,6 +10,7 @@
 //! read-only for them, and the audit removes any link or special file the
 //! master does not have: three walls, any one of which holds on its own.
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,7 +20,7 @@ use super::tree::{self, Entry, Kind, Op, TEMP_DIR};
 
 /// Runs one operation on the standby; returns the file bytes sent.
 pub fn execute(
-    sftp: &mut SftpClient<ssh2::Channel>,
+    sftp: &mut SftpClient<impl Read + Write>,
     data_dir: &Path,
     op: &Op,
 ) -> Result<u64, OpError> {
@@ -99,7 +100,7 @@ pub fn execute(
 /// folder, not a link): owner and times with lsetstat, which never follows a
 /// link; a mode that differs on the open file or folder.
 fn set_attrs(
-    sftp: &mut SftpClient<ssh2::Channel>,
+    sftp: &mut SftpClient<impl Read + Write>,
     remote: &[u8],
     found: Attrs,
     want: Attrs,
@@ -133,7 +134,7 @@ fn owner_only(e: &Entry) -> Attrs {
 /// no user wrote: links, special files, the host's own users.yaml.status,
 /// and folders left empty by that. Users' regular files are kept: the rmdir
 /// then fails, is reported, and nothing is lost.
-fn clear_leftovers(sftp: &mut SftpClient<ssh2::Channel>, dir: &[u8]) -> Result<(), SftpError> {
+fn clear_leftovers(sftp: &mut SftpClient<impl Read + Write>, dir: &[u8]) -> Result<(), SftpError> {
     for (name, a) in sftp.read_dir(dir)? {
         let mut path = dir.to_vec();
         path.push(b'/');
@@ -173,7 +174,7 @@ fn is_file(a: &Attrs) -> bool {
 /// owner, mode and mtime, then renamed over the target. A reader on the
 /// standby sees the old file or the new one, never a part.
 pub fn put_file(
-    sftp: &mut SftpClient<ssh2::Channel>,
+    sftp: &mut SftpClient<impl Read + Write>,
     data_dir: &Path,
     path: &[u8],
     e: &Entry,
@@ -211,7 +212,7 @@ pub fn put_file(
 /// Whether the peer takes replication: it is a standby only if the sync
 /// account may write there (on a master it may only read). Makes the
 /// folder of temporaries if missing, then creates and removes a probe in it.
-pub fn accepts_writes(sftp: &mut SftpClient<ssh2::Channel>) -> Result<bool, SftpError> {
+pub fn accepts_writes(sftp: &mut SftpClient<impl Read + Write>) -> Result<bool, SftpError> {
     let dir = remote_path(TEMP_DIR);
     let denied = |e: SftpError| {
         if e.is_permission_denied() {
@@ -305,7 +306,7 @@ pub const SMALL: u64 = 256 * 1024;
 /// Returns one result per item, in order; after a transport error the
 /// remaining ones are [`OpError::Aborted`].
 pub fn put_batch(
-    sftp: &mut SftpClient<ssh2::Channel>,
+    sftp: &mut SftpClient<impl Read + Write>,
     data_dir: &Path,
     items: &[(&[u8], &Entry)],
 ) -> Vec<Result<u64, OpError>> {
@@ -342,7 +343,7 @@ pub fn put_batch(
 /// The three pipelined stages of [`put_batch`]; items whose `results` entry
 /// is already an error are left out.
 fn send_batch(
-    sftp: &mut SftpClient<ssh2::Channel>,
+    sftp: &mut SftpClient<impl Read + Write>,
     items: &[(&[u8], &Entry)],
     contents: &[Option<Vec<u8>>],
     results: &mut [Result<u64, OpError>],

@@ -927,6 +927,482 @@ pub(crate) mod fake {
             Ok(n)
         }
     }
+
+    /// One entry of a [`FakeFs`]: `mode` with the type bits, as lstat gives it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct Node {
+        pub(crate) mode: u32,
+        pub(crate) uid: u32,
+        pub(crate) gid: u32,
+        pub(crate) mtime: u32,
+        pub(crate) data: Vec<u8>,
+    }
+
+    impl Node {
+        pub(crate) fn file(data: &[u8], mode: u32) -> Node {
+            Node {
+                mode: 0o100000 | mode,
+                uid: 0,
+                gid: 0,
+                mtime: 1,
+                data: data.to_vec(),
+            }
+        }
+
+        pub(crate) fn dir(mode: u32) -> Node {
+            Node {
+                mode: 0o040000 | mode,
+                uid: 0,
+                gid: 0,
+                mtime: 1,
+                data: Vec::new(),
+            }
+        }
+
+        fn is_dir(&self) -> bool {
+            self.mode & 0o170000 == 0o040000
+        }
+
+        fn attrs(&self) -> Attrs {
+            Attrs {
+                size: Some(self.data.len() as u64),
+                owner: Some((self.uid, self.gid)),
+                mode: Some(self.mode),
+                times: Some((self.mtime, self.mtime)),
+            }
+        }
+
+        fn set(&mut self, a: &Attrs) {
+            if let Some((uid, gid)) = a.owner {
+                (self.uid, self.gid) = (uid, gid);
+            }
+            if let Some(mode) = a.mode {
+                self.mode = (self.mode & 0o170000) | (mode & 0o7777);
+            }
+            if let Some((_, mtime)) = a.times {
+                self.mtime = mtime;
+            }
+        }
+    }
+
+    /// A whole standby file system in memory, shared by every [`FakeStream`]
+    /// opened on it: absolute paths (`/u/f`; the root `/` is implicit) to
+    /// entries. It answers what replication uses: OPEN (read, or create with
+    /// EXCL), READ, WRITE, FSETSTAT, CLOSE, LSTAT, OPENDIR/READDIR, MKDIR,
+    /// RMDIR, REMOVE, and the OpenSSH extensions posix-rename, lsetstat and
+    /// fsync. Like sftp-server in a chroot, lsetstat refuses a mode. With
+    /// `read_only` every change is refused with PERMISSION_DENIED, as
+    /// `sftp-server -R` does.
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeFs {
+        pub(crate) nodes: std::collections::BTreeMap<Vec<u8>, Node>,
+        pub(crate) read_only: bool,
+        /// Requests that changed something, in order (request type, path).
+        pub(crate) changes: Vec<(u8, Vec<u8>)>,
+    }
+
+    impl FakeFs {
+        fn parent_is_dir(&self, path: &[u8]) -> bool {
+            match path.iter().rposition(|b| *b == b'/') {
+                Some(0) => true,
+                Some(i) => self.nodes.get(&path[..i]).is_some_and(Node::is_dir),
+                None => false,
+            }
+        }
+
+        fn children(&self, dir: &[u8]) -> Vec<Vec<u8>> {
+            let mut prefix = dir.to_vec();
+            if prefix.last() != Some(&b'/') {
+                prefix.push(b'/');
+            }
+            self.nodes
+                .keys()
+                .filter(|k| k.starts_with(&prefix) && !k[prefix.len()..].contains(&b'/'))
+                .cloned()
+                .collect()
+        }
+
+        fn is_dir(&self, path: &[u8]) -> bool {
+            path == b"/" || self.nodes.get(path).is_some_and(Node::is_dir)
+        }
+
+        fn rename(&mut self, from: &[u8], to: &[u8]) -> u32 {
+            let Some(node) = self.nodes.get(from).cloned() else {
+                return FX_NO_SUCH_FILE;
+            };
+            if !self.parent_is_dir(to) {
+                return FX_NO_SUCH_FILE;
+            }
+            if let Some(there) = self.nodes.get(to)
+                && (there.is_dir() != node.is_dir() || !self.children(to).is_empty())
+            {
+                return FX_FAILURE;
+            }
+            let mut below = from.to_vec();
+            below.push(b'/');
+            let moved: Vec<Vec<u8>> = self
+                .nodes
+                .keys()
+                .filter(|k| k.starts_with(&below))
+                .cloned()
+                .collect();
+            self.nodes.remove(from);
+            self.nodes.insert(to.to_vec(), node);
+            for old in moved {
+                let n = self.nodes.remove(&old).unwrap();
+                let mut new = to.to_vec();
+                new.extend_from_slice(&old[from.len()..]);
+                self.nodes.insert(new, n);
+            }
+            FX_OK
+        }
+    }
+
+    enum Open {
+        File(Vec<u8>),
+        Dir { listed: bool, path: Vec<u8> },
+    }
+
+    /// One session's byte stream to a [`FakeFs`]: answers each request as
+    /// it is written, like [`FakeServer`].
+    pub(crate) struct FakeStream {
+        fs: std::sync::Arc<std::sync::Mutex<FakeFs>>,
+        open: HashMap<u32, Open>,
+        next_handle: u32,
+        input: Vec<u8>,
+        output: std::collections::VecDeque<u8>,
+    }
+
+    impl FakeStream {
+        pub(crate) fn new(fs: std::sync::Arc<std::sync::Mutex<FakeFs>>) -> FakeStream {
+            FakeStream {
+                fs,
+                open: HashMap::new(),
+                next_handle: 0,
+                input: Vec::new(),
+                output: Default::default(),
+            }
+        }
+
+        fn answer(&mut self, kind: u8, id: Option<u32>, body: &[u8]) {
+            let mut p = vec![kind];
+            if let Some(id) = id {
+                put_u32(&mut p, id);
+            }
+            p.extend_from_slice(body);
+            let mut framed = Vec::new();
+            put_str(&mut framed, &p);
+            self.output.extend(framed);
+        }
+
+        fn status(&mut self, id: u32, code: u32) {
+            let mut b = Vec::new();
+            put_u32(&mut b, code);
+            put_str(&mut b, format!("fake status {code}").as_bytes());
+            put_str(&mut b, b"");
+            self.answer(STATUS, Some(id), &b);
+        }
+
+        fn new_handle(&mut self, id: u32, open: Open) {
+            self.next_handle += 1;
+            self.open.insert(self.next_handle, open);
+            let mut b = Vec::new();
+            put_str(&mut b, &self.next_handle.to_be_bytes());
+            self.answer(HANDLE, Some(id), &b);
+        }
+
+        fn handle_of(r: &mut Reader<'_>) -> u32 {
+            let h = r.string().unwrap();
+            u32::from_be_bytes(h.try_into().unwrap_or([0; 4]))
+        }
+
+        /// The path of an open file or folder.
+        fn open_path(&self, h: u32) -> Option<Vec<u8>> {
+            match self.open.get(&h)? {
+                Open::File(path) | Open::Dir { path, .. } => Some(path.clone()),
+            }
+        }
+
+        fn handle_packet(&mut self, kind: u8, body: &[u8]) {
+            let mut r = Reader { data: body };
+            if kind == INIT {
+                let mut b = Vec::new();
+                put_u32(&mut b, 3);
+                for ext in [
+                    "posix-rename@openssh.com",
+                    "lsetstat@openssh.com",
+                    "fsync@openssh.com",
+                ] {
+                    put_str(&mut b, ext.as_bytes());
+                    put_str(&mut b, b"1");
+                }
+                self.answer(VERSION, None, &b);
+                return;
+            }
+            let id = r.u32().unwrap();
+            let code = self.serve(kind, id, &mut r);
+            if let Some(code) = code {
+                self.status(id, code);
+            }
+        }
+
+        /// Answers one request; returns the status to answer with, if not
+        /// answered already.
+        fn serve(&mut self, kind: u8, id: u32, r: &mut Reader<'_>) -> Option<u32> {
+            let fs = self.fs.clone();
+            let mut fs = fs.lock().unwrap();
+            let mut peek = Reader { data: r.data };
+            let writes = match kind {
+                OPEN => {
+                    let _ = peek.string();
+                    peek.u32().unwrap() & OPEN_WRITE != 0
+                }
+                WRITE | FSETSTAT | REMOVE | MKDIR | RMDIR => true,
+                EXTENDED => peek.string().unwrap() != b"fsync@openssh.com",
+                _ => false,
+            };
+            if writes && fs.read_only {
+                return Some(FX_PERMISSION_DENIED);
+            }
+            match kind {
+                OPEN => {
+                    let path = r.string().unwrap().to_vec();
+                    let flags = r.u32().unwrap();
+                    let attrs = Attrs::decode(r).unwrap();
+                    if flags & OPEN_WRITE != 0 {
+                        if flags & OPEN_EXCLUSIVE == 0 {
+                            return Some(FX_FAILURE);
+                        }
+                        if fs.nodes.contains_key(&path) || path == b"/" {
+                            return Some(FX_FAILURE);
+                        }
+                        if !fs.parent_is_dir(&path) {
+                            return Some(FX_NO_SUCH_FILE);
+                        }
+                        let node = Node::file(b"", attrs.mode.unwrap_or(0o644) & 0o7777);
+                        fs.nodes.insert(path.clone(), node);
+                        fs.changes.push((OPEN, path.clone()));
+                    } else if !fs.is_dir(&path) && !fs.nodes.contains_key(&path) {
+                        return Some(FX_NO_SUCH_FILE);
+                    }
+                    drop(fs);
+                    self.new_handle(id, Open::File(path));
+                    None
+                }
+                OPENDIR => {
+                    let path = r.string().unwrap().to_vec();
+                    if !fs.is_dir(&path) {
+                        return Some(FX_NO_SUCH_FILE);
+                    }
+                    drop(fs);
+                    self.new_handle(
+                        id,
+                        Open::Dir {
+                            listed: false,
+                            path,
+                        },
+                    );
+                    None
+                }
+                READDIR => {
+                    let h = Self::handle_of(r);
+                    let Some(Open::Dir { listed, path }) = self.open.get_mut(&h) else {
+                        return Some(FX_FAILURE);
+                    };
+                    if *listed {
+                        return Some(FX_EOF);
+                    }
+                    *listed = true;
+                    let children = fs.children(path);
+                    let mut b = Vec::new();
+                    put_u32(&mut b, children.len() as u32);
+                    for child in &children {
+                        let name = &child[child.iter().rposition(|c| *c == b'/').unwrap() + 1..];
+                        put_str(&mut b, name);
+                        put_str(&mut b, name);
+                        fs.nodes[child].attrs().encode(&mut b);
+                    }
+                    drop(fs);
+                    self.answer(NAME, Some(id), &b);
+                    None
+                }
+                READ => {
+                    let h = Self::handle_of(r);
+                    let offset = r.u64().unwrap() as usize;
+                    let len = r.u32().unwrap() as usize;
+                    let data = self
+                        .open_path(h)
+                        .and_then(|p| fs.nodes.get(&p))
+                        .map(|n| n.data.clone());
+                    drop(fs);
+                    match data {
+                        Some(data) if offset < data.len() => {
+                            let mut b = Vec::new();
+                            put_str(&mut b, &data[offset..data.len().min(offset + len)]);
+                            self.answer(DATA, Some(id), &b);
+                            None
+                        }
+                        Some(_) => Some(FX_EOF),
+                        None => Some(FX_FAILURE),
+                    }
+                }
+                WRITE => {
+                    let h = Self::handle_of(r);
+                    let offset = r.u64().unwrap() as usize;
+                    let data = r.string().unwrap();
+                    let Some(node) = self.open_path(h).and_then(|p| fs.nodes.get_mut(&p)) else {
+                        return Some(FX_FAILURE);
+                    };
+                    if node.data.len() < offset + data.len() {
+                        node.data.resize(offset + data.len(), 0);
+                    }
+                    node.data[offset..offset + data.len()].copy_from_slice(data);
+                    Some(FX_OK)
+                }
+                FSETSTAT => {
+                    let h = Self::handle_of(r);
+                    let attrs = Attrs::decode(r).unwrap();
+                    let Some(path) = self.open_path(h) else {
+                        return Some(FX_FAILURE);
+                    };
+                    let Some(node) = fs.nodes.get_mut(&path) else {
+                        return Some(FX_NO_SUCH_FILE);
+                    };
+                    node.set(&attrs);
+                    fs.changes.push((FSETSTAT, path));
+                    Some(FX_OK)
+                }
+                CLOSE => {
+                    let h = Self::handle_of(r);
+                    Some(if self.open.remove(&h).is_some() {
+                        FX_OK
+                    } else {
+                        FX_FAILURE
+                    })
+                }
+                LSTAT => {
+                    let path = r.string().unwrap();
+                    let attrs = if path == b"/" {
+                        Node::dir(0o755).attrs()
+                    } else {
+                        match fs.nodes.get(path) {
+                            Some(node) => node.attrs(),
+                            None => return Some(FX_NO_SUCH_FILE),
+                        }
+                    };
+                    drop(fs);
+                    let mut b = Vec::new();
+                    attrs.encode(&mut b);
+                    self.answer(ATTRS, Some(id), &b);
+                    None
+                }
+                MKDIR => {
+                    let path = r.string().unwrap().to_vec();
+                    let attrs = Attrs::decode(r).unwrap();
+                    if fs.nodes.contains_key(&path) || path == b"/" {
+                        return Some(FX_FAILURE);
+                    }
+                    if !fs.parent_is_dir(&path) {
+                        return Some(FX_NO_SUCH_FILE);
+                    }
+                    let node = Node::dir(attrs.mode.unwrap_or(0o755) & 0o7777);
+                    fs.nodes.insert(path.clone(), node);
+                    fs.changes.push((MKDIR, path));
+                    Some(FX_OK)
+                }
+                RMDIR | REMOVE => {
+                    let path = r.string().unwrap().to_vec();
+                    let Some(node) = fs.nodes.get(&path) else {
+                        return Some(FX_NO_SUCH_FILE);
+                    };
+                    if node.is_dir() != (kind == RMDIR) || !fs.children(&path).is_empty() {
+                        return Some(FX_FAILURE);
+                    }
+                    fs.nodes.remove(&path);
+                    fs.changes.push((kind, path));
+                    Some(FX_OK)
+                }
+                EXTENDED => {
+                    let name = r.string().unwrap();
+                    Some(match name {
+                        b"posix-rename@openssh.com" => {
+                            let from = r.string().unwrap();
+                            let to = r.string().unwrap();
+                            let code = fs.rename(from, to);
+                            if code == FX_OK {
+                                fs.changes.push((EXTENDED, to.to_vec()));
+                            }
+                            code
+                        }
+                        b"lsetstat@openssh.com" => {
+                            let path = r.string().unwrap();
+                            let attrs = Attrs::decode(r).unwrap();
+                            // In a chroot, sftp-server cannot set a mode without
+                            // following links (no /proc): it fails.
+                            if attrs.mode.is_some() {
+                                return Some(FX_FAILURE);
+                            }
+                            let Some(node) = fs.nodes.get_mut(path) else {
+                                return Some(FX_NO_SUCH_FILE);
+                            };
+                            node.set(&attrs);
+                            fs.changes.push((EXTENDED, path.to_vec()));
+                            FX_OK
+                        }
+                        b"fsync@openssh.com" => {
+                            if self.open.contains_key(&Self::handle_of(r)) {
+                                FX_OK
+                            } else {
+                                FX_FAILURE
+                            }
+                        }
+                        _ => FX_FAILURE,
+                    })
+                }
+                _ => Some(FX_FAILURE),
+            }
+        }
+    }
+
+    impl Write for FakeStream {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.input.extend_from_slice(buf);
+            while self.input.len() >= 4 {
+                let len = u32::from_be_bytes([
+                    self.input[0],
+                    self.input[1],
+                    self.input[2],
+                    self.input[3],
+                ]) as usize;
+                if self.input.len() < 4 + len {
+                    break;
+                }
+                let packet: Vec<u8> = self.input.drain(..4 + len).skip(4).collect();
+                self.handle_packet(packet[0], &packet[1..]);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Read for FakeStream {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.output.is_empty() {
+                // A real stream would block forever: a test bug, said at once.
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "no answer due",
+                ));
+            }
+            let n = buf.len().min(self.output.len());
+            for (b, v) in buf.iter_mut().zip(self.output.drain(..n)) {
+                *b = v;
+            }
+            Ok(n)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,10 @@
 //! The connection to the standby: SSH (libssh2, through ssh2) with the pinned
 //! host key and the master's sync key, then the SFTP subsystem.
 
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use ssh2::Session;
 
 use super::sftp::{SftpClient, SftpError};
 use crate::config::Endpoint;
@@ -81,7 +80,7 @@ impl TransportError {
 
 pub struct Standby {
     // Kept alive for the channel inside `sftp`.
-    _session: Session,
+    _session: ssh2::Session,
     pub sftp: SftpClient<ssh2::Channel>,
     /// The session's socket, to shut it down before libssh2 frees the session.
     socket: TcpStream,
@@ -121,6 +120,52 @@ impl Drop for Standby {
     }
 }
 
+/// What the replication worker needs of a session with the standby: its SFTP
+/// client, and a keepalive while it is idle. [`Standby`] is the real one (SSH);
+/// tests use an in-memory server.
+pub trait Session: Send {
+    type Stream: Read + Write;
+    fn sftp(&mut self) -> &mut SftpClient<Self::Stream>;
+    /// Sends a keepalive if one is due; an error means the session is lost.
+    fn keepalive(&self) -> Result<(), TransportError>;
+}
+
+impl Session for Standby {
+    type Stream = ssh2::Channel;
+
+    fn sftp(&mut self) -> &mut SftpClient<ssh2::Channel> {
+        &mut self.sftp
+    }
+
+    fn keepalive(&self) -> Result<(), TransportError> {
+        Standby::keepalive(self)
+    }
+}
+
+/// How the worker opens sessions with the standby; several may be opened at
+/// once, from several threads (the extra sessions of a run of uploads).
+pub trait Connector: Sync {
+    type Session: Session;
+    fn open(&self) -> Result<Self::Session, TransportError>;
+}
+
+/// The real connector: SSH to the standby with the pinned host key and this
+/// host's sync key, both from the state dir (read again on every connect).
+pub struct SshConnector {
+    pub standby: Endpoint,
+    pub state_dir: PathBuf,
+}
+
+impl Connector for SshConnector {
+    type Session = Standby;
+
+    fn open(&self) -> Result<Standby, TransportError> {
+        let pinned = crate::pair::pinned_host_key(&self.state_dir);
+        let key = crate::pair::key_path(&self.state_dir);
+        Standby::connect(&self.standby, pinned.as_deref(), &key)
+    }
+}
+
 /// Opens TCP to `endpoint` and does the SSH handshake, offering only the
 /// ed25519 host key type: the one we pin, and the one every OpenSSH server
 /// has, so a server cannot answer with another key instead. Returns the
@@ -129,7 +174,7 @@ pub fn handshake(
     endpoint: &Endpoint,
     connect_timeout: Duration,
     io_timeout: Duration,
-) -> Result<(Session, TcpStream), String> {
+) -> Result<(ssh2::Session, TcpStream), String> {
     let addr = (endpoint.host.as_str(), endpoint.port)
         .to_socket_addrs()
         .map_err(|e| e.to_string())?
@@ -144,7 +189,7 @@ pub fn handshake(
         tracing::debug!("cannot set TCP_USER_TIMEOUT: {err}");
     }
     let socket = tcp.try_clone().map_err(|e| e.to_string())?;
-    let mut session = Session::new().map_err(|e| e.to_string())?;
+    let mut session = ssh2::Session::new().map_err(|e| e.to_string())?;
     session.set_tcp_stream(tcp);
     session.set_timeout(u32::try_from(io_timeout.as_millis()).unwrap_or(u32::MAX));
     session
