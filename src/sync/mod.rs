@@ -499,6 +499,19 @@ impl<C: Connector> Worker<C> {
                 return;
             }
         };
+        // Before connecting: with the standby away, they must still be noted.
+        let rewritten = round::rewritten_alike(&self.current, &self.index, &self.closed);
+        for path in &rewritten {
+            if let Some(confirmed) = self.index.get_mut(path) {
+                confirmed.mtime_nsec = -1;
+            }
+        }
+        if !rewritten.is_empty() {
+            // Saved at once: if this host steps down before they are sent,
+            // its list of unconfirmed files (see `reconcile`) must name them.
+            self.schedule.index_changed();
+            self.flush_index();
+        }
         if self.standby.is_none() || self.schedule.audit_due(Instant::now()) {
             // A failure plans the next round at the retry.
             if self.connect().is_err() {
@@ -507,11 +520,6 @@ impl<C: Connector> Worker<C> {
             if let Err(err) = self.audit() {
                 self.failed(err);
                 return;
-            }
-        }
-        for path in round::rewritten_alike(&self.current, &self.index, &self.closed) {
-            if let Some(confirmed) = self.index.get_mut(&path) {
-                confirmed.mtime_nsec = -1;
             }
         }
         // The audit may have corrected the index anywhere: then all of it is planned.
