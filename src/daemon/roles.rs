@@ -213,7 +213,7 @@ impl Daemon {
         // The claim of the master this host followed is history now.
         let _ = fs::remove_file(self.control_dir().join(CLAIM_FILE));
         self.wants_master = false;
-        self.switch_role_parts();
+        self.switch_role_parts(false);
         true
     }
 
@@ -227,8 +227,25 @@ impl Daemon {
         }
         let state = self.config.state_dir.clone();
         let _ = fs::remove_file(state.join(BASELINE_FILE));
-        self.switch_role_parts();
-        if was_master {
+        self.switch_role_parts(was_master);
+    }
+
+    /// Everything that follows the role, switched to the current one.
+    /// `was_master`: this host steps down, so it lists what its standby never
+    /// confirmed before it publishes its new role (the new master reads the
+    /// list as soon as it sees this host as its standby).
+    fn switch_role_parts(&mut self, was_master: bool) {
+        let role = self.live.role;
+        // Users first: stopping the worker can take seconds.
+        self.install_sshd();
+        self.fence();
+        if role == Role::Standby
+            && let Some(sync) = self.sync.take()
+        {
+            sync.stop(Duration::from_secs(3));
+            self.status.sync = None;
+        }
+        if was_master && role == Role::Standby {
             // After the worker stopped: its index on disk is final.
             match write_changed_list(&self.config) {
                 Ok(0) => {}
@@ -239,20 +256,6 @@ impl Daemon {
                     "cannot list the files the peer never confirmed: {err}; the new master goes by size and mtime alone"
                 ),
             }
-        }
-    }
-
-    /// Everything that follows the role, switched to the current one.
-    fn switch_role_parts(&mut self) {
-        let role = self.live.role;
-        // Users first: stopping the worker can take seconds.
-        self.install_sshd();
-        self.fence();
-        if role == Role::Standby
-            && let Some(sync) = self.sync.take()
-        {
-            sync.stop(Duration::from_secs(3));
-            self.status.sync = None;
         }
         self.publish_role();
         self.claim_seen = None;
@@ -771,11 +774,13 @@ impl Daemon {
 }
 
 /// On a master that steps down: lists in the control folder the files it
-/// wrote that its standby never confirmed (see [`CHANGED_FILE`]). Returns how many.
+/// wrote that its standby never confirmed, ctime included (see
+/// [`CHANGED_FILE`] and `reconcile::unconfirmed_files`). Returns how many.
 fn write_changed_list(config: &crate::config::Config) -> io::Result<usize> {
-    let (tree, _) = crate::sync::tree::scan(&config.data_dir, &mut |_| {})?;
-    let confirmed = crate::sync::tree::load_index(&config.state_dir.join(crate::sync::INDEX_FILE));
-    let files = crate::sync::reconcile::unconfirmed_files(&tree, &confirmed);
+    use crate::sync::tree;
+    let (current, _) = tree::scan(&config.data_dir, &mut |_| {})?;
+    let confirmed = tree::load_index(&config.state_dir.join(crate::sync::INDEX_FILE));
+    let files = crate::sync::reconcile::unconfirmed_files(&current, &confirmed);
     let dir = config.data_dir.join(CONTROL_DIR);
     prepare_control_dir(&dir)?;
     let text = crate::sync::reconcile::changed_list_text(&files);

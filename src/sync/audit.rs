@@ -106,6 +106,7 @@ fn entry(kind: Kind, mode: u32, a: &Attrs) -> Entry {
         uid,
         gid,
         ino: 0,
+        ctime: 0,
     }
 }
 
@@ -212,6 +213,7 @@ mod tests {
             uid: UID,
             gid: UID,
             ino: 42,
+            ctime: 0,
         }
     }
 
@@ -225,6 +227,7 @@ mod tests {
             uid: UID,
             gid: UID,
             ino: 7,
+            ctime: 0,
         }
     }
 
@@ -339,6 +342,7 @@ mod tests {
                 uid: u32::MAX,
                 gid: u32::MAX,
                 ino: 0,
+                ctime: 0,
             })
         );
     }

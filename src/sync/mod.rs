@@ -1071,6 +1071,13 @@ impl<C: Connector> Worker<C> {
         // What the former master wrote that its standby never confirmed is
         // changed there, whatever size and mtime say.
         let peer_changed = self.read_peer_changed()?;
+        if !peer_changed.is_empty() {
+            tracing::info!(
+                standby = %self.settings.standby,
+                "the former master {node} lists {} file(s) it wrote that never reached this host",
+                peer_changed.len()
+            );
+        }
         for path in &peer_changed {
             baseline.remove(path);
         }

@@ -232,12 +232,18 @@ pub fn same_second_suspects(mine: &Tree, theirs: &Tree, baseline: &Tree) -> Vec<
 }
 
 /// The files in `current` that `confirmed` (what the standby confirmed)
-/// does not hold as they are: what a master that steps down had written and
-/// its standby never got.
+/// does not hold as they are, ctime included: what a master that steps down
+/// had written and its standby never got, also a rewrite that put size and
+/// mtime back (only its ctime says it changed).
 pub fn unconfirmed_files(current: &Tree, confirmed: &Tree) -> Vec<Vec<u8>> {
     current
         .iter()
-        .filter(|(path, e)| e.kind == Kind::File && confirmed.get(*path) != Some(e))
+        .filter(|(path, e)| {
+            e.kind == Kind::File
+                && confirmed
+                    .get(*path)
+                    .is_none_or(|c| c != *e || c.ctime != e.ctime)
+        })
         .map(|(path, _)| path.clone())
         .collect()
 }
@@ -416,46 +422,16 @@ pub fn load_baseline(path: &Path) -> io::Result<Option<Tree>> {
     };
     let text = std::str::from_utf8(&text).map_err(|_| bad(0, "not text"))?;
     let mut lines = text.lines();
-    if lines.next() != Some("sftp-ha-index 2") {
-        return Err(bad(1, "not an sftp-ha-index 2 file"));
+    if lines.next() != Some(super::tree::INDEX_HEADER) {
+        return Err(bad(1, "not a baseline of this version"));
     }
     let mut tree = Tree::new();
     for (n, line) in lines.enumerate() {
-        let (path, entry) = parse_index_line(line).ok_or_else(|| bad(n + 2, "unreadable"))?;
+        let (path, entry) =
+            super::tree::parse_index_line(line).ok_or_else(|| bad(n + 2, "unreadable"))?;
         tree.insert(path, entry);
     }
     Ok(Some(tree))
-}
-
-/// One line of the index format ([`super::tree::save_index`]), strictly:
-/// `hexpath kind size mtime nsec mode(octal) uid gid ino`.
-fn parse_index_line(line: &str) -> Option<(Vec<u8>, Entry)> {
-    let f: Vec<&str> = line.split(' ').collect();
-    if f.len() != 9 || f[0].len() % 2 != 0 {
-        return None;
-    }
-    let path = (0..f[0].len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(f[0].get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    let kind = match f[1] {
-        "d" => Kind::Dir,
-        "f" => Kind::File,
-        _ => return None,
-    };
-    Some((
-        path,
-        Entry {
-            kind,
-            size: f[2].parse().ok()?,
-            mtime: f[3].parse().ok()?,
-            mtime_nsec: f[4].parse().ok()?,
-            mode: u32::from_str_radix(f[5], 8).ok()?,
-            uid: f[6].parse().ok()?,
-            gid: f[7].parse().ok()?,
-            ino: f[8].parse().ok()?,
-        },
-    ))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -816,6 +792,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             ino: 0,
+            ctime: 0,
         }
     }
 
@@ -829,6 +806,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             ino: 0,
+            ctime: 0,
         }
     }
 
@@ -1253,10 +1231,10 @@ mod tests {
         for bad in [
             &b""[..],
             b"sftp-ha-index 1\n",
-            b"sftp-ha-index 2\n75 f 1 2 3 644 0 0\n",
-            b"sftp-ha-index 2\n7 f 1 2 3 644 0 0 0\n",
-            b"sftp-ha-index 2\n75 x 1 2 3 644 0 0 0\n",
-            b"sftp-ha-index 2\n75 f 1 2 3 999 0 0 0\n",
+            b"sftp-ha-index 3\n75 f 1 2 3 644 0 0\n",
+            b"sftp-ha-index 3\n7 f 1 2 3 644 0 0 0 0\n",
+            b"sftp-ha-index 3\n75 x 1 2 3 644 0 0 0 0\n",
+            b"sftp-ha-index 3\n75 f 1 2 3 999 0 0 0 0\n",
             b"\xff\xfe",
         ] {
             std::fs::write(&p, bad).unwrap();
@@ -1493,6 +1471,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             ino: 0,
+            ctime: 0,
         };
         let mine = tree(&[
             ("u/agreed", f(1, 10)),
@@ -1523,17 +1502,33 @@ mod tests {
             uid: 1000,
             gid: 1000,
             ino: 1,
+            ctime: 0,
         };
-        let confirmed = tree(&[("u/same", f(1, 5)), ("u/touched", f(1, 5))]);
+        let confirmed = tree(&[
+            ("u/same", f(1, 5)),
+            ("u/touched", f(1, 5)),
+            ("u/rewritten", f(1, 5)),
+        ]);
+        // Same size, mtime and everything stat compares: only the ctime moved.
+        let mut rewritten = f(1, 5);
+        rewritten.ctime = 99;
         let current = tree(&[
             ("u/same", f(1, 5)),
             ("u/touched", f(1, 0)),
             ("u/new\nline", f(2, 0)),
+            ("u/rewritten", rewritten),
         ]);
         let files = unconfirmed_files(&current, &confirmed);
-        assert_eq!(files, vec![b"u/new\nline".to_vec(), b"u/touched".to_vec()]);
+        assert_eq!(
+            files,
+            vec![
+                b"u/new\nline".to_vec(),
+                b"u/rewritten".to_vec(),
+                b"u/touched".to_vec()
+            ]
+        );
         let back = parse_changed_list(&changed_list_text(&files));
-        assert_eq!(back.len(), 2);
+        assert_eq!(back.len(), 3);
         assert!(back.contains(b"u/new\nline".as_slice()));
         assert!(parse_changed_list("zz\n\n").is_empty());
     }

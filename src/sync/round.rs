@@ -113,6 +113,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             ino: 1,
+            ctime: 0,
         }
     }
 

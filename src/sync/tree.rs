@@ -29,7 +29,7 @@ pub enum Kind {
 }
 
 /// What is replicated of one file or folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Entry {
     pub kind: Kind,
     pub size: u64,
@@ -45,7 +45,41 @@ pub struct Entry {
     /// Inode number: a path that vanished and one that appeared with the same
     /// inode (and content) is a rename, mirrored as a rename, not a re-upload.
     pub ino: u64,
+    /// When the inode last changed, in nanoseconds (0: not known, e.g. from
+    /// an SFTP listing). Not compared (a chmod or a rename changes it, which
+    /// replication handles by what it sees), but kept in the index: a master
+    /// that steps down lists every file whose ctime is not the one its
+    /// standby confirmed, which catches a rewrite that put size and mtime
+    /// back as they were.
+    pub ctime: i64,
 }
+
+/// Equal as far as replication goes: everything but the ctime.
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        (
+            self.kind,
+            self.size,
+            self.mtime,
+            self.mtime_nsec,
+            self.mode,
+            self.uid,
+            self.gid,
+            self.ino,
+        ) == (
+            other.kind,
+            other.size,
+            other.mtime,
+            other.mtime_nsec,
+            other.mode,
+            other.uid,
+            other.gid,
+            other.ino,
+        )
+    }
+}
+
+impl Eq for Entry {}
 
 impl Entry {
     fn from_stat(st: &FileStat, kind: Kind) -> Entry {
@@ -62,6 +96,10 @@ impl Entry {
             uid: st.st_uid,
             gid: st.st_gid,
             ino: st.st_ino,
+            ctime: st
+                .st_ctime
+                .saturating_mul(1_000_000_000)
+                .saturating_add(st.st_ctime_nsec),
         }
     }
 
@@ -596,15 +634,18 @@ pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The first line of an index (and of a baseline, which has the same format).
+pub const INDEX_HEADER: &str = "sftp-ha-index 3";
+
 /// Saves the index: one line per entry, the path hex-encoded (names are bytes).
 pub fn save_index(path: &Path, tree: &Tree) -> io::Result<()> {
-    let mut out = Vec::with_capacity(tree.len() * 64);
-    writeln!(out, "sftp-ha-index 2")?;
+    let mut out = Vec::with_capacity(tree.len() * 72);
+    writeln!(out, "{INDEX_HEADER}")?;
     for (p, e) in tree {
         let kind = if e.kind == Kind::Dir { 'd' } else { 'f' };
         writeln!(
             out,
-            "{} {kind} {} {} {} {:o} {} {} {}",
+            "{} {kind} {} {} {} {:o} {} {} {} {}",
             hex(p),
             e.size,
             e.mtime,
@@ -612,7 +653,8 @@ pub fn save_index(path: &Path, tree: &Tree) -> io::Result<()> {
             e.mode,
             e.uid,
             e.gid,
-            e.ino
+            e.ino,
+            e.ctime
         )?;
     }
     crate::fsutil::write_atomic(path, &out, 0o600, None)
@@ -624,31 +666,41 @@ pub fn load_index(path: &Path) -> Tree {
         return Tree::new();
     };
     let mut lines = text.lines();
-    // Another version: start from nothing; the next round checks everything.
-    if lines.next() != Some("sftp-ha-index 2") {
+    // Another version: start from nothing; the next audit confirms what the
+    // standby already has as it is, so nothing is sent again.
+    if lines.next() != Some(INDEX_HEADER) {
         return Tree::new();
     }
-    let parse = |line: &str| -> Option<(Vec<u8>, Entry)> {
-        let f: Vec<&str> = line.split(' ').collect();
-        Some((
-            unhex(f.first()?)?,
-            Entry {
-                kind: if *f.get(1)? == "d" {
-                    Kind::Dir
-                } else {
-                    Kind::File
-                },
-                size: f.get(2)?.parse().ok()?,
-                mtime: f.get(3)?.parse().ok()?,
-                mtime_nsec: f.get(4)?.parse().ok()?,
-                mode: u32::from_str_radix(f.get(5)?, 8).ok()?,
-                uid: f.get(6)?.parse().ok()?,
-                gid: f.get(7)?.parse().ok()?,
-                ino: f.get(8)?.parse().ok()?,
-            },
-        ))
+    lines.filter_map(parse_index_line).collect()
+}
+
+/// One line of the index, strictly: `hexpath kind size mtime nsec
+/// mode(octal) uid gid ino ctime`.
+pub fn parse_index_line(line: &str) -> Option<(Vec<u8>, Entry)> {
+    let f: Vec<&str> = line.split(' ').collect();
+    if f.len() != 10 {
+        return None;
+    }
+    let path = unhex(f[0])?;
+    let kind = match f[1] {
+        "d" => Kind::Dir,
+        "f" => Kind::File,
+        _ => return None,
     };
-    lines.filter_map(parse).collect()
+    Some((
+        path,
+        Entry {
+            kind,
+            size: f[2].parse().ok()?,
+            mtime: f[3].parse().ok()?,
+            mtime_nsec: f[4].parse().ok()?,
+            mode: u32::from_str_radix(f[5], 8).ok()?,
+            uid: f[6].parse().ok()?,
+            gid: f[7].parse().ok()?,
+            ino: f[8].parse().ok()?,
+            ctime: f[9].parse().ok()?,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -667,6 +719,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             ino: 0,
+            ctime: 0,
         }
     }
     fn dir() -> Entry {
@@ -679,6 +732,7 @@ mod tests {
             uid: 0,
             gid: 0,
             ino: 0,
+            ctime: 0,
         }
     }
     fn tree(items: &[(&str, Entry)]) -> Tree {
