@@ -784,6 +784,18 @@ pub fn show(path: &[u8]) -> String {
 pub(crate) mod fake {
     use super::*;
 
+    /// One SFTP packet as the server sends it: length, type, id, body.
+    fn frame(kind: u8, id: Option<u32>, body: &[u8]) -> Vec<u8> {
+        let mut p = vec![kind];
+        if let Some(id) = id {
+            put_u32(&mut p, id);
+        }
+        p.extend_from_slice(body);
+        let mut framed = Vec::new();
+        put_str(&mut framed, &p);
+        framed
+    }
+
     /// An in-memory SFTP server holding a few files: it answers INIT, OPEN
     /// (read), READ and CLOSE as requests are written, at most `max_read`
     /// bytes per READ (to exercise short reads), and records each READ.
@@ -814,15 +826,7 @@ pub(crate) mod fake {
         }
 
         fn answer(&mut self, kind: u8, id: Option<u32>, body: &[u8]) {
-            let mut p = Vec::new();
-            p.push(kind);
-            if let Some(id) = id {
-                put_u32(&mut p, id);
-            }
-            p.extend_from_slice(body);
-            let mut framed = Vec::new();
-            put_str(&mut framed, &p);
-            self.output.extend(framed);
+            self.output.extend(frame(kind, id, body));
         }
 
         fn status(&mut self, id: u32, code: u32) {
@@ -1085,14 +1089,7 @@ pub(crate) mod fake {
         }
 
         fn answer(&mut self, kind: u8, id: Option<u32>, body: &[u8]) {
-            let mut p = vec![kind];
-            if let Some(id) = id {
-                put_u32(&mut p, id);
-            }
-            p.extend_from_slice(body);
-            let mut framed = Vec::new();
-            put_str(&mut framed, &p);
-            self.output.extend(framed);
+            self.output.extend(frame(kind, id, body));
         }
 
         fn status(&mut self, id: u32, code: u32) {
