@@ -199,7 +199,7 @@ pub fn connection_pids() -> HashSet<i32> {
     let mut pids = HashSet::new();
     end_processes(|cmdline, proc_dir| {
         let title = title(cmdline);
-        if session_user(title).is_some()
+        if (session_user(title).is_some() || is_reexec(cmdline))
             && !title.windows(10).any(|w| w == b"[listener]")
             && let Some(pid) = proc_dir
                 .file_name()
@@ -230,7 +230,12 @@ pub fn end_user_sessions_of(connections: &HashSet<i32>) -> usize {
     }
     end_processes(|cmdline, proc_dir| {
         let title = title(cmdline);
-        let managed = session_user(title).is_some_and(|u| names.contains(u))
+        // Only sshd's own session processes: never a `sudo -u` or anything
+        // else a managed uid runs below root's session.
+        let Some(user) = session_user(title) else {
+            return false;
+        };
+        let managed = names.contains(user)
             || fs::read_to_string(proc_dir.join("status"))
                 .ok()
                 .and_then(|status| real_uid(&status))
@@ -245,7 +250,7 @@ pub fn end_user_sessions_of(connections: &HashSet<i32>) -> usize {
 /// how many processes were signalled.
 pub fn end_logins_of(connections: &HashSet<i32>) -> usize {
     end_processes(|cmdline, proc_dir| {
-        is_login_in_progress(title(cmdline))
+        (is_login_in_progress(title(cmdline)) || is_reexec(cmdline))
             && proc_dir
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -259,6 +264,20 @@ pub fn end_logins_of(connections: &HashSet<i32>) -> usize {
 fn is_login_in_progress(title: &[u8]) -> bool {
     session_user(title).is_some_and(|user| user == b"[accepted]" || user == b"[net]")
         || (session_user(title).is_some() && title.ends_with(b" [net]"))
+}
+
+/// A connection's process before it has set its title: sshd re-executing
+/// itself for the connection (`/usr/sbin/sshd -D -R`), or OpenSSH 9.8's
+/// `sshd-session`/`sshd-auth` just started.
+fn is_reexec(cmdline: &[u8]) -> bool {
+    let mut args = cmdline.split(|b| *b == 0);
+    let program = args.next().unwrap_or_default();
+    let name = program.rsplit(|b| *b == b'/').next().unwrap_or_default();
+    match name {
+        b"sshd" => args.any(|a| a == b"-R"),
+        b"sshd-session" | b"sshd-auth" => true,
+        _ => false,
+    }
 }
 
 /// The names and uids of the managed accounts.
@@ -311,6 +330,10 @@ fn end_processes(mut pick: impl FnMut(&[u8], &Path) -> bool) -> usize {
     let Ok(entries) = fs::read_dir("/proc") else {
         return 0;
     };
+    // Only this host's processes: a container's sshd shows in /proc too,
+    // in its own PID namespace. (Not the mount namespace: the unit's
+    // sandboxing gives the daemon its own.)
+    let ours = fs::read_link("/proc/self/ns/pid").ok();
     let mut ended = 0;
     for entry in entries.flatten() {
         let Some(pid) = entry
@@ -323,6 +346,9 @@ fn end_processes(mut pick: impl FnMut(&[u8], &Path) -> bool) -> usize {
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
             continue;
         };
+        if ours.is_some() && fs::read_link(entry.path().join("ns/pid")).ok() != ours {
+            continue;
+        }
         if pick(&cmdline, &entry.path()) {
             let signalled = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -431,6 +457,10 @@ mod tests {
                 String::from_utf8_lossy(pre_auth)
             );
         }
+        assert!(is_reexec(b"/usr/sbin/sshd\0-D\0-R\0"));
+        assert!(is_reexec(b"/usr/lib/openssh/sshd-session\0-R\0"));
+        assert!(!is_reexec(b"/usr/sbin/sshd\0-D\0"));
+        assert!(!is_reexec(b"sshd: EPuser@notty\0"));
         for done in [
             &b"sshd: EPuser [priv]"[..],
             b"sshd: EPuser@notty",

@@ -102,6 +102,10 @@ struct Daemon {
     fencing: Option<(Instant, std::collections::HashSet<i32>)>,
     /// The published role asks the master to hand over (`promote`).
     wants_master: bool,
+    /// sshd has the drop-in of the current role loaded.
+    sshd_ok: bool,
+    /// When the drop-in was last tried again after a failure.
+    sshd_retried: Option<Instant>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `log` is already set up; its level follows the config.
@@ -185,13 +189,16 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         pending: None,
         fencing: None,
         wants_master: false,
+        sshd_ok: false,
+        sshd_retried: None,
     };
     daemon.refresh_config_fields();
     daemon.install_sshd();
     // One writer at a time: on a master, a former master's replication
     // sessions; on a standby, users' sessions from before a crash mid-switch.
-    daemon.fence();
+    daemon.fence_at_start();
     daemon.forget_claim_if_master();
+    daemon.list_unconfirmed_if_missing();
     daemon.publish_role();
     daemon.bind_sftp_log();
     daemon.users.startup();
@@ -391,8 +398,11 @@ impl Daemon {
 
     /// Writes the drop-in for `role` (a master handing over already serves
     /// its users as a standby would).
-    fn install_sshd_for(&mut self, role: Role) {
-        self.status.sshd = match crate::sshd::install_and_reload(&self.config.data_dir, role) {
+    /// Returns false if sshd could not be given the drop-in (the status says why).
+    fn install_sshd_for(&mut self, role: Role) -> bool {
+        let result = crate::sshd::install_and_reload(&self.config.data_dir, role);
+        let ok = result.is_ok();
+        self.status.sshd = match result {
             Ok(installed) => {
                 let words = match installed {
                     crate::sshd::Installed::Unchanged => "drop-in up to date",
@@ -407,6 +417,8 @@ impl Daemon {
                 format!("ERROR: {err}")
             }
         };
+        self.sshd_ok = ok;
+        ok
     }
 
     /// Starts replication on a master with a standby configured.

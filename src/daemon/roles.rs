@@ -297,6 +297,44 @@ impl Daemon {
         }
     }
 
+    /// At start: as [`Daemon::fence`], but on a standby only the managed
+    /// users' sessions end (a crash in the middle of a role change could have
+    /// left writable ones); nobody else's login in progress is cut.
+    pub(super) fn fence_at_start(&mut self) {
+        if self.live.role == Role::Master {
+            self.fence();
+            return;
+        }
+        let connections = crate::sshd::connection_pids();
+        let ended = crate::sshd::end_user_sessions_of(&connections);
+        if ended > 0 {
+            tracing::info!(
+                "ended {ended} user session process(es) from before this start: this host is a standby"
+            );
+        }
+        self.fencing = Some((Instant::now() + FENCE_WINDOW, connections));
+    }
+
+    /// At start: a standby that stepped down and crashed before it listed
+    /// what its standby never confirmed lists it now (its index on disk is
+    /// what it was), before it publishes its role.
+    pub(super) fn list_unconfirmed_if_missing(&self) {
+        if self.live.role != Role::Standby
+            || self.live.unreconciled.is_none()
+            || self.control_dir().join(CHANGED_FILE).exists()
+        {
+            return;
+        }
+        match write_changed_list(&self.config) {
+            Ok(n) => tracing::warn!(
+                "listed {n} file(s) written here that the peer may never have received, for the new master's reconciliation"
+            ),
+            Err(err) => tracing::error!(
+                "cannot list the files the peer never confirmed: {err}; the new master goes by size and mtime alone"
+            ),
+        }
+    }
+
     /// Ends the users' sessions on the connections open now, and keeps doing
     /// so for [`FENCE_WINDOW`] (call after the read-only drop-in is loaded).
     fn fence_users(&mut self, why: &str) {
@@ -312,6 +350,23 @@ impl Daemon {
     /// Each loop while fencing: a login that completes on a connection that
     /// was open when this host stopped taking uploads is ended.
     pub(super) fn keep_fencing(&mut self) {
+        // A standby whose read-only drop-in sshd refused: every managed
+        // user's session is ended as it comes, and the drop-in tried again.
+        if self.live.role == Role::Standby && !self.sshd_ok {
+            let ended = crate::sshd::end_user_sessions_of(&crate::sshd::connection_pids());
+            if ended > 0 {
+                tracing::error!(
+                    "ended {ended} user session process(es): this host is a standby but sshd has not loaded the read-only drop-in (see sftp-ha status: sshd)"
+                );
+            }
+            if self
+                .sshd_retried
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                self.sshd_retried = Some(Instant::now());
+                self.install_sshd();
+            }
+        }
         let Some((until, connections)) = &self.fencing else {
             return;
         };
@@ -486,10 +541,17 @@ impl Daemon {
         if !connected {
             return false;
         }
+        // Users first: a handover with writable users would lose what they write.
+        if !self.install_sshd_for(Role::Standby) {
+            tracing::error!(
+                "cannot hand the role over: sshd refused the read-only drop-in; this host stays the master"
+            );
+            self.install_sshd();
+            return false;
+        }
         tracing::warn!(
             "handing the role over: users' sessions end, new ones are read-only, the last changes go to the standby"
         );
-        self.install_sshd_for(Role::Standby);
         self.fence_users("handing the role over");
         if let Some(sync) = &self.sync {
             sync.control(|c| c.hand_over = true);
@@ -585,7 +647,7 @@ impl Daemon {
                     self.answer(
                         &request.id,
                         false,
-                        "no standby is connected to hand the role to; nothing changed (see `sftp-ha status`: sync)".into(),
+                        "no standby is connected to hand the role to, or sshd refused the read-only drop-in; nothing changed (see `sftp-ha status`: sync, sshd)".into(),
                     );
                 }
             }
@@ -705,16 +767,24 @@ impl Daemon {
             };
             let pinned = crate::pair::pinned_host_key(&state);
             let key = crate::pair::key_path(&state);
-            let mut session =
+            // Three tries a second apart: sshd refuses connections for a
+            // moment while it reloads, which is no sign the master is down.
+            let mut tries = 0;
+            let mut session = loop {
+                tries += 1;
                 match crate::sync::transport::Standby::connect(&peer, pinned.as_deref(), &key) {
-                    Ok(s) => s,
+                    Ok(s) => break s,
                     // Only "nobody there" counts as down: a pairing problem
                     // says nothing about whether the master still takes uploads.
                     Err(err @ crate::sync::transport::TransportError::Connect { .. }) => {
-                        return PeerAnswer::Unreachable(err.to_string());
+                        if tries >= 3 {
+                            return PeerAnswer::Unreachable(err.to_string());
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
                     }
                     Err(err) => return PeerAnswer::Unasked(err.to_string()),
-                };
+                }
+            };
             let path = format!("/{CONTROL_DIR}/{ROLE_FILE}");
             match session.sftp.read_all(path.as_bytes(), 64 * 1024) {
                 Ok(bytes) => match serde_json::from_slice::<Published>(&bytes) {

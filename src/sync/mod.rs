@@ -1071,15 +1071,22 @@ impl<C: Connector> Worker<C> {
         // What the former master wrote that its standby never confirmed is
         // changed there, whatever size and mtime say.
         let peer_changed = self.read_peer_changed()?;
-        if !peer_changed.is_empty() {
-            tracing::info!(
-                standby = %self.settings.standby,
-                "the former master {node} lists {} file(s) it wrote that never reached this host",
-                peer_changed.len()
-            );
-        }
-        for path in &peer_changed {
-            baseline.remove(path);
+        match &peer_changed {
+            reconcile::Changed::All => {
+                tracing::info!(standby = %self.settings.standby, "the former master {node} changed too many files to list: all of its files count as changed there");
+                baseline.clear();
+            }
+            reconcile::Changed::These(paths) if !paths.is_empty() => {
+                tracing::info!(
+                    standby = %self.settings.standby,
+                    "the former master {node} lists {} file(s) it wrote that never reached this host",
+                    paths.len()
+                );
+                for path in paths {
+                    baseline.remove(path);
+                }
+            }
+            reconcile::Changed::These(_) => {}
         }
         let mut actions: Vec<reconcile::Action> =
             reconcile::plan(&self.current, remote, &baseline, &node)
@@ -1212,7 +1219,7 @@ impl<C: Connector> Worker<C> {
 
     /// The former master's list of files its standby never confirmed
     /// ([`crate::layout::CHANGED_FILE`]); none: an empty list.
-    fn read_peer_changed(&mut self) -> Result<HashSet<Vec<u8>>, TransportError> {
+    fn read_peer_changed(&mut self) -> Result<reconcile::Changed, TransportError> {
         let Some(standby) = self.standby.as_mut() else {
             return Err(TransportError::NotPinned);
         };
@@ -1220,11 +1227,14 @@ impl<C: Connector> Worker<C> {
             CONTROL_DIR.as_bytes(),
             crate::layout::CHANGED_FILE.as_bytes(),
         ));
-        match standby.sftp().read_all(&path, 1 << 30) {
+        match standby
+            .sftp()
+            .read_all(&path, reconcile::CHANGED_LIST_MAX as u64 + 16)
+        {
             Ok(bytes) => Ok(reconcile::parse_changed_list(&String::from_utf8_lossy(
                 &bytes,
             ))),
-            Err(e) if e.is_no_such_file() => Ok(HashSet::new()),
+            Err(e) if e.is_no_such_file() => Ok(reconcile::Changed::These(HashSet::new())),
             Err(e) => Err(e.into()),
         }
     }

@@ -222,7 +222,12 @@ fn conflict_target(
 pub fn same_second_suspects(mine: &Tree, theirs: &Tree, baseline: &Tree) -> Vec<(Vec<u8>, Entry)> {
     mine.iter()
         .filter(|(path, e)| {
-            e.kind == Kind::File && !baseline.get(*path).is_some_and(|b| same_version(e, b))
+            // Written here since the baseline: another version, or the same
+            // size and mtime with another ctime (a rewrite that kept them).
+            e.kind == Kind::File
+                && !baseline
+                    .get(*path)
+                    .is_some_and(|b| same_version(e, b) && (b.ctime == 0 || b.ctime == e.ctime))
         })
         .filter_map(|(path, e)| {
             let there = theirs.get(path).filter(|t| same_version(e, t))?;
@@ -248,20 +253,52 @@ pub fn unconfirmed_files(current: &Tree, confirmed: &Tree) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The list of [`unconfirmed_files`] as written to the control folder.
+/// The most a list of changed files may hold; a longer one says "all of
+/// them" instead, so no user can make it too big to read.
+pub const CHANGED_LIST_MAX: usize = 32 << 20;
+
+/// What a former master says it changed that its standby never confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Too many to list: every file counts as changed there.
+    All,
+    These(std::collections::HashSet<Vec<u8>>),
+}
+
+impl Changed {
+    pub fn contains(&self, path: &[u8]) -> bool {
+        match self {
+            Changed::All => true,
+            Changed::These(paths) => paths.contains(path),
+        }
+    }
+}
+
+/// The list of [`unconfirmed_files`] as written to the control folder: hex
+/// paths, one a line; `*` alone when longer than [`CHANGED_LIST_MAX`].
 pub fn changed_list_text(paths: &[Vec<u8>]) -> String {
-    paths
+    let text: String = paths
         .iter()
         .map(|p| format!("{}\n", super::tree::hex(p)))
-        .collect()
+        .collect();
+    if text.len() > CHANGED_LIST_MAX {
+        "*\n".into()
+    } else {
+        text
+    }
 }
 
 /// Reads a list written by [`changed_list_text`]; lines that are not hex are skipped.
-pub fn parse_changed_list(text: &str) -> std::collections::HashSet<Vec<u8>> {
-    text.lines()
-        .filter_map(super::tree::unhex)
-        .filter(|p| !p.is_empty())
-        .collect()
+pub fn parse_changed_list(text: &str) -> Changed {
+    if text.lines().any(|l| l == "*") {
+        return Changed::All;
+    }
+    Changed::These(
+        text.lines()
+            .filter_map(super::tree::unhex)
+            .filter(|p| !p.is_empty())
+            .collect(),
+    )
 }
 
 /// What this host must do so that replication from it loses nothing only
@@ -422,13 +459,21 @@ pub fn load_baseline(path: &Path) -> io::Result<Option<Tree>> {
     };
     let text = std::str::from_utf8(&text).map_err(|_| bad(0, "not text"))?;
     let mut lines = text.lines();
-    if lines.next() != Some(super::tree::INDEX_HEADER) {
-        return Err(bad(1, "not a baseline of this version"));
-    }
+    // Format 2 had no ctime: read as "not known", never as "nothing agreed".
+    let legacy = match lines.next() {
+        Some(super::tree::INDEX_HEADER) => false,
+        Some("sftp-ha-index 2") => true,
+        _ => return Err(bad(1, "not a baseline this version can read")),
+    };
     let mut tree = Tree::new();
     for (n, line) in lines.enumerate() {
+        let line = if legacy {
+            std::borrow::Cow::Owned(format!("{line} 0"))
+        } else {
+            std::borrow::Cow::Borrowed(line)
+        };
         let (path, entry) =
-            super::tree::parse_index_line(line).ok_or_else(|| bad(n + 2, "unreadable"))?;
+            super::tree::parse_index_line(&line).ok_or_else(|| bad(n + 2, "unreadable"))?;
         tree.insert(path, entry);
     }
     Ok(Some(tree))
@@ -1487,6 +1532,17 @@ mod tests {
         let baseline = tree(&[("u/agreed", f(1, 10)), ("u/new-alike", f(2, 5))]);
         let suspects = same_second_suspects(&mine, &theirs, &baseline);
         assert_eq!(suspects, vec![(b"u/new-alike".to_vec(), f(2, 20))]);
+        // Rewritten here since the baseline with size and mtime kept: only the ctime says so.
+        let mut rewritten = f(1, 10);
+        rewritten.ctime = 7;
+        let mut baseline_ctime = f(1, 10);
+        baseline_ctime.ctime = 3;
+        let here = tree(&[("u/agreed", rewritten)]);
+        let there = tree(&[("u/agreed", f(1, 10))]);
+        assert_eq!(
+            same_second_suspects(&here, &there, &tree(&[("u/agreed", baseline_ctime)])).len(),
+            1
+        );
         // With no baseline (the union), everything alike is a suspect.
         assert_eq!(same_second_suspects(&mine, &theirs, &Tree::new()).len(), 2);
     }
@@ -1528,8 +1584,16 @@ mod tests {
             ]
         );
         let back = parse_changed_list(&changed_list_text(&files));
-        assert_eq!(back.len(), 3);
         assert!(back.contains(b"u/new\nline".as_slice()));
-        assert!(parse_changed_list("zz\n\n").is_empty());
+        assert!(back.contains(b"u/rewritten".as_slice()) && !back.contains(b"u/same".as_slice()));
+        assert_eq!(
+            parse_changed_list("zz\n\n"),
+            Changed::These(Default::default())
+        );
+        // Too long to list: all of them.
+        let many: Vec<Vec<u8>> = (0..200_000).map(|i| vec![b'x'; 100 + i % 7]).collect();
+        let text = changed_list_text(&many);
+        assert_eq!(text, "*\n");
+        assert!(parse_changed_list(&text).contains(b"anything"));
     }
 }

@@ -72,7 +72,8 @@ pub fn hold_back<'a>(part: Cow<'a, Tree>, confirmed: &Tree, settling: &[Vec<u8>]
 }
 
 /// Files closed after writing whose size and mtime (to the nanosecond) are
-/// still what the standby confirmed: rewritten with the mtime set back (WinSCP
+/// still what the standby confirmed but whose ctime is not: rewritten with
+/// the mtime set back (WinSCP
 /// keeps timestamps by default, so does `sftp put -p`), which stat alone
 /// cannot tell from no change. The caller drops their confirmation, so they
 /// are sent again.
@@ -91,6 +92,10 @@ pub fn rewritten_alike(
                             && c.size == now.size
                             && c.mtime == now.mtime
                             && c.mtime_nsec == now.mtime_nsec
+                            // A write changes the ctime; an open and close
+                            // without one (which anyone may do, over and
+                            // over) does not, and costs nothing.
+                            && (c.ctime == 0 || c.ctime != now.ctime)
                     })
             })
         })
@@ -248,6 +253,19 @@ mod tests {
             rewritten_alike(&current, &confirmed, &closed),
             vec![b"a".to_vec()]
         );
+        // Opened and closed without a write: the ctime did not move, nothing is sent.
+        let mut known = confirmed.clone();
+        let mut seen = current.clone();
+        for t in [&mut known, &mut seen] {
+            if let Some(e) = t.get_mut(b"a".as_slice()) {
+                e.ctime = 5;
+            }
+        }
+        assert!(rewritten_alike(&seen, &known, &closed).is_empty());
+        if let Some(e) = seen.get_mut(b"a".as_slice()) {
+            e.ctime = 6;
+        }
+        assert_eq!(rewritten_alike(&seen, &known, &closed), vec![b"a".to_vec()]);
         // Not closed: nothing was written, nothing is sent.
         assert!(rewritten_alike(&current, &confirmed, &HashSet::new()).is_empty());
         // Once its confirmation is dropped, the plan sends it.
