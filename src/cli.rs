@@ -114,11 +114,13 @@ pub enum Command {
 
     /// Hand the master role to the standby (planned switchover)
     ///
-    /// On a master with its standby connected: users' sessions end, new ones
-    /// are read-only, the last changes go to the standby, and the standby
-    /// becomes master with a higher epoch; this host becomes its standby.
-    /// If the changes do not reach the standby within 30 s, this host stays
-    /// the master and users may write again. Idempotent: on a standby it says
+    /// On a master with its standby connected: the role is offered to the
+    /// standby, whose daemon accepts it (a standby nobody runs never gets
+    /// it; after 20 s without an answer nothing changes). Then users'
+    /// sessions end, new ones are read-only, the last changes go to the
+    /// standby, and the standby becomes master with a higher epoch; this host
+    /// becomes its standby. If the changes do not reach the standby within
+    /// 30 s, this host stays the master and users may write again. Idempotent: on a standby it says
     /// so and exits 0. Exits 0 when done, 1 if not, 3 if the daemon is not running.
     Demote,
 

@@ -149,6 +149,11 @@ pub struct Claim {
     /// with this epoch (one above the master's).
     #[serde(default)]
     pub handover: Option<u64>,
+    /// The master offers its role (`sftp-ha demote`): a standby whose daemon
+    /// runs answers by asking for it, as `promote` does, so a handover never
+    /// goes to a host nobody runs.
+    #[serde(default)]
+    pub offer: bool,
     /// The master has reconciled this host's tree (brought back what only it
     /// had) for the step-down with this token: it may be mirrored over now.
     #[serde(default)]
@@ -473,6 +478,7 @@ mod tests {
             epoch,
             handover,
             reconciled: None,
+            offer: false,
         }
     }
 

@@ -25,6 +25,8 @@ use super::Daemon;
 /// for the last changes to reach the standby, before giving up (and undoing
 /// what it did).
 const HANDOVER_PATIENCE: Duration = Duration::from_secs(30);
+/// How long `demote` waits for the standby to accept the role.
+const ACCEPT_PATIENCE: Duration = Duration::from_secs(20);
 /// How long `promote` waits for the master's handover: longer than the
 /// master's own patience, so the master always decides first.
 const PROMOTE_PATIENCE: Duration = Duration::from_secs(45);
@@ -70,6 +72,9 @@ enum Stage {
     },
     /// `promote`: the master was asked to hand over.
     AwaitHandover,
+    /// `demote`: the role was offered; the standby's daemon accepts it by
+    /// asking for it (so the role never goes to a host nobody runs).
+    AwaitAccept,
     /// `demote`: users stopped here; the worker sends the rest, then hands over.
     AwaitHandedOver,
 }
@@ -438,6 +443,25 @@ impl Daemon {
             }
             ClaimVerdict::StepDown(live) => self.become_standby(live),
         }
+        // `demote` on the master: accepted by asking for the role, as
+        // `promote` does, unless a request is under way here.
+        if claim.offer
+            && self.live.role == Role::Standby
+            && claim.epoch == self.live.epoch
+            && self.pending.is_none()
+        {
+            tracing::info!(
+                "the master {} offers its role (sftp-ha demote): accepting",
+                claim.node
+            );
+            self.wants_master = true;
+            self.publish_role();
+            self.pending = Some(Pending {
+                id: String::from("(offered by the master)"),
+                started: Instant::now(),
+                stage: Stage::AwaitHandover,
+            });
+        }
         self.set_phase(self.status.phase);
     }
 
@@ -479,8 +503,32 @@ impl Daemon {
             self.answer_pending(true, format!("switchover complete: the peer is the master at epoch {to}, this host is its standby"));
             return;
         }
-        if asked && self.pending.is_none() {
-            self.start_handover(String::from("(asked by the standby)"));
+        if asked {
+            match self.pending.take() {
+                // `demote`: the standby took the offer.
+                Some(Pending {
+                    id,
+                    stage: Stage::AwaitAccept,
+                    ..
+                }) => {
+                    if self.start_handover(id.clone()) {
+                        self.progress(
+                            &id,
+                            "the standby accepted; users stopped, sending the last changes".into(),
+                        );
+                    } else {
+                        self.answer(
+                            &id,
+                            false,
+                            "the standby accepted, but sshd refused the read-only drop-in here; nothing changed (see `sftp-ha status`: sshd)".into(),
+                        );
+                    }
+                }
+                None => {
+                    self.start_handover(String::from("(asked by the standby)"));
+                }
+                other => self.pending = other,
+            }
         }
     }
 
@@ -638,16 +686,24 @@ impl Daemon {
                 self.progress(&request.id, "asking the master".into());
             }
             (Action::Demote, Role::Master) => {
-                if self.start_handover(request.id.clone()) {
+                let offered = self.sync.as_ref().is_some_and(|s| {
+                    s.snapshot().connected && s.control(|c| c.offer = true).is_some()
+                });
+                if offered {
+                    self.pending = Some(Pending {
+                        id: request.id.clone(),
+                        started: Instant::now(),
+                        stage: Stage::AwaitAccept,
+                    });
                     self.progress(
                         &request.id,
-                        "users stopped; sending the last changes to the standby".into(),
+                        "offered the role to the standby; waiting for it to accept".into(),
                     );
                 } else {
                     self.answer(
                         &request.id,
                         false,
-                        "no standby is connected to hand the role to, or sshd refused the read-only drop-in; nothing changed (see `sftp-ha status`: sync, sshd)".into(),
+                        "no standby is connected to hand the role to; nothing changed (see `sftp-ha status`: sync)".into(),
                     );
                 }
             }
@@ -702,6 +758,16 @@ impl Daemon {
                         });
                     }
                 }
+            }
+            Stage::AwaitAccept if pending.started.elapsed() >= ACCEPT_PATIENCE => {
+                self.answer(
+                    &pending.id,
+                    false,
+                    format!(
+                        "the standby did not accept the role within {} s (is sftp-ha running there?); nothing changed",
+                        ACCEPT_PATIENCE.as_secs()
+                    ),
+                );
             }
             Stage::AwaitHandover if pending.started.elapsed() >= PROMOTE_PATIENCE => {
                 self.wants_master = false;

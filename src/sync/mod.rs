@@ -125,6 +125,9 @@ pub struct Control {
     pub step_down: Option<(u64, String)>,
     /// Worker → daemon: the standby asks for the role (`sftp-ha promote`).
     pub handover_asked: bool,
+    /// Daemon → worker: offer the role to the standby (`sftp-ha demote`); it
+    /// answers by asking for it, which comes back as `handover_asked`.
+    pub offer: bool,
     /// Daemon → worker: users can no longer write here; send the last
     /// changes, then hand the role over.
     pub hand_over: bool,
@@ -160,6 +163,7 @@ impl SyncSettings {
             epoch: self.live.epoch,
             handover,
             reconciled,
+            offer: false,
         }
     }
 }
@@ -1281,6 +1285,17 @@ impl<C: Connector> Worker<C> {
         let verdict = crate::role::judge_peer(&self.settings.live, &self.settings.node, &peer);
         let mut control = self.control.lock().map_err(|_| TransportError::NotPinned)?;
         control.peer = Some(peer);
+        let offer = std::mem::take(&mut control.offer);
+        drop(control);
+        if offer && matches!(verdict, PeerVerdict::Replicate | PeerVerdict::HandOver) {
+            let mut claim = self.settings.claim(None, None);
+            claim.offer = true;
+            if let Some(standby) = self.standby.as_mut() {
+                write_claim(standby.sftp(), &claim)?;
+                tracing::info!(standby = %endpoint, "offered the role to the standby (sftp-ha demote)");
+            }
+        }
+        let mut control = self.control.lock().map_err(|_| TransportError::NotPinned)?;
         match verdict {
             PeerVerdict::Replicate => Ok(()),
             PeerVerdict::HandOver => {
