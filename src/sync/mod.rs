@@ -1894,6 +1894,19 @@ mod tests {
             assert!(b.worker.stepped_down(), "the worker stops");
         }
 
+        #[test]
+        fn demote_offers_the_role_once_and_a_standby_that_asks_gets_a_handover_request() {
+            let mut b = bed(FakeFs::default());
+            b.worker.round();
+            b.worker.control.lock().unwrap().offer = true;
+            b.worker.check_peer().unwrap();
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").unwrap();
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert!(claim.offer && claim.handover.is_none(), "{claim:?}");
+            assert!(!b.worker.control.lock().unwrap().offer, "offered once");
+            assert!(!b.worker.control.lock().unwrap().handover_asked);
+        }
+
         /// The standby's role file says what it is.
         fn publishing(role: Role, epoch: u64) -> FakeFs {
             let mut fs = FakeFs::default();
