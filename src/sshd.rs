@@ -330,10 +330,13 @@ fn end_processes(mut pick: impl FnMut(&[u8], &Path) -> bool) -> usize {
     let Ok(entries) = fs::read_dir("/proc") else {
         return 0;
     };
-    // Only this host's processes: a container's sshd shows in /proc too,
-    // in its own PID namespace. (Not the mount namespace: the unit's
-    // sandboxing gives the daemon its own.)
-    let ours = fs::read_link("/proc/self/ns/pid").ok();
+    // Only this host's processes: a container's sshd shows in /proc too, in
+    // a PID namespace nested in ours, so with more levels in `NSpid`. (The
+    // namespace links themselves need CAP_SYS_PTRACE, which the unit does
+    // not have; the status file does not.)
+    let ours = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| pid_ns_depth(&s));
     let mut ended = 0;
     for entry in entries.flatten() {
         let Some(pid) = entry
@@ -346,7 +349,12 @@ fn end_processes(mut pick: impl FnMut(&[u8], &Path) -> bool) -> usize {
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        if ours.is_some() && fs::read_link(entry.path().join("ns/pid")).ok() != ours {
+        if ours.is_some()
+            && fs::read_to_string(entry.path().join("status"))
+                .ok()
+                .and_then(|s| pid_ns_depth(&s))
+                != ours
+        {
             continue;
         }
         if pick(&cmdline, &entry.path()) {
@@ -358,6 +366,15 @@ fn end_processes(mut pick: impl FnMut(&[u8], &Path) -> bool) -> usize {
         }
     }
     ended
+}
+
+/// How many PID namespaces deep a process is, from the `NSpid` line of its
+/// `/proc/PID/status` (one pid per level).
+fn pid_ns_depth(status: &str) -> Option<usize> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|pids| pids.split_whitespace().count())
 }
 
 /// The real uid in a `/proc/PID/status` text.
@@ -479,6 +496,9 @@ mod tests {
             Some(1001)
         );
         assert_eq!(real_uid("Name:\tsshd\n"), None);
+        assert_eq!(pid_ns_depth("Name:\tsshd\nNSpid:\t41\n"), Some(1));
+        assert_eq!(pid_ns_depth("NSpid:\t9041\t41\n"), Some(2));
+        assert_eq!(pid_ns_depth("Name:\tx\n"), None);
     }
 
     #[test]

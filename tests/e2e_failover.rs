@@ -501,7 +501,7 @@ fn a_login_in_progress_during_a_switchover_cannot_write_on_the_old_master() {
          t = paramiko.Transport(s)\n\
          t.start_client()\n\
          print('connected', flush=True)\n\
-         time.sleep(6)\n\
+         time.sleep(15)\n\
          try:\n\
          \x20   t.auth_password('EPuser', '1234')\n\
          \x20   sftp = paramiko.SFTPClient.from_transport(t)\n\
@@ -521,8 +521,13 @@ fn a_login_in_progress_during_a_switchover_cannot_write_on_the_old_master() {
             )
         });
         std::thread::sleep(std::time::Duration::from_secs(2));
+        // The switchover completes well before the login goes on (15 s).
         let demote = tb.sh(MASTER, "sftp-ha demote");
         assert!(demote.status.success(), "{}", describe(&demote));
+        assert!(
+            !login.is_finished(),
+            "the login went on before the switchover completed"
+        );
         login.join().unwrap()
     });
     let said = format!("{}{}", util::stdout(&out), util::stderr(&out));
