@@ -100,6 +100,8 @@ struct Daemon {
     /// Until when, and against which connections, users' sessions are ended
     /// after this host stopped taking uploads (see [`roles::FENCE_WINDOW`]).
     fencing: Option<(Instant, std::collections::HashSet<i32>)>,
+    /// When [`Daemon::keep_fencing`] last looked.
+    fence_looked: Option<Instant>,
     /// The published role asks the master to hand over (`promote`).
     wants_master: bool,
     /// sshd has the drop-in of the current role loaded.
@@ -188,6 +190,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         claim_seen: None,
         pending: None,
         fencing: None,
+        fence_looked: None,
         wants_master: false,
         sshd_ok: false,
         sshd_retried: None,

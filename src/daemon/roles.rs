@@ -34,6 +34,8 @@ const PROMOTE_PATIENCE: Duration = Duration::from_secs(45);
 /// open then are watched: one still logging in (sshd's LoginGraceTime is 2
 /// minutes by default) would get the config it was accepted with, writable.
 pub const FENCE_WINDOW: Duration = Duration::from_secs(180);
+/// How often the fence looks at the connections again (see [`Daemon::keep_fencing`]).
+const FENCE_LOOK_EVERY: Duration = Duration::from_millis(200);
 /// `sftp-ha promote` / `demote` leave their request in the runtime dir as
 /// `request-<id>.json`, one file each, so two at once do not overwrite one another.
 pub const REQUEST_PREFIX: &str = "request-";
@@ -355,6 +357,16 @@ impl Daemon {
     /// Each loop while fencing: a login that completes on a connection that
     /// was open when this host stopped taking uploads is ended.
     pub(super) fn keep_fencing(&mut self) {
+        // Each look walks /proc: a few times a second is soon enough (a
+        // login needs longer than that to get to its first write), however
+        // often the loop wakes for the SFTP log.
+        if self
+            .fence_looked
+            .is_some_and(|t| t.elapsed() < FENCE_LOOK_EVERY)
+        {
+            return;
+        }
+        self.fence_looked = Some(Instant::now());
         // A standby whose read-only drop-in sshd refused: every managed
         // user's session is ended as it comes, and the drop-in tried again.
         if self.live.role == Role::Standby && !self.sshd_ok {
