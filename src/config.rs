@@ -847,6 +847,32 @@ mod tests {
     }
 
     #[test]
+    fn the_peer_is_set_on_either_role_and_standby_is_its_older_name() {
+        let c = parse_ok("role = \"standby\"\n[sync]\npeer = \"m.example\"\n");
+        assert_eq!(
+            c.sync.peer.map(|p| p.to_string()),
+            Some("m.example:22".into())
+        );
+        let c = parse_ok("role = \"master\"\n[sync]\nstandby = \"s.example:2222\"\n");
+        assert_eq!(
+            c.sync.peer.map(|p| p.to_string()),
+            Some("s.example:2222".into())
+        );
+        let e = parse_err("role = \"standby\"\n[sync]\nstandby = \"a:22\"\n");
+        assert!(e.contains("peer = "), "the fix names the key to use: {e}");
+        let e = parse_err("role = \"master\"\n[sync]\npeer = \"a\"\nstandby = \"b\"\n");
+        assert!(
+            e.contains("both `peer` and `standby`") && e.contains("line 4"),
+            "{e}"
+        );
+        let e = parse_err("role = \"master\"\n[sync]\npeer = \"a:0\"\n");
+        assert!(
+            e.contains("sync.peer") && e.contains("not a valid address"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn relative_or_root_dirs_are_refused() {
         assert!(parse_err("role = \"master\"\ndata_dir = \"srv\"\n").contains("absolute"));
         assert!(parse_err("role = \"master\"\ndata_dir = \"/\"\n").contains("root directory"));
