@@ -124,6 +124,10 @@ pub enum Command {
     /// so and exits 0. Exits 0 when done, 1 if not, 3 if the daemon is not running.
     Demote,
 
+    /// Automatic failover: the shared key
+    #[command(subcommand)]
+    Failover(FailoverCommand),
+
     /// Show what the running daemon is doing
     ///
     /// Exits 0 if it runs, 3 if it does not.
@@ -151,6 +155,26 @@ pub enum Command {
     Manpage {
         /// Folder to write the pages into
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FailoverCommand {
+    /// Write a new shared key for the three hosts of automatic failover
+    ///
+    /// Writes 256 random bits as hex to FILE (default /etc/sftp-ha/failover.key),
+    /// owned by root, mode 0600. Copy the file to the other file host and to
+    /// the witness (scp -p), as with corosync's authkey; every failover message
+    /// is signed with it, and one without a valid signature is ignored and
+    /// logged. An existing key is kept unless --force is given (exit 0 when a
+    /// key was written, 73 when one exists and nothing changed).
+    Keygen {
+        /// Replace an existing key (then copy it to the other two hosts again)
+        #[arg(long)]
+        force: bool,
+        /// Where to write the key
+        #[arg(long, value_name = "FILE", default_value = crate::failover::key::DEFAULT_KEY_FILE)]
+        key_file: PathBuf,
     },
 }
 
@@ -290,6 +314,9 @@ fn run(cli: Cli) -> Exit {
         Command::Users(cmd) => users(&cli.config, cmd),
         Command::Pair(cmd) => pair(&cli.config, cmd),
         Command::Stress(args) => stress(*args),
+        Command::Failover(FailoverCommand::Keygen { force, key_file }) => {
+            failover_keygen(&key_file, force)
+        }
         Command::Manpage { dir } => manpage(&dir),
     }
 }
@@ -422,6 +449,29 @@ fn check_config(path: &Path) -> Exit {
         Err(err) => {
             eprintln!("sftp-ha: {err}");
             Exit::Config
+        }
+    }
+}
+
+fn failover_keygen(path: &Path, force: bool) -> Exit {
+    logging::init_cli();
+    match crate::failover::key::generate(path, force) {
+        Ok(()) => {
+            println!(
+                "{}: new failover key written (root, 0600); copy it to the other file host and the witness, e.g. scp -p {} root@HOST:{}",
+                path.display(),
+                path.display(),
+                path.display()
+            );
+            Exit::Ok
+        }
+        Err(err @ crate::failover::key::KeyError::Exists { .. }) => {
+            eprintln!("sftp-ha: {err}");
+            Exit::CantCreate
+        }
+        Err(err) => {
+            eprintln!("sftp-ha: {err}");
+            Exit::Failure
         }
     }
 }

@@ -63,6 +63,79 @@ impl fmt::Display for Role {
     }
 }
 
+/// `role` as written: a witness stores no files and only votes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RoleName {
+    Master,
+    Standby,
+    Witness,
+}
+
+/// What this host is: one of the two file hosts, or the third vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    FileHost,
+    /// `role = "witness"`: no files, no users; it only votes in automatic failover.
+    Witness,
+}
+
+/// `[failover] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    /// Roles change only by `sftp-ha promote` / `demote`.
+    #[default]
+    Manual,
+    /// The standby takes over by itself when the master's lease runs out
+    /// and the witness agrees.
+    Auto,
+}
+
+/// Default UDP port of the failover messages (lease, votes).
+pub const DEFAULT_FAILOVER_PORT: u16 = 7410;
+/// Default time a silent master has before the standby takes over.
+pub const DEFAULT_FAILOVER_AFTER: Duration = Duration::from_secs(3);
+/// Below half a second, a lost datagram or two would fence a healthy master;
+/// above a minute, nobody would call it automatic.
+const FAILOVER_AFTER_RANGE: (Duration, Duration) =
+    (Duration::from_millis(500), Duration::from_secs(60));
+
+/// `[failover]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailoverConfig {
+    pub mode: FailoverMode,
+    /// The other file host's failover address (default: `[sync] peer`'s host).
+    pub peer: Option<Endpoint>,
+    /// The third vote, `HOST[:PORT]`.
+    pub witness: Option<Endpoint>,
+    pub virtual_ip: Option<crate::failover::vip::VirtualIp>,
+    /// Where the virtual IP goes; `None`: the interface that routes to the peer.
+    pub interface: Option<String>,
+    pub after: Duration,
+    /// The UDP port this host listens on.
+    pub port: u16,
+    pub key_file: PathBuf,
+    /// Loaded when the mode is auto or this host is the witness.
+    pub key: Option<crate::failover::key::FailoverKey>,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> FailoverConfig {
+        FailoverConfig {
+            mode: FailoverMode::Manual,
+            peer: None,
+            witness: None,
+            virtual_ip: None,
+            interface: None,
+            after: DEFAULT_FAILOVER_AFTER,
+            port: DEFAULT_FAILOVER_PORT,
+            key_file: PathBuf::from(crate::failover::key::DEFAULT_KEY_FILE),
+            key: None,
+        }
+    }
+}
+
 /// Log verbosity; `RUST_LOG`, when set, takes precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,6 +180,11 @@ impl fmt::Display for Endpoint {
 impl Endpoint {
     /// Parses `host`, `host:port`, `[v6]` or `[v6]:port`; the message says what is wrong.
     pub fn parse(text: &str) -> Result<Endpoint, String> {
+        Endpoint::parse_with_port(text, DEFAULT_SSH_PORT)
+    }
+
+    /// As [`Endpoint::parse`], with another default port.
+    pub fn parse_with_port(text: &str, default_port: u16) -> Result<Endpoint, String> {
         let text = text.trim();
         let (host, port) = if let Some(rest) = text.strip_prefix('[') {
             let (host, after) = rest
@@ -146,7 +224,7 @@ impl Endpoint {
             return Err(format!("the host name contains {bad:?}"));
         }
         let port = match port {
-            None => DEFAULT_SSH_PORT,
+            None => default_port,
             Some(p) => match p.parse::<u16>() {
                 Ok(p) if p != 0 => p,
                 _ => return Err(format!("`{p}` is not a port number (1-65535)")),
@@ -172,6 +250,10 @@ pub struct Config {
     /// Password hashing method; `None`: ENCRYPT_METHOD from /etc/login.defs.
     pub hash_method: Option<Method>,
     pub metrics: MetricsConfig,
+    /// A file host, or the witness (`role = "witness"`; then `role` is
+    /// [`Role::Standby`] and means nothing).
+    pub host: HostKind,
+    pub failover: FailoverConfig,
 }
 
 /// Where Prometheus metrics go: `[metrics]`.
@@ -239,6 +321,19 @@ impl Config {
     /// Things that are allowed but probably not what the admin wants.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        let f = &self.failover;
+        if self.host == HostKind::FileHost
+            && f.mode == FailoverMode::Manual
+            && (f.witness.is_some() || f.virtual_ip.is_some())
+        {
+            warnings.push(format!(
+                "{}: [failover] witness and virtual_ip are used only with mode = \"auto\"; with mode = \"manual\" they are ignored",
+                self.path.display()
+            ));
+        }
+        if self.host == HostKind::Witness {
+            return warnings;
+        }
         if self.role == Role::Master && self.sync.peer.is_none() {
             warnings.push(format!(
                 "{}: no [sync] peer is set, so nothing is replicated; set peer = \"HOST:PORT\" (the standby) under [sync]",
@@ -260,12 +355,34 @@ impl Config {
 
     /// One line for logs and `check-config`.
     pub fn summary(&self) -> String {
+        let f = &self.failover;
+        if self.host == HostKind::Witness {
+            return format!(
+                "witness: votes in automatic failover on UDP port {}, `after` {}, key {}",
+                f.port,
+                format_duration(f.after),
+                f.key_file.display()
+            );
+        }
+        let failover = match f.mode {
+            FailoverMode::Manual => "failover manual (sftp-ha promote)".to_string(),
+            FailoverMode::Auto => format!(
+                "failover auto after {} with witness {}{}",
+                format_duration(f.after),
+                f.witness
+                    .as_ref()
+                    .map_or_else(String::new, ToString::to_string),
+                f.virtual_ip
+                    .as_ref()
+                    .map_or_else(String::new, |v| format!(", virtual IP {v}"))
+            ),
+        };
         let standby = match &self.sync.peer {
             Some(s) => format!(", peer {s}"),
             None => ", no peer".to_string(),
         };
         format!(
-            "first role {}, data in {}{}, fallback scan every {}, {}",
+            "first role {}, data in {}{}, fallback scan every {}, {failover}, {}",
             self.role,
             self.data_dir.display(),
             standby,
@@ -279,13 +396,27 @@ impl Config {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    role: Option<Spanned<Role>>,
+    role: Option<Spanned<RoleName>>,
     data_dir: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     log_level: Option<Spanned<LogLevel>>,
     sync: Option<SyncFile>,
     accounts: Option<AccountsFile>,
     metrics: Option<MetricsFile>,
+    failover: Option<FailoverFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailoverFile {
+    mode: Option<Spanned<FailoverMode>>,
+    peer: Option<Spanned<String>>,
+    witness: Option<Spanned<String>>,
+    virtual_ip: Option<Spanned<String>>,
+    interface: Option<Spanned<String>>,
+    after: Option<Spanned<String>>,
+    port: Option<Spanned<i64>>,
+    key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -415,16 +546,21 @@ impl ConfigFile {
                 hint.to_string(),
             )
         };
-        let role = match self.role {
-            Some(role) => role.into_inner(),
+        let (role_span, role_name) = match self.role {
+            Some(role) => (role.span(), role.into_inner()),
             None => {
                 return Err(fail(
                     0..0,
                     "role",
                     "missing key: this host's role is never guessed".into(),
-                    "add role = \"master\" or role = \"standby\" at the top of the file",
+                    "add role = \"master\" or role = \"standby\" at the top of the file (or role = \"witness\" on the third host of automatic failover)",
                 ));
             }
+        };
+        let (role, host) = match role_name {
+            RoleName::Master => (Role::Master, HostKind::FileHost),
+            RoleName::Standby => (Role::Standby, HostKind::FileHost),
+            RoleName::Witness => (Role::Standby, HostKind::Witness),
         };
         let data_dir = checked_dir(self.data_dir, DEFAULT_DATA_DIR).map_err(|(span, msg)| {
             fail(
@@ -559,7 +695,16 @@ impl ConfigFile {
                 )
             })?),
         };
+        let failover = checked_failover(
+            self.failover.unwrap_or_default(),
+            host,
+            role_span,
+            peer.as_ref(),
+            &fail,
+        )?;
         Ok(Config {
+            failover,
+            host,
             metrics: MetricsConfig { textfile, listen },
             hash_method,
             path: path.to_path_buf(),
@@ -575,6 +720,153 @@ impl ConfigFile {
             },
         })
     }
+}
+
+/// Makes a config error at a place: span, key, message, hint.
+type Fail<'a> = dyn Fn(Range<usize>, &str, String, &str) -> ConfigError + 'a;
+
+/// `[failover]`: each value checked, and the key loaded where it is needed.
+fn checked_failover(
+    file: FailoverFile,
+    host: HostKind,
+    role_span: Range<usize>,
+    sync_peer: Option<&Endpoint>,
+    fail: &Fail,
+) -> Result<FailoverConfig, ConfigError> {
+    let mut config = FailoverConfig::default();
+    let mode_span = file.mode.as_ref().map_or(0..0, Spanned::span);
+    config.mode = file.mode.map(Spanned::into_inner).unwrap_or_default();
+    if let Some(p) = file.port {
+        config.port = u16::try_from(*p.get_ref())
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                fail(
+                    p.span(),
+                    "failover.port",
+                    format!("{} is not a port number (1-65535)", p.get_ref()),
+                    "write a UDP port, e.g. port = 7410 (the same on all three hosts)",
+                )
+            })?;
+    }
+    let endpoint = |value: Option<Spanned<String>>, key: &str, what: &str| {
+        value
+            .map(|v| {
+                Endpoint::parse_with_port(v.get_ref(), config.port).map_err(|msg| {
+                    fail(
+                        v.span(),
+                        key,
+                        format!("`{}` is not a valid address: {msg}", v.get_ref()),
+                        &format!("write HOST or HOST:PORT of {what}, e.g. \"witness.example\""),
+                    )
+                })
+            })
+            .transpose()
+    };
+    config.peer = endpoint(file.peer, "failover.peer", "the other file host")?.or_else(|| {
+        sync_peer.map(|p| Endpoint {
+            host: p.host.clone(),
+            port: config.port,
+        })
+    });
+    config.witness = endpoint(file.witness, "failover.witness", "the witness")?;
+    if let Some(v) = file.virtual_ip {
+        config.virtual_ip = Some(crate::failover::vip::VirtualIp::parse(v.get_ref()).map_err(
+            |msg| {
+                fail(
+                    v.span(),
+                    "failover.virtual_ip",
+                    msg,
+                    "write ADDRESS/PREFIX, e.g. \"192.0.2.10/24\" or \"2001:db8::10/64\"",
+                )
+            },
+        )?);
+    }
+    if let Some(i) = file.interface {
+        let name = i.get_ref();
+        if name.is_empty()
+            || name.len() > 15
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))
+        {
+            return Err(fail(
+                i.span(),
+                "failover.interface",
+                format!("`{name}` is not a network interface name"),
+                "write the name `ip link` shows, e.g. \"eth0\", or leave it out for the interface that routes to the peer",
+            ));
+        }
+        config.interface = Some(name.clone());
+    }
+    if let Some(a) = file.after {
+        let (min, max) = FAILOVER_AFTER_RANGE;
+        let hint = format!(
+            "write a duration between {} and {}, e.g. \"3s\" or \"1s\" (the same on all three hosts)",
+            format_duration(min),
+            format_duration(max)
+        );
+        let value = parse_duration(a.get_ref())
+            .map_err(|msg| fail(a.span(), "failover.after", msg, &hint))?;
+        if value < min || value > max {
+            return Err(fail(
+                a.span(),
+                "failover.after",
+                format!("{} is out of range", a.get_ref()),
+                &hint,
+            ));
+        }
+        config.after = value;
+    }
+    let key_span = file.key_file.as_ref().map(Spanned::span);
+    if let Some(k) = &file.key_file {
+        let path = Path::new(k.get_ref());
+        if !path.is_absolute() {
+            return Err(fail(
+                k.span(),
+                "failover.key_file",
+                format!("`{}` is not an absolute path", k.get_ref()),
+                "write an absolute path, e.g. \"/etc/sftp-ha/failover.key\"",
+            ));
+        }
+        config.key_file = path.to_path_buf();
+    }
+    let auto = config.mode == FailoverMode::Auto;
+    if auto && host == HostKind::FileHost {
+        if config.witness.is_none() {
+            return Err(fail(
+                mode_span,
+                "failover.mode",
+                "mode = \"auto\" needs a witness: two hosts alone cannot tell a dead master from a broken link, and would both take uploads".into(),
+                "set witness = \"HOST\" under [failover] (a third host with the same package and role = \"witness\"), or use mode = \"manual\"",
+            ));
+        }
+        if config.peer.is_none() {
+            return Err(fail(
+                mode_span,
+                "failover.mode",
+                "mode = \"auto\" needs the other file host's address".into(),
+                "set peer = \"HOST\" under [sync] (or under [failover])",
+            ));
+        }
+    }
+    if auto || host == HostKind::Witness {
+        let key = crate::failover::key::load(&config.key_file).map_err(|err| {
+            let (span, key) = match (&key_span, host) {
+                (Some(span), _) => (span.clone(), "failover.key_file"),
+                (None, HostKind::Witness) => (role_span.clone(), "role"),
+                (None, HostKind::FileHost) => (mode_span.clone(), "failover.mode"),
+            };
+            fail(
+                span,
+                key,
+                err.to_string(),
+                "every host of automatic failover needs the same key file: `sftp-ha failover keygen` on one, copied to the other two",
+            )
+        })?;
+        config.key = Some(key);
+    }
+    Ok(config)
 }
 
 /// An absolute, normalised directory that is not `/`.
@@ -684,7 +976,7 @@ fn hint_for(key: Option<&str>, message: &str) -> String {
             .into();
     }
     match key {
-        Some("role") => "write role = \"master\" or role = \"standby\"".into(),
+        Some("role") => "write role = \"master\", role = \"standby\" or role = \"witness\"".into(),
         Some("log_level") => {
             "write one of \"error\", \"warn\", \"info\", \"debug\", \"trace\"".into()
         }
@@ -707,6 +999,12 @@ fn hint_for(key: Option<&str>, message: &str) -> String {
             "write an IP address and a port in quotes, e.g. \"127.0.0.1:9781\"".into()
         }
         Some("metrics") => "[metrics] is a table: put its keys under a [metrics] line".into(),
+        Some("failover.mode") => "write mode = \"manual\" or mode = \"auto\"".into(),
+        Some("failover.port") => "write a port number without quotes, e.g. port = 7410".into(),
+        Some(k) if k.starts_with("failover.") => {
+            "write the value in quotes, as the shipped config.toml shows".into()
+        }
+        Some("failover") => "[failover] is a table: put its keys under a [failover] line".into(),
         _ => "correct the TOML syntax at that place".into(),
     }
 }
@@ -1041,5 +1339,136 @@ mod tests {
         assert_eq!(line_column("ab\ncdé\nx", 3), (2, 1));
         assert_eq!(line_column("ab\ncdé\nx", 8), (3, 1));
         assert_eq!(line_column("ab", 100), (1, 3));
+    }
+
+    fn key_file() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("failover.key");
+        crate::failover::key::generate(&path, false).unwrap();
+        let text = path.display().to_string();
+        (dir, text)
+    }
+
+    #[test]
+    fn automatic_failover_with_a_witness_and_a_key() {
+        let (_dir, key) = key_file();
+        let c = parse_ok(&format!(
+            "role = \"master\"\n[sync]\npeer = \"10.0.0.2\"\n[failover]\nmode = \"auto\"\nwitness = \"witness.example\"\nvirtual_ip = \"192.0.2.10/24\"\nafter = \"1s\"\nkey_file = \"{key}\"\n"
+        ));
+        let f = &c.failover;
+        assert_eq!(f.mode, FailoverMode::Auto);
+        assert_eq!(
+            f.peer,
+            Some(Endpoint {
+                host: "10.0.0.2".into(),
+                port: DEFAULT_FAILOVER_PORT
+            }),
+            "the peer defaults to [sync] peer's host, on the failover port"
+        );
+        assert_eq!(
+            f.witness.as_ref().map(|w| w.port),
+            Some(DEFAULT_FAILOVER_PORT)
+        );
+        assert_eq!(f.after, Duration::from_secs(1));
+        assert!(f.key.is_some());
+        assert_eq!(
+            f.virtual_ip.map(|v| v.to_string()).as_deref(),
+            Some("192.0.2.10/24")
+        );
+        assert!(
+            c.summary().contains("failover auto after 1s with witness"),
+            "{}",
+            c.summary()
+        );
+    }
+
+    #[test]
+    fn manual_is_the_default_and_needs_no_key() {
+        let c = parse_ok("role = \"master\"\n");
+        assert_eq!(c.failover.mode, FailoverMode::Manual);
+        assert_eq!(c.failover.key, None);
+        assert_eq!(c.host, HostKind::FileHost);
+        let c = parse_ok("role = \"master\"\n[sync]\npeer = \"b\"\n[failover]\nwitness = \"w\"\n");
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.contains("only with mode = \"auto\"")),
+            "{:?}",
+            c.warnings()
+        );
+    }
+
+    #[test]
+    fn auto_without_a_witness_or_a_key_is_refused_with_place_and_reason() {
+        let e = parse_err("role = \"master\"\n[sync]\npeer = \"b\"\n[failover]\nmode = \"auto\"\n");
+        assert!(
+            e.contains("line 5") && e.contains("`failover.mode`") && e.contains("needs a witness"),
+            "{e}"
+        );
+        let e = parse_err(
+            "role = \"master\"\n[sync]\npeer = \"b\"\n[failover]\nmode = \"auto\"\nwitness = \"w\"\nkey_file = \"/nonexistent/failover.key\"\n",
+        );
+        assert!(
+            e.contains("line 7")
+                && e.contains("`failover.key_file`")
+                && e.contains("/nonexistent/failover.key")
+                && e.contains("keygen"),
+            "{e}"
+        );
+        let e = parse_err("role = \"master\"\n[failover]\nmode = \"auto\"\nwitness = \"w\"\n");
+        assert!(e.contains("other file host"), "{e}");
+    }
+
+    #[test]
+    fn a_witness_needs_only_its_key() {
+        let (_dir, key) = key_file();
+        let c = parse_ok(&format!(
+            "role = \"witness\"\n[failover]\nkey_file = \"{key}\"\nport = 7411\n"
+        ));
+        assert_eq!(c.host, HostKind::Witness);
+        assert_eq!(c.failover.port, 7411);
+        assert!(c.summary().starts_with("witness: votes"), "{}", c.summary());
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let e = parse_err("role = \"witness\"\n[failover]\nkey_file = \"/nonexistent.key\"\n");
+        assert!(e.contains("`failover.key_file`"), "{e}");
+    }
+
+    #[test]
+    fn bad_failover_values_are_refused_with_place_and_fix() {
+        for (text, key, words) in [
+            ("after = \"100ms\"", "failover.after", "out of range"),
+            ("after = \"soon\"", "failover.after", "fix:"),
+            ("port = 0", "failover.port", "not a port"),
+            ("port = 70000", "failover.port", "not a port"),
+            (
+                "virtual_ip = \"192.0.2.10/33\"",
+                "failover.virtual_ip",
+                "fix:",
+            ),
+            ("virtual_ip = \"not-an-ip\"", "failover.virtual_ip", "fix:"),
+            (
+                "interface = \"eth0; rm\"",
+                "failover.interface",
+                "not a network interface",
+            ),
+            (
+                "witness = \"a b\"",
+                "failover.witness",
+                "not a valid address",
+            ),
+            ("mode = \"sometimes\"", "failover.mode", "fix:"),
+            (
+                "key_file = \"relative.key\"",
+                "failover.key_file",
+                "absolute",
+            ),
+        ] {
+            let e = parse_err(&format!("role = \"master\"\n[failover]\n{text}\n"));
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains(words),
+                "{text}: {e}"
+            );
+            assert!(e.contains("line 3"), "{text}: {e}");
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod exit;
+pub mod failover;
 pub mod fsutil;
 pub mod layout;
 pub mod logging;

@@ -360,6 +360,11 @@ pub fn judge_promote(me: &Live, peer: &PeerAnswer, force: bool, now: u64) -> Pro
     }
 }
 
+/// A standby the witness granted a takeover at `epoch` (automatic failover).
+pub fn take_over(me: &Live, epoch: u64, reason: String, now: u64) -> Live {
+    me.become_(Role::Master, epoch.max(me.epoch + 1), now, reason)
+}
+
 /// A master steps down (a newer epoch, or it handed over).
 pub fn step_down(me: &Live, epoch: u64, reason: String, now: u64) -> Live {
     me.become_(Role::Standby, epoch.max(me.epoch), now, reason)

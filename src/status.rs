@@ -88,6 +88,12 @@ pub struct DaemonStatus {
     /// The last few answers, for the commands that wait on theirs.
     #[serde(default)]
     pub answers: Vec<RequestOutcome>,
+    /// Automatic failover: the lease, the votes, the virtual IP.
+    #[serde(default)]
+    pub failover: Option<crate::failover::driver::FailoverStatus>,
+    /// This host is the witness (`role = "witness"`).
+    #[serde(default)]
+    pub witness: bool,
 }
 
 /// The peer's role as this host last learnt it.
@@ -170,7 +176,11 @@ impl DaemonStatus {
         let mut out = format!(
             "sftp-ha {} ({}) - {} since {} (up {}), pid {}\n",
             self.version,
-            self.role,
+            if self.witness {
+                "witness".to_string()
+            } else {
+                self.role.to_string()
+            },
             match self.phase {
                 Phase::Starting => "starting",
                 Phase::Running => "running",
@@ -183,6 +193,16 @@ impl DaemonStatus {
         );
         let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<12} {v}\n"));
         row("doing:", self.activity.clone());
+        if self.witness {
+            row("node:", self.node.clone());
+            if let Some(f) = &self.failover {
+                for (k, v) in failover_rows(f, true) {
+                    row(k, v);
+                }
+            }
+            row("config:", self.config_path.display().to_string());
+            return out;
+        }
         row(
             "role:",
             format!(
@@ -299,6 +319,11 @@ impl DaemonStatus {
                 );
             }
         }
+        if let Some(f) = &self.failover {
+            for (k, v) in failover_rows(f, self.witness) {
+                row(k, v);
+            }
+        }
         if !self.sshd.is_empty() {
             row("sshd:", self.sshd.clone());
         }
@@ -332,6 +357,123 @@ impl DaemonStatus {
         }
         out
     }
+}
+
+/// The lease, the votes and the virtual IP, in words.
+fn failover_rows(
+    f: &crate::failover::driver::FailoverStatus,
+    witness: bool,
+) -> Vec<(&'static str, String)> {
+    let ms = |ms: u64| format_duration(std::time::Duration::from_millis(ms));
+    let mut rows = Vec::new();
+    let lease = if witness {
+        match &f.promised {
+            Some((node, epoch, left)) => {
+                format!(
+                    "the master's lease is promised to {node} at epoch {epoch} ({} left)",
+                    ms(*left)
+                )
+            }
+            None => "no master holds a lease from this witness now".into(),
+        }
+    } else if let Some(left) = f.lease_left_ms {
+        format!(
+            "this host holds the master's lease ({} left, granted by {}); users {}",
+            ms(left),
+            f.granted_by.join(" and "),
+            if f.writable {
+                "write here"
+            } else {
+                "are read-only here (the lease is about to end)"
+            }
+        )
+    } else if let Some(epoch) = f.candidate {
+        format!("asking the witness to take over at epoch {epoch}")
+    } else {
+        match &f.promised {
+            Some((node, epoch, left)) => format!(
+                "{node} holds the master's lease at epoch {epoch} (this host's vote: {} left)",
+                ms(*left)
+            ),
+            None => "no lease held or promised here; users are read-only here".into(),
+        }
+    };
+    rows.push((
+        "failover:",
+        format!(
+            "{}, after {}, UDP port {}: {lease}",
+            f.mode,
+            ms(f.after_ms),
+            f.port
+        ),
+    ));
+    let reach = |r: &crate::failover::driver::Reach| {
+        format!(
+            "{} {}{}",
+            r.address,
+            if r.reachable {
+                "reachable"
+            } else {
+                "UNREACHABLE"
+            },
+            r.last_heard.map_or_else(
+                || ", never heard".into(),
+                |t| format!(", last heard {}", format_utc(t))
+            )
+        )
+    };
+    if let Some(w) = &f.witness {
+        let mut words = reach(w);
+        if !w.reachable {
+            words.push_str(
+                "; the pair has no third vote: nothing fails over automatically, and a master cut off from the standby too stops taking uploads",
+            );
+        }
+        rows.push(("witness:", words));
+    }
+    if let Some(p) = &f.peer {
+        rows.push(("vote peer:", reach(p)));
+    }
+    if let Some(v) = &f.virtual_ip {
+        rows.push((
+            "virtual IP:",
+            format!(
+                "{} on {}: {}{}",
+                v.address,
+                if v.interface.is_empty() {
+                    "?"
+                } else {
+                    &v.interface
+                },
+                if v.held_here { "held here" } else { "not here" },
+                v.error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (ERROR: {e})"))
+            ),
+        ));
+    }
+    if let Some(l) = &f.last_failover {
+        rows.push((
+            "took over:",
+            format!(
+                "{} at epoch {}: the master was silent for {}, users wrote here {} after the witness's grant",
+                format_utc(l.at),
+                l.epoch,
+                l.master_silent_ms.map_or("?".into(), ms),
+                l.grant_to_writable_ms.map_or("?".into(), ms)
+            ),
+        ));
+    }
+    if f.refused_datagrams > 0 {
+        rows.push((
+            "bad key:",
+            format!(
+                "{} datagram(s) ignored: not signed with this host's failover key (see the journal)",
+                f.refused_datagrams
+            ),
+        ));
+    }
+    rows
 }
 
 /// The standby's reachability and the queue, in words.
@@ -398,6 +540,8 @@ mod tests {
             peer: None,
             last_request: None,
             answers: Vec::new(),
+            failover: None,
+            witness: false,
         }
     }
 

@@ -2,8 +2,10 @@
 //! it is ready, then run one single-threaded main loop that handles signals and
 //! pings the watchdog, and nothing else, so that a ping really means "healthy".
 
+mod failover;
 mod notify;
 mod roles;
+mod witness;
 
 pub use roles::{Action, CommandRequest, REQUEST_PREFIX};
 mod sftp_log;
@@ -53,6 +55,8 @@ pub enum DaemonError {
     NotADir { what: &'static str, path: PathBuf },
     #[error(transparent)]
     Role(#[from] crate::role::RoleError),
+    #[error("the witness cannot start: {0}")]
+    Witness(String),
     #[error("cannot set up {what}: {source}")]
     Os {
         what: &'static str,
@@ -66,7 +70,7 @@ impl DaemonError {
         match self {
             DaemonError::Config(_) => Exit::Config,
             DaemonError::CreateDir { .. } | DaemonError::NotADir { .. } => Exit::CantCreate,
-            DaemonError::Os { .. } => Exit::OsError,
+            DaemonError::Os { .. } | DaemonError::Witness(_) => Exit::OsError,
             DaemonError::Role(_) => Exit::Failure,
         }
     }
@@ -108,6 +112,12 @@ struct Daemon {
     sshd_ok: bool,
     /// When the drop-in was last tried again after a failure.
     sshd_retried: Option<Instant>,
+    /// Decides which drop-in sshd gets (the lease, in automatic failover).
+    gate: std::sync::Arc<crate::failover::driver::Gate>,
+    /// The failover thread, with `[failover] mode = "auto"`.
+    failover: Option<crate::failover::driver::Failover>,
+    /// When the failover part of the status was last copied.
+    failover_copied: Option<Instant>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `log` is already set up; its level follows the config.
@@ -122,6 +132,9 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
 
     let config = config::load(config_path)?;
     log.set_level(config.log_level);
+    if config.host == config::HostKind::Witness {
+        return witness::run(config, log, notifier, &mut signals);
+    }
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -169,6 +182,8 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
             peer: None,
             last_request: None,
             answers: Vec::new(),
+            failover: None,
+            witness: false,
         },
         users: UsersWatch::new(&config.data_dir, config.hash_method, live.role).map_err(|e| {
             DaemonError::Os {
@@ -194,7 +209,11 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         wants_master: false,
         sshd_ok: false,
         sshd_retried: None,
+        gate: crate::failover::driver::Gate::new(false),
+        failover: None,
+        failover_copied: None,
     };
+    daemon.start_failover();
     daemon.refresh_config_fields();
     daemon.install_sshd();
     // One writer at a time: on a master, a former master's replication
@@ -215,6 +234,9 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
 
     daemon.set_phase(Phase::Stopping);
     daemon.notifier.stopping("stopping");
+    if let Some(failover) = daemon.failover.take() {
+        failover.stop();
+    }
     if let Some(sync) = daemon.sync.take() {
         sync.stop(Duration::from_secs(3));
     }
@@ -249,8 +271,13 @@ impl Daemon {
                 PollFd::new(signals.fd(), PollFlags::POLLIN),
                 PollFd::new(self.users.fd(), PollFlags::POLLIN),
             ];
+            let log_index = fds.len();
             if let Some(log) = &self.sftp_log {
                 fds.push(PollFd::new(log.fd(), PollFlags::POLLIN));
+            }
+            let failover_index = fds.len();
+            if let Some(failover) = &self.failover {
+                fds.push(PollFd::new(failover.wake_fd(), PollFlags::POLLIN));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -266,8 +293,13 @@ impl Daemon {
                     .and_then(PollFd::revents)
                     .is_some_and(|r| r.contains(PollFlags::POLLIN))
             };
-            let (users_ready, log_ready) = (ready(1), ready(2));
+            let users_ready = ready(1);
+            let log_ready = self.sftp_log.is_some() && ready(log_index);
+            let failover_ready = self.failover.is_some() && ready(failover_index);
             drop(fds);
+            if failover_ready || self.failover.is_some() {
+                self.on_failover_events();
+            }
             if log_ready && let Some(log) = &mut self.sftp_log {
                 log.drain();
             }
@@ -348,6 +380,12 @@ impl Daemon {
                     let data_dir_changed = new.data_dir != self.config.data_dir;
                     let sync_changed = crate::sync::settings(&new).map(|s| format!("{s:?}"))
                         != crate::sync::settings(&self.config).map(|s| format!("{s:?}"));
+                    if new.failover != self.config.failover {
+                        tracing::warn!(
+                            config = %path.display(),
+                            "[failover] changed: it takes effect at the next restart (systemctl restart sftp-ha)"
+                        );
+                    }
                     self.users.set_config(&new.data_dir, new.hash_method);
                     self.config = new;
                     self.status.config_loaded_at = unix_now();
@@ -403,7 +441,12 @@ impl Daemon {
     /// its users as a standby would).
     /// Returns false if sshd could not be given the drop-in (the status says why).
     fn install_sshd_for(&mut self, role: Role) -> bool {
-        let result = crate::sshd::install_and_reload(&self.config.data_dir, role);
+        let (installed, result) = self.gate.install(&self.config.data_dir, role);
+        if installed != role {
+            tracing::info!(
+                "users stay read-only here until this host holds the master's lease (automatic failover)"
+            );
+        }
         let ok = result.is_ok();
         self.status.sshd = match result {
             Ok(installed) => {
@@ -571,6 +614,20 @@ impl Daemon {
             metrics.update(&self.status);
         }
     }
+}
+
+/// The witness keeps only its state folder.
+fn prepare_state_dir(config: &Config) -> Result<(), DaemonError> {
+    let path = &config.state_dir;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| DaemonError::CreateDir {
+            what: "state folder",
+            path: path.clone(),
+            source,
+        })
 }
 
 /// Creates the data and state folders if missing. The data folder holds root-owned

@@ -174,6 +174,7 @@ impl Daemon {
         self.status.role_since = self.live.since;
         self.status.role_reason = self.live.reason.clone();
         self.status.node = self.node.clone();
+        self.tell_failover_role();
     }
 
     /// Persists a new live role and says why; returns false (and changes

@@ -31,6 +31,8 @@ fn base(role: Role) -> DaemonStatus {
         peer: None,
         last_request: None,
         answers: Vec::new(),
+        failover: None,
+        witness: false,
     }
 }
 

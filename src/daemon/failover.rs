@@ -1,0 +1,142 @@
+//! The daemon's side of automatic failover: starts the failover thread
+//! ([`crate::failover::driver`]) and acts on what it reports: a takeover the
+//! witness granted, a newer master, the lease lost or won.
+
+use std::time::{Duration, Instant};
+
+use crate::config::{FailoverMode, Role};
+use crate::failover::core::{Kind, Timing};
+use crate::failover::driver::{Event, Failover, Gate, Settings};
+use crate::role;
+use crate::timefmt::unix_now;
+
+use super::Daemon;
+use super::roles::FENCE_WINDOW;
+
+/// How often the failover part of the status file is refreshed when
+/// nothing else changed (the lease's time left moves all the time).
+const COPY_EVERY: Duration = Duration::from_secs(1);
+
+impl Daemon {
+    /// With `mode = "auto"`: the gate makes users wait for the lease, and
+    /// the thread starts. Without a failover key or port the daemon runs on
+    /// without it: users stay read-only on a master, and the status says why.
+    pub(super) fn start_failover(&mut self) {
+        let f = &self.config.failover;
+        if f.mode != FailoverMode::Auto {
+            return;
+        }
+        self.gate = Gate::new(true);
+        let Some(key) = f.key.clone() else {
+            tracing::error!("failover: no key loaded; automatic failover is off");
+            return;
+        };
+        let settings = Settings {
+            node: self.node.clone(),
+            kind: Kind::FileHost,
+            timing: Timing { after: f.after },
+            port: f.port,
+            key,
+            witness: f.witness.clone(),
+            peer: f.peer.clone(),
+            virtual_ip: f.virtual_ip,
+            interface: f.interface.clone(),
+            data_dir: self.config.data_dir.clone(),
+            state_dir: self.config.state_dir.clone(),
+            role: self.live.role,
+            epoch: self.live.epoch,
+        };
+        match Failover::start(settings, self.gate.clone()) {
+            Ok(failover) => {
+                tracing::info!(
+                    "automatic failover: witness {}, peer {}, after {}; users write here only while this host holds the master's lease",
+                    f.witness
+                        .as_ref()
+                        .map_or_else(String::new, ToString::to_string),
+                    f.peer
+                        .as_ref()
+                        .map_or_else(String::new, ToString::to_string),
+                    crate::timefmt::format_duration(f.after)
+                );
+                self.failover = Some(failover);
+            }
+            Err(err) => tracing::error!(
+                "{err}; automatic failover is off, and users stay read-only on a master"
+            ),
+        }
+    }
+
+    /// Tells the thread the live role (after every change).
+    pub(super) fn tell_failover_role(&self) {
+        if let Some(f) = &self.failover {
+            f.set_role(self.live.role, self.live.epoch);
+        }
+    }
+
+    /// Acts on what the failover thread reported, and copies its status.
+    pub(super) fn on_failover_events(&mut self) {
+        let Some(failover) = &self.failover else {
+            return;
+        };
+        let events = failover.events();
+        let had_events = !events.is_empty();
+        for event in events {
+            match event {
+                Event::Promote { epoch, reason } => self.take_over(epoch, reason),
+                Event::StepDown { epoch, master } => {
+                    if self.live.role == Role::Master {
+                        let live = role::step_down(
+                            &self.live,
+                            epoch,
+                            format!(
+                                "the witness granted {master} the master's lease at epoch {epoch} while this host could not renew its own"
+                            ),
+                            unix_now(),
+                        );
+                        self.become_standby(live);
+                    }
+                }
+                Event::Fenced { reason } => {
+                    tracing::warn!("users are read-only here now: {reason}");
+                    self.fencing = Some((
+                        Instant::now() + FENCE_WINDOW,
+                        crate::sshd::connection_pids(),
+                    ));
+                    self.refresh_activity();
+                }
+                Event::Unfenced { reason } => {
+                    tracing::info!("users may write here again: {reason}");
+                    self.fencing = None;
+                    self.refresh_activity();
+                }
+            }
+        }
+        if had_events
+            || self
+                .failover_copied
+                .is_none_or(|t| t.elapsed() >= COPY_EVERY)
+        {
+            self.failover_copied = Some(Instant::now());
+            if let Some(f) = &self.failover {
+                self.status.failover = Some(f.status());
+            }
+            self.set_phase(self.status.phase);
+        }
+    }
+
+    /// The witness granted this standby the takeover.
+    fn take_over(&mut self, epoch: u64, reason: String) {
+        if self.live.role == Role::Master {
+            return;
+        }
+        let live = role::take_over(&self.live, epoch, reason, unix_now());
+        if !self.become_master(live) {
+            tracing::error!(
+                "failover: the takeover at epoch {epoch} could not be carried out; this host stays a standby"
+            );
+            if let Some(f) = &self.failover {
+                f.promotion_failed();
+            }
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! The core in a simulated network of three hosts: messages take a few
+//! milliseconds, links can be cut one way or both, hosts can die and come
+//! back. After every step, at most one host may take uploads.
+
+use super::*;
+
+const A: usize = 0;
+const B: usize = 1;
+const W: usize = 2;
+const NAMES: [&str; 3] = ["alpha", "bravo", "witness"];
+
+fn timing() -> Timing {
+    Timing {
+        after: Duration::from_secs(3),
+    }
+}
+
+/// A small deterministic random source (xorshift), so a failing seed repeats.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+struct InFlight {
+    at: Instant,
+    from: usize,
+    to: usize,
+    message: Message,
+}
+
+struct Net {
+    start: Instant,
+    now: Instant,
+    cores: Vec<Core>,
+    /// `up[i]`: host i runs; a dead host receives and sends nothing.
+    up: [bool; 3],
+    /// `link[from][to]`: datagrams from → to arrive.
+    link: [[bool; 3]; 3],
+    flight: Vec<InFlight>,
+    /// What the witness persisted.
+    persisted: Option<Holder>,
+    promotions: Vec<(usize, u64, Instant)>,
+    step_downs: Vec<(usize, u64)>,
+    journal: Vec<String>,
+    rng: Rng,
+    seed: u64,
+    /// The driver cannot carry out a promotion (e.g. the baseline cannot be saved).
+    promotion_fails: bool,
+}
+
+impl Net {
+    fn new(seed: u64) -> Net {
+        let start = Instant::now();
+        let mut net = Net {
+            start,
+            now: start,
+            cores: vec![
+                Core::new(NAMES[A].into(), Kind::FileHost, timing(), start, 1, None),
+                Core::new(NAMES[B].into(), Kind::FileHost, timing(), start, 2, None),
+                Core::new(NAMES[W].into(), Kind::Witness, timing(), start, 3, None),
+            ],
+            up: [true; 3],
+            link: [[true; 3]; 3],
+            flight: Vec::new(),
+            persisted: None,
+            promotions: Vec::new(),
+            step_downs: Vec::new(),
+            journal: Vec::new(),
+            rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+            seed,
+            promotion_fails: false,
+        };
+        let actions = net.cores[A].set_role(Role::Master, 1, start);
+        net.carry_out(A, None, actions);
+        net
+    }
+
+    fn cut(&mut self, host: usize) {
+        for other in 0..3 {
+            self.link[host][other] = false;
+            self.link[other][host] = false;
+        }
+    }
+
+    fn uncut(&mut self, host: usize) {
+        for other in 0..3 {
+            self.link[host][other] = true;
+            self.link[other][host] = true;
+        }
+    }
+
+    fn peer_of(host: usize) -> usize {
+        if host == A { B } else { A }
+    }
+
+    fn carry_out(&mut self, host: usize, sender: Option<usize>, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { to, message } => {
+                    let to = match to {
+                        Target::Witness => W,
+                        Target::Peer => Net::peer_of(host),
+                        Target::Sender => match sender {
+                            Some(s) => s,
+                            None => panic!("a reply outside an answer: {message:?}"),
+                        },
+                    };
+                    let delay = Duration::from_millis(1 + self.rng.below(20));
+                    self.flight.push(InFlight {
+                        at: self.now + delay,
+                        from: host,
+                        to,
+                        message,
+                    });
+                }
+                Action::Writable { .. } => {}
+                Action::Promote { epoch, .. } => {
+                    self.promotions.push((host, epoch, self.now));
+                    let now = self.now;
+                    let more = if self.promotion_fails {
+                        self.cores[host].promotion_failed(now)
+                    } else {
+                        self.cores[host].set_role(Role::Master, epoch, now)
+                    };
+                    self.carry_out(host, None, more);
+                }
+                Action::StepDown { epoch, .. } => {
+                    self.step_downs.push((host, epoch));
+                    let now = self.now;
+                    let more = self.cores[host].set_role(Role::Standby, epoch, now);
+                    self.carry_out(host, None, more);
+                }
+                Action::Persist(holder) => {
+                    assert_eq!(host, W, "only the witness persists");
+                    self.persisted = Some(holder);
+                }
+                Action::Journal { line, .. } => {
+                    self.journal.push(format!("{}: {line}", NAMES[host]))
+                }
+            }
+        }
+    }
+
+    /// Runs for `span` in steps of 5 ms, checking after every step that no
+    /// two hosts take uploads.
+    fn run(&mut self, span: Duration) {
+        let end = self.now + span;
+        while self.now < end {
+            self.now += Duration::from_millis(5);
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flight)
+                .into_iter()
+                .partition(|f| f.at <= now);
+            self.flight = later;
+            for f in due {
+                if !self.up[f.from] || !self.up[f.to] || !self.link[f.from][f.to] {
+                    continue;
+                }
+                let actions = self.cores[f.to].on_message(f.message, now);
+                self.carry_out(f.to, Some(f.from), actions);
+            }
+            for host in 0..3 {
+                if self.up[host] {
+                    let actions = self.cores[host].tick(now);
+                    self.carry_out(host, None, actions);
+                }
+            }
+            let writers: Vec<&str> = (0..2)
+                .filter(|h| self.up[*h] && self.cores[*h].view(now).writable)
+                .map(|h| NAMES[h])
+                .collect();
+            assert!(
+                writers.len() <= 1,
+                "two writers {writers:?} at {:?} (seed {}); journal:\n{}",
+                now - self.start,
+                self.seed,
+                self.journal.join("\n")
+            );
+        }
+    }
+
+    fn writable(&self, host: usize) -> bool {
+        self.up[host] && self.cores[host].view(self.now).writable
+    }
+
+    fn role(&self, host: usize) -> Role {
+        self.cores[host].role
+    }
+
+    /// A host that dies loses its memory; `restart` brings it back as it
+    /// would start from its persisted role.
+    fn restart(&mut self, host: usize, role: Role, epoch: u64) {
+        let now = self.now;
+        let (kind, persisted) = if host == W {
+            (Kind::Witness, self.persisted.clone())
+        } else {
+            (Kind::FileHost, None)
+        };
+        self.cores[host] = Core::new(
+            NAMES[host].into(),
+            kind,
+            timing(),
+            now,
+            100 + host as u64 + self.rng.below(1000),
+            persisted,
+        );
+        self.up[host] = true;
+        if host != W {
+            let actions = self.cores[host].set_role(role, epoch, now);
+            self.carry_out(host, None, actions);
+        }
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+#[test]
+fn a_master_with_both_voters_holds_the_lease_and_nothing_fails_over() {
+    let mut net = Net::new(1);
+    net.run(secs(30.0));
+    assert!(net.writable(A));
+    assert_eq!(net.role(B), Role::Standby);
+    assert!(net.promotions.is_empty(), "{:?}", net.journal);
+    assert_eq!(
+        net.cores[A].view(net.now).granted_by,
+        vec!["bravo", "witness"]
+    );
+}
+
+#[test]
+fn a_master_that_starts_takes_no_upload_before_a_grant() {
+    let start = Instant::now();
+    let mut core = Core::new("alpha".into(), Kind::FileHost, timing(), start, 1, None);
+    let actions = core.set_role(Role::Master, 1, start);
+    assert!(!core.view(start).writable);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Send { to: Target::Witness, message } if matches!(message.body, Body::Ask { takeover: false, epoch: 1, .. })))
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::Writable { .. })));
+}
+
+#[test]
+fn a_dead_master_is_replaced_after_its_lease_and_the_new_one_takes_uploads() {
+    let mut net = Net::new(2);
+    net.run(secs(5.0));
+    let died = net.now;
+    net.up[A] = false;
+    net.run(secs(10.0));
+    assert_eq!(net.role(B), Role::Master);
+    assert!(net.writable(B));
+    let (host, epoch, at) = net.promotions[0];
+    assert_eq!((host, epoch), (B, 2));
+    // Not before the master's lease could have run out, and soon after.
+    assert!(at - died >= secs(2.0), "{:?}", at - died);
+    assert!(at - died <= secs(4.0), "{:?}", at - died);
+    assert_eq!(
+        net.persisted,
+        Some(Holder {
+            node: "bravo".into(),
+            epoch: 2
+        })
+    );
+}
+
+#[test]
+fn a_master_cut_off_from_both_stops_before_the_standby_takes_over_and_steps_down_when_back() {
+    let mut net = Net::new(3);
+    net.run(secs(5.0));
+    net.cut(A);
+    net.run(secs(2.5));
+    assert!(!net.writable(A), "fenced within its lease");
+    net.run(secs(5.0));
+    assert_eq!(net.role(B), Role::Master);
+    assert!(net.writable(B));
+    assert_eq!(net.role(A), Role::Master, "it cannot know yet");
+    net.uncut(A);
+    net.run(secs(3.0));
+    assert_eq!(net.role(A), Role::Standby);
+    assert_eq!(net.step_downs, vec![(A, 2)]);
+    assert!(net.writable(B));
+    // It follows the new master: grants its lease.
+    net.run(secs(10.0));
+    assert_eq!(
+        net.cores[B].view(net.now).granted_by,
+        vec!["alpha", "witness"]
+    );
+}
+
+#[test]
+fn a_standby_cut_off_stays_a_standby_and_the_master_keeps_the_lease() {
+    let mut net = Net::new(4);
+    net.run(secs(5.0));
+    net.cut(B);
+    net.run(secs(30.0));
+    assert_eq!(net.role(B), Role::Standby);
+    assert!(net.writable(A));
+    assert!(net.promotions.is_empty());
+    assert!(
+        net.journal
+            .iter()
+            .any(|l| l.starts_with("bravo") && l.contains("did not answer")),
+        "{:?}",
+        net.journal
+    );
+    net.uncut(B);
+    net.run(secs(10.0));
+    assert_eq!(net.role(B), Role::Standby);
+    assert_eq!(
+        net.cores[A].view(net.now).granted_by,
+        vec!["bravo", "witness"]
+    );
+}
+
+#[test]
+fn the_link_between_the_file_hosts_cut_changes_nothing() {
+    let mut net = Net::new(5);
+    net.run(secs(5.0));
+    net.link[A][B] = false;
+    net.link[B][A] = false;
+    net.run(secs(30.0));
+    assert!(net.writable(A));
+    assert_eq!(net.role(B), Role::Standby);
+    assert!(
+        net.journal
+            .iter()
+            .any(|l| l.starts_with("bravo") && l.contains("refused the takeover")),
+        "{:?}",
+        net.journal
+    );
+}
+
+#[test]
+fn without_the_witness_nothing_fails_over() {
+    let mut net = Net::new(6);
+    net.run(secs(5.0));
+    net.up[W] = false;
+    net.run(secs(20.0));
+    assert!(net.writable(A), "the standby's vote is the majority");
+    net.up[A] = false;
+    net.run(secs(30.0));
+    assert_eq!(net.role(B), Role::Standby);
+    assert!(net.promotions.is_empty());
+}
+
+#[test]
+fn a_master_cut_from_the_witness_only_keeps_the_lease_through_the_standby() {
+    let mut net = Net::new(7);
+    net.run(secs(5.0));
+    net.link[A][W] = false;
+    net.link[W][A] = false;
+    net.run(secs(30.0));
+    assert!(net.writable(A));
+    assert!(net.promotions.is_empty());
+}
+
+#[test]
+fn one_way_loss_never_makes_two_writers() {
+    for (from, to) in [(A, B), (B, A), (A, W), (W, A), (B, W), (W, B)] {
+        let mut net = Net::new(8 + from as u64 * 3 + to as u64);
+        net.run(secs(5.0));
+        net.link[from][to] = false;
+        net.run(secs(20.0));
+        net.link[from][to] = true;
+        net.run(secs(10.0));
+        let masters = (0..2).filter(|h| net.role(*h) == Role::Master).count();
+        assert!(masters >= 1);
+    }
+}
+
+#[test]
+fn a_restarted_witness_grants_no_takeover_before_after_has_passed() {
+    let mut net = Net::new(9);
+    net.run(secs(5.0));
+    // The witness restarts, and the master dies at once.
+    net.up[W] = false;
+    net.run(secs(0.2));
+    net.restart(W, Role::Standby, 0);
+    let restarted = net.now;
+    net.up[A] = false;
+    net.run(secs(10.0));
+    let (_, _, at) = net.promotions[0];
+    assert!(at - restarted >= secs(3.0), "{:?}", at - restarted);
+}
+
+#[test]
+fn a_restarted_master_at_an_old_epoch_steps_down() {
+    let mut net = Net::new(10);
+    net.run(secs(5.0));
+    net.up[A] = false;
+    net.run(secs(8.0));
+    assert_eq!(net.role(B), Role::Master);
+    // It boots as it was persisted: master at epoch 1.
+    net.restart(A, Role::Master, 1);
+    net.run(secs(3.0));
+    assert_eq!(net.role(A), Role::Standby);
+    assert!(net.writable(B));
+    assert!(!net.writable(A));
+}
+
+#[test]
+fn a_planned_handover_frees_the_lease_at_once() {
+    let mut net = Net::new(11);
+    net.run(secs(5.0));
+    // demote/promote: the driver changes both roles (epoch 2 for bravo).
+    let now = net.now;
+    let actions = net.cores[A].set_role(Role::Standby, 2, now);
+    net.carry_out(A, None, actions);
+    let actions = net.cores[B].set_role(Role::Master, 2, now);
+    net.carry_out(B, None, actions);
+    net.run(secs(0.5));
+    assert!(net.writable(B), "{:?}", net.journal);
+    net.run(secs(20.0));
+    assert!(net.writable(B));
+    assert_eq!(net.role(A), Role::Standby);
+}
+
+#[test]
+fn a_replayed_grant_or_release_is_ignored() {
+    let start = Instant::now();
+    let mut master = Core::new("alpha".into(), Kind::FileHost, timing(), start, 1, None);
+    master.set_role(Role::Master, 1, start);
+    let stale = Message {
+        from: "witness".into(),
+        body: Body::Grant {
+            nonce: 12345,
+            epoch: 1,
+        },
+    };
+    assert!(master.on_message(stale, start).is_empty());
+    assert!(!master.view(start).writable);
+
+    let mut witness = Core::new("witness".into(), Kind::Witness, timing(), start, 3, None);
+    let later = start + secs(4.0);
+    let ask = |nonce| Message {
+        from: "alpha".into(),
+        body: Body::Ask {
+            epoch: 1,
+            nonce,
+            after_ms: 3000,
+            takeover: false,
+        },
+    };
+    witness.on_message(ask(7), later);
+    witness.on_message(ask(8), later + secs(0.75));
+    let old_release = Message {
+        from: "alpha".into(),
+        body: Body::Release { epoch: 1, nonce: 7 },
+    };
+    witness.on_message(old_release, later + secs(1.0));
+    assert!(
+        witness.view(later + secs(1.0)).promised.is_some(),
+        "still promised"
+    );
+}
+
+#[test]
+fn a_longer_lease_than_the_voters_after_is_refused() {
+    let start = Instant::now();
+    let mut witness = Core::new("witness".into(), Kind::Witness, timing(), start, 3, None);
+    let actions = witness.on_message(
+        Message {
+            from: "alpha".into(),
+            body: Body::Ask {
+                epoch: 1,
+                nonce: 1,
+                after_ms: 10_000,
+                takeover: false,
+            },
+        },
+        start + secs(5.0),
+    );
+    assert!(matches!(
+        &actions[..],
+        [Action::Send { message: Message { body: Body::Refuse { reason, .. }, .. }, .. }] if reason.contains("same [failover] after")
+    ));
+}
+
+#[test]
+fn a_failed_promotion_frees_the_witness_and_is_tried_again() {
+    let mut net = Net::new(12);
+    net.run(secs(5.0));
+    net.up[A] = false;
+    net.promotion_fails = true;
+    let died = net.now;
+    while net.promotions.is_empty() {
+        net.run(secs(0.05));
+        assert!(net.now - died < secs(10.0));
+    }
+    net.run(secs(0.1));
+    assert_eq!(net.role(B), Role::Standby);
+    assert!(!net.writable(B));
+    assert_eq!(net.cores[W].view(net.now).promised, None, "released");
+    net.promotion_fails = false;
+    net.run(secs(10.0));
+    assert_eq!(net.role(B), Role::Master);
+    assert!(net.writable(B));
+    assert!(net.promotions.len() >= 2);
+}
+
+/// Random faults: hosts die and come back, links break one way or both.
+/// Whatever the order, never two writers (checked at every step by `run`),
+/// and once everything is back, one master that takes uploads.
+#[test]
+fn random_faults_never_make_two_writers_and_the_pair_recovers() {
+    for seed in 1..=60 {
+        let mut net = Net::new(seed);
+        net.run(secs(4.0));
+        for _ in 0..12 {
+            match net.rng.below(6) {
+                0 => {
+                    let h = net.rng.below(3) as usize;
+                    net.cut(h);
+                }
+                1 => {
+                    let (f, t) = (net.rng.below(3) as usize, net.rng.below(3) as usize);
+                    net.link[f][t] = false;
+                }
+                2 => {
+                    let h = net.rng.below(3) as usize;
+                    net.up[h] = false;
+                }
+                3 => {
+                    let h = net.rng.below(3) as usize;
+                    if !net.up[h] {
+                        let (role, epoch) = (net.cores[h].role, net.cores[h].epoch);
+                        net.restart(h, role, epoch);
+                    }
+                }
+                _ => {
+                    net.link = [[true; 3]; 3];
+                }
+            }
+            let span = 0.1 + net.rng.below(5000) as f64 / 1000.0;
+            net.run(secs(span));
+        }
+        net.link = [[true; 3]; 3];
+        for h in 0..3 {
+            if !net.up[h] {
+                let (role, epoch) = (net.cores[h].role, net.cores[h].epoch);
+                net.restart(h, role, epoch);
+            }
+        }
+        net.run(secs(30.0));
+        let writers = (0..2).filter(|h| net.writable(*h)).count();
+        assert_eq!(
+            writers,
+            1,
+            "seed {seed}: journal:\n{}",
+            net.journal.join("\n")
+        );
+    }
+}
