@@ -528,9 +528,13 @@ impl Thread {
             Target::Witness => self.witness.as_mut().and_then(|a| a.get(now)),
             Target::Peer => self.peer.as_mut().and_then(|a| a.get(now)),
         };
-        let Some(address) = address else {
+        let Some(mut address) = address else {
             return;
         };
+        // A dual-stack (IPv6) socket sends to IPv4 hosts at their mapped address.
+        if let (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) = (address, self.socket.local_addr()) {
+            address = SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port());
+        }
         let datagram = wire::encode(&self.settings.key, message);
         if let Err(e) = self.socket.send_to(&datagram, address) {
             tracing::debug!("failover: cannot send to {address}: {e}");

@@ -1,0 +1,334 @@
+//! End-to-end: automatic failover on the three-host test bed. Master and
+//! standby run `[failover] mode = "auto"` with the witness as the third vote,
+//! a shared key and a virtual IP; a client in the witness's network namespace
+//! reaches the service through the virtual IP only. Run by `tests/run-all`.
+
+mod util;
+
+use util::{MASTER, STANDBY, Testbed, WITNESS, describe, replicating_pair, wait_for_or};
+
+const VIP: &str = "10.231.0.10";
+const DIR: &str = "/srv/sftp-ha/EPuser/upload";
+
+fn failover_config(role: &str, peer_line: &str, after: &str) -> String {
+    format!(
+        "role = \"{role}\"\n[sync]\n{peer_line}\n[failover]\nmode = \"auto\"\nwitness = \"10.231.0.3\"\nvirtual_ip = \"{VIP}/24\"\nafter = \"{after}\"\n"
+    )
+}
+
+/// A replicating pair plus the witness, all three with the shared key, in
+/// automatic failover; returns once the master holds the lease and the virtual IP.
+fn auto_trio(after: &str) -> Testbed {
+    let tb = replicating_pair("");
+    tb.install(WITNESS, &util::package("current", "deb"));
+    tb.ok(MASTER, "sftp-ha failover keygen");
+    let key = std::fs::read(tb.path(MASTER, "/etc/sftp-ha/failover.key")).unwrap();
+    for host in [STANDBY, WITNESS] {
+        let path = tb.path(host, "/etc/sftp-ha/failover.key");
+        std::fs::write(&path, &key).unwrap();
+        tb.ok(host, "chmod 600 /etc/sftp-ha/failover.key");
+    }
+    // check-config refuses auto without a witness, and a missing key, with
+    // the file, the line and the key.
+    tb.write(
+        MASTER,
+        "/root/bad.toml",
+        "role = \"master\"\n[sync]\npeer = \"10.231.0.2\"\n[failover]\nmode = \"auto\"\n",
+    );
+    let out = tb.sh(MASTER, "sftp-ha check-config /root/bad.toml");
+    let err = util::stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{}", describe(&out));
+    assert!(
+        err.contains("/root/bad.toml, line 5")
+            && err.contains("`failover.mode`")
+            && err.contains("needs a witness"),
+        "{err}"
+    );
+    tb.write(
+        MASTER,
+        "/root/bad.toml",
+        "role = \"master\"\n[sync]\npeer = \"10.231.0.2\"\n[failover]\nmode = \"auto\"\nwitness = \"w\"\nkey_file = \"/etc/sftp-ha/none.key\"\n",
+    );
+    let out = tb.sh(MASTER, "sftp-ha check-config /root/bad.toml");
+    let err = util::stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{}", describe(&out));
+    assert!(
+        err.contains("line 7")
+            && err.contains("`failover.key_file`")
+            && err.contains("/etc/sftp-ha/none.key"),
+        "{err}"
+    );
+
+    tb.write(WITNESS, "/etc/sftp-ha/config.toml", "role = \"witness\"\n");
+    tb.ok(WITNESS, "sftp-ha check-config && systemctl restart sftp-ha");
+    tb.write(
+        STANDBY,
+        "/etc/sftp-ha/config.toml",
+        &failover_config("standby", "peer = \"10.231.0.1\"", after),
+    );
+    tb.write(
+        MASTER,
+        "/etc/sftp-ha/config.toml",
+        &failover_config("master", "peer = \"10.231.0.2\"", after),
+    );
+    tb.ok(STANDBY, "sftp-ha check-config && systemctl restart sftp-ha");
+    tb.ok(MASTER, "sftp-ha check-config && systemctl restart sftp-ha");
+    wait_or_dump(
+        &tb,
+        "the master to hold the lease and the virtual IP",
+        || (writable(&tb, MASTER) && holds_vip(&tb, MASTER)).then_some(()),
+    );
+    tb
+}
+
+fn status_json(tb: &Testbed, host: &str) -> serde_json::Value {
+    let out = tb.sh(host, "sftp-ha status --json");
+    serde_json::from_str(&util::stdout(&out)).unwrap_or(serde_json::Value::Null)
+}
+
+fn role_of(tb: &Testbed, host: &str) -> (String, u64) {
+    let s = status_json(tb, host);
+    let s = &s["status"];
+    (
+        s["role"].as_str().unwrap_or_default().to_string(),
+        s["epoch"].as_u64().unwrap_or_default(),
+    )
+}
+
+fn writable(tb: &Testbed, host: &str) -> bool {
+    status_json(tb, host)["status"]["failover"]["writable"].as_bool() == Some(true)
+}
+
+/// The host's interfaces hold the virtual IP (asked of the kernel, not the daemon).
+fn holds_vip(tb: &Testbed, host: &str) -> bool {
+    tb.sh(host, "ip -o addr show")
+        .status
+        .success()
+        .then(|| util::stdout(&tb.sh(host, "ip -o addr show")).contains(&format!("inet {VIP}/24")))
+        .unwrap_or(false)
+}
+
+/// Uploads `content` as EPuser to `/upload/NAME` at `addr`, from a client in
+/// `from`'s network namespace.
+fn upload(tb: &Testbed, from: &str, addr: &str, name: &str, content: &str) -> std::process::Output {
+    let local = tb.path(from, &format!("/var/tmp/{name}.{}", std::process::id()));
+    std::fs::write(&local, content).unwrap();
+    tb.sftp(
+        from,
+        addr,
+        "EPuser",
+        "1234",
+        &format!("put {} /upload/{name}\n", local.display()),
+    )
+}
+
+fn upload_ok(tb: &Testbed, from: &str, addr: &str, name: &str, content: &str) {
+    let out = upload(tb, from, addr, name, content);
+    assert!(
+        out.status.success(),
+        "upload of {name} to {addr}: {}",
+        describe(&out)
+    );
+}
+
+fn dump(tb: &Testbed) -> String {
+    let one = |host: &str| {
+        util::stdout(&tb.sh(
+            host,
+            "sftp-ha status; ip -o addr show; journalctl -u sftp-ha --no-pager -n 50 -o short-precise",
+        ))
+    };
+    format!(
+        "--- master:\n{}\n--- standby:\n{}\n--- witness:\n{}",
+        one(MASTER),
+        one(STANDBY),
+        one(WITNESS)
+    )
+}
+
+fn wait_or_dump(tb: &Testbed, what: &str, probe: impl FnMut() -> Option<()>) {
+    if wait_for_or(what, probe).is_none() {
+        panic!("gave up waiting for {what}\n{}", dump(tb));
+    }
+}
+
+fn read(tb: &Testbed, host: &str, path: &str) -> String {
+    util::stdout(&tb.sh(host, &format!("cat {path}")))
+}
+
+/// Power cut: the master's container is killed (no shutdown) and its network
+/// namespace cut (a dead machine answers nothing, not even ARP).
+fn power_cut(tb: &Testbed, host: &str) {
+    tb.cut(host);
+    let pid = tb.pid(host);
+    let out = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_or_dump(tb, "the killed host to be gone", || {
+        tb.pid_or_none(host).is_none().then_some(())
+    });
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_dead_master_is_replaced_through_the_virtual_ip_and_rejoins_with_nothing_lost() {
+    let tb = auto_trio("3s");
+    assert!(!holds_vip(&tb, STANDBY));
+    upload_ok(&tb, WITNESS, VIP, "before.txt", "before the cut\n");
+    wait_or_dump(&tb, "before.txt on the standby", || {
+        tb.sh(STANDBY, &format!("test -f {DIR}/before.txt"))
+            .status
+            .success()
+            .then_some(())
+    });
+
+    power_cut(&tb, MASTER);
+    // The client keeps trying the virtual IP, as a user would.
+    wait_or_dump(&tb, "an upload through the virtual IP to succeed", || {
+        upload(&tb, WITNESS, VIP, "after.txt", "after the cut\n")
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_eq!(
+        read(&tb, STANDBY, &format!("{DIR}/after.txt")),
+        "after the cut\n"
+    );
+    assert_eq!(role_of(&tb, STANDBY), ("master".into(), 2));
+    assert!(holds_vip(&tb, STANDBY));
+    let s = status_json(&tb, STANDBY);
+    let last = &s["status"]["failover"]["last_failover"];
+    assert_eq!(last["epoch"].as_u64(), Some(2), "{s:#}");
+
+    // The old master boots with its config unchanged: it must follow.
+    tb.uncut(MASTER);
+    tb.boot(MASTER);
+    wait_or_dump(&tb, "the old master to step down", || {
+        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
+    assert!(!holds_vip(&tb, MASTER));
+    assert!(!writable(&tb, MASTER));
+    upload_ok(&tb, WITNESS, VIP, "later.txt", "later\n");
+    util::converged(&tb, "both hosts with every file");
+    for name in ["before.txt", "after.txt", "later.txt"] {
+        assert!(
+            tb.sh(MASTER, &format!("test -f {DIR}/{name}"))
+                .status
+                .success(),
+            "{name} on the old master\n{}",
+            dump(&tb)
+        );
+    }
+    let journal = tb.journal(STANDBY, "");
+    assert!(
+        journal.contains("asking the witness to take over at epoch 2"),
+        "{journal}"
+    );
+    assert!(journal.contains("took the virtual IP"), "{journal}");
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_master_cut_off_stops_taking_uploads_and_drops_the_ip_then_follows() {
+    let tb = auto_trio("3s");
+    upload_ok(&tb, WITNESS, VIP, "before.txt", "before\n");
+    tb.cut(MASTER);
+    // Within its lease: no virtual IP, no writes (from inside its own namespace).
+    wait_or_dump(&tb, "the cut-off master to stop taking uploads", || {
+        (!writable(&tb, MASTER) && !holds_vip(&tb, MASTER)).then_some(())
+    });
+    let out = upload(
+        &tb,
+        MASTER,
+        "127.0.0.1",
+        "cut.txt",
+        "written while cut off\n",
+    );
+    assert!(
+        !out.status.success(),
+        "a master without its lease took an upload: {}",
+        describe(&out)
+    );
+    assert!(
+        !tb.sh(MASTER, &format!("test -e {DIR}/cut.txt"))
+            .status
+            .success()
+    );
+    wait_or_dump(&tb, "the standby to take over", || {
+        (role_of(&tb, STANDBY).0 == "master" && writable(&tb, STANDBY) && holds_vip(&tb, STANDBY))
+            .then_some(())
+    });
+    upload_ok(&tb, WITNESS, VIP, "during.txt", "during\n");
+    tb.uncut(MASTER);
+    wait_or_dump(&tb, "the old master to follow", || {
+        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
+    util::converged(&tb, "both hosts identical after the link came back");
+    assert!(
+        tb.sh(MASTER, &format!("test -f {DIR}/during.txt"))
+            .status
+            .success()
+    );
+    let journal = tb.journal(MASTER, "");
+    assert!(journal.contains("could not be renewed"), "{journal}");
+    assert!(journal.contains("gave up the virtual IP"), "{journal}");
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_standby_cut_off_stays_a_standby_and_nothing_changes_on_the_master() {
+    let tb = auto_trio("3s");
+    tb.cut(STANDBY);
+    // Several leases long: nothing may change.
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    assert_eq!(role_of(&tb, STANDBY).0, "standby", "{}", dump(&tb));
+    assert!(!holds_vip(&tb, STANDBY));
+    assert!(writable(&tb, MASTER), "{}", dump(&tb));
+    assert_eq!(role_of(&tb, MASTER), ("master".into(), 1));
+    upload_ok(
+        &tb,
+        WITNESS,
+        VIP,
+        "while.txt",
+        "while the standby was cut off\n",
+    );
+    tb.uncut(STANDBY);
+    util::converged(&tb, "the standby to catch up");
+    assert_eq!(role_of(&tb, MASTER), ("master".into(), 1));
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn without_the_witness_nothing_fails_over_and_the_status_says_so() {
+    let tb = auto_trio("3s");
+    tb.poweroff(WITNESS);
+    wait_or_dump(&tb, "the status to say there is no third vote", || {
+        util::stdout(&tb.sh(MASTER, "sftp-ha status"))
+            .contains("no third vote")
+            .then_some(())
+    });
+    // The standby's vote is the majority: the master goes on.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert!(writable(&tb, MASTER), "{}", dump(&tb));
+    upload_ok(&tb, STANDBY, VIP, "no-witness.txt", "still the master\n");
+    // The master disappears too: without a third vote the standby must not take over.
+    tb.cut(MASTER);
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    assert_eq!(role_of(&tb, STANDBY).0, "standby", "{}", dump(&tb));
+    assert!(!holds_vip(&tb, STANDBY));
+    assert!(
+        !writable(&tb, MASTER),
+        "a master with no vote at all stops: {}",
+        dump(&tb)
+    );
+    // Everything back: the master takes uploads again, nothing failed over.
+    tb.boot(WITNESS);
+    tb.uncut(MASTER);
+    wait_or_dump(&tb, "the master to hold the lease again", || {
+        (writable(&tb, MASTER) && holds_vip(&tb, MASTER)).then_some(())
+    });
+    assert_eq!(role_of(&tb, MASTER), ("master".into(), 1));
+    assert_eq!(role_of(&tb, STANDBY).0, "standby");
+}
