@@ -1,4 +1,4 @@
-//! End-to-end tests on the two-host test bed: the real .deb/.rpm installed into
+//! End-to-end tests on the test bed: the real .deb/.rpm installed into
 //! Debian containers booted with systemd, driven with systemctl, journalctl and
 //! the stock ssh/sftp clients.
 //!
@@ -8,7 +8,9 @@
 
 mod util;
 
-use util::{MASTER, STANDBY, Testbed, describe, package, stderr, stdout, wait_for};
+use std::process::Output;
+
+use util::{MASTER, STANDBY, Testbed, WITNESS, describe, package, stderr, stdout, wait_for};
 
 const MASTER_CONFIG: &str = "role = \"master\"\n[sync]\nstandby = \"10.231.0.2:22\"\n";
 const STANDBY_CONFIG: &str = "role = \"standby\"\n";
@@ -81,6 +83,120 @@ fn testbed_hosts_are_separate_linked_and_can_be_cut_and_powered_off() {
     wait_for("sshd on the rebooted standby", || {
         tb.client(MASTER, &ssh, None).status.success().then_some(())
     });
+}
+
+/// `command` as root on `addr` over ssh, from `from`'s network namespace: a
+/// login, so with the host's own capabilities (`Testbed::sh` has this machine's).
+fn root_ssh(tb: &Testbed, from: &str, addr: &str, command: &str) -> Output {
+    let mut args: Vec<String> = vec!["ssh".into()];
+    args.extend(ssh_opts());
+    args.extend([format!("root@{addr}"), command.into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tb.client(from, &args, None)
+}
+
+/// The ICMP echo requests `host`'s network stack has received so far.
+fn echo_requests_in(tb: &Testbed, host: &str) -> u64 {
+    let out = tb.client(host, &["cat", "/proc/net/snmp"], None);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = stdout(&out);
+    let mut icmp = text.lines().filter(|l| l.starts_with("Icmp:"));
+    let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
+    let at = names.split_whitespace().position(|n| n == "InEchos");
+    let value = at.and_then(|i| values.split_whitespace().nth(i));
+    value
+        .and_then(|v| v.parse().ok())
+        .expect("InEchos in /proc/net/snmp")
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn testbed_has_a_witness_one_way_blocks_and_an_address_that_moves() {
+    let tb = Testbed::up();
+    assert_eq!(tb.ok(WITNESS, "hostname").trim(), "witness");
+    for host in [MASTER, STANDBY, WITNESS] {
+        let out = tb.ok(host, "getent hosts witness");
+        assert_eq!(out.split_whitespace().next(), Some("10.231.0.3"), "{host}");
+    }
+    let hosts = [
+        (MASTER, "10.231.0.1"),
+        (STANDBY, "10.231.0.2"),
+        (WITNESS, "10.231.0.3"),
+    ];
+    let reaches = |from: &str, addr: &str| root_ssh(&tb, from, addr, "true").status.success();
+    for (from, _) in hosts {
+        for (to, addr) in hosts {
+            let out = root_ssh(&tb, from, addr, "hostname");
+            assert!(out.status.success(), "{from} to {to}: {}", describe(&out));
+            assert_eq!(stdout(&out).trim(), to);
+        }
+    }
+
+    // A block of one pair, both ways, leaves the other pairs alone.
+    tb.block(MASTER, WITNESS, "both");
+    assert!(
+        !reaches(MASTER, "10.231.0.3"),
+        "master reached a blocked witness"
+    );
+    assert!(
+        !reaches(WITNESS, "10.231.0.1"),
+        "witness reached a blocked master"
+    );
+    assert!(reaches(MASTER, "10.231.0.2") && reaches(WITNESS, "10.231.0.2"));
+    tb.unblock(MASTER);
+    assert!(reaches(MASTER, "10.231.0.3"));
+
+    // One way: the requests arrive, the replies are lost, in either direction.
+    for (dir, sender, receiver, addr) in [
+        ("in", MASTER, STANDBY, "10.231.0.2"),
+        ("out", STANDBY, MASTER, "10.231.0.1"),
+    ] {
+        tb.block(MASTER, STANDBY, dir);
+        let before = echo_requests_in(&tb, receiver);
+        let out = tb.client(sender, &["ping", "-c", "1", "-W", "1", addr], None);
+        assert!(!out.status.success(), "a reply came through `block {dir}`");
+        wait_for(&format!("the ping of {sender} on {receiver}"), || {
+            (echo_requests_in(&tb, receiver) > before).then_some(())
+        });
+        tb.unblock(MASTER);
+    }
+
+    // A virtual address added by root inside the master, moved to the standby
+    // and announced with a gratuitous ARP: the witness follows it.
+    let vip = |host: &str, op: &str| {
+        let out = root_ssh(
+            &tb,
+            WITNESS,
+            hosts.iter().find(|h| h.0 == host).unwrap().1,
+            &format!("ip addr {op} 10.231.0.10/24 dev eth0"),
+        );
+        assert!(
+            out.status.success(),
+            "ip addr {op} on {host}: {}",
+            describe(&out)
+        );
+    };
+    vip(MASTER, "add");
+    assert_eq!(
+        stdout(&root_ssh(&tb, WITNESS, "10.231.0.10", "hostname")).trim(),
+        "master"
+    );
+    vip(MASTER, "del");
+    vip(STANDBY, "add");
+    let mac = tb.client(STANDBY, &["cat", "/sys/class/net/eth0/address"], None);
+    let mac = stdout(&mac).trim().to_string();
+    let garp = ["arping", "-q", "-U", "-c", "1", "-I", "eth0", "10.231.0.10"];
+    let out = tb.client(STANDBY, &garp, None);
+    assert!(out.status.success(), "{}", describe(&out));
+    // No traffic to the address meanwhile: only the announcement can change the entry.
+    wait_for("the witness's ARP entry for the moved address", || {
+        let out = tb.client(WITNESS, &["ip", "neigh", "show", "10.231.0.10"], None);
+        stdout(&out).contains(&mac).then_some(())
+    });
+    assert_eq!(
+        stdout(&root_ssh(&tb, WITNESS, "10.231.0.10", "hostname")).trim(),
+        "standby"
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Helpers for the end-to-end tests: a [`Testbed`] of two booted Debian
-//! containers (see `tests/testbed/testbed`), commands inside them, and waiting
+//! Helpers for the end-to-end tests: a [`Testbed`] of three booted Debian
+//! containers on one link (see `tests/testbed/testbed`), commands inside them, and waiting
 //! for a condition with a generous deadline (a wait, never a timed assertion).
 
 #![allow(dead_code)]
@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 pub const MASTER: &str = "master";
 pub const STANDBY: &str = "standby";
+/// The third host on the link, 10.231.0.3: a tie-breaker for automatic
+/// failover, so that any one host can be cut off from the other two.
+pub const WITNESS: &str = "witness";
 
 /// How long any wait may last before the test fails: far above what each step
 /// needs, so a slow CI machine is never mistaken for a bug.
@@ -80,7 +83,7 @@ pub fn wait_for_or<T>(_what: &str, mut probe: impl FnMut() -> Option<T>) -> Opti
     }
 }
 
-/// The test bed's client key for root on both hosts.
+/// The test bed's client key for root on every host.
 pub fn client_key() -> String {
     let dir =
         std::env::var("SFTP_HA_TESTBED_DIR").unwrap_or_else(|_| "/var/tmp/sftp-ha-testbed".into());
@@ -121,13 +124,14 @@ const PASSWORD_SSH_OPTIONS: [&str; 14] = [
     "ConnectTimeout=5",
 ];
 
-/// Two booted hosts; powered off and removed when dropped, even when the test fails.
+/// Three booted hosts (master, standby, witness); powered off and removed when
+/// dropped, even when the test fails.
 pub struct Testbed {
     _private: (),
 }
 
 impl Testbed {
-    /// Boots master and standby (tearing down any leftovers of an interrupted run first).
+    /// Boots master, standby and witness (tearing down any leftovers of an interrupted run first).
     pub fn up() -> Testbed {
         let out = Command::new(script())
             .arg("up")
@@ -267,6 +271,21 @@ impl Testbed {
 
     pub fn uncut(&self, host: &str) {
         let out = self.testbed(&["uncut", host], None);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+
+    /// Drops the IP traffic between `host` and `peer`'s own address, in
+    /// `host`'s network namespace: `dir` "in" (from `peer` to `host`), "out"
+    /// (from `host` to `peer`) or "both". ARP still passes, so a one-way
+    /// block stays one-way. Blocks add up until [`Testbed::unblock`].
+    pub fn block(&self, host: &str, peer: &str, dir: &str) {
+        let out = self.testbed(&["block", host, peer, dir], None);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+
+    /// Removes every block of `host` (a cut stays).
+    pub fn unblock(&self, host: &str) {
+        let out = self.testbed(&["unblock", host], None);
         assert!(out.status.success(), "{}", describe(&out));
     }
 
