@@ -198,9 +198,12 @@ fn a_dead_master_is_replaced_through_the_virtual_ip_and_rejoins_with_nothing_los
     );
     assert_eq!(role_of(&tb, STANDBY), ("master".into(), 2));
     assert!(holds_vip(&tb, STANDBY));
-    let s = status_json(&tb, STANDBY);
-    let last = &s["status"]["failover"]["last_failover"];
-    assert_eq!(last["epoch"].as_u64(), Some(2), "{s:#}");
+    wait_or_dump(&tb, "the status to show the takeover", || {
+        let s = status_json(&tb, STANDBY);
+        let last = &s["status"]["failover"]["last_failover"];
+        (last["epoch"].as_u64() == Some(2) && last["master_silent_ms"].as_u64().is_some())
+            .then_some(())
+    });
 
     // The old master boots with its config unchanged: it must follow.
     tb.uncut(MASTER);

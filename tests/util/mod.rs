@@ -289,6 +289,20 @@ impl Testbed {
         assert!(out.status.success(), "{}", describe(&out));
     }
 
+    /// The host-side PID of `host`'s systemd (PID 1 inside it).
+    pub fn pid(&self, host: &str) -> String {
+        self.pid_or_none(host)
+            .unwrap_or_else(|| panic!("host {host} is not running"))
+    }
+
+    /// Like [`Testbed::pid`]; `None` when the host is not running.
+    pub fn pid_or_none(&self, host: &str) -> Option<String> {
+        let out = self.testbed(&["pid", host], None);
+        out.status
+            .success()
+            .then(|| stdout(&out).trim().to_string())
+    }
+
     pub fn poweroff(&self, host: &str) {
         let out = self.testbed(&["poweroff", host], None);
         assert!(out.status.success(), "{}", describe(&out));
