@@ -101,11 +101,8 @@ fn writable(tb: &Testbed, host: &str) -> bool {
 
 /// The host's interfaces hold the virtual IP (asked of the kernel, not the daemon).
 fn holds_vip(tb: &Testbed, host: &str) -> bool {
-    tb.sh(host, "ip -o addr show")
-        .status
-        .success()
-        .then(|| util::stdout(&tb.sh(host, "ip -o addr show")).contains(&format!("inet {VIP}/24")))
-        .unwrap_or(false)
+    let out = tb.sh(host, "ip -o addr show");
+    out.status.success() && util::stdout(&out).contains(&format!("inet {VIP}/24"))
 }
 
 /// Uploads `content` as EPuser to `/upload/NAME` at `addr`, from a client in
