@@ -150,6 +150,14 @@ pub enum Command {
     /// were missing after --timeout or an upload failed, 64 on a bad option.
     Stress(Box<StressArgs>),
 
+    /// Make users read-only here and give up the virtual IP, in automatic failover (the unit's ExecStopPost)
+    ///
+    /// Run by systemd after the daemon ended, however it ended: a daemon that
+    /// crashed renews no lease, so the standby may take over. Does nothing
+    /// with mode = "manual" or on the witness. Exits 0.
+    #[command(hide = true)]
+    Fence,
+
     /// Write the manual pages (sftp-ha.8 and one per command) into DIR; used when building the packages
     #[command(hide = true)]
     Manpage {
@@ -314,6 +322,7 @@ fn run(cli: Cli) -> Exit {
         Command::Users(cmd) => users(&cli.config, cmd),
         Command::Pair(cmd) => pair(&cli.config, cmd),
         Command::Stress(args) => stress(*args),
+        Command::Fence => fence(&cli.config),
         Command::Failover(FailoverCommand::Keygen { force, key_file }) => {
             failover_keygen(&key_file, force)
         }
@@ -451,6 +460,19 @@ fn check_config(path: &Path) -> Exit {
             Exit::Config
         }
     }
+}
+
+fn fence(config_path: &Path) -> Exit {
+    logging::init_cli();
+    // A config that no longer loads: nothing is known about failover here;
+    // the daemon did not run on it either.
+    let Ok(config) = config::load(config_path) else {
+        return Exit::Ok;
+    };
+    for line in crate::failover::fence_after_stop(&config) {
+        eprintln!("sftp-ha fence: {line}");
+    }
+    Exit::Ok
 }
 
 fn failover_keygen(path: &Path, force: bool) -> Exit {

@@ -159,28 +159,34 @@ fn install_at(
     reload()
 }
 
-/// Reloads sshd if it runs: unit `ssh` on Debian, `sshd` on RHEL.
+/// Reloads sshd if it runs (unit `ssh` on Debian, `sshd` on RHEL) as their
+/// `ExecReload=` does, after the `sshd -t` above: SIGHUP to the main process.
+/// Not `systemctl reload`: that is a job, and systemd orders a reload of
+/// ssh after a stop of sftp-ha (which is `After=ssh.service`), so the fence
+/// of a stopping daemon would wait for its own stop to finish.
 fn reload() -> Result<Installed, SshdError> {
-    let unit = ["ssh.service", "sshd.service"].into_iter().find(|u| {
-        Command::new("systemctl")
-            .args(["is-active", "--quiet", u])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    let Some(unit) = unit else {
-        return Ok(Installed::NotReloaded);
-    };
-    let out = Command::new("systemctl")
-        .args(["reload", unit])
-        .output()
-        .map_err(|e| SshdError::Reload(e.to_string()))?;
-    if out.status.success() {
-        Ok(Installed::Reloaded)
-    } else {
-        Err(SshdError::Reload(crate::logging::one_line(
-            &String::from_utf8_lossy(&out.stderr),
-        )))
+    for unit in ["ssh.service", "sshd.service"] {
+        let Ok(out) = Command::new("systemctl")
+            .args(["show", "-p", "MainPID", "--value", unit])
+            .output()
+        else {
+            continue;
+        };
+        let pid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<i32>()
+            .unwrap_or(0);
+        if pid <= 1 {
+            continue;
+        }
+        return nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .map(|()| Installed::Reloaded)
+        .map_err(|e| SshdError::Reload(format!("SIGHUP to {unit} (pid {pid}): {e}")));
     }
+    Ok(Installed::NotReloaded)
 }
 
 /// Ends every open SSH session of the sync account (`sftp-ha-sync`): on a

@@ -332,3 +332,57 @@ fn without_the_witness_nothing_fails_over_and_the_status_says_so() {
     assert_eq!(role_of(&tb, MASTER), ("master".into(), 1));
     assert_eq!(role_of(&tb, STANDBY).0, "standby");
 }
+
+/// The master's daemon dies (kill -9, no restart): nobody renews its lease,
+/// so the unit's ExecStopPost makes its users read-only and gives up the
+/// virtual IP, and the standby takes over; started again, it follows.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_killed_master_daemon_leaves_no_writer_behind() {
+    let tb = auto_trio("3s");
+    tb.ok(
+        MASTER,
+        "mkdir -p /run/systemd/system/sftp-ha.service.d && printf '[Service]\\nRestart=no\\n' > /run/systemd/system/sftp-ha.service.d/norestart.conf && systemctl daemon-reload",
+    );
+    tb.ok(
+        MASTER,
+        "kill -9 $(systemctl show -p MainPID --value sftp-ha)",
+    );
+    // ExecStopPost makes users read-only first, then gives up the address.
+    wait_or_dump(&tb, "the killed master to be fenced", || {
+        (!holds_vip(&tb, MASTER)).then_some(())
+    });
+    let out = upload(
+        &tb,
+        STANDBY,
+        "10.231.0.1",
+        "dead.txt",
+        "to a master without its daemon\n",
+    );
+    assert!(
+        !out.status.success(),
+        "a master without its daemon took an upload: {}",
+        describe(&out)
+    );
+    wait_or_dump(&tb, "the standby to take over", || {
+        (role_of(&tb, STANDBY).0 == "master" && writable(&tb, STANDBY) && holds_vip(&tb, STANDBY))
+            .then_some(())
+    });
+    upload_ok(
+        &tb,
+        WITNESS,
+        VIP,
+        "taken-over.txt",
+        "after the daemon died\n",
+    );
+    tb.ok(MASTER, "rm -r /run/systemd/system/sftp-ha.service.d && systemctl daemon-reload && systemctl start sftp-ha");
+    wait_or_dump(&tb, "the old master to follow", || {
+        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
+    util::converged(&tb, "both hosts identical");
+    let journal = tb.journal(MASTER, "");
+    assert!(
+        journal.contains("sftp-ha fence: users are read-only"),
+        "{journal}"
+    );
+}

@@ -41,7 +41,10 @@ pub enum Body {
         takeover: bool,
     },
     /// The promise was given, for the ask with this nonce.
-    Grant { nonce: u64, epoch: u64 },
+    Grant {
+        nonce: u64,
+        epoch: u64,
+    },
     /// It was not; `holder` is whom the voter holds for the master.
     Refuse {
         nonce: u64,
@@ -50,7 +53,14 @@ pub enum Body {
     },
     /// A master that stepped down frees the promise its last ask (`nonce`)
     /// got, so its successor need not wait for it to run out.
-    Release { epoch: u64, nonce: u64 },
+    Release {
+        epoch: u64,
+        nonce: u64,
+    },
+    /// "Are you there?", from a host that asks nothing (a standby, about
+    /// the witness), so the status can say whether the third vote is there.
+    Ping,
+    Pong,
 }
 
 /// A master as a voter knows it.
@@ -483,6 +493,8 @@ impl Core {
                 reason,
                 holder,
             } => self.on_refuse(from, nonce, reason, holder, now),
+            Body::Ping => vec![self.send(Target::Sender, Body::Pong)],
+            Body::Pong => Vec::new(),
             Body::Release { epoch, nonce } => {
                 if self
                     .promise

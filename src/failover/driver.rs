@@ -323,6 +323,7 @@ struct Address {
     resolved: Option<SocketAddr>,
     tried: Option<Instant>,
     heard: Option<(Instant, u64)>,
+    pinged: Option<Instant>,
 }
 
 impl Address {
@@ -332,6 +333,7 @@ impl Address {
             resolved: None,
             tried: None,
             heard: None,
+            pinged: None,
         }
     }
 
@@ -488,6 +490,7 @@ impl Thread {
             let actions = self.core.tick(now);
             self.carry_out(actions, None, now);
             self.keep_vip(now);
+            self.keep_in_touch(now);
             self.publish(now);
         }
     }
@@ -715,6 +718,32 @@ impl Thread {
             }
             Ok(held) => self.vip_held = held,
             Err(err) => self.vip_error = Some(err.to_string()),
+        }
+    }
+
+    /// A host that has not heard another for half of `after` pings it, so
+    /// the status knows whether it is there (a standby asks the witness
+    /// nothing while the master is alive).
+    fn keep_in_touch(&mut self, now: Instant) {
+        let quiet = self.settings.timing.after / 2;
+        for to in [Target::Witness, Target::Peer] {
+            let address = match to {
+                Target::Witness => self.witness.as_mut(),
+                _ => self.peer.as_mut(),
+            };
+            let Some(address) = address else {
+                continue;
+            };
+            let recent = |t: Option<Instant>| t.is_some_and(|t| now - t < quiet);
+            if recent(address.heard.map(|(t, _)| t)) || recent(address.pinged) {
+                continue;
+            }
+            address.pinged = Some(now);
+            let ping = Message {
+                from: self.settings.node.clone(),
+                body: super::core::Body::Ping,
+            };
+            self.send(to, &ping, None, now);
         }
     }
 
