@@ -818,3 +818,46 @@ fn save_witness_state(state_dir: &std::path::Path, holder: &Holder) {
         tracing::error!(path = %path.display(), "failover: cannot remember the epoch granted: {err}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_write_only_on_a_master_with_the_lease_in_automatic_mode() {
+        let state = |wanted, auto, lease| GateState {
+            wanted,
+            auto,
+            lease,
+        };
+        assert_eq!(
+            state(Role::Master, false, false).drop_in_role(),
+            Role::Master
+        );
+        assert_eq!(state(Role::Master, true, true).drop_in_role(), Role::Master);
+        assert_eq!(
+            state(Role::Master, true, false).drop_in_role(),
+            Role::Standby
+        );
+        for (auto, lease) in [(false, false), (true, true), (true, false)] {
+            assert_eq!(
+                state(Role::Standby, auto, lease).drop_in_role(),
+                Role::Standby
+            );
+        }
+    }
+
+    #[test]
+    fn the_witness_remembers_the_highest_grant_and_survives_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_witness_state(dir.path()), None);
+        let holder = Holder {
+            node: "bravo".into(),
+            epoch: 7,
+        };
+        save_witness_state(dir.path(), &holder);
+        assert_eq!(load_witness_state(dir.path()), Some(holder));
+        std::fs::write(dir.path().join(WITNESS_STATE_FILE), "{not json").unwrap();
+        assert_eq!(load_witness_state(dir.path()), None);
+    }
+}
