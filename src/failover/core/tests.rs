@@ -55,6 +55,8 @@ struct Net {
     seed: u64,
     /// The driver cannot carry out a promotion (e.g. the baseline cannot be saved).
     promotion_fails: bool,
+    /// Every change of who may write: (host, writable, when).
+    writable_changes: Vec<(usize, bool, Instant)>,
 }
 
 impl Net {
@@ -78,6 +80,7 @@ impl Net {
             rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             seed,
             promotion_fails: false,
+            writable_changes: Vec::new(),
         };
         let actions = net.cores[A].set_role(Role::Master, 1, start);
         net.carry_out(A, None, actions);
@@ -122,7 +125,9 @@ impl Net {
                         message,
                     });
                 }
-                Action::Writable { .. } => {}
+                Action::Writable { writable, .. } => {
+                    self.writable_changes.push((host, writable, self.now));
+                }
                 Action::Promote { epoch, .. } => {
                     self.promotions.push((host, epoch, self.now));
                     let now = self.now;
@@ -286,6 +291,25 @@ fn a_master_cut_off_from_both_stops_before_the_standby_takes_over_and_steps_down
     assert_eq!(net.role(B), Role::Master);
     assert!(net.writable(B));
     assert_eq!(net.role(A), Role::Master, "it cannot know yet");
+    // The old master stopped a whole fence margin before the new one began:
+    // that is the time sshd has to reload and the sessions to end.
+    let stopped = net
+        .writable_changes
+        .iter()
+        .find(|(h, w, _)| *h == A && !*w)
+        .map(|(_, _, t)| *t)
+        .unwrap();
+    let started = net
+        .writable_changes
+        .iter()
+        .find(|(h, w, _)| *h == B && *w)
+        .map(|(_, _, t)| *t)
+        .unwrap();
+    assert!(
+        started - stopped >= timing().fence_margin(),
+        "{:?}",
+        started - stopped
+    );
     net.uncut(A);
     net.run(secs(3.0));
     assert_eq!(net.role(A), Role::Standby);
@@ -561,5 +585,24 @@ fn random_faults_never_make_two_writers_and_the_pair_recovers() {
             "seed {seed}: journal:\n{}",
             net.journal.join("\n")
         );
+        // Between one host's last write and the other's first, at least the
+        // fence margin: the time sshd has to reload and sessions to end. (A
+        // host that died writes nothing, and records no stop.)
+        let mut last_stop: [Option<Instant>; 2] = [None; 2];
+        for &(host, writable, at) in &net.writable_changes {
+            let other = 1 - host;
+            if writable && let Some(stop) = last_stop[other] {
+                assert!(
+                    at - stop >= timing().fence_margin(),
+                    "seed {seed}: {} wrote {:?} after {} stopped",
+                    NAMES[host],
+                    at - stop,
+                    NAMES[other]
+                );
+            }
+            if !writable {
+                last_stop[host] = Some(at);
+            }
+        }
     }
 }
