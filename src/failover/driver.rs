@@ -501,7 +501,8 @@ impl Thread {
             Err(err) => {
                 self.refused += 1;
                 self.bad_logged.retain(|(_, t)| now - *t < BAD_LOG_EVERY);
-                if !self.bad_logged.iter().any(|(a, _)| *a == from) {
+                // Bounded: a flood from many forged addresses logs a few lines, not one each.
+                if self.bad_logged.len() < 16 && !self.bad_logged.iter().any(|(a, _)| *a == from) {
                     self.bad_logged.push((from, now));
                     tracing::warn!(
                         "failover: ignored a datagram from {from}: {err} (logged once a minute per address)"
