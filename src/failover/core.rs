@@ -39,6 +39,11 @@ pub enum Body {
         nonce: u64,
         after_ms: u64,
         takeover: bool,
+        /// The asker holds the lease now. A master that keeps asking
+        /// without ever holding it (its grants are lost on the way back)
+        /// is refused after `after`, so that the standby can take over.
+        #[serde(default)]
+        holding: bool,
     },
     /// The promise was given, for the ask with this nonce.
     Grant {
@@ -150,6 +155,11 @@ struct Promise {
     epoch: u64,
     nonce: u64,
     until: Instant,
+    /// Since when its asks say it holds no lease.
+    lacking_since: Option<Instant>,
+    /// Its last ask, and until when it is refused for lacking the lease.
+    last_ask: Instant,
+    refused_until: Option<Instant>,
 }
 
 /// What `sftp-ha status` shows of the core.
@@ -192,6 +202,10 @@ pub struct Core {
     candidate: Option<(u64, Instant)>,
     /// Granted the takeover; waiting for the driver to confirm the role.
     promoting: Option<u64>,
+    /// A master made so without the witness's grant (`promote --force`, a
+    /// handover) still owes the promise it gave the old master as a voter:
+    /// it takes no upload before that promise ran out or was released.
+    owed: Option<Promise>,
 }
 
 impl Core {
@@ -224,6 +238,7 @@ impl Core {
             writable: false,
             candidate: None,
             promoting: None,
+            owed: None,
         }
     }
 
@@ -248,6 +263,14 @@ impl Core {
             return actions;
         }
         let was_master = self.role == Role::Master;
+        if was_master && role != Role::Master && self.writable {
+            self.writable = false;
+            let reason = format!("this host is no longer the master ({role} at epoch {epoch} now)");
+            actions.push(Action::Writable {
+                writable: false,
+                reason,
+            });
+        }
         if was_master && role != Role::Master {
             // Free the promises at once: the successor need not wait.
             if let Some(&(nonce, _)) = self.asks.back() {
@@ -284,9 +307,15 @@ impl Core {
         self.promoting = None;
         self.candidate = None;
         if role == Role::Master {
-            // A master promises only itself.
-            self.promise = None;
+            // A master promises only itself; one it gave another before
+            // (without a takeover grant that proved it ran out) is owed.
+            self.owed = self
+                .promise
+                .take()
+                .filter(|p| !promoted && p.node != self.me && p.until > now);
             self.next_ask = now;
+        } else {
+            self.owed = None;
         }
         actions.extend(self.tick(now));
         actions
@@ -358,6 +387,9 @@ impl Core {
         {
             self.asks.pop_front();
         }
+        // A grant whose lease has run out no longer counts (nor shows in the status).
+        let after = self.timing.after;
+        self.granted.retain(|_, sent| *sent + after > now);
         let asking_epoch = match (self.role, self.promoting, self.candidate) {
             (Role::Master, _, _) => Some((self.epoch, false)),
             (_, Some(e), _) => Some((e, false)),
@@ -375,6 +407,7 @@ impl Core {
                 nonce,
                 after_ms: u64::try_from(self.timing.after.as_millis()).unwrap_or(u64::MAX),
                 takeover,
+                holding: self.writable,
             };
             actions.push(self.send(Target::Witness, ask.clone()));
             if !takeover {
@@ -388,7 +421,11 @@ impl Core {
 
     fn check_writable(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let margin = self.timing.fence_margin();
+        if self.owed.as_ref().is_some_and(|p| p.until <= now) {
+            self.owed = None;
+        }
         let holds = self.role == Role::Master
+            && self.owed.is_none()
             && self.lease_until().is_some_and(|until| now + margin < until);
         if holds == self.writable {
             return;
@@ -464,6 +501,9 @@ impl Core {
             epoch,
             nonce: 0,
             until: now + self.timing.after,
+            lacking_since: None,
+            last_ask: now,
+            refused_until: None,
         });
         self.candidate = Some((epoch, now));
         self.next_ask = now;
@@ -486,7 +526,8 @@ impl Core {
                 nonce,
                 after_ms,
                 takeover,
-            } => self.on_ask(from, epoch, nonce, after_ms, takeover, now),
+                holding,
+            } => self.on_ask(from, epoch, nonce, after_ms, (takeover, holding), now),
             Body::Grant { nonce, epoch } => self.on_grant(from, nonce, epoch, now),
             Body::Refuse {
                 nonce,
@@ -496,11 +537,16 @@ impl Core {
             Body::Ping => vec![self.send(Target::Sender, Body::Pong)],
             Body::Pong => Vec::new(),
             Body::Release { epoch, nonce } => {
-                if self
-                    .promise
-                    .as_ref()
-                    .is_some_and(|p| p.node == from && p.epoch == epoch && p.nonce == nonce)
-                {
+                let matches = |p: &Promise| p.node == from && p.epoch == epoch && p.nonce == nonce;
+                if self.owed.as_ref().is_some_and(matches) {
+                    self.owed = None;
+                    let mut actions = vec![Action::Journal {
+                        warn: false,
+                        line: format!("{from} released the master's lease at epoch {epoch}"),
+                    }];
+                    self.check_writable(now, &mut actions);
+                    actions
+                } else if self.promise.as_ref().is_some_and(matches) {
                     self.promise = None;
                     vec![Action::Journal {
                         warn: false,
@@ -519,7 +565,7 @@ impl Core {
         epoch: u64,
         nonce: u64,
         after_ms: u64,
-        takeover: bool,
+        (takeover, holding): (bool, bool),
         now: Instant,
     ) -> Vec<Action> {
         let refuse = |core: &mut Core, reason: String| {
@@ -576,8 +622,7 @@ impl Core {
         }
         // A voter that restarted forgot what it promised: nothing new
         // before its `after` has passed since the start.
-        let known = from == self.highest.node && epoch == self.highest.epoch;
-        if now < self.quiet_until && !known && self.kind == Kind::Witness {
+        if now < self.quiet_until && self.kind == Kind::Witness {
             return refuse(
                 self,
                 "the witness started less than `after` ago and may have promised the lease to another host before".into(),
@@ -587,6 +632,43 @@ impl Core {
             // Only the witness decides a takeover; a file host is not asked.
             return refuse(self, "only the witness grants a takeover".into());
         }
+        // A master that asks on and on without ever holding the lease gets
+        // none of the grants back (one-way loss): it cannot take uploads,
+        // and as long as it is renewed here, nobody else can. It is refused
+        // for one `after`, long enough for the standby's promise to run out
+        // and the standby to ask the witness; then granted again.
+        let after = self.timing.after;
+        let (lacking_since, refused_until) = match &self.promise {
+            Some(p) if p.node == from && now.duration_since(p.last_ask) <= after => {
+                (p.lacking_since.or(Some(now)), p.refused_until)
+            }
+            _ => (Some(now), None),
+        };
+        let lacking_since = lacking_since.filter(|_| !holding);
+        let refused_until = refused_until.filter(|t| *t > now).or_else(|| {
+            lacking_since
+                .filter(|since| now.duration_since(*since) >= after)
+                .map(|_| now + after)
+        });
+        if let Some(until) = refused_until {
+            self.promise = Some(Promise {
+                node: from.clone(),
+                epoch,
+                nonce,
+                until: now,
+                lacking_since: None,
+                last_ask: now,
+                refused_until: Some(until),
+            });
+            return refuse(
+                self,
+                format!(
+                    "{from} has held no lease for {} although this host granted it (its grants are lost on the way back); not renewed for {}, so that another host can take over",
+                    crate::timefmt::format_duration(after),
+                    crate::timefmt::format_duration(after)
+                ),
+            );
+        }
         let mut actions = Vec::new();
         let newer = epoch > self.highest.epoch || self.highest.node != from;
         self.promise = Some(Promise {
@@ -594,6 +676,9 @@ impl Core {
             epoch,
             nonce,
             until: now + asked_for,
+            lacking_since,
+            last_ask: now,
+            refused_until: None,
         });
         if newer {
             let holder = Holder {

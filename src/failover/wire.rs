@@ -74,6 +74,7 @@ mod tests {
                 nonce: 42,
                 after_ms: 3000,
                 takeover: false,
+                holding: true,
             },
         }
     }

@@ -475,6 +475,7 @@ fn a_replayed_grant_or_release_is_ignored() {
             nonce,
             after_ms: 3000,
             takeover: false,
+            holding: true,
         },
     };
     witness.on_message(ask(7), later);
@@ -502,6 +503,7 @@ fn a_longer_lease_than_the_voters_after_is_refused() {
                 nonce: 1,
                 after_ms: 10_000,
                 takeover: false,
+                holding: true,
             },
         },
         start + secs(5.0),
@@ -605,4 +607,86 @@ fn random_faults_never_make_two_writers_and_the_pair_recovers() {
             }
         }
     }
+}
+
+#[test]
+fn a_master_whose_grants_are_lost_on_the_way_back_lets_the_standby_take_over() {
+    let mut net = Net::new(21);
+    net.run(secs(5.0));
+    // The master still reaches the standby, but hears neither voter.
+    net.link[A][W] = false;
+    net.link[B][A] = false;
+    net.run(secs(20.0));
+    assert!(!net.writable(A));
+    assert_eq!(net.role(B), Role::Master, "{}", net.journal.join("\n"));
+    assert!(net.writable(B));
+}
+
+#[test]
+fn a_forced_promotion_takes_no_upload_before_its_promise_to_the_old_master_ran_out() {
+    let mut net = Net::new(22);
+    net.run(secs(5.0));
+    // The master cannot reach the witness; the standby is promoted by hand
+    // (`promote --force`) while it still has a promise out to the master.
+    net.link[A][W] = false;
+    net.link[W][A] = false;
+    net.run(secs(1.0));
+    let now = net.now;
+    let actions = net.cores[B].set_role(Role::Master, 2, now);
+    net.carry_out(B, None, actions);
+    net.run(secs(0.5));
+    assert!(!net.writable(B), "the promise to alpha still runs");
+    // `run` checks at every step that alpha and bravo never both write.
+    net.run(secs(15.0));
+    assert!(net.writable(B), "{}", net.journal.join("\n"));
+    assert_eq!(net.role(A), Role::Standby);
+}
+
+#[test]
+fn a_restarted_witness_grants_nothing_at_all_for_after() {
+    let start = Instant::now();
+    let holder = Holder {
+        node: "alpha".into(),
+        epoch: 1,
+    };
+    let mut witness = Core::new(
+        "witness".into(),
+        Kind::Witness,
+        timing(),
+        start,
+        3,
+        Some(holder),
+    );
+    let ask = Message {
+        from: "alpha".into(),
+        body: Body::Ask {
+            epoch: 1,
+            nonce: 9,
+            after_ms: 3000,
+            takeover: false,
+            holding: true,
+        },
+    };
+    let refused = witness.on_message(ask.clone(), start + secs(1.0));
+    assert!(matches!(
+        &refused[..],
+        [Action::Send {
+            message: Message {
+                body: Body::Refuse { .. },
+                ..
+            },
+            ..
+        }]
+    ));
+    let granted = witness.on_message(ask, start + secs(3.1));
+    assert!(matches!(
+        &granted[..],
+        [Action::Send {
+            message: Message {
+                body: Body::Grant { .. },
+                ..
+            },
+            ..
+        }]
+    ));
 }
