@@ -464,12 +464,10 @@ fn check_config(path: &Path) -> Exit {
 
 fn fence(config_path: &Path) -> Exit {
     logging::init_cli();
-    // A config that no longer loads: nothing is known about failover here;
-    // the daemon did not run on it either.
-    let Ok(config) = config::load(config_path) else {
-        return Exit::Ok;
-    };
-    for line in crate::failover::fence_after_stop(&config) {
+    // A config that no longer loads (edited since the start, a key made
+    // unreadable): what the daemon saved at start still says what to fence.
+    let config = config::load(config_path).ok();
+    for line in crate::failover::fence_after_stop(config.as_ref(), &status::runtime_dir()) {
         eprintln!("sftp-ha fence: {line}");
     }
     Exit::Ok

@@ -28,6 +28,10 @@ pub enum SshdError {
         "sshd -t refused the new {DROP_IN} ({message}); the previous file was put back and sshd was not touched; fix: check data_dir in the config and the host's sshd_config"
     )]
     Refused { message: String },
+    #[error(
+        "NOT FENCED by sshd: sshd -t refuses the host's config ({message}); the read-only {DROP_IN} is kept, but sshd was not reloaded, so the users' sessions are ended as they come; fix: run sshd -t and correct the host's sshd config"
+    )]
+    FenceRefused { message: String },
     #[error("cannot run {SSHD} -t: {0}; fix: install openssh-server")]
     NoSshd(io::Error),
     #[error("sshd did not reload: {0}; fix: systemctl status ssh (or sshd)")]
@@ -115,6 +119,27 @@ pub fn install(data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
 /// users writable).
 pub fn install_and_reload(data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
     install_at(Path::new(DROP_IN), data_dir, role, true)
+}
+
+/// The read-only drop-in, for a host that must stop taking uploads now. If
+/// `sshd -t` refuses the host's config, the read-only file is *kept* (never
+/// the writable one put back) and sshd is not signalled: the running sshd
+/// keeps its old config, so the caller must end users' sessions as they come.
+pub fn install_fence(data_dir: &Path) -> Result<Installed, SshdError> {
+    let path = Path::new(DROP_IN);
+    match install_at(path, data_dir, Role::Standby, true) {
+        Err(SshdError::Refused { message }) => {
+            let text = render(data_dir, Role::Standby);
+            let kept = crate::fsutil::write_atomic(path, text.as_bytes(), 0o644, Some((0, 0)));
+            Err(SshdError::FenceRefused {
+                message: match kept {
+                    Ok(()) => message,
+                    Err(e) => format!("{message}; and writing the read-only drop-in failed: {e}"),
+                },
+            })
+        }
+        other => other,
+    }
 }
 
 fn install_at(

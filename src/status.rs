@@ -422,6 +422,9 @@ fn failover_rows(
             )
         )
     };
+    if let Some(why) = &f.unfenced {
+        rows.push(("FENCE:", why.clone()));
+    }
     if let Some(w) = &f.witness {
         let mut words = reach(w);
         if !w.reachable {
@@ -468,7 +471,7 @@ fn failover_rows(
         rows.push((
             "bad key:",
             format!(
-                "{} datagram(s) ignored: not signed with this host's failover key (see the journal)",
+                "{} datagram(s) ignored: not a failover message signed with this host's key (see the journal)",
                 f.refused_datagrams
             ),
         ));

@@ -116,6 +116,13 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 }
 
 /// Seconds since the Unix epoch, now.
+/// Milliseconds since the epoch (0 if the clock is before it).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -23,9 +23,28 @@ impl Daemon {
     /// without it: users stay read-only on a master, and the status says why.
     pub(super) fn start_failover(&mut self) {
         let f = &self.config.failover;
+        let fence_file = self.runtime_dir.join(crate::failover::FENCE_FILE);
         if f.mode != FailoverMode::Auto {
+            let _ = std::fs::remove_file(&fence_file);
             return;
         }
+        // For ExecStopPost, should this daemon die: what to fence with.
+        let interface = f.interface.clone().or_else(|| {
+            let peer = f.peer.as_ref()?;
+            let ip = std::net::ToSocketAddrs::to_socket_addrs(&(peer.host.as_str(), peer.port))
+                .ok()?
+                .next()?
+                .ip();
+            crate::failover::vip::interface_towards(ip).ok()
+        });
+        crate::failover::save_fence_info(
+            &self.runtime_dir,
+            &crate::failover::FenceInfo {
+                data_dir: self.config.data_dir.clone(),
+                virtual_ip: f.virtual_ip.map(|v| v.to_string()),
+                interface,
+            },
+        );
         self.gate = Gate::new(true);
         let Some(key) = f.key.clone() else {
             tracing::error!("failover: no key loaded; automatic failover is off");
@@ -45,6 +64,7 @@ impl Daemon {
             state_dir: self.config.state_dir.clone(),
             role: self.live.role,
             epoch: self.live.epoch,
+            main_alive: Some(self.main_alive.clone()),
         };
         match Failover::start(settings, self.gate.clone()) {
             Ok(failover) => {
@@ -89,7 +109,7 @@ impl Daemon {
                             &self.live,
                             epoch,
                             format!(
-                                "the witness granted {master} the master's lease at epoch {epoch} while this host could not renew its own"
+                                "a newer master exists: {master} at epoch {epoch}, as the witness or the peer answered this host's lease renewal"
                             ),
                             unix_now(),
                         );

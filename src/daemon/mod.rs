@@ -118,6 +118,9 @@ struct Daemon {
     failover: Option<crate::failover::driver::Failover>,
     /// When the failover part of the status was last copied.
     failover_copied: Option<Instant>,
+    /// Unix ms of the main loop's last turn, for the failover thread, which
+    /// feeds systemd's watchdog in automatic failover.
+    main_alive: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `log` is already set up; its level follows the config.
@@ -212,6 +215,9 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         gate: crate::failover::driver::Gate::new(false),
         failover: None,
         failover_copied: None,
+        main_alive: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+            crate::timefmt::unix_now_ms(),
+        )),
     };
     daemon.start_failover();
     daemon.refresh_config_fields();
@@ -341,8 +347,15 @@ impl Daemon {
                     Request::Command => self.on_command(),
                 }
             }
+            self.main_alive.store(
+                crate::timefmt::unix_now_ms(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            // With the failover thread, it feeds the watchdog (and checks this loop's turns).
             if last_ping.elapsed() >= tick {
-                self.notifier.watchdog();
+                if self.failover.is_none() {
+                    self.notifier.watchdog();
+                }
                 last_ping = Instant::now();
             }
         }

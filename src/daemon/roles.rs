@@ -370,7 +370,8 @@ impl Daemon {
         self.fence_looked = Some(Instant::now());
         // A standby whose read-only drop-in sshd refused: every managed
         // user's session is ended as it comes, and the drop-in tried again.
-        if self.live.role == Role::Standby && !self.sshd_ok {
+        let unfenced = self.gate.unfenced().is_some();
+        if (self.live.role == Role::Standby && !self.sshd_ok) || unfenced {
             let ended = crate::sshd::end_user_sessions_of(&crate::sshd::connection_pids());
             if ended > 0 {
                 tracing::error!(

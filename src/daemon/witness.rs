@@ -57,6 +57,7 @@ pub(super) fn run(
         state_dir: config.state_dir.clone(),
         role: Role::Standby,
         epoch: 0,
+        main_alive: None,
     };
     let failover = Failover::start(settings, Gate::new(false))
         .map_err(|err| DaemonError::Witness(err.to_string()))?;

@@ -50,6 +50,11 @@ pub struct Settings {
     /// The live role at start.
     pub role: Role,
     pub epoch: u64,
+    /// On a file host: unix ms of the main loop's last turn. The thread then
+    /// feeds systemd's watchdog itself, with a deadline short enough that a
+    /// stalled daemon (stopped, or this thread blocked) is killed, and the
+    /// unit's ExecStopPost fences, before its lease can end.
+    pub main_alive: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// What the thread tells the daemon.
@@ -82,13 +87,16 @@ pub struct Gate {
     state: Mutex<GateState>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct GateState {
     /// What the daemon asks users to be: master (writable) or not.
     wanted: Role,
     /// `mode = "auto"`: writable only with the lease.
     auto: bool,
     lease: bool,
+    /// Users should be read-only, but sshd did not load the read-only
+    /// drop-in: why. Their sessions must be ended as they come.
+    unfenced: Option<String>,
 }
 
 impl Gate {
@@ -98,6 +106,7 @@ impl Gate {
                 wanted: Role::Standby,
                 auto,
                 lease: false,
+                unfenced: None,
             }),
         })
     }
@@ -120,7 +129,19 @@ impl Gate {
         let mut state = self.lock();
         state.wanted = wanted;
         let role = state.drop_in_role();
-        (role, crate::sshd::install_and_reload(data_dir, role))
+        let result = state.install(data_dir);
+        (role, result)
+    }
+
+    /// Why users who should be read-only here may not be (see [`GateState::unfenced`]).
+    pub fn unfenced(&self) -> Option<String> {
+        self.lock().unfenced.clone()
+    }
+
+    /// As [`Gate::unfenced`], or `None` if an install holds the lock now
+    /// (the failover thread never waits for the status).
+    fn unfenced_now(&self) -> Option<Option<String>> {
+        self.state.try_lock().ok().map(|s| s.unfenced.clone())
     }
 
     fn set_lease(
@@ -130,8 +151,7 @@ impl Gate {
     ) -> Result<crate::sshd::Installed, crate::sshd::SshdError> {
         let mut state = self.lock();
         state.lease = lease;
-        let role = state.drop_in_role();
-        crate::sshd::install_and_reload(data_dir, role)
+        state.install(data_dir)
     }
 
     /// Users may write here now.
@@ -141,7 +161,25 @@ impl Gate {
 }
 
 impl GateState {
-    fn drop_in_role(self) -> Role {
+    /// Installs the drop-in of the current state; a read-only one that
+    /// sshd refuses is kept all the same (never the writable one put back).
+    fn install(
+        &mut self,
+        data_dir: &std::path::Path,
+    ) -> Result<crate::sshd::Installed, crate::sshd::SshdError> {
+        let role = self.drop_in_role();
+        let result = match role {
+            Role::Master => crate::sshd::install_and_reload(data_dir, role),
+            Role::Standby => crate::sshd::install_fence(data_dir),
+        };
+        self.unfenced = match (&result, role) {
+            (Err(err), Role::Standby) => Some(err.to_string()),
+            _ => None,
+        };
+        result
+    }
+
+    fn drop_in_role(&self) -> Role {
         if self.wanted == Role::Master && (!self.auto || self.lease) {
             Role::Master
         } else {
@@ -173,6 +211,9 @@ pub struct FailoverStatus {
     pub last_failover: Option<LastFailover>,
     /// Datagrams dropped for a bad key, in total.
     pub refused_datagrams: u64,
+    /// Users should be read-only here but sshd refused the drop-in: why.
+    #[serde(default)]
+    pub unfenced: Option<String>,
 }
 
 /// Another host of the vote, as this one hears it.
@@ -241,6 +282,9 @@ impl Failover {
         socket
             .set_read_timeout(Some(POLL))
             .map_err(DriverError::Setup)?;
+        // Room for bursts: a full buffer drops the grants a lease lives on.
+        let _ =
+            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
         set_network_control_priority(&socket);
         let (wake, wake_thread) = UnixStream::pair().map_err(DriverError::Setup)?;
         wake.set_nonblocking(true).map_err(DriverError::Setup)?;
@@ -385,12 +429,66 @@ struct Thread {
     vip_error: Option<String>,
     announce: VecDeque<Instant>,
     vip_checked: Option<Instant>,
-    bad_logged: Vec<(SocketAddr, Instant)>,
+    bad_logged: Vec<(std::net::IpAddr, Instant)>,
     refused: u64,
     /// The last Ask from the peer (a standby measures the master's silence by it).
     peer_asked: Option<Instant>,
     promoted: Option<(Instant, u64, Option<u64>)>,
     last_failover: Option<LastFailover>,
+    watchdog: Option<Watchdog>,
+}
+
+/// systemd's watchdog, fed by this thread (see [`Settings::main_alive`]).
+struct Watchdog {
+    /// How long the main loop may go without a turn (the unit's WatchdogSec).
+    main_patience: Duration,
+    every: Duration,
+    fed: Option<Instant>,
+    main_alive: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Watchdog {
+    /// Half of `after`: a master stalled from the moment just after its
+    /// last ask is killed, and fenced by ExecStopPost, with a quarter of
+    /// `after` to spare before its lease can end.
+    fn start(timing: Timing, main_alive: Arc<std::sync::atomic::AtomicU64>) -> Option<Watchdog> {
+        let main_patience = sd_notify::watchdog_enabled()?;
+        let deadline = timing.after / 2;
+        let usec = u32::try_from(deadline.as_micros()).unwrap_or(u32::MAX);
+        if let Err(err) = sd_notify::notify(&[sd_notify::NotifyState::WatchdogUsec(usec)]) {
+            tracing::warn!("failover: cannot shorten systemd's watchdog: {err}");
+            return None;
+        }
+        tracing::info!(
+            "failover: systemd's watchdog now expects this daemon every {}: a stalled master is killed and fenced before its lease ends",
+            crate::timefmt::format_duration(deadline)
+        );
+        Some(Watchdog {
+            main_patience,
+            every: deadline / 4,
+            fed: None,
+            main_alive,
+        })
+    }
+
+    fn feed(&mut self, now: Instant) {
+        if self.fed.is_some_and(|t| now - t < self.every) {
+            return;
+        }
+        let last = self.main_alive.load(std::sync::atomic::Ordering::Relaxed);
+        let main_ago = Duration::from_millis(crate::timefmt::unix_now_ms().saturating_sub(last));
+        if main_ago > self.main_patience {
+            return;
+        }
+        self.fed = Some(now);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+    }
+
+    /// Back to the unit's own deadline (the daemon is stopping).
+    fn restore(&self) {
+        let usec = u32::try_from(self.main_patience.as_micros()).unwrap_or(u32::MAX);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::WatchdogUsec(usec)]);
+    }
 }
 
 impl Thread {
@@ -437,7 +535,12 @@ impl Thread {
             peer_asked: None,
             promoted: None,
             last_failover: None,
+            watchdog: None,
         };
+        if let Some(alive) = thread.settings.main_alive.clone() {
+            thread.watchdog = Watchdog::start(thread.settings.timing, alive);
+        }
+        thread.publish(now);
         if thread.settings.kind == Kind::FileHost {
             let (role, epoch) = (thread.settings.role, thread.settings.epoch);
             let actions = thread.core.set_role(role, epoch, now);
@@ -487,6 +590,9 @@ impl Thread {
                 }
             }
             let now = Instant::now();
+            if let Some(w) = &mut self.watchdog {
+                w.feed(now);
+            }
             let actions = self.core.tick(now);
             self.carry_out(actions, None, now);
             self.keep_vip(now);
@@ -501,9 +607,11 @@ impl Thread {
             Err(err) => {
                 self.refused += 1;
                 self.bad_logged.retain(|(_, t)| now - *t < BAD_LOG_EVERY);
-                // Bounded: a flood from many forged addresses logs a few lines, not one each.
-                if self.bad_logged.len() < 16 && !self.bad_logged.iter().any(|(a, _)| *a == from) {
-                    self.bad_logged.push((from, now));
+                // Bounded: a flood from many addresses or ports logs a few
+                // lines a minute, not one each.
+                let ip = from.ip().to_canonical();
+                if self.bad_logged.len() < 16 && !self.bad_logged.iter().any(|(a, _)| *a == ip) {
+                    self.bad_logged.push((ip, now));
                     tracing::warn!(
                         "failover: ignored a datagram from {from}: {err} (logged once a minute per address)"
                     );
@@ -546,8 +654,12 @@ impl Thread {
     }
 
     fn carry_out(&mut self, actions: Vec<Action>, sender: Option<SocketAddr>, now: Instant) {
+        // A witness that could not remember a grant must not give it: a
+        // restart would forget the epoch and could grant an older one again.
+        let mut unsaved = false;
         for action in actions {
             match action {
+                Action::Send { .. } if unsaved => {}
                 Action::Send { to, message } => self.send(to, &message, sender, now),
                 Action::Writable { writable, reason } => self.set_writable(writable, reason, now),
                 Action::Promote { epoch, reason } => {
@@ -558,7 +670,9 @@ impl Thread {
                     self.tell(Event::Promote { epoch, reason });
                 }
                 Action::StepDown { epoch, master } => self.tell(Event::StepDown { epoch, master }),
-                Action::Persist(holder) => save_witness_state(&self.settings.state_dir, &holder),
+                Action::Persist(holder) => {
+                    unsaved = !save_witness_state(&self.settings.state_dir, &holder);
+                }
                 Action::Journal { warn: true, line } => tracing::warn!("failover: {line}"),
                 Action::Journal { warn: false, line } => tracing::info!("failover: {line}"),
             }
@@ -593,16 +707,22 @@ impl Thread {
             }
             self.tell(Event::Unfenced { reason });
         } else {
-            // The virtual IP first: no new client reaches this host.
+            // The virtual IP first: no new client reaches this host. Then
+            // the sessions, before anything that may wait (the gate's lock
+            // while the main loop runs sshd -t, sshd -t itself); then the
+            // read-only drop-in, and the sessions again for the logins that
+            // completed meanwhile.
             self.remove_vip();
+            let end_sessions = || {
+                let connections = crate::sshd::connection_pids();
+                crate::sshd::end_user_sessions_of(&connections)
+                    + crate::sshd::end_logins_of(&connections)
+            };
+            let mut ended = end_sessions();
             if let Err(err) = self.gate.set_lease(&self.settings.data_dir, false) {
-                tracing::error!(
-                    "failover: sshd refused the read-only drop-in: {err}; ending the users' sessions anyway"
-                );
+                tracing::error!("failover: {err}");
             }
-            let connections = crate::sshd::connection_pids();
-            let ended = crate::sshd::end_user_sessions_of(&connections)
-                + crate::sshd::end_logins_of(&connections);
+            ended += end_sessions();
             if ended > 0 {
                 tracing::warn!(
                     "failover: ended {ended} user session process(es): the lease ran out"
@@ -778,6 +898,15 @@ impl Thread {
             }),
             last_failover: self.last_failover.clone(),
             refused_datagrams: self.refused,
+            unfenced: match self.gate.unfenced_now() {
+                Some(now) => now,
+                None => self
+                    .status
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .unfenced
+                    .clone(),
+            },
         };
         let mut shared = self
             .status
@@ -791,6 +920,9 @@ impl Thread {
     /// renewed), but the lease is not released: a restart within `after`
     /// (an upgrade) keeps the role; a longer stop lets the standby take over.
     fn shut_down(&mut self) {
+        if let Some(w) = &self.watchdog {
+            w.restore();
+        }
         let now = Instant::now();
         if self.core.view(now).writable {
             self.set_writable(false, "the daemon stops".into(), now);
@@ -812,11 +944,20 @@ fn load_witness_state(state_dir: &std::path::Path) -> Option<Holder> {
     }
 }
 
-fn save_witness_state(state_dir: &std::path::Path, holder: &Holder) {
+/// Returns false if the grant could not be made durable (then it is not sent).
+fn save_witness_state(state_dir: &std::path::Path, holder: &Holder) -> bool {
     let path = state_dir.join(WITNESS_STATE_FILE);
     let text = serde_json::to_vec_pretty(holder).unwrap_or_default();
-    if let Err(err) = crate::fsutil::write_atomic(&path, &text, 0o600, None) {
-        tracing::error!(path = %path.display(), "failover: cannot remember the epoch granted: {err}");
+    // The file is synced before its rename; the folder after it, so a
+    // power cut right after the grant cannot undo the rename.
+    let saved = crate::fsutil::write_atomic(&path, &text, 0o600, None)
+        .and_then(|()| std::fs::File::open(state_dir)?.sync_all());
+    match saved {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::error!(path = %path.display(), "failover: cannot remember the epoch granted ({err}), so the grant to {} at epoch {} is not sent; fix: make the state folder writable", holder.node, holder.epoch);
+            false
+        }
     }
 }
 
@@ -830,6 +971,7 @@ mod tests {
             wanted,
             auto,
             lease,
+            unfenced: None,
         };
         assert_eq!(
             state(Role::Master, false, false).drop_in_role(),
@@ -856,7 +998,7 @@ mod tests {
             node: "bravo".into(),
             epoch: 7,
         };
-        save_witness_state(dir.path(), &holder);
+        assert!(save_witness_state(dir.path(), &holder));
         assert_eq!(load_witness_state(dir.path()), Some(holder));
         std::fs::write(dir.path().join(WITNESS_STATE_FILE), "{not json").unwrap();
         assert_eq!(load_witness_state(dir.path()), None);

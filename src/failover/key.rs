@@ -92,7 +92,14 @@ pub fn load(path: &Path) -> Result<FailoverKey, KeyError> {
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
-        .map_err(read_err)?;
+        .map_err(|source| match source.raw_os_error() {
+            Some(nix::libc::ELOOP) => KeyError::Unsafe {
+                path: path.to_path_buf(),
+                problem: "is a symbolic link, which is not followed".into(),
+                fix: "put the key file itself there",
+            },
+            _ => read_err(source),
+        })?;
     let meta = file.metadata().map_err(read_err)?;
     let unsafe_key = |problem: String, fix| KeyError::Unsafe {
         path: path.to_path_buf(),
@@ -187,7 +194,11 @@ mod tests {
 
         let link = dir.path().join("link.key");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(matches!(load(&link), Err(KeyError::Read { .. })));
+        let err = load(&link).unwrap_err().to_string();
+        assert!(
+            err.contains("symbolic link, which is not followed"),
+            "{err}"
+        );
 
         let bad = dir.path().join("bad.key");
         std::fs::write(&bad, "not a key\n").unwrap();
