@@ -124,19 +124,29 @@ pub fn install_and_reload(data_dir: &Path, role: Role) -> Result<Installed, Sshd
 /// The read-only drop-in, for a host that must stop taking uploads now. If
 /// `sshd -t` refuses the host's config, the read-only file is *kept* (never
 /// the writable one put back) and sshd is not signalled: the running sshd
-/// keeps its old config, so the caller must end users' sessions as they come.
-pub fn install_fence(data_dir: &Path) -> Result<Installed, SshdError> {
+/// keeps its old config, so the caller must end users' sessions as they
+/// come; with `stop_sshd` (a master that lost its lease: another host may
+/// be taking uploads) sshd's listener is stopped instead, so that no user
+/// logs in here at all until an admin corrects the config.
+pub fn install_fence(data_dir: &Path, stop_sshd: bool) -> Result<Installed, SshdError> {
     let path = Path::new(DROP_IN);
     match install_at(path, data_dir, Role::Standby, true) {
-        Err(SshdError::Refused { message }) => {
+        Err(SshdError::Refused { mut message }) => {
             let text = render(data_dir, Role::Standby);
-            let kept = crate::fsutil::write_atomic(path, text.as_bytes(), 0o644, Some((0, 0)));
-            Err(SshdError::FenceRefused {
-                message: match kept {
-                    Ok(()) => message,
-                    Err(e) => format!("{message}; and writing the read-only drop-in failed: {e}"),
-                },
-            })
+            if let Err(e) = crate::fsutil::write_atomic(path, text.as_bytes(), 0o644, Some((0, 0)))
+            {
+                message.push_str(&format!("; and writing the read-only drop-in failed: {e}"));
+            }
+            if stop_sshd {
+                match signal_sshd(nix::sys::signal::Signal::SIGTERM) {
+                    Ok(Installed::Reloaded) => message.push_str(
+                        "; sshd's listener was stopped so that no user logs in writable here (systemctl restart ssh once the config is correct)",
+                    ),
+                    Ok(_) => {}
+                    Err(e) => message.push_str(&format!("; and stopping sshd failed: {e}")),
+                }
+            }
+            Err(SshdError::FenceRefused { message })
         }
         other => other,
     }
@@ -190,6 +200,11 @@ fn install_at(
 /// ssh after a stop of sftp-ha (which is `After=ssh.service`), so the fence
 /// of a stopping daemon would wait for its own stop to finish.
 fn reload() -> Result<Installed, SshdError> {
+    signal_sshd(nix::sys::signal::Signal::SIGHUP)
+}
+
+/// Sends `signal` to the main process of the running sshd unit, if any.
+fn signal_sshd(signal: nix::sys::signal::Signal) -> Result<Installed, SshdError> {
     for unit in ["ssh.service", "sshd.service"] {
         let Ok(out) = Command::new("systemctl")
             .args(["show", "-p", "MainPID", "--value", unit])
@@ -204,12 +219,9 @@ fn reload() -> Result<Installed, SshdError> {
         if pid <= 1 {
             continue;
         }
-        return nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .map(|()| Installed::Reloaded)
-        .map_err(|e| SshdError::Reload(format!("SIGHUP to {unit} (pid {pid}): {e}")));
+        return nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .map(|()| Installed::Reloaded)
+            .map_err(|e| SshdError::Reload(format!("{signal} to {unit} (pid {pid}): {e}")));
     }
     Ok(Installed::NotReloaded)
 }

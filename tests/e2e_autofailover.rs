@@ -398,3 +398,126 @@ fn a_killed_master_daemon_leaves_no_writer_behind() {
         "{journal}"
     );
 }
+
+/// The master's daemon stalls (SIGSTOP): it renews nothing and fences
+/// nothing itself. systemd's watchdog, which the failover thread feeds with
+/// a deadline of half of `after`, kills it; ExecStopPost fences; the standby
+/// takes over, and the restarted old master follows.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_stalled_master_daemon_is_killed_and_fenced_before_the_standby_takes_over() {
+    let tb = auto_trio("3s");
+    tb.ok(
+        MASTER,
+        "kill -STOP $(systemctl show -p MainPID --value sftp-ha)",
+    );
+    wait_or_dump(&tb, "the standby to take over", || {
+        (role_of(&tb, STANDBY).0 == "master" && writable(&tb, STANDBY) && holds_vip(&tb, STANDBY))
+            .then_some(())
+    });
+    assert!(!holds_vip(&tb, MASTER), "{}", dump(&tb));
+    let journal = util::stdout(&tb.sh(MASTER, "journalctl -u sftp-ha --no-pager"));
+    assert!(journal.contains("watchdog"), "{journal}");
+    wait_or_dump(&tb, "the old master to follow", || {
+        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
+    upload_soon(&tb, WITNESS, VIP, "after-stall.txt", "after the stall\n");
+    util::converged(&tb, "both hosts identical");
+}
+
+/// sshd refuses the host's config (an admin's typo in sshd_config) just as
+/// the master loses its lease: the read-only drop-in cannot be loaded, so
+/// the master stops sshd's listener rather than keep users writable.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_master_whose_sshd_refuses_the_fence_stops_sshd() {
+    let tb = auto_trio("3s");
+    tb.ok(MASTER, "echo 'BogusDirective yes' >> /etc/ssh/sshd_config");
+    tb.cut(MASTER);
+    wait_or_dump(&tb, "the master to stop its sshd", || {
+        (!writable(&tb, MASTER)
+            && util::stdout(&tb.sh(MASTER, "sftp-ha status")).contains("NOT FENCED by sshd"))
+        .then_some(())
+    });
+    let out = upload(&tb, MASTER, "127.0.0.1", "typo.txt", "after the lease\n");
+    assert!(
+        !out.status.success(),
+        "a master without its lease took an upload: {}",
+        describe(&out)
+    );
+    assert!(
+        !tb.sh(MASTER, &format!("test -e {DIR}/typo.txt"))
+            .status
+            .success()
+    );
+    wait_or_dump(&tb, "the standby to take over", || {
+        (role_of(&tb, STANDBY).0 == "master" && holds_vip(&tb, STANDBY)).then_some(())
+    });
+    // The admin corrects the typo and starts sshd again; the old master follows.
+    tb.ok(
+        MASTER,
+        "sed -i '/BogusDirective/d' /etc/ssh/sshd_config && systemctl restart ssh",
+    );
+    tb.uncut(MASTER);
+    wait_or_dump(&tb, "the old master to follow", || {
+        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
+    util::converged(&tb, "both hosts identical");
+}
+
+/// The master's daemon dies after config.toml was broken by an edit: the
+/// fence (ExecStopPost) goes by what the daemon saved at start.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_master_daemon_that_dies_with_a_broken_config_is_fenced_all_the_same() {
+    let tb = auto_trio("3s");
+    tb.ok(MASTER, "echo 'oops = [' >> /etc/sftp-ha/config.toml");
+    tb.ok(
+        MASTER,
+        "kill -9 $(systemctl show -p MainPID --value sftp-ha)",
+    );
+    wait_or_dump(&tb, "the dead master to give up the virtual IP", || {
+        (!holds_vip(&tb, MASTER)).then_some(())
+    });
+    let out = upload(
+        &tb,
+        STANDBY,
+        "10.231.0.1",
+        "broken.txt",
+        "to a master without its daemon\n",
+    );
+    assert!(
+        !out.status.success(),
+        "a master without its daemon took an upload: {}",
+        describe(&out)
+    );
+    wait_or_dump(&tb, "the standby to take over", || {
+        (role_of(&tb, STANDBY).0 == "master" && holds_vip(&tb, STANDBY)).then_some(())
+    });
+    let journal = tb.journal(MASTER, "");
+    assert!(
+        journal.contains("sftp-ha fence: users are read-only"),
+        "{journal}"
+    );
+}
+
+/// One-way loss: the master still reaches the standby, but neither voter's
+/// grant comes back. It cannot take uploads; the standby must not keep it
+/// alive by renewing it forever.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_master_that_hears_no_grant_is_replaced() {
+    let tb = auto_trio("3s");
+    tb.block(MASTER, WITNESS, "out");
+    tb.block(MASTER, STANDBY, "in");
+    wait_or_dump(&tb, "the standby to take over", || {
+        (role_of(&tb, STANDBY).0 == "master" && writable(&tb, STANDBY) && holds_vip(&tb, STANDBY))
+            .then_some(())
+    });
+    assert!(!writable(&tb, MASTER), "{}", dump(&tb));
+    assert!(!holds_vip(&tb, MASTER));
+    tb.unblock(MASTER);
+    wait_or_dump(&tb, "the old master to follow", || {
+        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
+}

@@ -168,9 +168,11 @@ impl GateState {
         data_dir: &std::path::Path,
     ) -> Result<crate::sshd::Installed, crate::sshd::SshdError> {
         let role = self.drop_in_role();
+        // A master without its lease stops sshd if it must: another host
+        // may be taking uploads. A standby keeps sshd for replication.
         let result = match role {
             Role::Master => crate::sshd::install_and_reload(data_dir, role),
-            Role::Standby => crate::sshd::install_fence(data_dir),
+            Role::Standby => crate::sshd::install_fence(data_dir, self.wanted == Role::Master),
         };
         self.unfenced = match (&result, role) {
             (Err(err), Role::Standby) => Some(err.to_string()),

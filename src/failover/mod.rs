@@ -64,7 +64,9 @@ pub fn fence_after_stop(config: Option<&Config>, runtime_dir: &Path) -> Vec<Stri
         return Vec::new();
     };
     let mut done = Vec::new();
-    match crate::sshd::install_fence(&info.data_dir) {
+    // sshd keeps running even if it refuses the config: this may be a
+    // standby, which needs it for replication (the users' sessions end below).
+    match crate::sshd::install_fence(&info.data_dir, false) {
         Ok(_) => done.push("users are read-only (the daemon is not running)".to_string()),
         Err(err) => done.push(format!("ERROR: {err}")),
     }
