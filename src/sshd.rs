@@ -110,7 +110,7 @@ pub enum Installed {
 
 /// Writes the drop-in if it differs, checks it with `sshd -t`, reloads sshd.
 pub fn install(data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
-    install_at(Path::new(DROP_IN), data_dir, role, false)
+    install_at(Path::new(DROP_IN), data_dir, role, false, reload)
 }
 
 /// [`install`], and sshd reloaded even if the file was already up to date:
@@ -118,7 +118,7 @@ pub fn install(data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
 /// crash between writing the file and the reload would leave a standby's
 /// users writable).
 pub fn install_and_reload(data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
-    install_at(Path::new(DROP_IN), data_dir, role, true)
+    install_at(Path::new(DROP_IN), data_dir, role, true, reload)
 }
 
 /// The read-only drop-in, for a host that must stop taking uploads now. If
@@ -130,7 +130,12 @@ pub fn install_and_reload(data_dir: &Path, role: Role) -> Result<Installed, Sshd
 /// logs in here at all until an admin corrects the config.
 pub fn install_fence(data_dir: &Path, stop_sshd: bool) -> Result<Installed, SshdError> {
     let path = Path::new(DROP_IN);
-    match install_at(path, data_dir, Role::Standby, true) {
+    // SIGHUP straight to sshd, not a reload job: a fence also runs while
+    // sftp-ha stops (ExecStopPost, the daemon's last act), and systemd
+    // orders a reload of ssh after a stop of sftp-ha (`After=ssh.service`):
+    // the fence would wait for its own stop.
+    let hup = || signal_sshd(nix::sys::signal::Signal::SIGHUP);
+    match install_at(path, data_dir, Role::Standby, true, hup) {
         Err(SshdError::Refused { mut message }) => {
             let text = render(data_dir, Role::Standby);
             if let Err(e) = crate::fsutil::write_atomic(path, text.as_bytes(), 0o644, Some((0, 0)))
@@ -157,6 +162,7 @@ fn install_at(
     data_dir: &Path,
     role: Role,
     always_reload: bool,
+    reload: impl Fn() -> Result<Installed, SshdError>,
 ) -> Result<Installed, SshdError> {
     let text = render(data_dir, role);
     let previous = fs::read(path).ok();
@@ -194,13 +200,29 @@ fn install_at(
     reload()
 }
 
-/// Reloads sshd if it runs (unit `ssh` on Debian, `sshd` on RHEL) as their
-/// `ExecReload=` does, after the `sshd -t` above: SIGHUP to the main process.
-/// Not `systemctl reload`: that is a job, and systemd orders a reload of
-/// ssh after a stop of sftp-ha (which is `After=ssh.service`), so the fence
-/// of a stopping daemon would wait for its own stop to finish.
+/// Reloads sshd if it runs: unit `ssh` on Debian, `sshd` on RHEL. The
+/// reload job returns once sshd has been told (its `ExecReload=`).
 fn reload() -> Result<Installed, SshdError> {
-    signal_sshd(nix::sys::signal::Signal::SIGHUP)
+    let unit = ["ssh.service", "sshd.service"].into_iter().find(|u| {
+        Command::new("systemctl")
+            .args(["is-active", "--quiet", u])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(unit) = unit else {
+        return Ok(Installed::NotReloaded);
+    };
+    let out = Command::new("systemctl")
+        .args(["reload", unit])
+        .output()
+        .map_err(|e| SshdError::Reload(e.to_string()))?;
+    if out.status.success() {
+        Ok(Installed::Reloaded)
+    } else {
+        Err(SshdError::Reload(crate::logging::one_line(
+            &String::from_utf8_lossy(&out.stderr),
+        )))
+    }
 }
 
 /// Sends `signal` to the main process of the running sshd unit, if any.
