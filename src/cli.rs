@@ -464,6 +464,17 @@ fn check_config(path: &Path) -> Exit {
 
 fn fence(config_path: &Path) -> Exit {
     logging::init_cli();
+    // Only for a daemon that is gone: a running one fences by itself, and
+    // would not know that its drop-in was changed behind its back.
+    if let Ok(Observed::Running(s)) = status::read(&status::runtime_dir())
+        && s.pid != std::process::id()
+    {
+        eprintln!(
+            "sftp-ha fence: the daemon is running (pid {}); it fences by itself when it loses its lease; nothing changed",
+            s.pid
+        );
+        return Exit::Failure;
+    }
     // A config that no longer loads (edited since the start, a key made
     // unreadable): what the daemon saved at start still says what to fence.
     let config = config::load(config_path).ok();

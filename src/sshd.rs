@@ -167,11 +167,13 @@ fn install_at(
     let text = render(data_dir, role);
     let previous = fs::read(path).ok();
     if previous.as_deref() == Some(text.as_bytes()) {
-        return if always_reload {
-            reload()
-        } else {
-            Ok(Installed::Unchanged)
-        };
+        if !always_reload {
+            return Ok(Installed::Unchanged);
+        }
+        // Never signal an sshd whose config it would refuse: a SIGHUP makes
+        // sshd re-execute itself, and with a broken config it just exits.
+        check_config()?;
+        return reload();
     }
     let write_err = |source| SshdError::Write {
         path: path.to_path_buf(),
@@ -181,23 +183,36 @@ fn install_at(
         fs::create_dir_all(dir).map_err(write_err)?;
     }
     crate::fsutil::write_atomic(path, text.as_bytes(), 0o644, Some((0, 0))).map_err(write_err)?;
+    match check_config() {
+        Ok(()) => reload(),
+        Err(SshdError::Refused { mut message }) => {
+            let restored = match &previous {
+                Some(old) => crate::fsutil::write_atomic(path, old, 0o644, Some((0, 0))),
+                None => fs::remove_file(path),
+            };
+            if let Err(e) = restored {
+                message.push_str(&format!("; and putting the previous file back failed: {e}"));
+            }
+            Err(SshdError::Refused { message })
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// `sshd -t`: the host's whole config, with the drop-in as it is now.
+fn check_config() -> Result<(), SshdError> {
     let check = Command::new(SSHD)
         .arg("-t")
         .env("LC_ALL", "C")
         .output()
         .map_err(SshdError::NoSshd)?;
-    if !check.status.success() {
-        let restored = match &previous {
-            Some(old) => crate::fsutil::write_atomic(path, old, 0o644, Some((0, 0))),
-            None => fs::remove_file(path),
-        };
-        let mut message = crate::logging::one_line(&String::from_utf8_lossy(&check.stderr));
-        if let Err(e) = restored {
-            message.push_str(&format!("; and putting the previous file back failed: {e}"));
-        }
-        return Err(SshdError::Refused { message });
+    if check.status.success() {
+        Ok(())
+    } else {
+        Err(SshdError::Refused {
+            message: crate::logging::one_line(&String::from_utf8_lossy(&check.stderr)),
+        })
     }
-    reload()
 }
 
 /// Reloads sshd if it runs: unit `ssh` on Debian, `sshd` on RHEL. The

@@ -28,8 +28,7 @@ impl Daemon {
             let _ = std::fs::remove_file(&fence_file);
             return;
         }
-        // For ExecStopPost, should this daemon die: what to fence with.
-        let interface = f.interface.clone().or_else(|| {
+        self.fence_interface = f.interface.clone().or_else(|| {
             let peer = f.peer.as_ref()?;
             let ip = std::net::ToSocketAddrs::to_socket_addrs(&(peer.host.as_str(), peer.port))
                 .ok()?
@@ -37,14 +36,7 @@ impl Daemon {
                 .ip();
             crate::failover::vip::interface_towards(ip).ok()
         });
-        crate::failover::save_fence_info(
-            &self.runtime_dir,
-            &crate::failover::FenceInfo {
-                data_dir: self.config.data_dir.clone(),
-                virtual_ip: f.virtual_ip.map(|v| v.to_string()),
-                interface,
-            },
-        );
+        self.save_fence_info();
         self.gate = Gate::new(true);
         let Some(key) = f.key.clone() else {
             tracing::error!("failover: no key loaded; automatic failover is off");
@@ -90,7 +82,23 @@ impl Daemon {
     pub(super) fn tell_failover_role(&self) {
         if let Some(f) = &self.failover {
             f.set_role(self.live.role, self.live.epoch);
+            self.save_fence_info();
         }
+    }
+
+    /// For ExecStopPost, should this daemon die: what to fence with, and
+    /// whether this host was the master (then a refused drop-in stops sshd).
+    fn save_fence_info(&self) {
+        let f = &self.config.failover;
+        crate::failover::save_fence_info(
+            &self.runtime_dir,
+            &crate::failover::FenceInfo {
+                data_dir: self.config.data_dir.clone(),
+                virtual_ip: f.virtual_ip.map(|v| v.to_string()),
+                interface: self.fence_interface.clone(),
+                master: self.live.role == Role::Master,
+            },
+        );
     }
 
     /// Acts on what the failover thread reported, and copies its status.
@@ -115,6 +123,7 @@ impl Daemon {
                         );
                         self.become_standby(live);
                     }
+                    self.handover_done_by_newer_master(epoch, &master);
                 }
                 Event::Fenced { reason } => {
                     tracing::warn!("users are read-only here now: {reason}");

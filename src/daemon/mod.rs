@@ -121,6 +121,8 @@ struct Daemon {
     /// Unix ms of the main loop's last turn, for the failover thread, which
     /// feeds systemd's watchdog in automatic failover.
     main_alive: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Where the virtual IP goes, for the fence after a crash.
+    fence_interface: Option<String>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `log` is already set up; its level follows the config.
@@ -218,6 +220,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         main_alive: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
             crate::timefmt::unix_now_ms(),
         )),
+        fence_interface: None,
     };
     daemon.start_failover();
     daemon.refresh_config_fields();
@@ -378,6 +381,13 @@ impl Daemon {
                 );
             }
         }) {
+            // The failover thread fences with the data dir it started with.
+            Ok(new) if self.failover.is_some() && new.data_dir != self.config.data_dir => self
+                .refused(format!(
+                    "data_dir changed from {} to {}: with automatic failover that takes a restart (systemctl restart sftp-ha), so that the fence and the drop-in agree",
+                    self.config.data_dir.display(),
+                    new.data_dir.display()
+                )),
             Ok(new) => match prepare_dirs(&new) {
                 Ok(()) => {
                     for warning in new.warnings() {

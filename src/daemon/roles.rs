@@ -880,6 +880,22 @@ impl Daemon {
         })
     }
 
+    /// In automatic failover the lease can tell a master that the peer took
+    /// over before the worker reads the handover's completion: a `demote`
+    /// (or the handover a `promote` asked for) under way is done, not failed.
+    pub(super) fn handover_done_by_newer_master(&mut self, epoch: u64, master: &str) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| matches!(p.stage, Stage::AwaitHandedOver | Stage::AwaitAccept))
+        {
+            self.answer_pending(
+                true,
+                format!("switchover complete: {master} is the master at epoch {epoch}, this host is its standby"),
+            );
+        }
+    }
+
     fn answer_pending(&mut self, ok: bool, message: String) {
         if let Some(p) = self.pending.take() {
             self.answer(&p.id, ok, message);

@@ -22,6 +22,10 @@ pub struct FenceInfo {
     pub virtual_ip: Option<String>,
     /// The interface the address was given to, once known.
     pub interface: Option<String>,
+    /// This host was the master: if sshd refuses the read-only drop-in,
+    /// its listener is stopped (a standby keeps it, for replication).
+    #[serde(default)]
+    pub master: bool,
 }
 
 /// The file [`FenceInfo`] is kept in, in the runtime dir.
@@ -59,14 +63,16 @@ pub fn fence_after_stop(config: Option<&Config>, runtime_dir: &Path) -> Vec<Stri
                     .ip();
                 vip::interface_towards(ip).ok()
             }),
+            // Without the daemon's record, assume the worst.
+            master: true,
         });
     let Some(info) = saved.or(from_config) else {
         return Vec::new();
     };
     let mut done = Vec::new();
-    // sshd keeps running even if it refuses the config: this may be a
-    // standby, which needs it for replication (the users' sessions end below).
-    match crate::sshd::install_fence(&info.data_dir, false) {
+    // On a standby sshd keeps running even if it refuses the config
+    // (replication needs it; the users' sessions end below).
+    match crate::sshd::install_fence(&info.data_dir, info.master) {
         Ok(_) => done.push("users are read-only (the daemon is not running)".to_string()),
         Err(err) => done.push(format!("ERROR: {err}")),
     }
