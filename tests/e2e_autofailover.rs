@@ -521,3 +521,55 @@ fn a_master_that_hears_no_grant_is_replaced() {
         (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
     });
 }
+
+/// A planned switchover in automatic mode: `demote` on the master, then
+/// `promote` back; each completes, the lease and the virtual IP follow, and
+/// nothing is reported as failed afterwards.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn planned_switchovers_in_auto_mode_complete_and_move_the_ip() {
+    let tb = auto_trio("3s");
+    upload_soon(&tb, WITNESS, VIP, "before.txt", "before\n");
+    let out = tb.sh(MASTER, "sftp-ha demote");
+    assert!(
+        out.status.success() && util::stdout(&out).contains("switchover complete"),
+        "{}\n{}",
+        describe(&out),
+        dump(&tb)
+    );
+    wait_or_dump(
+        &tb,
+        "the standby to hold the lease and the virtual IP",
+        || {
+            (writable(&tb, STANDBY) && holds_vip(&tb, STANDBY) && !holds_vip(&tb, MASTER))
+                .then_some(())
+        },
+    );
+    upload_soon(&tb, WITNESS, VIP, "between.txt", "between\n");
+    let out = tb.sh(MASTER, "sftp-ha promote");
+    assert!(
+        out.status.success() && util::stdout(&out).contains("switchover complete"),
+        "{}\n{}",
+        describe(&out),
+        dump(&tb)
+    );
+    wait_or_dump(
+        &tb,
+        "the master to hold the lease and the virtual IP again",
+        || {
+            (writable(&tb, MASTER) && holds_vip(&tb, MASTER) && !holds_vip(&tb, STANDBY))
+                .then_some(())
+        },
+    );
+    upload_soon(&tb, WITNESS, VIP, "after.txt", "after\n");
+    util::converged(&tb, "both hosts identical");
+    // Nothing claims, later, that a switchover failed.
+    std::thread::sleep(std::time::Duration::from_secs(35));
+    for host in [MASTER, STANDBY] {
+        let journal = tb.journal(host, "");
+        assert!(
+            !journal.contains("did not complete in time"),
+            "{host}: {journal}"
+        );
+    }
+}
