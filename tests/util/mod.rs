@@ -45,6 +45,20 @@ pub fn package(which: &str, kind: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("no .{kind} in {}: run tests/build-packages", dir.display()))
 }
 
+/// The client got nothing but a closed connection: no login, no command run
+/// (sshd dropped the connection while it re-executed itself on a reload).
+fn dropped_before_login(out: &Output) -> bool {
+    let err = String::from_utf8_lossy(&out.stderr);
+    out.status.code() == Some(255)
+        && out.stdout.is_empty()
+        && !err.trim().is_empty()
+        && err.lines().filter(|l| !l.trim().is_empty()).all(|l| {
+            l.starts_with("Connection closed")
+                || l.starts_with("kex_exchange_identification")
+                || l.contains("Connection reset by peer")
+        })
+}
+
 /// Text of a command's output, for messages.
 pub fn describe(output: &Output) -> String {
     format!(
@@ -213,13 +227,26 @@ impl Testbed {
     /// `addr` as `user` with `password` (through sshpass, from the environment,
     /// never on a command line) and running `batch` (`sftp -b`). Each command
     /// must succeed unless prefixed with `-`, as in sftp's batch mode.
+    ///
+    /// A connection that sshd drops before the login even starts is tried
+    /// again, twice, as a user's client would: sshd re-executes itself on
+    /// every reload and drops the connections waiting to be accepted then,
+    /// and the daemon reloads it at start and at every role change.
     pub fn sftp(&self, host: &str, addr: &str, user: &str, password: &str, batch: &str) -> Output {
         let target = format!("{user}@{addr}");
         let mut args = vec!["client", host, "sshpass", "-e", "sftp"];
         // Before -b: sftp turns -b into BatchMode=yes, and ssh keeps the first value given.
         args.extend(PASSWORD_SSH_OPTIONS);
         args.extend(["-b", "-", &target]);
-        self.testbed_env(&args, Some(batch.as_bytes()), &[("SSHPASS", password)])
+        let mut tries = 0;
+        loop {
+            let out = self.testbed_env(&args, Some(batch.as_bytes()), &[("SSHPASS", password)]);
+            tries += 1;
+            if tries >= 3 || !dropped_before_login(&out) {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// The stock `ssh` client with a password, like [`Testbed::sftp`].
