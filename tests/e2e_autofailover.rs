@@ -5,7 +5,9 @@
 
 mod util;
 
-use util::{MASTER, STANDBY, Testbed, WITNESS, describe, replicating_pair, wait_for_or};
+use util::{
+    MASTER, STANDBY, Testbed, WITNESS, describe, replicating_pair, upload, upload_ok, wait_for_or,
+};
 
 const VIP: &str = "10.231.0.10";
 const DIR: &str = "/srv/sftp-ha/EPuser/upload";
@@ -105,29 +107,6 @@ fn holds_vip(tb: &Testbed, host: &str) -> bool {
     out.status.success() && util::stdout(&out).contains(&format!("inet {VIP}/24"))
 }
 
-/// Uploads `content` as EPuser to `/upload/NAME` at `addr`, from a client in
-/// `from`'s network namespace.
-fn upload(tb: &Testbed, from: &str, addr: &str, name: &str, content: &str) -> std::process::Output {
-    let local = tb.path(from, &format!("/var/tmp/{name}.{}", std::process::id()));
-    std::fs::write(&local, content).unwrap();
-    tb.sftp(
-        from,
-        addr,
-        "EPuser",
-        "1234",
-        &format!("put {} /upload/{name}\n", local.display()),
-    )
-}
-
-fn upload_ok(tb: &Testbed, from: &str, addr: &str, name: &str, content: &str) {
-    let out = upload(tb, from, addr, name, content);
-    assert!(
-        out.status.success(),
-        "upload of {name} to {addr}: {}",
-        describe(&out)
-    );
-}
-
 /// The first upload after a role or lease change: sshd re-executes itself
 /// on the reload that follows, and refuses connections for that moment, as
 /// any reload of sshd does; a client tries again, as this one does.
@@ -159,6 +138,21 @@ fn wait_or_dump(tb: &Testbed, what: &str, probe: impl FnMut() -> Option<()>) {
     if wait_for_or(what, probe).is_none() {
         panic!("gave up waiting for {what}\n{}", dump(tb));
     }
+}
+
+/// The standby is the master, users write there, and it holds the virtual IP.
+fn wait_standby_took_over(tb: &Testbed) {
+    wait_or_dump(tb, "the standby to take over", || {
+        (role_of(tb, STANDBY).0 == "master" && writable(tb, STANDBY) && holds_vip(tb, STANDBY))
+            .then_some(())
+    });
+}
+
+/// The old master stepped down into the new master's epoch.
+fn wait_old_master_follows(tb: &Testbed) {
+    wait_or_dump(tb, "the old master to follow", || {
+        (role_of(tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
 }
 
 fn read(tb: &Testbed, host: &str, path: &str) -> String {
@@ -268,15 +262,10 @@ fn a_master_cut_off_stops_taking_uploads_and_drops_the_ip_then_follows() {
             .status
             .success()
     );
-    wait_or_dump(&tb, "the standby to take over", || {
-        (role_of(&tb, STANDBY).0 == "master" && writable(&tb, STANDBY) && holds_vip(&tb, STANDBY))
-            .then_some(())
-    });
+    wait_standby_took_over(&tb);
     upload_soon(&tb, WITNESS, VIP, "during.txt", "during\n");
     tb.uncut(MASTER);
-    wait_or_dump(&tb, "the old master to follow", || {
-        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
-    });
+    wait_old_master_follows(&tb);
     util::converged(&tb, "both hosts identical after the link came back");
     assert!(
         tb.sh(MASTER, &format!("test -f {DIR}/during.txt"))
@@ -376,10 +365,7 @@ fn a_killed_master_daemon_leaves_no_writer_behind() {
         "a master without its daemon took an upload: {}",
         describe(&out)
     );
-    wait_or_dump(&tb, "the standby to take over", || {
-        (role_of(&tb, STANDBY).0 == "master" && writable(&tb, STANDBY) && holds_vip(&tb, STANDBY))
-            .then_some(())
-    });
+    wait_standby_took_over(&tb);
     upload_soon(
         &tb,
         WITNESS,
@@ -388,9 +374,7 @@ fn a_killed_master_daemon_leaves_no_writer_behind() {
         "after the daemon died\n",
     );
     tb.ok(MASTER, "rm -r /run/systemd/system/sftp-ha.service.d && systemctl daemon-reload && systemctl start sftp-ha");
-    wait_or_dump(&tb, "the old master to follow", || {
-        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
-    });
+    wait_old_master_follows(&tb);
     util::converged(&tb, "both hosts identical");
     let journal = tb.journal(MASTER, "");
     assert!(
@@ -411,16 +395,11 @@ fn a_stalled_master_daemon_is_killed_and_fenced_before_the_standby_takes_over() 
         MASTER,
         "kill -STOP $(systemctl show -p MainPID --value sftp-ha)",
     );
-    wait_or_dump(&tb, "the standby to take over", || {
-        (role_of(&tb, STANDBY).0 == "master" && writable(&tb, STANDBY) && holds_vip(&tb, STANDBY))
-            .then_some(())
-    });
+    wait_standby_took_over(&tb);
     assert!(!holds_vip(&tb, MASTER), "{}", dump(&tb));
     let journal = util::stdout(&tb.sh(MASTER, "journalctl -u sftp-ha --no-pager"));
     assert!(journal.contains("watchdog"), "{journal}");
-    wait_or_dump(&tb, "the old master to follow", || {
-        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
-    });
+    wait_old_master_follows(&tb);
     upload_soon(&tb, WITNESS, VIP, "after-stall.txt", "after the stall\n");
     util::converged(&tb, "both hosts identical");
 }
@@ -459,9 +438,7 @@ fn a_master_whose_sshd_refuses_the_fence_stops_sshd() {
         "sed -i '/BogusDirective/d' /etc/ssh/sshd_config && systemctl restart ssh",
     );
     tb.uncut(MASTER);
-    wait_or_dump(&tb, "the old master to follow", || {
-        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
-    });
+    wait_old_master_follows(&tb);
     util::converged(&tb, "both hosts identical");
 }
 
@@ -510,16 +487,11 @@ fn a_master_that_hears_no_grant_is_replaced() {
     let tb = auto_trio("3s");
     tb.block(MASTER, WITNESS, "out");
     tb.block(MASTER, STANDBY, "in");
-    wait_or_dump(&tb, "the standby to take over", || {
-        (role_of(&tb, STANDBY).0 == "master" && writable(&tb, STANDBY) && holds_vip(&tb, STANDBY))
-            .then_some(())
-    });
+    wait_standby_took_over(&tb);
     assert!(!writable(&tb, MASTER), "{}", dump(&tb));
     assert!(!holds_vip(&tb, MASTER));
     tb.unblock(MASTER);
-    wait_or_dump(&tb, "the old master to follow", || {
-        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
-    });
+    wait_old_master_follows(&tb);
 }
 
 /// A planned switchover in automatic mode: `demote` on the master, then

@@ -4,32 +4,9 @@
 
 mod util;
 
-use util::{MASTER, STANDBY, Testbed, describe, replicating_pair, wait_for};
+use util::{MASTER, STANDBY, Testbed, describe, replicating_pair, upload, upload_ok, wait_for};
 
 const DIR: &str = "/srv/sftp-ha/EPuser/upload";
-
-/// Uploads `content` as EPuser to `/upload/NAME` on the host at `addr`, from
-/// a client in `from`'s network namespace.
-fn upload(tb: &Testbed, from: &str, addr: &str, name: &str, content: &str) -> std::process::Output {
-    let local = tb.path(from, &format!("/var/tmp/{name}.{}", std::process::id()));
-    std::fs::write(&local, content).unwrap();
-    tb.sftp(
-        from,
-        addr,
-        "EPuser",
-        "1234",
-        &format!("put {} /upload/{name}\n", local.display()),
-    )
-}
-
-fn upload_ok(tb: &Testbed, from: &str, addr: &str, name: &str, content: &str) {
-    let out = upload(tb, from, addr, name, content);
-    assert!(
-        out.status.success(),
-        "upload of {name} to {addr}: {}",
-        describe(&out)
-    );
-}
 
 fn status_json(tb: &Testbed, host: &str) -> serde_json::Value {
     let text = tb.ok(host, "sftp-ha status --json");

@@ -28,14 +28,7 @@ impl Daemon {
             let _ = std::fs::remove_file(&fence_file);
             return;
         }
-        self.fence_interface = f.interface.clone().or_else(|| {
-            let peer = f.peer.as_ref()?;
-            let ip = std::net::ToSocketAddrs::to_socket_addrs(&(peer.host.as_str(), peer.port))
-                .ok()?
-                .next()?
-                .ip();
-            crate::failover::vip::interface_towards(ip).ok()
-        });
+        self.fence_interface = crate::failover::vip_interface(f);
         self.save_fence_info();
         self.gate = Gate::new(true);
         let Some(key) = f.key.clone() else {

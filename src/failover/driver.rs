@@ -340,10 +340,7 @@ impl Failover {
     }
 
     pub fn status(&self) -> FailoverStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock_status(&self.status).clone()
     }
 
     /// Stops the thread: a master frees its lease and gives up the virtual IP.
@@ -353,6 +350,14 @@ impl Failover {
             let _ = t.join();
         }
     }
+}
+
+/// A poisoned lock only means a thread panicked while holding it; the
+/// status is plain data, still fit to show.
+fn lock_status(status: &Mutex<FailoverStatus>) -> MutexGuard<'_, FailoverStatus> {
+    status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Failover datagrams are network control (DSCP CS6): a switch that
@@ -900,22 +905,15 @@ impl Thread {
             }),
             last_failover: self.last_failover.clone(),
             refused_datagrams: self.refused,
-            unfenced: match self.gate.unfenced_now() {
-                Some(now) => now,
-                None => self
-                    .status
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .unfenced
-                    .clone(),
-            },
+            unfenced: None,
         };
-        let mut shared = self
-            .status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Only the whole-second view changes the status file (see the daemon).
-        *shared = status;
+        let mut shared = lock_status(&self.status);
+        // While an install holds the gate, the last known answer stands.
+        let unfenced = self
+            .gate
+            .unfenced_now()
+            .unwrap_or_else(|| shared.unfenced.clone());
+        *shared = FailoverStatus { unfenced, ..status };
     }
 
     /// The daemon stops: users stop writing here (the lease will not be

@@ -28,6 +28,19 @@ pub struct FenceInfo {
     pub master: bool,
 }
 
+/// Where the virtual IP goes: `[failover] interface`, else the one that
+/// routes to the peer (`None` if that cannot be told).
+pub fn vip_interface(failover: &crate::config::FailoverConfig) -> Option<String> {
+    failover.interface.clone().or_else(|| {
+        let peer = failover.peer.as_ref()?;
+        let ip = std::net::ToSocketAddrs::to_socket_addrs(&(peer.host.as_str(), peer.port))
+            .ok()?
+            .next()?
+            .ip();
+        vip::interface_towards(ip).ok()
+    })
+}
+
 /// The file [`FenceInfo`] is kept in, in the runtime dir.
 pub const FENCE_FILE: &str = "fence.json";
 
@@ -55,14 +68,7 @@ pub fn fence_after_stop(config: Option<&Config>, runtime_dir: &Path) -> Vec<Stri
         .map(|c| FenceInfo {
             data_dir: c.data_dir.clone(),
             virtual_ip: c.failover.virtual_ip.map(|v| v.to_string()),
-            interface: c.failover.interface.clone().or_else(|| {
-                let peer = c.failover.peer.as_ref()?;
-                let ip = std::net::ToSocketAddrs::to_socket_addrs(&(peer.host.as_str(), peer.port))
-                    .ok()?
-                    .next()?
-                    .ip();
-                vip::interface_towards(ip).ok()
-            }),
+            interface: vip_interface(&c.failover),
             // Without the daemon's record, assume the worst.
             master: true,
         });

@@ -424,6 +424,35 @@ pub fn wait_on_standby(tb: &Testbed, check: &str, path: &str) {
     });
 }
 
+/// Uploads `content` as EPuser to `/upload/NAME` on the host at `addr`, from
+/// a client in `from`'s network namespace.
+pub fn upload(
+    tb: &Testbed,
+    from: &str,
+    addr: &str,
+    name: &str,
+    content: &str,
+) -> std::process::Output {
+    let local = tb.path(from, &format!("/var/tmp/{name}.{}", std::process::id()));
+    std::fs::write(&local, content).unwrap();
+    tb.sftp(
+        from,
+        addr,
+        "EPuser",
+        "1234",
+        &format!("put {} /upload/{name}\n", local.display()),
+    )
+}
+
+pub fn upload_ok(tb: &Testbed, from: &str, addr: &str, name: &str, content: &str) {
+    let out = upload(tb, from, addr, name, content);
+    assert!(
+        out.status.success(),
+        "upload of {name} to {addr}: {}",
+        describe(&out)
+    );
+}
+
 /// The users.yaml the replication tests apply on the master.
 pub const USERS: &str = "users:\n  ADMIN: {name: admin, password: \"35oi3g4l3he\", admin: true}\n  1: {name: EPuser, password: \"1234\"}\n";
 
