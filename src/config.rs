@@ -324,10 +324,10 @@ impl Config {
         let f = &self.failover;
         if self.host == HostKind::FileHost
             && f.mode == FailoverMode::Manual
-            && (f.witness.is_some() || f.virtual_ip.is_some())
+            && f.virtual_ip.is_some()
         {
             warnings.push(format!(
-                "{}: [failover] witness and virtual_ip are used only with mode = \"auto\"; with mode = \"manual\" they are ignored",
+                "{}: [failover] virtual_ip is used only with mode = \"auto\"; with mode = \"manual\" it is ignored",
                 self.path.display()
             ));
         }
@@ -850,7 +850,10 @@ fn checked_failover(
             ));
         }
     }
-    if auto || host == HostKind::Witness {
+    // A file host in manual mode with a witness tells the witness and its
+    // peer so (an automatic peer then never takes over from it): signed too.
+    let manual_notices = !auto && host == HostKind::FileHost && config.witness.is_some();
+    if auto || host == HostKind::Witness || manual_notices {
         let key = crate::failover::key::load(&config.key_file).map_err(|err| {
             let (span, key) = match (&key_span, host) {
                 (Some(span), _) => (span.clone(), "failover.key_file"),
@@ -861,7 +864,11 @@ fn checked_failover(
                 span,
                 key,
                 err.to_string(),
-                "every host of automatic failover needs the same key file: `sftp-ha failover keygen` on one, copied to the other two",
+                if manual_notices {
+                    "with mode = \"manual\", a witness is told that this host runs manual failover, signed with the key: copy the key file of the other hosts here, or remove `witness`"
+                } else {
+                    "every host of automatic failover needs the same key file: `sftp-ha failover keygen` on one, copied to the other two"
+                },
             )
         })?;
         config.key = Some(key);
@@ -1083,6 +1090,9 @@ mod tests {
             })
             .map(|l| format!("{l}\n"))
             .collect();
+        // The example witness in manual mode needs the key (see below).
+        let (_dir, key) = key_file();
+        let text = text.replace("\"/etc/sftp-ha/failover.key\"", &format!("\"{key}\""));
         let c = parse_ok(&text);
         assert_eq!(
             c.metrics.textfile,
@@ -1388,7 +1398,9 @@ mod tests {
         assert_eq!(c.failover.mode, FailoverMode::Manual);
         assert_eq!(c.failover.key, None);
         assert_eq!(c.host, HostKind::FileHost);
-        let c = parse_ok("role = \"master\"\n[sync]\npeer = \"b\"\n[failover]\nwitness = \"w\"\n");
+        let c = parse_ok(
+            "role = \"master\"\n[sync]\npeer = \"b\"\n[failover]\nvirtual_ip = \"192.0.2.10/24\"\n",
+        );
         assert!(
             c.warnings()
                 .iter()
@@ -1396,6 +1408,26 @@ mod tests {
             "{:?}",
             c.warnings()
         );
+    }
+
+    #[test]
+    fn manual_with_a_witness_needs_the_key_to_tell_the_witness() {
+        let e = parse_err(
+            "role = \"master\"\n[sync]\npeer = \"b\"\n[failover]\nwitness = \"w\"\nkey_file = \"/nonexistent/failover.key\"\n",
+        );
+        assert!(
+            e.contains("line 6")
+                && e.contains("`failover.key_file`")
+                && e.contains("runs manual failover"),
+            "{e}"
+        );
+        let (_dir, key) = key_file();
+        let c = parse_ok(&format!(
+            "role = \"master\"\n[sync]\npeer = \"b\"\n[failover]\nwitness = \"w\"\nkey_file = \"{key}\"\n"
+        ));
+        assert_eq!(c.failover.mode, FailoverMode::Manual);
+        assert!(c.failover.key.is_some());
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     }
 
     #[test]

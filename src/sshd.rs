@@ -263,6 +263,28 @@ fn signal_sshd(signal: nix::sys::signal::Signal) -> Result<Installed, SshdError>
     Ok(Installed::NotReloaded)
 }
 
+/// Whether sshd takes logins here: its listener runs (titled `[listener]`
+/// since OpenSSH 8.2), or, for an older sshd or socket activation, an ssh
+/// unit is active. Only when no listener shows does this ask systemctl.
+pub fn takes_logins() -> bool {
+    let mut listener = false;
+    end_processes(|cmdline, _| {
+        let title = title(cmdline);
+        listener |= (title.starts_with(b"sshd: ") || title.starts_with(b"sshd ["))
+            && title.windows(10).any(|w| w == b"[listener]");
+        false
+    });
+    listener
+        || ["ssh.service", "sshd.service", "ssh.socket", "sshd.socket"]
+            .into_iter()
+            .any(|unit| {
+                Command::new("systemctl")
+                    .args(["is-active", "--quiet", unit])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+}
+
 /// Ends every open SSH session of the sync account (`sftp-ha-sync`): on a
 /// host that has become master, sessions a former master opened while it was
 /// the standby would otherwise keep writing, since an sshd reload changes

@@ -366,7 +366,10 @@ fn failover_rows(
 ) -> Vec<(&'static str, String)> {
     let ms = |ms: u64| format_duration(std::time::Duration::from_millis(ms));
     let mut rows = Vec::new();
-    let lease = if witness {
+    let manual = f.mode == "manual";
+    let lease = if manual {
+        "no lease: the witness and the peer are told that this host runs manual failover (while it is the master), so an automatic peer never takes over from it".into()
+    } else if witness {
         match &f.promised {
             Some((node, epoch, left)) => {
                 format!(
@@ -425,9 +428,25 @@ fn failover_rows(
     if let Some(why) = &f.unfenced {
         rows.push(("FENCE:", why.clone()));
     }
+    if let Some((node, epoch)) = &f.manual_master {
+        rows.push((
+            "manual:",
+            format!(
+                "{node}, the master at epoch {epoch}, runs mode = \"manual\": no automatic takeover from it until it runs mode = \"auto\" again"
+            ),
+        ));
+    }
+    if f.sshd_down {
+        rows.push((
+            "SSHD:",
+            "not taking logins here for `after`: this host neither holds nor takes the master's lease until sshd runs again (systemctl status ssh)".into(),
+        ));
+    }
     if let Some(w) = &f.witness {
         let mut words = reach(w);
-        if !w.reachable {
+        if !w.reachable && manual {
+            words.push_str("; it may not know that this host runs manual failover");
+        } else if !w.reachable {
             words.push_str(
                 "; the pair has no third vote: nothing fails over automatically, and a master cut off from the standby too stops taking uploads",
             );

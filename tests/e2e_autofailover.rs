@@ -111,23 +111,30 @@ fn holds_vip(tb: &Testbed, host: &str) -> bool {
 /// on the reload that follows, and refuses connections for that moment, as
 /// any reload of sshd does; a client tries again, as this one does.
 fn upload_soon(tb: &Testbed, from: &str, addr: &str, name: &str, content: &str) {
-    wait_or_dump(tb, &format!("the upload of {name} to {addr}"), || {
-        upload(tb, from, addr, name, content)
-            .status
-            .success()
-            .then_some(())
+    let mut last = String::new();
+    let done = wait_for_or(&format!("the upload of {name} to {addr}"), || {
+        let out = upload(tb, from, addr, name, content);
+        last = describe(&out);
+        out.status.success().then_some(())
     });
+    if done.is_none() {
+        panic!(
+            "gave up on the upload of {name} to {addr}; the last try: {last}\n{}",
+            dump(tb)
+        );
+    }
 }
 
 fn dump(tb: &Testbed) -> String {
     let one = |host: &str| {
         util::stdout(&tb.sh(
             host,
-            "sftp-ha status; ip -o addr show; journalctl -u sftp-ha --no-pager -n 50 -o short-precise",
+            "sftp-ha status; ip -o addr show; journalctl -u sftp-ha --no-pager -n 50 -o short-precise; journalctl -u ssh --no-pager -n 25 -o short-precise | grep -v pam_env; ls -l /run/nologin /etc/nologin; getent shadow EPuser | cut -d: -f1,3-; id EPuser; date",
         ))
     };
+    let neighbours = util::stdout(&tb.client(WITNESS, &["ip", "neigh"], None));
     format!(
-        "--- master:\n{}\n--- standby:\n{}\n--- witness:\n{}",
+        "--- master:\n{}\n--- standby:\n{}\n--- witness:\n{}\n--- the witness's neighbours:\n{neighbours}",
         one(MASTER),
         one(STANDBY),
         one(WITNESS)
@@ -544,4 +551,90 @@ fn planned_switchovers_in_auto_mode_complete_and_move_the_ip() {
             "{host}: {journal}"
         );
     }
+}
+
+/// The master's sshd stops (a failed `ssh.service`): its users cannot log
+/// in, so it stops renewing its lease and the standby takes over; when sshd
+/// runs again, the old master follows.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_master_whose_sshd_stops_lets_the_standby_take_over() {
+    let tb = auto_trio("3s");
+    tb.ok(MASTER, "systemctl stop ssh.service");
+    wait_or_dump(&tb, "the master to say sshd is down", || {
+        util::stdout(&tb.sh(MASTER, "sftp-ha status"))
+            .contains("SSHD:")
+            .then_some(())
+    });
+    wait_standby_took_over(&tb);
+    assert!(!writable(&tb, MASTER), "{}", dump(&tb));
+    assert!(!holds_vip(&tb, MASTER));
+    upload_soon(
+        &tb,
+        WITNESS,
+        VIP,
+        "via-standby.txt",
+        "while sshd was down\n",
+    );
+    let journal = tb.journal(MASTER, "");
+    assert!(
+        journal.contains("stops renewing the master's lease"),
+        "{journal}"
+    );
+    tb.ok(MASTER, "systemctl start ssh.service");
+    wait_old_master_follows(&tb);
+    util::converged(&tb, "both hosts identical");
+    assert_eq!(
+        read(&tb, MASTER, &format!("{DIR}/via-standby.txt")),
+        "while sshd was down\n"
+    );
+}
+
+/// The admin switches the master back to `mode = "manual"` (keeping the
+/// witness in its config) while the standby still runs `mode = "auto"`: a
+/// manual master does not stop writing without a lease, so the standby must
+/// never take over from it, not even once the master is cut off.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_master_switched_to_manual_mode_is_never_taken_over_automatically() {
+    let tb = auto_trio("3s");
+    let manual = failover_config("master", "peer = \"10.231.0.2\"", "3s")
+        .replace("mode = \"auto\"", "mode = \"manual\"")
+        .replace(&format!("virtual_ip = \"{VIP}/24\"\n"), "");
+    tb.write(MASTER, "/etc/sftp-ha/config.toml", &manual);
+    tb.ok(MASTER, "sftp-ha check-config && systemctl restart sftp-ha");
+    wait_or_dump(
+        &tb,
+        "the standby to know the master runs manual mode",
+        || {
+            util::stdout(&tb.sh(STANDBY, "sftp-ha status"))
+                .contains("runs mode = \"manual\"")
+                .then_some(())
+        },
+    );
+    upload_soon(&tb, STANDBY, "10.231.0.1", "manual.txt", "in manual mode\n");
+    tb.cut(MASTER);
+    // Several leases long: a manual master cut off is not replaced.
+    std::thread::sleep(std::time::Duration::from_secs(15));
+    assert_eq!(role_of(&tb, STANDBY).0, "standby", "{}", dump(&tb));
+    let journal = tb.journal(WITNESS, "");
+    assert!(
+        journal.contains("in mode = \"manual\": no automatic takeover from it"),
+        "{journal}"
+    );
+    tb.uncut(MASTER);
+    // Back to automatic mode: the master holds the lease again.
+    tb.write(
+        MASTER,
+        "/etc/sftp-ha/config.toml",
+        &failover_config("master", "peer = \"10.231.0.2\"", "3s"),
+    );
+    tb.ok(MASTER, "systemctl restart sftp-ha");
+    wait_or_dump(&tb, "the master to hold the lease again", || {
+        (writable(&tb, MASTER)
+            && holds_vip(&tb, MASTER)
+            && !util::stdout(&tb.sh(STANDBY, "sftp-ha status")).contains("runs mode = \"manual\""))
+        .then_some(())
+    });
+    util::converged(&tb, "both hosts identical");
 }

@@ -26,6 +26,7 @@ impl Daemon {
         let fence_file = self.runtime_dir.join(crate::failover::FENCE_FILE);
         if f.mode != FailoverMode::Auto {
             let _ = std::fs::remove_file(&fence_file);
+            self.start_manual_notices();
             return;
         }
         self.fence_interface = crate::failover::vip_interface(f);
@@ -71,11 +72,52 @@ impl Daemon {
         }
     }
 
+    /// With `mode = "manual"` and a witness: a thread that only tells the
+    /// witness and the peer that this host runs manual failover (while it
+    /// is the master), so that an automatic peer never takes over from a
+    /// master that does not stop writing when a lease runs out. It fences
+    /// nothing and moves no address.
+    fn start_manual_notices(&mut self) {
+        let f = &self.config.failover;
+        let (Some(witness), Some(key)) = (f.witness.clone(), f.key.clone()) else {
+            return;
+        };
+        let settings = Settings {
+            node: self.node.clone(),
+            kind: Kind::Manual,
+            timing: Timing { after: f.after },
+            port: f.port,
+            key,
+            witness: Some(witness),
+            peer: f.peer.clone(),
+            virtual_ip: None,
+            interface: None,
+            data_dir: self.config.data_dir.clone(),
+            state_dir: self.config.state_dir.clone(),
+            role: self.live.role,
+            epoch: self.live.epoch,
+            main_alive: None,
+        };
+        match Failover::start(settings, self.gate.clone()) {
+            Ok(failover) => {
+                tracing::info!(
+                    "manual failover: the witness and the peer are told so, and an automatic peer does not take over from this host"
+                );
+                self.failover = Some(failover);
+            }
+            Err(err) => tracing::error!(
+                "{err}; the witness and the peer cannot be told that this host runs manual failover: switch the peer to mode = \"manual\" too"
+            ),
+        }
+    }
+
     /// Tells the thread the live role (after every change).
     pub(super) fn tell_failover_role(&self) {
         if let Some(f) = &self.failover {
             f.set_role(self.live.role, self.live.epoch);
-            self.save_fence_info();
+            if self.config.failover.mode == FailoverMode::Auto {
+                self.save_fence_info();
+            }
         }
     }
 

@@ -114,7 +114,8 @@ struct Daemon {
     sshd_retried: Option<Instant>,
     /// Decides which drop-in sshd gets (the lease, in automatic failover).
     gate: std::sync::Arc<crate::failover::driver::Gate>,
-    /// The failover thread, with `[failover] mode = "auto"`.
+    /// The failover thread: with `[failover] mode = "auto"`, or "manual"
+    /// with a witness (it then only tells the others so).
     failover: Option<crate::failover::driver::Failover>,
     /// When the failover part of the status was last copied.
     failover_copied: Option<Instant>,
@@ -356,7 +357,7 @@ impl Daemon {
             );
             // With the failover thread, it feeds the watchdog (and checks this loop's turns).
             if last_ping.elapsed() >= tick {
-                if self.failover.is_none() {
+                if self.failover.as_ref().is_none_or(|f| !f.feeds_watchdog) {
                     self.notifier.watchdog();
                 }
                 last_ping = Instant::now();
@@ -382,12 +383,16 @@ impl Daemon {
             }
         }) {
             // The failover thread fences with the data dir it started with.
-            Ok(new) if self.failover.is_some() && new.data_dir != self.config.data_dir => self
-                .refused(format!(
+            Ok(new)
+                if self.config.failover.mode == config::FailoverMode::Auto
+                    && new.data_dir != self.config.data_dir =>
+            {
+                self.refused(format!(
                     "data_dir changed from {} to {}: with automatic failover that takes a restart (systemctl restart sftp-ha), so that the fence and the drop-in agree",
                     self.config.data_dir.display(),
                     new.data_dir.display()
-                )),
+                ))
+            }
             Ok(new) => match prepare_dirs(&new) {
                 Ok(()) => {
                     for warning in new.warnings() {

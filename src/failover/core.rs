@@ -26,6 +26,10 @@ use crate::config::Role;
 pub struct Message {
     /// The sender's node name.
     pub from: String,
+    /// The sender's freshness token now: an ask to the sender is granted
+    /// only if it echoes a token the sender gave out less than about
+    /// `after` ago, so an old ask replayed from the link promises nothing.
+    pub fresh: u64,
     pub body: Body,
 }
 
@@ -42,8 +46,9 @@ pub enum Body {
         /// The asker holds the lease now. A master that keeps asking
         /// without ever holding it (its grants are lost on the way back)
         /// is refused after `after`, so that the standby can take over.
-        #[serde(default)]
         holding: bool,
+        /// Voter → the newest freshness token heard from it ([`Message::fresh`]).
+        echo: BTreeMap<String, u64>,
     },
     /// The promise was given, for the ask with this nonce.
     Grant {
@@ -55,6 +60,10 @@ pub enum Body {
         nonce: u64,
         reason: String,
         holder: Option<Holder>,
+        /// Only because the ask echoed no fresh token of this voter (the
+        /// asker just started, or the ask is a replay): ask again at once
+        /// with the token this refusal carries.
+        stale: bool,
     },
     /// A master that stepped down frees the promise its last ask (`nonce`)
     /// got, so its successor need not wait for it to run out.
@@ -66,6 +75,12 @@ pub enum Body {
     /// the witness), so the status can say whether the third vote is there.
     Ping,
     Pong,
+    /// "I am the master at `epoch`, in `mode = "manual"`": such a master
+    /// asks for no lease and does not stop writing when none is held, so
+    /// the witness and an automatic standby must never take over from it.
+    Manual {
+        epoch: u64,
+    },
 }
 
 /// A master as a voter knows it.
@@ -73,6 +88,9 @@ pub enum Body {
 pub struct Holder {
     pub node: String,
     pub epoch: u64,
+    /// The master runs `mode = "manual"`: no automatic takeover from it.
+    #[serde(default)]
+    pub manual: bool,
 }
 
 /// Where a message goes.
@@ -124,6 +142,11 @@ pub enum Action {
 pub enum Kind {
     /// A file host in `mode = "auto"`.
     FileHost,
+    /// A file host in `mode = "manual"` that has a witness and the key: it
+    /// asks for no lease and fences nothing, refuses every ask, and while
+    /// it is the master says so ([`Body::Manual`]) to the witness and its
+    /// peer every `renew_every`.
+    Manual,
     /// The third vote: stores no files.
     Witness,
 }
@@ -174,6 +197,10 @@ pub struct View {
     pub writable: bool,
     /// A standby asking the witness to take over, at this epoch.
     pub candidate: Option<u64>,
+    /// sshd runs here (or has not been down for `after` yet).
+    pub serving: bool,
+    /// A master known to run `mode = "manual"`: no automatic takeover from it.
+    pub manual_master: Option<Holder>,
 }
 
 /// The state machine of one host.
@@ -206,7 +233,29 @@ pub struct Core {
     /// handover) still owes the promise it gave the old master as a voter:
     /// it takes no upload before that promise ran out or was released.
     owed: Option<Promise>,
+    /// This run's freshness tokens: a random run number (a restarted voter
+    /// accepts no token of its earlier run) and the slot of `renew_every`
+    /// since `started`.
+    run: u32,
+    started: Instant,
+    /// Node → the newest token heard from it, echoed in this host's asks.
+    tokens: BTreeMap<String, u64>,
+    /// The newest ask asked again for after a stale refusal.
+    reasked_for: u64,
+    /// The peer said it is the master in `mode = "manual"` (a standby in
+    /// automatic mode then never asks to take over), until it asks for a
+    /// lease again.
+    peer_manual: Option<Holder>,
+    /// sshd runs here (the driver watches it): a master whose users cannot
+    /// log in stops renewing its lease, so that the standby takes over, and
+    /// a standby in that state does not take over.
+    serving: bool,
 }
+
+/// A token stays good for this many slots of `renew_every` (five quarters
+/// of `after`): a master that lost one grant still asks with a good token,
+/// and a replayed ask keeps a promise at most about one `after` longer.
+const FRESH_SLOTS: u32 = 5;
 
 impl Core {
     /// `nonce_seed` makes this run's nonces differ from an earlier run's (so
@@ -223,6 +272,7 @@ impl Core {
             highest: highest.unwrap_or(Holder {
                 node: String::new(),
                 epoch: 0,
+                manual: false,
             }),
             me,
             kind,
@@ -239,7 +289,42 @@ impl Core {
             candidate: None,
             promoting: None,
             owed: None,
+            // Any run number will do as long as it differs from the last run's.
+            run: u32::try_from(nonce_seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32).unwrap_or(1),
+            started: now,
+            tokens: BTreeMap::new(),
+            reasked_for: 0,
+            peer_manual: None,
+            serving: true,
         }
+    }
+
+    /// "Are you there?", for the driver to send to a host it has not heard
+    /// from for a while; the answer also brings that host's newest token.
+    pub fn ping(&self, now: Instant) -> Message {
+        Message {
+            from: self.me.clone(),
+            fresh: self.token(now),
+            body: Body::Ping,
+        }
+    }
+
+    /// This host's freshness token now.
+    fn token(&self, now: Instant) -> u64 {
+        (u64::from(self.run) << 32) | u64::from(self.slot(now))
+    }
+
+    fn slot(&self, now: Instant) -> u32 {
+        let slot = now.saturating_duration_since(self.started).as_nanos()
+            / self.timing.renew_every().as_nanos().max(1);
+        u32::try_from(slot).unwrap_or(u32::MAX)
+    }
+
+    /// A token this run gave out within the last [`FRESH_SLOTS`].
+    fn is_fresh(&self, token: u64, now: Instant) -> bool {
+        let (run, slot) = ((token >> 32) as u32, token as u32);
+        let current = self.slot(now);
+        run == self.run && slot <= current && current - slot < FRESH_SLOTS
     }
 
     pub fn view(&self, now: Instant) -> View {
@@ -253,6 +338,12 @@ impl Core {
             granted_by: self.granted.keys().cloned().collect(),
             writable: self.writable,
             candidate: self.candidate.map(|(e, _)| e),
+            serving: self.serving,
+            manual_master: self
+                .peer_manual
+                .clone()
+                .or_else(|| self.highest.manual.then(|| self.highest.clone()))
+                .filter(|h| h.node != self.me),
         }
     }
 
@@ -281,6 +372,7 @@ impl Core {
                             epoch: self.epoch,
                             nonce,
                         },
+                        now,
                     ));
                 }
             }
@@ -297,7 +389,9 @@ impl Core {
                 self.highest.node.clone()
             },
             epoch,
+            manual: role == Role::Master && self.kind == Kind::Manual,
         });
+        self.peer_manual = None;
         // The grant of a takeover is the new master's first lease: kept.
         let promoted = role == Role::Master && self.promoting == Some(epoch);
         if !promoted {
@@ -321,6 +415,33 @@ impl Core {
         actions
     }
 
+    /// The driver watches sshd: `false` once it has not run for `after`,
+    /// `true` as soon as it runs again. A master whose users cannot log in
+    /// stops renewing its lease (the standby takes over once it runs out);
+    /// a standby whose users could not log in does not take over.
+    pub fn set_serving(&mut self, serving: bool, now: Instant) -> Vec<Action> {
+        if serving == self.serving {
+            return Vec::new();
+        }
+        self.serving = serving;
+        let line = match (serving, self.role) {
+            (false, Role::Master) => {
+                "sshd has not been running here for `after`: users cannot log in, so this host stops renewing the master's lease and lets the standby take over"
+            }
+            (false, _) => {
+                "sshd has not been running here for `after`: this host will not take over while it stays so"
+            }
+            (true, _) => "sshd runs again here",
+        };
+        let mut actions = vec![Action::Journal {
+            warn: !serving,
+            line: line.into(),
+        }];
+        self.next_ask = now;
+        actions.extend(self.tick(now));
+        actions
+    }
+
     /// The driver could not carry out a [`Action::Promote`]: this host stays
     /// a standby and frees the witness's promise.
     pub fn promotion_failed(&mut self, now: Instant) -> Vec<Action> {
@@ -331,7 +452,7 @@ impl Core {
         self.quiet_until = now + self.timing.after;
         let mut actions = Vec::new();
         if let Some(&(nonce, _)) = self.asks.back() {
-            actions.push(self.send(Target::Witness, Body::Release { epoch, nonce }));
+            actions.push(self.send(Target::Witness, Body::Release { epoch, nonce }, now));
         }
         self.asks.clear();
         actions
@@ -346,11 +467,12 @@ impl Core {
         }
     }
 
-    fn send(&mut self, to: Target, body: Body) -> Action {
+    fn send(&self, to: Target, body: Body, now: Instant) -> Action {
         Action::Send {
             to,
             message: Message {
                 from: self.me.clone(),
+                fresh: self.token(now),
                 body,
             },
         }
@@ -376,7 +498,13 @@ impl Core {
     /// master gone silent.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self.kind == Kind::Witness {
+        if self.kind == Kind::Manual && self.role == Role::Master && now >= self.next_ask {
+            self.next_ask = now + self.timing.renew_every();
+            let notice = Body::Manual { epoch: self.epoch };
+            actions.push(self.send(Target::Witness, notice.clone(), now));
+            actions.push(self.send(Target::Peer, notice, now));
+        }
+        if self.kind != Kind::FileHost {
             return actions;
         }
         let keep = self.timing.after;
@@ -391,6 +519,7 @@ impl Core {
         let after = self.timing.after;
         self.granted.retain(|_, sent| *sent + after > now);
         let asking_epoch = match (self.role, self.promoting, self.candidate) {
+            (Role::Master, _, _) if !self.serving => None,
             (Role::Master, _, _) => Some((self.epoch, false)),
             (_, Some(e), _) => Some((e, false)),
             (_, None, Some((e, _))) => Some((e, true)),
@@ -408,10 +537,11 @@ impl Core {
                 after_ms: u64::try_from(self.timing.after.as_millis()).unwrap_or(u64::MAX),
                 takeover,
                 holding: self.writable,
+                echo: self.tokens.clone(),
             };
-            actions.push(self.send(Target::Witness, ask.clone()));
+            actions.push(self.send(Target::Witness, ask.clone(), now));
             if !takeover {
-                actions.push(self.send(Target::Peer, ask));
+                actions.push(self.send(Target::Peer, ask, now));
             }
         }
         self.check_writable(now, &mut actions);
@@ -440,6 +570,11 @@ impl Core {
                     .cloned()
                     .collect::<Vec<_>>()
                     .join(" and ")
+            )
+        } else if !self.serving {
+            format!(
+                "the master's lease at epoch {} was not renewed while sshd is not running here; users stop writing here now",
+                self.epoch
             )
         } else {
             format!(
@@ -479,7 +614,11 @@ impl Core {
             }
             return;
         }
-        if now < self.quiet_until || self.promise.as_ref().is_some_and(|p| p.until > now) {
+        if !self.serving
+            || self.peer_manual.is_some()
+            || now < self.quiet_until
+            || self.promise.as_ref().is_some_and(|p| p.until > now)
+        {
             return;
         }
         let epoch = self.highest.epoch.max(self.epoch).max(1) + 1;
@@ -520,22 +659,47 @@ impl Core {
             return Vec::new();
         }
         let from = message.from;
+        self.note_token(&from, message.fresh);
+        if matches!(
+            message.body,
+            Body::Ask {
+                takeover: false,
+                ..
+            }
+        ) && self.peer_manual.as_ref().is_some_and(|h| h.node == from)
+        {
+            // It asks for a lease: it runs automatic failover again.
+            self.peer_manual = None;
+        }
         match message.body {
+            Body::Ask {
+                nonce, ref echo, ..
+            } if !echo.get(&self.me).is_some_and(|t| self.is_fresh(*t, now)) => {
+                let reason = format!(
+                    "the ask echoes no token {} gave out in the last {} (a replayed ask, or the first one after a start)",
+                    self.me,
+                    crate::timefmt::format_duration(self.timing.renew_every() * FRESH_SLOTS)
+                );
+                vec![self.refusal(nonce, reason, true, now)]
+            }
             Body::Ask {
                 epoch,
                 nonce,
                 after_ms,
                 takeover,
                 holding,
+                echo: _,
             } => self.on_ask(from, epoch, nonce, after_ms, (takeover, holding), now),
             Body::Grant { nonce, epoch } => self.on_grant(from, nonce, epoch, now),
             Body::Refuse {
                 nonce,
                 reason,
                 holder,
-            } => self.on_refuse(from, nonce, reason, holder, now),
-            Body::Ping => vec![self.send(Target::Sender, Body::Pong)],
+                stale,
+            } => self.on_refuse(from, nonce, (reason, stale), holder, now),
+            Body::Ping => vec![self.send(Target::Sender, Body::Pong, now)],
             Body::Pong => Vec::new(),
+            Body::Manual { epoch } => self.on_manual(from, epoch, now),
             Body::Release { epoch, nonce } => {
                 let matches = |p: &Promise| p.node == from && p.epoch == epoch && p.nonce == nonce;
                 if self.owed.as_ref().is_some_and(matches) {
@@ -559,6 +723,94 @@ impl Core {
         }
     }
 
+    /// The newest token heard from `node`; an older one of the same run
+    /// (a replayed message) does not replace it.
+    fn note_token(&mut self, node: &str, token: u64) {
+        let older = |known: &u64| known >> 32 == token >> 32 && *known as u32 >= token as u32;
+        if !self.tokens.get(node).is_some_and(older) {
+            self.tokens.insert(node.to_owned(), token);
+        }
+    }
+
+    /// `from` says it is the master at `epoch` in `mode = "manual"`.
+    fn on_manual(&mut self, from: String, epoch: u64, now: Instant) -> Vec<Action> {
+        let known = &self.highest;
+        if epoch < known.epoch
+            || (epoch == known.epoch && !known.node.is_empty() && known.node != from)
+        {
+            // An older master, or one another host's lease already holds
+            // this epoch for: the epochs settle it, not this notice.
+            return Vec::new();
+        }
+        let holder = Holder {
+            node: from.clone(),
+            epoch,
+            manual: true,
+        };
+        match self.kind {
+            Kind::Witness => {
+                if *known == holder {
+                    return Vec::new();
+                }
+                self.highest = holder.clone();
+                vec![
+                    Action::Persist(holder),
+                    Action::Journal {
+                        warn: true,
+                        line: format!(
+                            "{from} is the master at epoch {epoch} in mode = \"manual\": no automatic takeover from it until it runs mode = \"auto\" again"
+                        ),
+                    },
+                ]
+            }
+            Kind::FileHost if self.role == Role::Master && epoch > self.epoch => {
+                self.note_epoch(&holder);
+                vec![Action::StepDown {
+                    epoch,
+                    master: from,
+                }]
+            }
+            Kind::FileHost if self.role != Role::Master => {
+                let first = self.peer_manual.as_ref() != Some(&holder);
+                self.note_epoch(&holder);
+                self.peer_manual = Some(holder);
+                let mut actions = Vec::new();
+                if let Some((cand, _)) = self.candidate.take() {
+                    self.promise = None;
+                    self.quiet_until = now + self.timing.after;
+                    actions.push(Action::Journal {
+                        warn: false,
+                        line: format!("the takeover at epoch {cand} is given up"),
+                    });
+                }
+                if first {
+                    actions.push(Action::Journal {
+                        warn: true,
+                        line: format!(
+                            "the master {from} at epoch {epoch} runs mode = \"manual\": it does not stop writing when a lease runs out, so this host never takes over from it automatically (promote by hand, or run mode = \"auto\" on both)"
+                        ),
+                    });
+                }
+                actions
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn refusal(&self, nonce: u64, reason: String, stale: bool, now: Instant) -> Action {
+        let holder = (!self.highest.node.is_empty()).then(|| self.highest.clone());
+        self.send(
+            Target::Sender,
+            Body::Refuse {
+                nonce,
+                reason,
+                holder,
+                stale,
+            },
+            now,
+        )
+    }
+
     fn on_ask(
         &mut self,
         from: String,
@@ -568,17 +820,8 @@ impl Core {
         (takeover, holding): (bool, bool),
         now: Instant,
     ) -> Vec<Action> {
-        let refuse = |core: &mut Core, reason: String| {
-            let holder = (!core.highest.node.is_empty()).then(|| core.highest.clone());
-            vec![core.send(
-                Target::Sender,
-                Body::Refuse {
-                    nonce,
-                    reason,
-                    holder,
-                },
-            )]
-        };
+        let refuse =
+            |core: &mut Core, reason: String| vec![core.refusal(nonce, reason, false, now)];
         let asked_for = Duration::from_millis(after_ms);
         if asked_for > self.timing.after {
             // A voter that restarted waits its own `after`: a longer promise
@@ -590,6 +833,15 @@ impl Core {
                     from,
                     crate::timefmt::format_duration(asked_for),
                     crate::timefmt::format_duration(self.timing.after)
+                ),
+            );
+        }
+        if self.kind == Kind::Manual {
+            return refuse(
+                self,
+                format!(
+                    "{} runs mode = \"manual\": it promises no lease (it can be promoted by hand at any time)",
+                    self.me
                 ),
             );
         }
@@ -607,6 +859,14 @@ impl Core {
                     self.highest.epoch, self.highest.node
                 ),
             );
+        }
+        let manual = &self.highest;
+        if manual.manual && manual.node != from && (takeover || epoch <= manual.epoch) {
+            let reason = format!(
+                "{} is the master at epoch {} in mode = \"manual\": it does not stop writing when a lease runs out, so nobody takes over from it automatically (switch it to mode = \"auto\", or promote by hand)",
+                manual.node, manual.epoch
+            );
+            return refuse(self, reason);
         }
         if let Some(p) = &self.promise
             && p.node != from
@@ -670,7 +930,8 @@ impl Core {
             );
         }
         let mut actions = Vec::new();
-        let newer = epoch > self.highest.epoch || self.highest.node != from;
+        // A master back in automatic mode clears its `manual` mark.
+        let newer = epoch > self.highest.epoch || self.highest.node != from || self.highest.manual;
         self.promise = Some(Promise {
             node: from.clone(),
             epoch,
@@ -684,6 +945,7 @@ impl Core {
             let holder = Holder {
                 node: from.clone(),
                 epoch,
+                manual: false,
             };
             if self.kind == Kind::Witness {
                 actions.push(Action::Persist(holder.clone()));
@@ -700,7 +962,7 @@ impl Core {
             }
             self.highest = holder;
         }
-        actions.push(self.send(Target::Sender, Body::Grant { nonce, epoch }));
+        actions.push(self.send(Target::Sender, Body::Grant { nonce, epoch }, now));
         actions
     }
 
@@ -742,14 +1004,31 @@ impl Core {
         &mut self,
         from: String,
         nonce: u64,
-        reason: String,
+        (reason, stale): (String, bool),
         holder: Option<Holder>,
         now: Instant,
     ) -> Vec<Action> {
         if !self.asks.iter().any(|(n, _)| *n == nonce) {
             return Vec::new();
         }
+        if stale {
+            // The refusal carried a fresh token (noted already): ask again
+            // now, once for this ask and any older one (a replayed refusal
+            // does not make this host ask on and on).
+            if nonce <= self.reasked_for {
+                return Vec::new();
+            }
+            self.reasked_for = nonce;
+            self.next_ask = now;
+            return self.tick(now);
+        }
         let mut actions = Vec::new();
+        if let Some(h) = holder.as_ref().filter(|h| h.manual && h.node != self.me)
+            && self.role != Role::Master
+        {
+            self.note_epoch(h);
+            self.peer_manual = Some(h.clone());
+        }
         if let Some((epoch, _)) = self.candidate {
             self.candidate = None;
             self.promise = None;

@@ -73,7 +73,12 @@ pub enum Event {
 
 /// What the daemon tells the thread.
 enum ToThread {
-    Role { role: Role, epoch: u64 },
+    Role {
+        role: Role,
+        epoch: u64,
+    },
+    /// From the sshd watcher: see [`Core::set_serving`].
+    Serving(bool),
     PromotionFailed,
     Stop,
 }
@@ -193,7 +198,7 @@ impl GateState {
 /// What `sftp-ha status` shows of failover.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct FailoverStatus {
-    /// "auto" on a file host, "witness" on the witness.
+    /// "auto" or "manual" on a file host, "witness" on the witness.
     pub mode: String,
     pub after_ms: u64,
     pub port: u16,
@@ -216,6 +221,13 @@ pub struct FailoverStatus {
     /// Users should be read-only here but sshd refused the drop-in: why.
     #[serde(default)]
     pub unfenced: Option<String>,
+    /// sshd has not taken logins here for `after`: this host neither holds
+    /// nor takes the master's lease.
+    #[serde(default)]
+    pub sshd_down: bool,
+    /// Another host known to be the master in `mode = "manual"`, at this epoch.
+    #[serde(default)]
+    pub manual_master: Option<(String, u64)>,
 }
 
 /// Another host of the vote, as this one hears it.
@@ -257,6 +269,8 @@ pub struct Failover {
     status: Arc<Mutex<FailoverStatus>>,
     thread: Option<JoinHandle<()>>,
     pub gate: Arc<Gate>,
+    /// The thread feeds systemd's watchdog (a file host in automatic mode).
+    pub feeds_watchdog: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +310,9 @@ impl Failover {
         let (to_thread, from_daemon) = channel();
         let (to_daemon, events) = channel();
         let status = Arc::new(Mutex::new(FailoverStatus::default()));
+        let feeds_watchdog = settings.main_alive.is_some();
+        let watch_sshd =
+            (settings.kind == Kind::FileHost).then(|| (to_thread.clone(), settings.timing.after));
         let mut thread = Thread::new(
             settings,
             socket,
@@ -309,6 +326,12 @@ impl Failover {
             .name("failover".into())
             .spawn(move || thread.run())
             .map_err(DriverError::Setup)?;
+        if let Some((to_thread, after)) = watch_sshd {
+            std::thread::Builder::new()
+                .name("failover-sshd".into())
+                .spawn(move || watch_sshd_until_stopped(&to_thread, after))
+                .map_err(DriverError::Setup)?;
+        }
         Ok(Failover {
             to_thread,
             events,
@@ -316,6 +339,7 @@ impl Failover {
             status,
             thread: Some(handle),
             gate,
+            feeds_watchdog,
         })
     }
 
@@ -349,6 +373,33 @@ impl Failover {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// How often the sshd watcher looks.
+const SSHD_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Watches sshd apart from the failover thread (a slow /proc or a hung
+/// systemctl must not hold up the lease): reports `Serving(false)` once
+/// sshd has not taken logins for `after` (a restart of ssh, as in an
+/// upgrade of openssh-server, is shorter), `Serving(true)` as soon as it
+/// does again. Ends with the failover thread.
+fn watch_sshd_until_stopped(to_thread: &Sender<ToThread>, after: Duration) {
+    let mut down_since: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        down_since = if crate::sshd::takes_logins() {
+            None
+        } else {
+            down_since.or(Some(now))
+        };
+        let serving = down_since.is_none_or(|since| now - since < after);
+        // Sent every time (the core ignores no change): a failed send says
+        // the failover thread has ended.
+        if to_thread.send(ToThread::Serving(serving)).is_err() {
+            return;
+        }
+        std::thread::sleep(SSHD_CHECK_EVERY);
     }
 }
 
@@ -548,7 +599,7 @@ impl Thread {
             thread.watchdog = Watchdog::start(thread.settings.timing, alive);
         }
         thread.publish(now);
-        if thread.settings.kind == Kind::FileHost {
+        if thread.settings.kind != Kind::Witness {
             let (role, epoch) = (thread.settings.role, thread.settings.epoch);
             let actions = thread.core.set_role(role, epoch, now);
             thread.carry_out(actions, None, now);
@@ -568,6 +619,11 @@ impl Thread {
                     Ok(ToThread::Role { role, epoch }) => {
                         let now = Instant::now();
                         let actions = self.core.set_role(role, epoch, now);
+                        self.carry_out(actions, None, now);
+                    }
+                    Ok(ToThread::Serving(serving)) => {
+                        let now = Instant::now();
+                        let actions = self.core.set_serving(serving, now);
                         self.carry_out(actions, None, now);
                     }
                     Ok(ToThread::PromotionFailed) => {
@@ -822,7 +878,7 @@ impl Thread {
         if self
             .vip_checked
             .is_some_and(|t| now - t < Duration::from_secs(1))
-            || self.settings.kind == Kind::Witness
+            || self.settings.kind != Kind::FileHost
         {
             return;
         }
@@ -867,10 +923,7 @@ impl Thread {
                 continue;
             }
             address.pinged = Some(now);
-            let ping = Message {
-                from: self.settings.node.clone(),
-                body: super::core::Body::Ping,
-            };
+            let ping = self.core.ping(now);
             self.send(to, &ping, None, now);
         }
     }
@@ -882,6 +935,7 @@ impl Thread {
         let status = FailoverStatus {
             mode: match self.settings.kind {
                 Kind::FileHost => "auto".into(),
+                Kind::Manual => "manual".into(),
                 Kind::Witness => "witness".into(),
             },
             after_ms: ms(after),
@@ -906,6 +960,8 @@ impl Thread {
             last_failover: self.last_failover.clone(),
             refused_datagrams: self.refused,
             unfenced: None,
+            sshd_down: !view.serving,
+            manual_master: view.manual_master.map(|h| (h.node, h.epoch)),
         };
         let mut shared = lock_status(&self.status);
         // While an install holds the gate, the last known answer stands.
@@ -997,9 +1053,20 @@ mod tests {
         let holder = Holder {
             node: "bravo".into(),
             epoch: 7,
+            manual: true,
         };
         assert!(save_witness_state(dir.path(), &holder));
         assert_eq!(load_witness_state(dir.path()), Some(holder));
+        // A file written before `manual` existed still loads.
+        std::fs::write(
+            dir.path().join(WITNESS_STATE_FILE),
+            r#"{"node": "alpha", "epoch": 3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            load_witness_state(dir.path()).map(|h| (h.epoch, h.manual)),
+            Some((3, false))
+        );
         std::fs::write(dir.path().join(WITNESS_STATE_FILE), "{not json").unwrap();
         assert_eq!(load_witness_state(dir.path()), None);
     }

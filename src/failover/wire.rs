@@ -9,7 +9,8 @@ use sha2::Sha256;
 use super::core::Message;
 use super::key::FailoverKey;
 
-const MAGIC: &[u8; 8] = b"sftpha1\n";
+/// Version 2: asks echo the voter's freshness token (version 1 had none).
+const MAGIC: &[u8; 8] = b"sftpha2\n";
 const TAG_LEN: usize = 32;
 /// Far above any message; a bigger datagram is not ours.
 pub const MAX_DATAGRAM: usize = 2048;
@@ -18,6 +19,10 @@ pub const MAX_DATAGRAM: usize = 2048;
 pub enum WireError {
     #[error("not an sftp-ha failover message")]
     NotOurs,
+    #[error(
+        "a failover message of another version of sftp-ha: run the same version on all three hosts"
+    )]
+    OtherVersion,
     #[error(
         "the message is not signed with this host's failover key (a different /etc/sftp-ha/failover.key?)"
     )]
@@ -46,7 +51,14 @@ pub fn encode(key: &FailoverKey, message: &Message) -> Vec<u8> {
 
 /// Checks the tag (in constant time) before anything of the body is read.
 pub fn decode(key: &FailoverKey, datagram: &[u8]) -> Result<Message, WireError> {
-    let rest = datagram.strip_prefix(MAGIC).ok_or(WireError::NotOurs)?;
+    let Some(rest) = datagram.strip_prefix(MAGIC) else {
+        let other = datagram.len() >= MAGIC.len() && datagram.starts_with(b"sftpha");
+        return Err(if other {
+            WireError::OtherVersion
+        } else {
+            WireError::NotOurs
+        });
+    };
     if rest.len() < TAG_LEN {
         return Err(WireError::NotOurs);
     }
@@ -69,12 +81,14 @@ mod tests {
     fn message() -> Message {
         Message {
             from: "alpha".into(),
+            fresh: 7 << 32 | 12,
             body: Body::Ask {
                 epoch: 3,
                 nonce: 42,
                 after_ms: 3000,
                 takeover: false,
                 holding: true,
+                echo: [("witness".to_owned(), 9 << 32 | 11)].into(),
             },
         }
     }
@@ -98,8 +112,11 @@ mod tests {
             Err(WireError::NotOurs)
         );
         assert_eq!(
-            decode(&key('a'), b"sftpha1\nshort"),
+            decode(&key('a'), b"sftpha2\nshort"),
             Err(WireError::NotOurs)
         );
+        let mut older = datagram.clone();
+        older[6] = b'1';
+        assert_eq!(decode(&key('a'), &older), Err(WireError::OtherVersion));
     }
 }

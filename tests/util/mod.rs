@@ -355,6 +355,12 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        // For a look at a failure: SFTP_HA_KEEP_TESTBED=1 leaves the hosts up
+        // (`tests/testbed/testbed down` ends them).
+        if std::env::var_os("SFTP_HA_KEEP_TESTBED").is_some() {
+            eprintln!("SFTP_HA_KEEP_TESTBED: the test bed stays up");
+            return;
+        }
         let out = self.testbed(&["down"], None);
         if !out.status.success() {
             eprintln!("testbed down failed:\n{}", describe(&out));

@@ -57,6 +57,8 @@ struct Net {
     promotion_fails: bool,
     /// Every change of who may write: (host, writable, when).
     writable_changes: Vec<(usize, bool, Instant)>,
+    /// Every ask sent, as an eavesdropper on the link sees it: (from, to, ask).
+    asks_seen: Vec<(usize, usize, Message)>,
 }
 
 impl Net {
@@ -81,6 +83,7 @@ impl Net {
             seed,
             promotion_fails: false,
             writable_changes: Vec::new(),
+            asks_seen: Vec::new(),
         };
         let actions = net.cores[A].set_role(Role::Master, 1, start);
         net.carry_out(A, None, actions);
@@ -118,6 +121,9 @@ impl Net {
                         },
                     };
                     let delay = Duration::from_millis(1 + self.rng.below(20));
+                    if matches!(message.body, Body::Ask { .. }) {
+                        self.asks_seen.push((host, to, message.clone()));
+                    }
                     self.flight.push(InFlight {
                         at: self.now + delay,
                         from: host,
@@ -204,11 +210,21 @@ impl Net {
     /// A host that dies loses its memory; `restart` brings it back as it
     /// would start from its persisted role.
     fn restart(&mut self, host: usize, role: Role, epoch: u64) {
-        let now = self.now;
-        let (kind, persisted) = if host == W {
-            (Kind::Witness, self.persisted.clone())
+        let kind = if host == W {
+            Kind::Witness
         } else {
-            (Kind::FileHost, None)
+            Kind::FileHost
+        };
+        self.restart_as(host, kind, role, epoch);
+    }
+
+    /// A restart with another `[failover] mode` (`kind`).
+    fn restart_as(&mut self, host: usize, kind: Kind, role: Role, epoch: u64) {
+        let now = self.now;
+        let persisted = if host == W {
+            self.persisted.clone()
+        } else {
+            None
         };
         self.cores[host] = Core::new(
             NAMES[host].into(),
@@ -228,6 +244,22 @@ impl Net {
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
+}
+
+/// A master's ask at `epoch` that echoes `voter`'s token of `now`.
+fn ask_of(from: &str, epoch: u64, nonce: u64, voter: &Core, now: Instant) -> Message {
+    Message {
+        from: from.into(),
+        fresh: 0,
+        body: Body::Ask {
+            epoch,
+            nonce,
+            after_ms: 3000,
+            takeover: false,
+            holding: true,
+            echo: [(voter.me.clone(), voter.token(now))].into(),
+        },
+    }
 }
 
 #[test]
@@ -275,7 +307,8 @@ fn a_dead_master_is_replaced_after_its_lease_and_the_new_one_takes_uploads() {
         net.persisted,
         Some(Holder {
             node: "bravo".into(),
-            epoch: 2
+            epoch: 2,
+            manual: false,
         })
     );
 }
@@ -458,6 +491,7 @@ fn a_replayed_grant_or_release_is_ignored() {
     master.set_role(Role::Master, 1, start);
     let stale = Message {
         from: "witness".into(),
+        fresh: 0,
         body: Body::Grant {
             nonce: 12345,
             epoch: 1,
@@ -468,20 +502,12 @@ fn a_replayed_grant_or_release_is_ignored() {
 
     let mut witness = Core::new("witness".into(), Kind::Witness, timing(), start, 3, None);
     let later = start + secs(4.0);
-    let ask = |nonce| Message {
-        from: "alpha".into(),
-        body: Body::Ask {
-            epoch: 1,
-            nonce,
-            after_ms: 3000,
-            takeover: false,
-            holding: true,
-        },
-    };
-    witness.on_message(ask(7), later);
-    witness.on_message(ask(8), later + secs(0.75));
+    witness.on_message(ask_of("alpha", 1, 7, &witness, later), later);
+    let then = later + secs(0.75);
+    witness.on_message(ask_of("alpha", 1, 8, &witness, then), then);
     let old_release = Message {
         from: "alpha".into(),
+        fresh: 0,
         body: Body::Release { epoch: 1, nonce: 7 },
     };
     witness.on_message(old_release, later + secs(1.0));
@@ -492,22 +518,185 @@ fn a_replayed_grant_or_release_is_ignored() {
 }
 
 #[test]
+fn asks_replayed_from_the_link_delay_a_takeover_by_at_most_about_one_after() {
+    let mut net = Net::new(31);
+    net.run(secs(5.0));
+    let died = net.now;
+    net.up[A] = false;
+    // An eavesdropper replays every ask the dead master ever sent, to both
+    // voters, every 100 ms.
+    let captured = net.asks_seen.clone();
+    let mut refused = 0;
+    while net.promotions.is_empty() && net.now - died < secs(30.0) {
+        for (_, to, ask) in captured.iter().filter(|(from, _, _)| *from == A) {
+            let now = net.now;
+            let actions = net.cores[*to].on_message(ask.clone(), now);
+            refused += actions
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Action::Send {
+                            message: Message {
+                                body: Body::Refuse { stale: true, .. },
+                                ..
+                            },
+                            ..
+                        }
+                    )
+                })
+                .count();
+            // The answers go to the dead master.
+            net.carry_out(*to, Some(A), actions);
+        }
+        net.run(secs(0.1));
+    }
+    let (host, _, at) = net.promotions[0];
+    assert_eq!(host, B);
+    let normal = secs(4.0);
+    let replay_bound = timing().renew_every() * FRESH_SLOTS;
+    assert!(
+        at - died <= normal + replay_bound,
+        "{:?}; journal:\n{}",
+        at - died,
+        net.journal.join("\n")
+    );
+    assert!(refused > 0, "replays were refused as stale");
+    net.run(secs(5.0));
+    assert!(net.writable(B));
+}
+
+#[test]
+fn the_first_ask_is_refused_as_stale_and_asked_again_at_once_with_the_token() {
+    let start = Instant::now();
+    let mut master = Core::new("alpha".into(), Kind::FileHost, timing(), start, 1, None);
+    let mut witness = Core::new("witness".into(), Kind::Witness, timing(), start, 3, None);
+    let now = start + secs(4.0);
+    let first = master.set_role(Role::Master, 1, now);
+    let Some(Action::Send { message: ask, .. }) = first.into_iter().find(|a| {
+        matches!(
+            a,
+            Action::Send {
+                to: Target::Witness,
+                ..
+            }
+        )
+    }) else {
+        panic!("no ask");
+    };
+    let answer = witness.on_message(ask, now);
+    let [
+        Action::Send {
+            message: refusal, ..
+        },
+    ] = &answer[..]
+    else {
+        panic!("{answer:?}");
+    };
+    assert!(matches!(refusal.body, Body::Refuse { stale: true, .. }));
+    let again = master.on_message(refusal.clone(), now);
+    let Some(Action::Send { message: ask, .. }) = again.into_iter().find(|a| {
+        matches!(
+            a,
+            Action::Send {
+                to: Target::Witness,
+                ..
+            }
+        )
+    }) else {
+        panic!("not asked again at once");
+    };
+    let answer = witness.on_message(ask, now);
+    assert!(
+        matches!(
+            &answer[..],
+            [
+                ..,
+                Action::Send {
+                    message: Message {
+                        body: Body::Grant { .. },
+                        ..
+                    },
+                    ..
+                }
+            ]
+        ),
+        "{answer:?}"
+    );
+    // The same refusal again (a replay) makes the master ask nothing more.
+    assert!(master.on_message(refusal.clone(), now).is_empty());
+}
+
+#[test]
+fn a_token_is_good_for_at_least_after_at_most_five_quarters_and_only_in_its_own_run() {
+    let start = Instant::now();
+    let witness = Core::new("witness".into(), Kind::Witness, timing(), start, 3, None);
+    for given in [1.0, 1.4] {
+        let token = witness.token(start + secs(given));
+        assert!(witness.is_fresh(token, start + secs(given)));
+        assert!(witness.is_fresh(token, start + secs(given + 3.0)));
+        assert!(!witness.is_fresh(token, start + secs(given + 3.76)));
+    }
+    let token = witness.token(start + secs(1.0));
+    assert!(
+        !witness.is_fresh(token + 1, start + secs(1.0)),
+        "not yet given out"
+    );
+    let restarted = Core::new("witness".into(), Kind::Witness, timing(), start, 4, None);
+    assert!(!restarted.is_fresh(token, start + secs(1.0)));
+}
+
+#[test]
+fn a_master_without_sshd_lets_the_standby_take_over_and_steps_down_when_sshd_is_back() {
+    let mut net = Net::new(32);
+    net.run(secs(5.0));
+    let down = net.now;
+    let actions = net.cores[A].set_serving(false, down);
+    net.carry_out(A, None, actions);
+    net.run(secs(8.0));
+    assert_eq!(net.role(B), Role::Master, "{}", net.journal.join("\n"));
+    assert!(net.writable(B));
+    assert!(!net.writable(A));
+    let (_, _, at) = net.promotions[0];
+    assert!(at - down <= secs(7.0), "{:?}", at - down);
+    let now = net.now;
+    let actions = net.cores[A].set_serving(true, now);
+    net.carry_out(A, None, actions);
+    net.run(secs(3.0));
+    assert_eq!(net.role(A), Role::Standby);
+    assert!(net.writable(B));
+}
+
+#[test]
+fn a_standby_without_sshd_does_not_take_over_until_sshd_is_back() {
+    let mut net = Net::new(33);
+    net.run(secs(5.0));
+    let now = net.now;
+    let actions = net.cores[B].set_serving(false, now);
+    net.carry_out(B, None, actions);
+    net.run(secs(5.0));
+    assert!(net.writable(A), "the master is not affected");
+    net.up[A] = false;
+    net.run(secs(20.0));
+    assert!(net.promotions.is_empty());
+    let now = net.now;
+    let actions = net.cores[B].set_serving(true, now);
+    net.carry_out(B, None, actions);
+    net.run(secs(5.0));
+    assert_eq!(net.role(B), Role::Master);
+    assert!(net.writable(B));
+}
+
+#[test]
 fn a_longer_lease_than_the_voters_after_is_refused() {
     let start = Instant::now();
     let mut witness = Core::new("witness".into(), Kind::Witness, timing(), start, 3, None);
-    let actions = witness.on_message(
-        Message {
-            from: "alpha".into(),
-            body: Body::Ask {
-                epoch: 1,
-                nonce: 1,
-                after_ms: 10_000,
-                takeover: false,
-                holding: true,
-            },
-        },
-        start + secs(5.0),
-    );
+    let now = start + secs(5.0);
+    let mut ask = ask_of("alpha", 1, 1, &witness, now);
+    if let Body::Ask { after_ms, .. } = &mut ask.body {
+        *after_ms = 10_000;
+    }
+    let actions = witness.on_message(ask, now);
     assert!(matches!(
         &actions[..],
         [Action::Send { message: Message { body: Body::Refuse { reason, .. }, .. }, .. }] if reason.contains("same [failover] after")
@@ -648,6 +837,7 @@ fn a_restarted_witness_grants_nothing_at_all_for_after() {
     let holder = Holder {
         node: "alpha".into(),
         epoch: 1,
+        manual: false,
     };
     let mut witness = Core::new(
         "witness".into(),
@@ -657,17 +847,10 @@ fn a_restarted_witness_grants_nothing_at_all_for_after() {
         3,
         Some(holder),
     );
-    let ask = Message {
-        from: "alpha".into(),
-        body: Body::Ask {
-            epoch: 1,
-            nonce: 9,
-            after_ms: 3000,
-            takeover: false,
-            holding: true,
-        },
-    };
-    let refused = witness.on_message(ask.clone(), start + secs(1.0));
+    let refused = witness.on_message(
+        ask_of("alpha", 1, 9, &witness, start + secs(1.0)),
+        start + secs(1.0),
+    );
     assert!(matches!(
         &refused[..],
         [Action::Send {
@@ -678,7 +861,10 @@ fn a_restarted_witness_grants_nothing_at_all_for_after() {
             ..
         }]
     ));
-    let granted = witness.on_message(ask, start + secs(3.1));
+    let granted = witness.on_message(
+        ask_of("alpha", 1, 9, &witness, start + secs(3.1)),
+        start + secs(3.1),
+    );
     assert!(matches!(
         &granted[..],
         [Action::Send {
@@ -689,4 +875,114 @@ fn a_restarted_witness_grants_nothing_at_all_for_after() {
             ..
         }]
     ));
+}
+
+#[test]
+fn a_master_switched_to_manual_is_never_taken_over_automatically() {
+    let mut net = Net::new(40);
+    net.run(secs(5.0));
+    // The admin sets mode = "manual" on the master only, and restarts it.
+    net.restart_as(A, Kind::Manual, Role::Master, 1);
+    net.run(secs(30.0));
+    assert!(net.promotions.is_empty(), "{}", net.journal.join("\n"));
+    assert_eq!(net.role(B), Role::Standby);
+    assert_eq!(
+        net.persisted,
+        Some(Holder {
+            node: "alpha".into(),
+            epoch: 1,
+            manual: true
+        })
+    );
+    assert!(
+        net.journal
+            .iter()
+            .any(|l| l.starts_with("bravo:") && l.contains("never takes over from it")),
+        "{}",
+        net.journal.join("\n")
+    );
+    // Silent from now on (dead, or cut off): still no takeover, also after
+    // the standby and the witness restart (the witness remembers).
+    net.cut(A);
+    net.run(secs(15.0));
+    net.restart(B, Role::Standby, 1);
+    net.up[W] = false;
+    net.run(secs(1.0));
+    net.restart(W, Role::Standby, 0);
+    net.run(secs(30.0));
+    assert!(net.promotions.is_empty(), "{}", net.journal.join("\n"));
+    assert_eq!(net.role(B), Role::Standby);
+}
+
+#[test]
+fn a_manual_master_back_in_auto_mode_holds_the_lease_and_can_fail_over_again() {
+    let mut net = Net::new(41);
+    net.run(secs(5.0));
+    net.restart_as(A, Kind::Manual, Role::Master, 1);
+    net.run(secs(10.0));
+    net.restart(A, Role::Master, 1);
+    net.run(secs(5.0));
+    assert!(net.writable(A), "{}", net.journal.join("\n"));
+    assert_eq!(net.persisted.as_ref().map(|h| h.manual), Some(false));
+    net.up[A] = false;
+    net.run(secs(10.0));
+    assert_eq!(net.role(B), Role::Master, "{}", net.journal.join("\n"));
+    assert!(net.writable(B));
+}
+
+#[test]
+fn a_manual_standby_grants_nothing_and_the_master_holds_the_lease_with_the_witness() {
+    let mut net = Net::new(42);
+    net.restart_as(B, Kind::Manual, Role::Standby, 1);
+    net.run(secs(10.0));
+    assert!(net.writable(A));
+    assert_eq!(net.cores[A].view(net.now).granted_by, vec!["witness"]);
+    net.up[A] = false;
+    net.run(secs(20.0));
+    assert!(
+        net.promotions.is_empty(),
+        "a manual standby is promoted by hand"
+    );
+}
+
+#[test]
+fn a_newer_manual_master_makes_an_automatic_master_step_down() {
+    let mut net = Net::new(43);
+    net.run(secs(5.0));
+    // The standby was promoted by hand in manual mode, at epoch 2.
+    net.restart_as(B, Kind::Manual, Role::Master, 2);
+    net.run(secs(2.0));
+    assert_eq!(net.step_downs, vec![(A, 2)]);
+    assert!(!net.writable(A));
+}
+
+#[test]
+fn a_manual_notice_of_an_older_epoch_changes_nothing() {
+    let start = Instant::now();
+    let holder = Holder {
+        node: "bravo".into(),
+        epoch: 3,
+        manual: false,
+    };
+    let mut witness = Core::new(
+        "witness".into(),
+        Kind::Witness,
+        timing(),
+        start,
+        3,
+        Some(holder.clone()),
+    );
+    let notice = Message {
+        from: "alpha".into(),
+        fresh: 0,
+        body: Body::Manual { epoch: 2 },
+    };
+    assert!(witness.on_message(notice, start).is_empty());
+    let same_epoch = Message {
+        from: "alpha".into(),
+        fresh: 0,
+        body: Body::Manual { epoch: 3 },
+    };
+    assert!(witness.on_message(same_epoch, start).is_empty());
+    assert_eq!(witness.highest, holder);
 }
