@@ -80,6 +80,9 @@ pub enum Body {
     /// the witness and an automatic standby must never take over from it.
     Manual {
         epoch: u64,
+        /// As in an ask: a notice replayed later is ignored, so it cannot
+        /// turn automatic failover off for a master back in automatic mode.
+        echo: BTreeMap<String, u64>,
     },
 }
 
@@ -500,7 +503,10 @@ impl Core {
         let mut actions = Vec::new();
         if self.kind == Kind::Manual && self.role == Role::Master && now >= self.next_ask {
             self.next_ask = now + self.timing.renew_every();
-            let notice = Body::Manual { epoch: self.epoch };
+            let notice = Body::Manual {
+                epoch: self.epoch,
+                echo: self.tokens.clone(),
+            };
             actions.push(self.send(Target::Witness, notice.clone(), now));
             actions.push(self.send(Target::Peer, notice, now));
         }
@@ -660,17 +666,6 @@ impl Core {
         }
         let from = message.from;
         self.note_token(&from, message.fresh);
-        if matches!(
-            message.body,
-            Body::Ask {
-                takeover: false,
-                ..
-            }
-        ) && self.peer_manual.as_ref().is_some_and(|h| h.node == from)
-        {
-            // It asks for a lease: it runs automatic failover again.
-            self.peer_manual = None;
-        }
         match message.body {
             Body::Ask {
                 nonce, ref echo, ..
@@ -689,7 +684,13 @@ impl Core {
                 takeover,
                 holding,
                 echo: _,
-            } => self.on_ask(from, epoch, nonce, after_ms, (takeover, holding), now),
+            } => {
+                if !takeover && self.peer_manual.as_ref().is_some_and(|h| h.node == from) {
+                    // It asks for a lease: it runs automatic failover again.
+                    self.peer_manual = None;
+                }
+                self.on_ask(from, epoch, nonce, after_ms, (takeover, holding), now)
+            }
             Body::Grant { nonce, epoch } => self.on_grant(from, nonce, epoch, now),
             Body::Refuse {
                 nonce,
@@ -699,7 +700,15 @@ impl Core {
             } => self.on_refuse(from, nonce, (reason, stale), holder, now),
             Body::Ping => vec![self.send(Target::Sender, Body::Pong, now)],
             Body::Pong => Vec::new(),
-            Body::Manual { epoch } => self.on_manual(from, epoch, now),
+            Body::Manual { epoch, echo } => {
+                if echo.get(&self.me).is_some_and(|t| self.is_fresh(*t, now)) {
+                    self.on_manual(from, epoch, now)
+                } else {
+                    // A replay, or the first notice after a start: the
+                    // sender's pings bring it a fresh token for the next.
+                    Vec::new()
+                }
+            }
             Body::Release { epoch, nonce } => {
                 let matches = |p: &Promise| p.node == from && p.epoch == epoch && p.nonce == nonce;
                 if self.owed.as_ref().is_some_and(matches) {
@@ -739,8 +748,13 @@ impl Core {
             || (epoch == known.epoch && !known.node.is_empty() && known.node != from)
         {
             // An older master, or one another host's lease already holds
-            // this epoch for: the epochs settle it, not this notice.
-            return Vec::new();
+            // this epoch for: it is told, and steps down (a manual master
+            // otherwise learns of the newer one only through replication).
+            let reason = format!(
+                "{} is the master at epoch {}, newer than {from}'s epoch {epoch}",
+                known.node, known.epoch
+            );
+            return vec![self.refusal(0, reason, false, now)];
         }
         let holder = Holder {
             node: from.clone(),
@@ -1008,6 +1022,27 @@ impl Core {
         holder: Option<Holder>,
         now: Instant,
     ) -> Vec<Action> {
+        if self.kind == Kind::Manual {
+            // The answer to a notice: a newer master exists.
+            return match holder {
+                Some(h)
+                    if self.role == Role::Master && h.node != self.me && h.epoch > self.epoch =>
+                {
+                    self.note_epoch(&h);
+                    vec![
+                        Action::Journal {
+                            warn: true,
+                            line: format!("{from} answered: {reason}"),
+                        },
+                        Action::StepDown {
+                            epoch: h.epoch,
+                            master: h.node,
+                        },
+                    ]
+                }
+                _ => Vec::new(),
+            };
+        }
         if !self.asks.iter().any(|(n, _)| *n == nonce) {
             return Vec::new();
         }

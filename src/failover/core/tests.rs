@@ -57,7 +57,8 @@ struct Net {
     promotion_fails: bool,
     /// Every change of who may write: (host, writable, when).
     writable_changes: Vec<(usize, bool, Instant)>,
-    /// Every ask sent, as an eavesdropper on the link sees it: (from, to, ask).
+    /// Every ask and manual notice sent, as an eavesdropper on the link
+    /// sees them: (from, to, message).
     asks_seen: Vec<(usize, usize, Message)>,
 }
 
@@ -121,7 +122,7 @@ impl Net {
                         },
                     };
                     let delay = Duration::from_millis(1 + self.rng.below(20));
-                    if matches!(message.body, Body::Ask { .. }) {
+                    if matches!(message.body, Body::Ask { .. } | Body::Manual { .. }) {
                         self.asks_seen.push((host, to, message.clone()));
                     }
                     self.flight.push(InFlight {
@@ -183,6 +184,24 @@ impl Net {
                 if self.up[host] {
                     let actions = self.cores[host].tick(now);
                     self.carry_out(host, None, actions);
+                }
+            }
+            // As the driver does (it pings a host not heard from for half
+            // of `after`): every 1.5 s, each file host pings the other two.
+            if (now - self.start).as_millis() % 1500 == 0 {
+                for host in [A, B] {
+                    if !self.up[host] {
+                        continue;
+                    }
+                    let ping = self.cores[host].ping(now);
+                    for to in [W, Net::peer_of(host)] {
+                        self.flight.push(InFlight {
+                            at: now + Duration::from_millis(1 + self.rng.below(20)),
+                            from: host,
+                            to,
+                            message: ping.clone(),
+                        });
+                    }
                 }
             }
             let writers: Vec<&str> = (0..2)
@@ -972,17 +991,73 @@ fn a_manual_notice_of_an_older_epoch_changes_nothing() {
         3,
         Some(holder.clone()),
     );
-    let notice = Message {
+    let token = witness.token(start);
+    let notice = |epoch| Message {
         from: "alpha".into(),
         fresh: 0,
-        body: Body::Manual { epoch: 2 },
+        body: Body::Manual {
+            epoch,
+            echo: [("witness".to_owned(), token)].into(),
+        },
     };
-    assert!(witness.on_message(notice, start).is_empty());
-    let same_epoch = Message {
-        from: "alpha".into(),
-        fresh: 0,
-        body: Body::Manual { epoch: 3 },
-    };
-    assert!(witness.on_message(same_epoch, start).is_empty());
+    // Answered with the newer master (so that the old one steps down).
+    for epoch in [2, 3] {
+        let answer = witness.on_message(notice(epoch), start);
+        assert!(
+            matches!(&answer[..], [Action::Send { message: Message { body: Body::Refuse { holder: Some(h), .. }, .. }, .. }] if *h == holder),
+            "{answer:?}"
+        );
+    }
     assert_eq!(witness.highest, holder);
+}
+
+#[test]
+fn manual_notices_replayed_after_the_master_went_back_to_auto_do_not_stop_a_failover() {
+    let mut net = Net::new(44);
+    net.run(secs(5.0));
+    net.restart_as(A, Kind::Manual, Role::Master, 1);
+    net.run(secs(10.0));
+    let notices: Vec<_> = net
+        .asks_seen
+        .iter()
+        .filter(|(from, _, m)| *from == A && matches!(m.body, Body::Manual { .. }))
+        .cloned()
+        .collect();
+    assert!(!notices.is_empty());
+    net.restart(A, Role::Master, 1);
+    net.run(secs(5.0));
+    assert!(net.writable(A));
+    let died = net.now;
+    net.up[A] = false;
+    while net.promotions.is_empty() && net.now - died < secs(30.0) {
+        for (_, to, notice) in &notices {
+            let now = net.now;
+            let actions = net.cores[*to].on_message(notice.clone(), now);
+            net.carry_out(*to, Some(A), actions);
+        }
+        net.run(secs(0.1));
+    }
+    assert_eq!(net.role(B), Role::Master, "{}", net.journal.join("\n"));
+    let (_, _, at) = net.promotions[0];
+    assert!(at - died <= secs(4.0), "{:?}", at - died);
+}
+
+#[test]
+fn a_manual_master_superseded_by_a_newer_epoch_steps_down() {
+    let mut net = Net::new(45);
+    net.run(secs(5.0));
+    net.restart_as(A, Kind::Manual, Role::Master, 1);
+    net.run(secs(5.0));
+    // An admin promotes the standby by hand (`promote --force`), at epoch 2.
+    let now = net.now;
+    let actions = net.cores[B].set_role(Role::Master, 2, now);
+    net.carry_out(B, None, actions);
+    net.run(secs(5.0));
+    assert!(
+        net.step_downs.contains(&(A, 2)),
+        "{}",
+        net.journal.join("\n")
+    );
+    assert_eq!(net.role(A), Role::Standby);
+    assert!(net.writable(B));
 }
