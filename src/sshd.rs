@@ -265,16 +265,26 @@ fn signal_sshd(signal: nix::sys::signal::Signal) -> Result<Installed, SshdError>
 
 /// Whether sshd takes logins here: its listener runs (titled `[listener]`
 /// since OpenSSH 8.2), or, for an older sshd or socket activation, an ssh
-/// unit is active. Only when no listener shows does this ask systemctl.
-pub fn takes_logins() -> bool {
-    let mut listener = false;
-    end_processes(|cmdline, _| {
-        let title = title(cmdline);
-        listener |= (title.starts_with(b"sshd: ") || title.starts_with(b"sshd ["))
-            && title.windows(10).any(|w| w == b"[listener]");
-        false
-    });
-    listener
+/// unit is active. `listener` is the listener's pid found last time: while
+/// it is still the listener, /proc is not walked again; only when no
+/// listener shows does this ask systemctl.
+pub fn takes_logins(listener: &mut Option<i32>) -> bool {
+    let still = listener
+        .and_then(|pid| fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .is_some_and(|cmdline| is_listener(&cmdline));
+    if !still {
+        *listener = None;
+        end_processes(|cmdline, proc_dir| {
+            if listener.is_none() && is_listener(cmdline) {
+                *listener = proc_dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse().ok());
+            }
+            false
+        });
+    }
+    listener.is_some()
         || ["ssh.service", "sshd.service", "ssh.socket", "sshd.socket"]
             .into_iter()
             .any(|unit| {
@@ -283,6 +293,13 @@ pub fn takes_logins() -> bool {
                     .status()
                     .is_ok_and(|s| s.success())
             })
+}
+
+/// sshd's listener: `sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups`.
+fn is_listener(cmdline: &[u8]) -> bool {
+    let title = title(cmdline);
+    (title.starts_with(b"sshd: ") || title.starts_with(b"sshd ["))
+        && title.windows(10).any(|w| w == b"[listener]")
 }
 
 /// Ends every open SSH session of the sync account (`sftp-ha-sync`): on a
@@ -636,6 +653,20 @@ mod tests {
             master.contains("ForceCommand internal-sftp -l INFO -u 0027 -P symlink,hardlink\n")
         );
         assert!(master.contains("ForceCommand internal-sftp -u 0000 -P symlink,hardlink -R\n"));
+    }
+
+    #[test]
+    fn the_listener_is_told_by_its_title() {
+        assert!(is_listener(
+            b"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups\0"
+        ));
+        assert!(is_listener(
+            b"sshd: /usr/sbin/sshd -D -f /etc/ssh/x [listener] 1 of 10-100 startups"
+        ));
+        assert!(!is_listener(b"sshd: EPuser [priv]"));
+        assert!(!is_listener(b"sshd-session: EPuser@internal-sftp"));
+        assert!(!is_listener(b"/usr/sbin/sshd -D"));
+        assert!(!is_listener(b"vim [listener]"));
     }
 
     #[test]

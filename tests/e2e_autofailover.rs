@@ -129,7 +129,7 @@ fn dump(tb: &Testbed) -> String {
     let one = |host: &str| {
         util::stdout(&tb.sh(
             host,
-            "sftp-ha status; ip -o addr show; journalctl -u sftp-ha --no-pager -n 50 -o short-precise; journalctl -u ssh --no-pager -n 25 -o short-precise | grep -v pam_env; ls -l /run/nologin /etc/nologin; getent shadow EPuser | cut -d: -f1,3-; id EPuser; date",
+            "sftp-ha status; ip -o addr show; journalctl -u sftp-ha --no-pager -n 50 -o short-precise; journalctl -u ssh --no-pager -n 25 -o short-precise | grep -v pam_env; ls -l /run/nologin /etc/nologin; systemctl is-system-running; getent shadow EPuser | cut -d: -f1,3-; id EPuser; date",
         ))
     };
     let neighbours = util::stdout(&tb.client(WITNESS, &["ip", "neigh"], None));

@@ -386,9 +386,10 @@ const SSHD_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// does again. Ends with the failover thread.
 fn watch_sshd_until_stopped(to_thread: &Sender<ToThread>, after: Duration) {
     let mut down_since: Option<Instant> = None;
+    let mut listener = None;
     loop {
         let now = Instant::now();
-        down_since = if crate::sshd::takes_logins() {
+        down_since = if crate::sshd::takes_logins(&mut listener) {
             None
         } else {
             down_since.or(Some(now))
