@@ -141,6 +141,11 @@ pub fn install_fence(data_dir: &Path, stop_sshd: bool) -> Result<Installed, Sshd
             if let Err(e) = crate::fsutil::write_atomic(path, text.as_bytes(), 0o644, Some((0, 0)))
             {
                 message.push_str(&format!("; and writing the read-only drop-in failed: {e}"));
+            } else if sshd_main_pid().is_none() {
+                // No sshd runs (a stopped ssh.service also takes /run/sshd,
+                // which `sshd -t` then misses): nobody logs in, and sshd
+                // reads the read-only drop-in when it starts.
+                return Ok(Installed::NotReloaded);
             }
             if stop_sshd {
                 match signal_sshd(nix::sys::signal::Signal::SIGTERM) {
@@ -207,12 +212,16 @@ fn check_config() -> Result<(), SshdError> {
         .output()
         .map_err(SshdError::NoSshd)?;
     if check.status.success() {
-        Ok(())
-    } else {
-        Err(SshdError::Refused {
-            message: crate::logging::one_line(&String::from_utf8_lossy(&check.stderr)),
-        })
+        return Ok(());
     }
+    let mut message = crate::logging::one_line(&String::from_utf8_lossy(&check.stderr));
+    if message.contains("privilege separation directory") && sshd_main_pid().is_none() {
+        // ssh.service makes /run/sshd when it starts and removes it when it stops.
+        message.push_str(
+            " (sshd is not running here, so its runtime folder is missing: systemctl start ssh)",
+        );
+    }
+    Err(SshdError::Refused { message })
 }
 
 /// Reloads sshd if it runs: unit `ssh` on Debian, `sshd` on RHEL. The
@@ -240,27 +249,31 @@ fn reload() -> Result<Installed, SshdError> {
     }
 }
 
+/// The main process of the running sshd unit, if any: its unit and pid.
+fn sshd_main_pid() -> Option<(&'static str, i32)> {
+    ["ssh.service", "sshd.service"]
+        .into_iter()
+        .find_map(|unit| {
+            let out = Command::new("systemctl")
+                .args(["show", "-p", "MainPID", "--value", unit])
+                .output()
+                .ok()?;
+            let pid = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<i32>()
+                .unwrap_or(0);
+            (pid > 1).then_some((unit, pid))
+        })
+}
+
 /// Sends `signal` to the main process of the running sshd unit, if any.
 fn signal_sshd(signal: nix::sys::signal::Signal) -> Result<Installed, SshdError> {
-    for unit in ["ssh.service", "sshd.service"] {
-        let Ok(out) = Command::new("systemctl")
-            .args(["show", "-p", "MainPID", "--value", unit])
-            .output()
-        else {
-            continue;
-        };
-        let pid = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<i32>()
-            .unwrap_or(0);
-        if pid <= 1 {
-            continue;
-        }
-        return nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-            .map(|()| Installed::Reloaded)
-            .map_err(|e| SshdError::Reload(format!("{signal} to {unit} (pid {pid}): {e}")));
-    }
-    Ok(Installed::NotReloaded)
+    let Some((unit, pid)) = sshd_main_pid() else {
+        return Ok(Installed::NotReloaded);
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .map(|()| Installed::Reloaded)
+        .map_err(|e| SshdError::Reload(format!("{signal} to {unit} (pid {pid}): {e}")))
 }
 
 /// Whether sshd takes logins here: its listener runs (titled `[listener]`
@@ -269,13 +282,19 @@ fn signal_sshd(signal: nix::sys::signal::Signal) -> Result<Installed, SshdError>
 /// it is still the listener, /proc is not walked again; only when no
 /// listener shows does this ask systemctl.
 pub fn takes_logins(listener: &mut Option<i32>) -> bool {
-    let still = listener
-        .and_then(|pid| fs::read(format!("/proc/{pid}/cmdline")).ok())
-        .is_some_and(|cmdline| is_listener(&cmdline));
+    // A process anyone can start under that title does not count: root's,
+    // and not stopped (a stopped listener takes no login either).
+    let serving = |proc_dir: &Path| {
+        fs::read_to_string(proc_dir.join("status")).is_ok_and(|s| root_and_not_stopped(&s))
+    };
+    let still = listener.is_some_and(|pid| {
+        let dir = PathBuf::from(format!("/proc/{pid}"));
+        fs::read(dir.join("cmdline")).is_ok_and(|c| is_listener(&c)) && serving(&dir)
+    });
     if !still {
         *listener = None;
         end_processes(|cmdline, proc_dir| {
-            if listener.is_none() && is_listener(cmdline) {
+            if listener.is_none() && is_listener(cmdline) && serving(proc_dir) {
                 *listener = proc_dir
                     .file_name()
                     .and_then(|n| n.to_str())
@@ -293,6 +312,18 @@ pub fn takes_logins(listener: &mut Option<i32>) -> bool {
                     .status()
                     .is_ok_and(|s| s.success())
             })
+}
+
+/// A process's `/proc/PID/status`: its real uid is root, and it is not
+/// stopped (`State: T`) or traced.
+fn root_and_not_stopped(status: &str) -> bool {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+    };
+    field("Uid:") == Some("0") && !matches!(field("State:"), Some("T" | "t") | None)
 }
 
 /// sshd's listener: `sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups`.
@@ -653,6 +684,19 @@ mod tests {
             master.contains("ForceCommand internal-sftp -l INFO -u 0027 -P symlink,hardlink\n")
         );
         assert!(master.contains("ForceCommand internal-sftp -u 0000 -P symlink,hardlink -R\n"));
+    }
+
+    #[test]
+    fn only_a_running_root_process_counts_as_the_listener() {
+        let status = |uid: &str, state: &str| {
+            format!("Name:\tsshd\nState:\t{state}\nPid:\t34\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+        };
+        assert!(root_and_not_stopped(&status("0", "S (sleeping)")));
+        assert!(root_and_not_stopped(&status("0", "R (running)")));
+        assert!(!root_and_not_stopped(&status("1000", "S (sleeping)")));
+        assert!(!root_and_not_stopped(&status("0", "T (stopped)")));
+        assert!(!root_and_not_stopped(&status("0", "t (tracing stop)")));
+        assert!(!root_and_not_stopped("garbage"));
     }
 
     #[test]

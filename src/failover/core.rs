@@ -245,6 +245,10 @@ pub struct Core {
     tokens: BTreeMap<String, u64>,
     /// The newest ask asked again for after a stale refusal.
     reasked_for: u64,
+    /// Node → this host's token that its latest fresh ask echoed: a manual
+    /// notice echoing an older token was sent before that ask (a replay of
+    /// a time when it ran manual mode) and is ignored.
+    ask_echo: BTreeMap<String, u64>,
     /// The peer said it is the master in `mode = "manual"` (a standby in
     /// automatic mode then never asks to take over), until it asks for a
     /// lease again.
@@ -297,6 +301,7 @@ impl Core {
             started: now,
             tokens: BTreeMap::new(),
             reasked_for: 0,
+            ask_echo: BTreeMap::new(),
             peer_manual: None,
             serving: true,
         }
@@ -683,8 +688,11 @@ impl Core {
                 after_ms,
                 takeover,
                 holding,
-                echo: _,
+                echo,
             } => {
+                if let Some(token) = echo.get(&self.me) {
+                    self.ask_echo.insert(from.clone(), *token);
+                }
                 if !takeover && self.peer_manual.as_ref().is_some_and(|h| h.node == from) {
                     // It asks for a lease: it runs automatic failover again.
                     self.peer_manual = None;
@@ -701,7 +709,13 @@ impl Core {
             Body::Ping => vec![self.send(Target::Sender, Body::Pong, now)],
             Body::Pong => Vec::new(),
             Body::Manual { epoch, echo } => {
-                if echo.get(&self.me).is_some_and(|t| self.is_fresh(*t, now)) {
+                // Not older than its latest ask's (equal: a switch within
+                // one slot, when a restart gets the same token again).
+                let after_last_ask = |t: &u64| self.ask_echo.get(&from).is_none_or(|a| t >= a);
+                if echo
+                    .get(&self.me)
+                    .is_some_and(|t| self.is_fresh(*t, now) && after_last_ask(t))
+                {
                     self.on_manual(from, epoch, now)
                 } else {
                     // A replay, or the first notice after a start: the

@@ -1061,3 +1061,26 @@ fn a_manual_master_superseded_by_a_newer_epoch_steps_down() {
     assert_eq!(net.role(A), Role::Standby);
     assert!(net.writable(B));
 }
+
+#[test]
+fn a_manual_notice_older_than_the_masters_last_ask_is_ignored_even_while_fresh() {
+    let start = Instant::now();
+    let mut witness = Core::new("witness".into(), Kind::Witness, timing(), start, 3, None);
+    let t0 = start + secs(4.0);
+    // A notice from when alpha ran manual mode, captured...
+    let notice = Message {
+        from: "alpha".into(),
+        fresh: 0,
+        body: Body::Manual {
+            epoch: 1,
+            echo: [("witness".to_owned(), witness.token(t0))].into(),
+        },
+    };
+    // ...then alpha asks in automatic mode, a slot later.
+    let t1 = t0 + secs(0.8);
+    witness.on_message(ask_of("alpha", 1, 5, &witness, t1), t1);
+    // The notice replayed while its token is still fresh changes nothing.
+    let t2 = t1 + secs(0.5);
+    assert!(witness.on_message(notice, t2).is_empty());
+    assert!(!witness.highest.manual);
+}
