@@ -638,3 +638,44 @@ fn a_master_switched_to_manual_mode_is_never_taken_over_automatically() {
     });
     util::converged(&tb, "both hosts identical");
 }
+
+/// A master in manual mode, and an admin who promotes the automatic standby
+/// by hand (`promote --force`): the new master holds the lease at epoch 2,
+/// and the manual master, told so in answer to its next notice, steps down
+/// at once (not only when replication reaches it).
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_manual_master_steps_down_when_the_standby_is_promoted_by_hand() {
+    let tb = auto_trio("3s");
+    let manual = failover_config("master", "peer = \"10.231.0.2\"", "3s")
+        .replace("mode = \"auto\"", "mode = \"manual\"")
+        .replace(&format!("virtual_ip = \"{VIP}/24\"\n"), "");
+    tb.write(MASTER, "/etc/sftp-ha/config.toml", &manual);
+    tb.ok(MASTER, "systemctl restart sftp-ha");
+    wait_or_dump(
+        &tb,
+        "the standby to know the master runs manual mode",
+        || {
+            util::stdout(&tb.sh(STANDBY, "sftp-ha status"))
+                .contains("runs mode = \"manual\"")
+                .then_some(())
+        },
+    );
+    // Replication cannot tell the old master: its link to the standby is cut.
+    tb.block(MASTER, STANDBY, "both");
+    let out = tb.sh(STANDBY, "sftp-ha promote --force");
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_or_dump(&tb, "the manual master to step down", || {
+        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
+    let journal = tb.journal(MASTER, "");
+    assert!(
+        journal.contains("answered: standby is the master at epoch 2"),
+        "{journal}"
+    );
+    wait_or_dump(&tb, "the new master to hold the lease", || {
+        writable(&tb, STANDBY).then_some(())
+    });
+    tb.unblock(MASTER);
+    util::converged(&tb, "both hosts identical");
+}
