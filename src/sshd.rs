@@ -141,7 +141,7 @@ pub fn install_fence(data_dir: &Path, stop_sshd: bool) -> Result<Installed, Sshd
             if let Err(e) = crate::fsutil::write_atomic(path, text.as_bytes(), 0o644, Some((0, 0)))
             {
                 message.push_str(&format!("; and writing the read-only drop-in failed: {e}"));
-            } else if sshd_main_pid().is_none() {
+            } else if sshd_pids().is_empty() {
                 // No sshd runs (a stopped ssh.service also takes /run/sshd,
                 // which `sshd -t` then misses): nobody logs in, and sshd
                 // reads the read-only drop-in when it starts.
@@ -215,7 +215,7 @@ fn check_config() -> Result<(), SshdError> {
         return Ok(());
     }
     let mut message = crate::logging::one_line(&String::from_utf8_lossy(&check.stderr));
-    if message.contains("privilege separation directory") && sshd_main_pid().is_none() {
+    if message.contains("privilege separation directory") && sshd_pids().is_empty() {
         // ssh.service makes /run/sshd when it starts and removes it when it stops.
         message.push_str(
             " (sshd is not running here, so its runtime folder is missing: systemctl start ssh)",
@@ -224,29 +224,34 @@ fn check_config() -> Result<(), SshdError> {
     Err(SshdError::Refused { message })
 }
 
-/// Reloads sshd if it runs: unit `ssh` on Debian, `sshd` on RHEL. The
-/// reload job returns once sshd has been told (its `ExecReload=`).
+/// Reloads sshd if it runs: unit `ssh` on Debian, `sshd` on RHEL (the
+/// reload job returns once sshd has been told, by its `ExecReload=`), and
+/// any other sshd listener of root's (one started by hand, or by another
+/// unit) gets SIGHUP: it would otherwise keep serving the old drop-in.
 fn reload() -> Result<Installed, SshdError> {
-    let unit = ["ssh.service", "sshd.service"].into_iter().find(|u| {
-        Command::new("systemctl")
-            .args(["is-active", "--quiet", u])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    let Some(unit) = unit else {
-        return Ok(Installed::NotReloaded);
-    };
-    let out = Command::new("systemctl")
-        .args(["reload", unit])
-        .output()
-        .map_err(|e| SshdError::Reload(e.to_string()))?;
-    if out.status.success() {
-        Ok(Installed::Reloaded)
-    } else {
-        Err(SshdError::Reload(crate::logging::one_line(
-            &String::from_utf8_lossy(&out.stderr),
-        )))
+    let unit = sshd_main_pid();
+    if let Some((unit, _)) = unit {
+        let out = Command::new("systemctl")
+            .args(["reload", unit])
+            .output()
+            .map_err(|e| SshdError::Reload(e.to_string()))?;
+        if !out.status.success() {
+            return Err(SshdError::Reload(crate::logging::one_line(
+                &String::from_utf8_lossy(&out.stderr),
+            )));
+        }
     }
+    let others: Vec<i32> = listeners()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| unit.is_none_or(|(_, main)| main != *pid))
+        .collect();
+    signal_each(&others, nix::sys::signal::Signal::SIGHUP)?;
+    Ok(if unit.is_some() || !others.is_empty() {
+        Installed::Reloaded
+    } else {
+        Installed::NotReloaded
+    })
 }
 
 /// The main process of the running sshd unit, if any: its unit and pid.
@@ -266,64 +271,110 @@ fn sshd_main_pid() -> Option<(&'static str, i32)> {
         })
 }
 
-/// Sends `signal` to the main process of the running sshd unit, if any.
-fn signal_sshd(signal: nix::sys::signal::Signal) -> Result<Installed, SshdError> {
-    let Some((unit, pid)) = sshd_main_pid() else {
-        return Ok(Installed::NotReloaded);
-    };
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-        .map(|()| Installed::Reloaded)
-        .map_err(|e| SshdError::Reload(format!("{signal} to {unit} (pid {pid}): {e}")))
-}
-
-/// Whether sshd takes logins here: its listener runs (titled `[listener]`
-/// since OpenSSH 8.2), or, for an older sshd or socket activation, an ssh
-/// unit is active. `listener` is the listener's pid found last time: while
-/// it is still the listener, /proc is not walked again; only when no
-/// listener shows does this ask systemctl.
-pub fn takes_logins(listener: &mut Option<i32>) -> bool {
-    // A process anyone can start under that title does not count: root's,
-    // and not stopped (a stopped listener takes no login either).
-    let serving = |proc_dir: &Path| {
-        fs::read_to_string(proc_dir.join("status")).is_ok_and(|s| root_and_not_stopped(&s))
-    };
-    let still = listener.is_some_and(|pid| {
-        let dir = PathBuf::from(format!("/proc/{pid}"));
-        fs::read(dir.join("cmdline")).is_ok_and(|c| is_listener(&c)) && serving(&dir)
-    });
-    if !still {
-        *listener = None;
-        end_processes(|cmdline, proc_dir| {
-            if listener.is_none() && is_listener(cmdline) && serving(proc_dir) {
-                *listener = proc_dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.parse().ok());
-            }
-            false
-        });
+/// Every sshd that takes logins here or could again: the main process of
+/// the sshd unit and every listener of root's (stopped ones too).
+fn sshd_pids() -> Vec<i32> {
+    let mut pids: Vec<i32> = listeners().into_iter().map(|(pid, _)| pid).collect();
+    if let Some((_, main)) = sshd_main_pid()
+        && !pids.contains(&main)
+    {
+        pids.push(main);
     }
-    listener.is_some()
-        || ["ssh.service", "sshd.service", "ssh.socket", "sshd.socket"]
-            .into_iter()
-            .any(|unit| {
-                Command::new("systemctl")
-                    .args(["is-active", "--quiet", unit])
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
+    pids
 }
 
-/// A process's `/proc/PID/status`: its real uid is root, and it is not
-/// stopped (`State: T`) or traced.
-fn root_and_not_stopped(status: &str) -> bool {
+/// Sends `signal` to every sshd ([`sshd_pids`]), if any runs.
+fn signal_sshd(signal: nix::sys::signal::Signal) -> Result<Installed, SshdError> {
+    let pids = sshd_pids();
+    signal_each(&pids, signal)?;
+    Ok(if pids.is_empty() {
+        Installed::NotReloaded
+    } else {
+        Installed::Reloaded
+    })
+}
+
+/// Signals each pid; the first failure is the error (the others are still signalled).
+fn signal_each(pids: &[i32], signal: nix::sys::signal::Signal) -> Result<(), SshdError> {
+    let mut first = Ok(());
+    for &pid in pids {
+        if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
+            first = first.and(Err(SshdError::Reload(format!(
+                "{signal} to sshd (pid {pid}): {e}"
+            ))));
+        }
+    }
+    first
+}
+
+/// Whether sshd takes logins here: a listener of root's runs (titled
+/// `[listener]` since OpenSSH 8.2; one that is stopped takes none), or,
+/// where no listener shows at all (an older sshd, socket activation), an
+/// ssh unit is active. `cache` is the listener found last time: while it
+/// still is one, /proc is not walked again.
+pub fn takes_logins(cache: &mut Option<i32>) -> bool {
+    if let Some(pid) = *cache {
+        let dir = PathBuf::from(format!("/proc/{pid}"));
+        if fs::read(dir.join("cmdline")).is_ok_and(|c| is_listener(&c))
+            && let Some(running) = root_state(&dir)
+        {
+            return running;
+        }
+    }
+    let found = listeners();
+    *cache = found
+        .iter()
+        .find_map(|(pid, running)| running.then_some(*pid));
+    if cache.is_some() {
+        return true;
+    }
+    if !found.is_empty() {
+        return false;
+    }
+    ["ssh.service", "sshd.service", "ssh.socket", "sshd.socket"]
+        .into_iter()
+        .any(|unit| {
+            Command::new("systemctl")
+                .args(["is-active", "--quiet", unit])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+}
+
+/// sshd listeners of root's in this PID namespace: pid, and whether it
+/// runs (not stopped). A process anyone can start under that title does
+/// not count.
+fn listeners() -> Vec<(i32, bool)> {
+    let mut found = Vec::new();
+    end_processes(|cmdline, proc_dir| {
+        if is_listener(cmdline)
+            && let Some(running) = root_state(proc_dir)
+            && let Some(pid) = proc_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+        {
+            found.push((pid, running));
+        }
+        false
+    });
+    found
+}
+
+fn root_state(proc_dir: &Path) -> Option<bool> {
+    root_running(&fs::read_to_string(proc_dir.join("status")).ok()?)
+}
+
+/// From `/proc/PID/status`: `None` unless the real uid is root, else
+/// whether it runs (not stopped, `State: T`, or traced, `t`).
+fn root_running(status: &str) -> Option<bool> {
     let field = |name: &str| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|rest| rest.split_whitespace().next())
     };
-    field("Uid:") == Some("0") && !matches!(field("State:"), Some("T" | "t") | None)
+    (field("Uid:") == Some("0")).then(|| !matches!(field("State:"), Some("T" | "t") | None))
 }
 
 /// sshd's listener: `sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups`.
@@ -691,12 +742,12 @@ mod tests {
         let status = |uid: &str, state: &str| {
             format!("Name:\tsshd\nState:\t{state}\nPid:\t34\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
         };
-        assert!(root_and_not_stopped(&status("0", "S (sleeping)")));
-        assert!(root_and_not_stopped(&status("0", "R (running)")));
-        assert!(!root_and_not_stopped(&status("1000", "S (sleeping)")));
-        assert!(!root_and_not_stopped(&status("0", "T (stopped)")));
-        assert!(!root_and_not_stopped(&status("0", "t (tracing stop)")));
-        assert!(!root_and_not_stopped("garbage"));
+        assert_eq!(root_running(&status("0", "S (sleeping)")), Some(true));
+        assert_eq!(root_running(&status("0", "R (running)")), Some(true));
+        assert_eq!(root_running(&status("1000", "S (sleeping)")), None);
+        assert_eq!(root_running(&status("0", "T (stopped)")), Some(false));
+        assert_eq!(root_running(&status("0", "t (tracing stop)")), Some(false));
+        assert_eq!(root_running("garbage"), None);
     }
 
     #[test]

@@ -679,3 +679,64 @@ fn a_manual_master_steps_down_when_the_standby_is_promoted_by_hand() {
     tb.unblock(MASTER);
     util::converged(&tb, "both hosts identical");
 }
+
+/// sshd's listener stopped (SIGSTOP): it takes no login although
+/// ssh.service is still active, so the standby takes over; once it runs
+/// again, the old master follows.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn a_master_whose_sshd_listener_is_stopped_lets_the_standby_take_over() {
+    let tb = auto_trio("3s");
+    tb.ok(
+        MASTER,
+        "kill -STOP $(systemctl show -p MainPID --value ssh.service)",
+    );
+    wait_standby_took_over(&tb);
+    assert!(!writable(&tb, MASTER), "{}", dump(&tb));
+    tb.ok(
+        MASTER,
+        "kill -CONT $(systemctl show -p MainPID --value ssh.service)",
+    );
+    wait_old_master_follows(&tb);
+    upload_soon(&tb, WITNESS, VIP, "after-stop.txt", "after the stop\n");
+    util::converged(&tb, "both hosts identical");
+}
+
+/// An sshd started by hand, outside ssh.service, serves users too: when the
+/// master loses its lease, that sshd is given the read-only drop-in as
+/// well, so the old master takes no upload while the new one does.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn an_sshd_started_by_hand_is_fenced_too() {
+    let tb = auto_trio("3s");
+    tb.ok(
+        MASTER,
+        "systemctl stop ssh.service && mkdir -p /run/sshd && /usr/sbin/sshd",
+    );
+    upload_soon(
+        &tb,
+        STANDBY,
+        "10.231.0.1",
+        "by-hand.txt",
+        "to the hand-started sshd\n",
+    );
+    tb.block(MASTER, WITNESS, "both");
+    tb.block(MASTER, STANDBY, "both");
+    wait_or_dump(&tb, "the standby to take over", || {
+        (role_of(&tb, STANDBY).0 == "master" && writable(&tb, STANDBY)).then_some(())
+    });
+    let out = upload(&tb, MASTER, "10.231.0.1", "fenced.txt", "after the lease\n");
+    assert!(
+        !out.status.success(),
+        "the old master took an upload through the hand-started sshd: {}",
+        describe(&out)
+    );
+    assert!(
+        !tb.sh(MASTER, &format!("test -e {DIR}/fenced.txt"))
+            .status
+            .success()
+    );
+    tb.unblock(MASTER);
+    wait_old_master_follows(&tb);
+    util::converged(&tb, "both hosts identical");
+}

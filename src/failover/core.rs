@@ -245,9 +245,9 @@ pub struct Core {
     tokens: BTreeMap<String, u64>,
     /// The newest ask asked again for after a stale refusal.
     reasked_for: u64,
-    /// Node → this host's token that its latest fresh ask echoed: a manual
-    /// notice echoing an older token was sent before that ask (a replay of
-    /// a time when it ran manual mode) and is ignored.
+    /// Node → the newest of this host's tokens that its fresh asks echoed:
+    /// a manual notice echoing no newer token may have been sent before
+    /// that ask (a replay of a time when it ran manual mode): ignored.
     ask_echo: BTreeMap<String, u64>,
     /// The peer said it is the master in `mode = "manual"` (a standby in
     /// automatic mode then never asks to take over), until it asks for a
@@ -690,8 +690,10 @@ impl Core {
                 holding,
                 echo,
             } => {
-                if let Some(token) = echo.get(&self.me) {
-                    self.ask_echo.insert(from.clone(), *token);
+                // The newest only: a replayed older ask does not lower it.
+                if let Some(&token) = echo.get(&self.me) {
+                    let newest = self.ask_echo.entry(from.clone()).or_insert(token);
+                    *newest = (*newest).max(token);
                 }
                 if !takeover && self.peer_manual.as_ref().is_some_and(|h| h.node == from) {
                     // It asks for a lease: it runs automatic failover again.
@@ -709,18 +711,19 @@ impl Core {
             Body::Ping => vec![self.send(Target::Sender, Body::Pong, now)],
             Body::Pong => Vec::new(),
             Body::Manual { epoch, echo } => {
-                // Not older than its latest ask's (equal: a switch within
-                // one slot, when a restart gets the same token again).
-                let after_last_ask = |t: &u64| self.ask_echo.get(&from).is_none_or(|a| t >= a);
-                if echo
-                    .get(&self.me)
-                    .is_some_and(|t| self.is_fresh(*t, now) && after_last_ask(t))
-                {
-                    self.on_manual(from, epoch, now)
-                } else {
+                let echoed = echo.get(&self.me).filter(|t| self.is_fresh(**t, now));
+                match echoed {
+                    Some(t) if self.ask_echo.get(&from).is_none_or(|a| t > a) => {
+                        self.on_manual(from, epoch, now)
+                    }
+                    // Fresh, but not newer than its latest ask's token (a
+                    // replay from before it went back to automatic mode,
+                    // or a switch to manual within one slot): the answer
+                    // brings it a newer token for its next notice.
+                    Some(_) => vec![self.send(Target::Sender, Body::Pong, now)],
                     // A replay, or the first notice after a start: the
                     // sender's pings bring it a fresh token for the next.
-                    Vec::new()
+                    None => Vec::new(),
                 }
             }
             Body::Release { epoch, nonce } => {

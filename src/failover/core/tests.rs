@@ -1079,8 +1079,27 @@ fn a_manual_notice_older_than_the_masters_last_ask_is_ignored_even_while_fresh()
     // ...then alpha asks in automatic mode, a slot later.
     let t1 = t0 + secs(0.8);
     witness.on_message(ask_of("alpha", 1, 5, &witness, t1), t1);
-    // The notice replayed while its token is still fresh changes nothing.
+    // The notice replayed while its token is still fresh changes nothing
+    // (the answer is a pong, with a newer token).
     let t2 = t1 + secs(0.5);
-    assert!(witness.on_message(notice, t2).is_empty());
+    let answer = witness.on_message(notice.clone(), t2);
+    assert!(
+        matches!(
+            &answer[..],
+            [Action::Send {
+                message: Message {
+                    body: Body::Pong,
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{answer:?}"
+    );
+    assert!(!witness.highest.manual);
+    // Nor does an older ask replayed before it: the newest echo counts.
+    let older = ask_of("alpha", 1, 4, &witness, t0);
+    witness.on_message(older, t2);
+    witness.on_message(notice, t2);
     assert!(!witness.highest.manual);
 }
