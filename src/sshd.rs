@@ -313,12 +313,13 @@ fn signal_each(pids: &[i32], signal: nix::sys::signal::Signal) -> Result<(), Ssh
 /// ssh unit is active. `cache` is the listener found last time: while it
 /// still is one, /proc is not walked again.
 pub fn takes_logins(cache: &mut Option<i32>) -> bool {
+    // The cache answers only "yes": a stopped one may not be the only one.
     if let Some(pid) = *cache {
         let dir = PathBuf::from(format!("/proc/{pid}"));
         if fs::read(dir.join("cmdline")).is_ok_and(|c| is_listener(&c))
-            && let Some(running) = root_state(&dir)
+            && root_state(&dir) == Some(true)
         {
-            return running;
+            return true;
         }
     }
     let found = listeners();
@@ -475,7 +476,9 @@ fn is_reexec(cmdline: &[u8]) -> bool {
     let program = args.next().unwrap_or_default();
     let name = program.rsplit(|b| *b == b'/').next().unwrap_or_default();
     match name {
-        b"sshd" => args.any(|a| a == b"-R"),
+        // -R: re-executed for one connection; -i: started for one by inetd
+        // or socket activation (`ssh.socket` with `Accept=yes`).
+        b"sshd" => args.any(|a| a == b"-R" || a == b"-i"),
         b"sshd-session" | b"sshd-auth" => true,
         _ => false,
     }
@@ -678,6 +681,7 @@ mod tests {
         assert!(is_reexec(b"/usr/sbin/sshd\0-D\0-R\0"));
         assert!(is_reexec(b"/usr/lib/openssh/sshd-session\0-R\0"));
         assert!(!is_reexec(b"/usr/sbin/sshd\0-D\0"));
+        assert!(is_reexec(b"/usr/sbin/sshd\0-i\0"));
         assert!(!is_reexec(b"sshd: EPuser@notty\0"));
         for done in [
             &b"sshd: EPuser [priv]"[..],
