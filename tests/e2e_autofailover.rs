@@ -162,6 +162,25 @@ fn wait_old_master_follows(tb: &Testbed) {
     });
 }
 
+/// The master goes back to `mode = "manual"`, keeping the witness in its
+/// config; returns once the automatic standby knows.
+fn switch_master_to_manual(tb: &Testbed) {
+    let manual = failover_config("master", "peer = \"10.231.0.2\"", "3s")
+        .replace("mode = \"auto\"", "mode = \"manual\"")
+        .replace(&format!("virtual_ip = \"{VIP}/24\"\n"), "");
+    tb.write(MASTER, "/etc/sftp-ha/config.toml", &manual);
+    tb.ok(MASTER, "sftp-ha check-config && systemctl restart sftp-ha");
+    wait_or_dump(
+        tb,
+        "the standby to know the master runs manual mode",
+        || {
+            util::stdout(&tb.sh(STANDBY, "sftp-ha status"))
+                .contains("runs mode = \"manual\"")
+                .then_some(())
+        },
+    );
+}
+
 fn read(tb: &Testbed, host: &str, path: &str) -> String {
     util::stdout(&tb.sh(host, &format!("cat {path}")))
 }
@@ -598,20 +617,7 @@ fn a_master_whose_sshd_stops_lets_the_standby_take_over() {
 #[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
 fn a_master_switched_to_manual_mode_is_never_taken_over_automatically() {
     let tb = auto_trio("3s");
-    let manual = failover_config("master", "peer = \"10.231.0.2\"", "3s")
-        .replace("mode = \"auto\"", "mode = \"manual\"")
-        .replace(&format!("virtual_ip = \"{VIP}/24\"\n"), "");
-    tb.write(MASTER, "/etc/sftp-ha/config.toml", &manual);
-    tb.ok(MASTER, "sftp-ha check-config && systemctl restart sftp-ha");
-    wait_or_dump(
-        &tb,
-        "the standby to know the master runs manual mode",
-        || {
-            util::stdout(&tb.sh(STANDBY, "sftp-ha status"))
-                .contains("runs mode = \"manual\"")
-                .then_some(())
-        },
-    );
+    switch_master_to_manual(&tb);
     upload_soon(&tb, STANDBY, "10.231.0.1", "manual.txt", "in manual mode\n");
     tb.cut(MASTER);
     // Several leases long: a manual master cut off is not replaced.
@@ -647,20 +653,7 @@ fn a_master_switched_to_manual_mode_is_never_taken_over_automatically() {
 #[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
 fn a_manual_master_steps_down_when_the_standby_is_promoted_by_hand() {
     let tb = auto_trio("3s");
-    let manual = failover_config("master", "peer = \"10.231.0.2\"", "3s")
-        .replace("mode = \"auto\"", "mode = \"manual\"")
-        .replace(&format!("virtual_ip = \"{VIP}/24\"\n"), "");
-    tb.write(MASTER, "/etc/sftp-ha/config.toml", &manual);
-    tb.ok(MASTER, "systemctl restart sftp-ha");
-    wait_or_dump(
-        &tb,
-        "the standby to know the master runs manual mode",
-        || {
-            util::stdout(&tb.sh(STANDBY, "sftp-ha status"))
-                .contains("runs mode = \"manual\"")
-                .then_some(())
-        },
-    );
+    switch_master_to_manual(&tb);
     // Replication cannot tell the old master: its link to the standby is cut.
     tb.block(MASTER, STANDBY, "both");
     let out = tb.sh(STANDBY, "sftp-ha promote --force");

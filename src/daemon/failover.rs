@@ -37,20 +37,10 @@ impl Daemon {
             return;
         };
         let settings = Settings {
-            node: self.node.clone(),
-            kind: Kind::FileHost,
-            timing: Timing { after: f.after },
-            port: f.port,
-            key,
-            witness: f.witness.clone(),
-            peer: f.peer.clone(),
             virtual_ip: f.virtual_ip,
             interface: f.interface.clone(),
-            data_dir: self.config.data_dir.clone(),
-            state_dir: self.config.state_dir.clone(),
-            role: self.live.role,
-            epoch: self.live.epoch,
             main_alive: Some(self.main_alive.clone()),
+            ..self.failover_settings(Kind::FileHost, key)
         };
         match Failover::start(settings, self.gate.clone()) {
             Ok(failover) => {
@@ -83,20 +73,8 @@ impl Daemon {
             return;
         };
         let settings = Settings {
-            node: self.node.clone(),
-            kind: Kind::Manual,
-            timing: Timing { after: f.after },
-            port: f.port,
-            key,
             witness: Some(witness),
-            peer: f.peer.clone(),
-            virtual_ip: None,
-            interface: None,
-            data_dir: self.config.data_dir.clone(),
-            state_dir: self.config.state_dir.clone(),
-            role: self.live.role,
-            epoch: self.live.epoch,
-            main_alive: None,
+            ..self.failover_settings(Kind::Manual, key)
         };
         match Failover::start(settings, self.gate.clone()) {
             Ok(failover) => {
@@ -108,6 +86,28 @@ impl Daemon {
             Err(err) => tracing::error!(
                 "{err}; the witness and the peer cannot be told that this host runs manual failover: switch the peer to mode = \"manual\" too"
             ),
+        }
+    }
+
+    /// The thread's settings from `[failover]` and the live role, without
+    /// the virtual IP and without the watchdog.
+    fn failover_settings(&self, kind: Kind, key: crate::failover::key::FailoverKey) -> Settings {
+        let f = &self.config.failover;
+        Settings {
+            node: self.node.clone(),
+            kind,
+            timing: Timing { after: f.after },
+            port: f.port,
+            key,
+            witness: f.witness.clone(),
+            peer: f.peer.clone(),
+            virtual_ip: None,
+            interface: None,
+            data_dir: self.config.data_dir.clone(),
+            state_dir: self.config.state_dir.clone(),
+            role: self.live.role,
+            epoch: self.live.epoch,
+            main_alive: None,
         }
     }
 
