@@ -34,6 +34,14 @@ const PROMOTE_PATIENCE: Duration = Duration::from_secs(45);
 /// open then are watched: one still logging in (sshd's LoginGraceTime is 2
 /// minutes by default) would get the config it was accepted with, writable.
 pub const FENCE_WINDOW: Duration = Duration::from_secs(180);
+/// How long after a fence sshd is reloaded once more. OpenSSH ignores SIGHUP
+/// while it re-executes itself for an earlier one (tens of milliseconds): a
+/// fence's reload that lands in that window, right after a reload from
+/// elsewhere that read the config before the read-only drop-in was written,
+/// would be lost, and that sshd would serve new logins writable until its
+/// next reload. A second reload a second later reaches an sshd that is
+/// listening again.
+pub const FENCE_RELOAD_AGAIN: Duration = Duration::from_secs(1);
 /// How often the fence looks at the connections again (see [`Daemon::keep_fencing`]).
 const FENCE_LOOK_EVERY: Duration = Duration::from_millis(200);
 /// `sftp-ha promote` / `demote` leave their request in the runtime dir as
@@ -320,7 +328,16 @@ impl Daemon {
                 "ended {ended} user session process(es) from before this start: this host is a standby"
             );
         }
-        self.fencing = Some((Instant::now() + FENCE_WINDOW, connections));
+        self.start_fencing(connections);
+    }
+
+    /// Watches `connections` for [`FENCE_WINDOW`] and plans sshd's second
+    /// reload (see [`FENCE_RELOAD_AGAIN`]); call once the read-only drop-in
+    /// is written.
+    pub(super) fn start_fencing(&mut self, connections: std::collections::HashSet<i32>) {
+        let now = Instant::now();
+        self.fencing = Some((now + FENCE_WINDOW, connections));
+        self.fence_reload_at = Some(now + FENCE_RELOAD_AGAIN);
     }
 
     /// At start: a standby that stepped down and crashed before it listed
@@ -352,7 +369,7 @@ impl Daemon {
         if ended > 0 {
             tracing::warn!("ended {ended} user session process(es): {why}");
         }
-        self.fencing = Some((Instant::now() + FENCE_WINDOW, connections));
+        self.start_fencing(connections);
     }
 
     /// Each loop while fencing: a login that completes on a connection that
@@ -384,6 +401,19 @@ impl Daemon {
             {
                 self.sshd_retried = Some(Instant::now());
                 self.install_sshd();
+            }
+        }
+        if self.fence_reload_at.is_some_and(|at| Instant::now() >= at) {
+            self.fence_reload_at = None;
+            match crate::sshd::reload_if_running() {
+                Ok(crate::sshd::Installed::Reloaded) => tracing::info!(
+                    "sshd reloaded a second time after the fence, in case the first reload reached it while it restarted for another one"
+                ),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(
+                    "cannot reload sshd a second time after the fence: {err}; sessions of users logging in are still ended for {}",
+                    crate::timefmt::format_duration(FENCE_WINDOW)
+                ),
             }
         }
         let Some((until, connections)) = &self.fencing else {
