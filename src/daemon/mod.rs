@@ -156,7 +156,9 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
     );
 
     prepare_dirs(&config)?;
-    let live = Daemon::load_live(&config)?;
+    // Before the failover thread: the watchdog is this thread's to feed.
+    let mut progress = roles::WalkProgress::new(Some(&notifier), None);
+    let live = Daemon::load_live(&config, &mut || progress.tick())?;
     tracing::info!(
         "live role: {} at epoch {} since {} ({})",
         live.role,
