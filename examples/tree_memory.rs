@@ -105,13 +105,15 @@ fn main() -> anyhow::Result<()> {
     for count in counts {
         let root = data_dir(&base, count)?;
         let before = heap_in_use();
-        let (current, _) = tree::scan(&root, &mut |_| {})?;
+        let (mut current, _) = tree::scan(&root, &mut |_| {})?;
         let with_current = heap_in_use();
         // After a full sync the worker's index equals the tree; a restarted
-        // worker reads it back from the file it saves after each round.
+        // worker reads it back from the file it saves after each round, and
+        // shares one copy of what both agree on after each walk.
         let index_file = base.join(format!("index-{count}"));
         tree::save_index(&index_file, &current)?;
-        let index = tree::load_index(&index_file);
+        let mut index = tree::load_index(&index_file);
+        tree::share(&mut current, &mut index);
         let with_both = heap_in_use();
         let rss = rss_bytes();
         anyhow::ensure!(index.len() == current.len(), "the index did not read back");

@@ -397,6 +397,9 @@ impl<C: Connector> Worker<C> {
             self.watcher.keep_only(&folders);
             self.log_skipped(skipped);
             self.current = tree;
+            // The index equals the new walk almost everywhere: one copy of
+            // what they agree on (the round gives the memory back).
+            tree::share(&mut self.current, &mut self.index);
             self.dirty.clear();
             self.rescan_all = false;
             self.replan_all = true;
@@ -503,6 +506,7 @@ impl<C: Connector> Worker<C> {
                 return;
             }
         };
+        self.keep_trees_shared();
         // Before connecting: with the standby away, they must still be noted.
         let rewritten = round::rewritten_alike(&self.current, &self.index, &self.closed);
         for path in &rewritten {
@@ -567,8 +571,20 @@ impl<C: Connector> Worker<C> {
         } else {
             self.apply(ops)
         };
+        self.keep_trees_shared();
         let again = settling || !self.dirty.is_empty();
         self.schedule.round_done(Instant::now(), retry, again);
+    }
+
+    /// Shares one copy of what the master's tree and the index agree on
+    /// again once changes since the last [`tree::share`] have added up
+    /// (events, confirmations, an audit's corrections): a pass over both,
+    /// once in many changes.
+    fn keep_trees_shared(&mut self) {
+        if tree::drifted(&self.current, &self.index) {
+            tree::share(&mut self.current, &mut self.index);
+            memory::give_back();
+        }
     }
 
     /// True if the kernel says no process has this file open for writing
