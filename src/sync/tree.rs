@@ -16,7 +16,7 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
 mod map;
-pub use map::{Tree, drifted, share};
+pub use map::{Pair, Tree, drifted, share, side_by_side};
 
 /// The folder, at the top of the standby's data dir, where files are written
 /// before they are renamed into place: outside every chroot (a user name
@@ -588,9 +588,9 @@ pub fn plan(current: &Tree, confirmed: &Tree, allow_deletes: bool) -> Vec<Op> {
     // A rename needs a confirmed path that vanished (or whose inode changed);
     // only then is the index copied to play the renames through.
     let may_have_renames = allow_deletes
-        && confirmed
-            .iter()
-            .any(|(p, e)| e.ino != 0 && current.get(p).is_none_or(|n| n.ino != e.ino));
+        && side_by_side(current, confirmed, false).any(|(_, new, old)| {
+            old.is_some_and(|e| e.ino != 0 && new.is_none_or(|n| n.ino != e.ino))
+        });
     let mut renamed;
     let confirmed = if may_have_renames {
         renamed = confirmed.clone();
@@ -600,20 +600,22 @@ pub fn plan(current: &Tree, confirmed: &Tree, allow_deletes: bool) -> Vec<Op> {
         confirmed
     };
     if allow_deletes {
-        for (path, old) in confirmed.iter_rev() {
-            match current.get(path) {
-                Some(new) if new.kind == old.kind => {}
-                _ => ops.push(Op::Delete(path.to_vec(), old.kind)),
+        for (path, new, old) in side_by_side(current, confirmed, true) {
+            match (new, old) {
+                (_, None) => {}
+                (Some(new), Some(old)) if new.kind == old.kind => {}
+                (_, Some(old)) => ops.push(Op::Delete(path.to_vec(), old.kind)),
             }
         }
     }
     // All new folders first (parents first), then the files: uploads then
     // form one run that several sessions can share.
     let mut files = Vec::new();
-    for (path, new) in current {
-        let old = confirmed
-            .get(path)
-            .filter(|o| o.kind == new.kind || !allow_deletes);
+    for (path, new, old) in side_by_side(current, confirmed, false) {
+        let Some(new) = new else {
+            continue;
+        };
+        let old = old.filter(|o| o.kind == new.kind || !allow_deletes);
         match (new.kind, old) {
             (_, Some(old)) if old == new => {}
             (Kind::Dir, None) => ops.push(Op::Mkdir(path.to_vec(), *new)),

@@ -253,6 +253,47 @@ fn diff<'a>(base: &'a Base, tree: &'a Tree) -> impl Iterator<Item = (&'a [u8], O
     })
 }
 
+/// A path and its entries in two trees (`None` where one has none).
+pub type Pair<'a> = (&'a [u8], Option<&'a Entry>, Option<&'a Entry>);
+
+/// The paths of `a` and `b` in order (last first if `reverse`), each with its
+/// entry in both: one pass over both rather than a search of one for every
+/// path of the other (a plan of a million paths).
+pub fn side_by_side<'a>(a: &'a Tree, b: &'a Tree, reverse: bool) -> impl Iterator<Item = Pair<'a>> {
+    type Items<'a> = Peekable<Box<dyn Iterator<Item = (&'a [u8], &'a Entry)> + 'a>>;
+    let (mut left, mut right): (Items<'a>, Items<'a>) = if reverse {
+        (
+            (Box::new(a.iter_rev()) as Box<dyn Iterator<Item = _>>).peekable(),
+            (Box::new(b.iter_rev()) as Box<dyn Iterator<Item = _>>).peekable(),
+        )
+    } else {
+        (
+            (Box::new(a.iter()) as Box<dyn Iterator<Item = _>>).peekable(),
+            (Box::new(b.iter()) as Box<dyn Iterator<Item = _>>).peekable(),
+        )
+    };
+    std::iter::from_fn(move || {
+        let order = match (left.peek(), right.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((p, _)), Some((q, _))) => {
+                let o = p.cmp(q);
+                if reverse { o.reverse() } else { o }
+            }
+        };
+        match order {
+            Ordering::Less => left.next().map(|(p, e)| (p, Some(e), None)),
+            Ordering::Greater => right.next().map(|(q, e)| (q, None, Some(e))),
+            Ordering::Equal => {
+                let (p, in_a) = left.next()?;
+                let (_, in_b) = right.next()?;
+                Some((p, Some(in_a), Some(in_b)))
+            }
+        }
+    })
+}
+
 /// True if `a` and `b` have drifted far enough from their bases (by changes
 /// since [`share`]) that sharing again is worth a pass over both.
 pub fn drifted(a: &Tree, b: &Tree) -> bool {
@@ -535,6 +576,37 @@ mod tests {
                 .iter()
                 .all(|(p, e)| tree.get(p).is_some_and(|t| t.mode == e.mode))
         );
+    }
+
+    #[test]
+    fn side_by_side_pairs_every_path_of_both_in_order() {
+        let a: Tree = [(&b"a"[..], entry(1)), (b"a/x", entry(2)), (b"c", entry(3))]
+            .into_iter()
+            .collect();
+        let mut b = Tree::new();
+        b.insert(&b"a-b"[..], entry(4));
+        b.insert(&b"a/x"[..], entry(5));
+        let sizes = |reverse| -> Vec<(String, Option<u64>, Option<u64>)> {
+            side_by_side(&a, &b, reverse)
+                .map(|(p, x, y)| {
+                    (
+                        String::from_utf8_lossy(p).into_owned(),
+                        x.map(|e| e.size),
+                        y.map(|e| e.size),
+                    )
+                })
+                .collect()
+        };
+        let forward = vec![
+            ("a".to_string(), Some(1), None),
+            ("a-b".to_string(), None, Some(4)),
+            ("a/x".to_string(), Some(2), Some(5)),
+            ("c".to_string(), Some(3), None),
+        ];
+        assert_eq!(sizes(false), forward);
+        let mut backward = forward;
+        backward.reverse();
+        assert_eq!(sizes(true), backward);
     }
 
     #[test]
