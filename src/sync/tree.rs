@@ -159,7 +159,7 @@ pub fn scan_below(
     let top = open_dir(root, rel)?;
     walk(top, rel.to_vec(), &mut found, &mut skipped, before_listing)?;
     // Built in one go from all that was found: sorted, with no spare room.
-    Ok((found.into_iter().collect(), skipped))
+    Ok((Tree::from_walk(found), skipped))
 }
 
 /// What one path of the tree is now.
