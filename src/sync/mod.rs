@@ -1731,6 +1731,9 @@ mod tests {
             b.worker.rescan_all = true;
             b.worker.round();
             assert_eq!(b.fs.lock().unwrap().changes, Vec::new());
+            // After the walk the index is the master's tree: held once.
+            assert!(tree::held_once(&b.worker.current, &b.worker.index));
+            assert_eq!(b.worker.index.len(), 4);
         }
 
         #[test]

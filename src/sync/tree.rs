@@ -16,6 +16,8 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
 mod map;
+#[cfg(test)]
+pub use map::held_once;
 pub use map::{Pair, Tree, drifted, share, side_by_side};
 
 /// The folder, at the top of the standby's data dir, where files are written

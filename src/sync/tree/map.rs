@@ -253,6 +253,12 @@ fn diff<'a>(base: &'a Base, tree: &'a Tree) -> impl Iterator<Item = (&'a [u8], O
     })
 }
 
+/// True if `b` is all on the base of `a`, nothing of its own (tests).
+#[cfg(test)]
+pub fn held_once(a: &Tree, b: &Tree) -> bool {
+    Arc::ptr_eq(&a.base, &b.base) && b.changes.is_empty()
+}
+
 /// A path and its entries in two trees (`None` where one has none).
 pub type Pair<'a> = (&'a [u8], Option<&'a Entry>, Option<&'a Entry>);
 
