@@ -243,7 +243,8 @@ struct Worker<C: Connector> {
     /// Rounds, reconnects, audits, peer checks and index writes: when each is due.
     schedule: Schedule,
     index_path: PathBuf,
-    /// What the standby has confirmed.
+    /// What the standby has confirmed. Held on the same base as `current`
+    /// where both agree (see [`tree::share`]): one copy of a million paths.
     index: Tree,
     watcher: watch::Watcher,
     /// The master's tree as last seen: a full scan, then kept current path by

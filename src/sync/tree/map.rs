@@ -175,17 +175,16 @@ impl Tree {
         let changes = std::mem::take(&mut self.changes);
         let mut merged = Base::with_capacity(self.len);
         let mut changes = changes.into_iter().peekable();
-        // Paths are moved out of a base no other tree holds, copied otherwise.
-        let base: Box<dyn Iterator<Item = (Box<[u8]>, Entry)>> =
+        // Paths are moved out of a base no other tree holds, copied (one by
+        // one, no second list) out of a shared one.
+        let shared;
+        let base: Box<dyn Iterator<Item = (Box<[u8]>, Entry)> + '_> =
             match Arc::try_unwrap(std::mem::take(&mut self.base)) {
                 Ok(own) => Box::new(own.into_iter()),
-                Err(shared) => Box::new(
-                    shared
-                        .iter()
-                        .map(|(p, e)| (p.clone(), *e))
-                        .collect::<Vec<_>>()
-                        .into_iter(),
-                ),
+                Err(other) => {
+                    shared = other;
+                    Box::new(shared.iter().map(|(p, e)| (p.clone(), *e)))
+                }
             };
         for (path, e) in base {
             // Paths new in this tree that come before this one.
@@ -571,8 +570,15 @@ mod tests {
             }
             if round % 500 == 499 {
                 same_as(&tree, &model);
+                // Every other time the base is shared (copied out, and the
+                // copy that keeps it unchanged), every other time its own.
+                let other = (round % 1000 == 999).then(|| tree.clone());
                 tree.compact();
                 assert!(tree.changes.is_empty());
+                same_as(&tree, &model);
+                if let Some(other) = other {
+                    same_as(&other, &model);
+                }
             }
         }
         same_as(&tree, &model);
