@@ -246,7 +246,8 @@ struct Worker<C: Connector> {
     /// Rounds, reconnects, audits, peer checks and index writes: when each is due.
     schedule: Schedule,
     index_path: PathBuf,
-    /// What the standby has confirmed.
+    /// What the standby has confirmed. Held on the same base as `current`
+    /// where both agree (see [`tree::share`]): one copy of a million paths.
     index: Tree,
     watcher: watch::Watcher,
     /// The master's tree as last seen: a full scan, then kept current path by
@@ -401,6 +402,9 @@ impl<C: Connector> Worker<C> {
             self.note_watches(folders.len());
             self.log_skipped(skipped);
             self.current = tree;
+            // The index equals the new walk almost everywhere: one copy of
+            // what they agree on (the round gives the memory back).
+            tree::share(&mut self.current, &mut self.index);
             self.dirty.clear();
             self.rescan_all = false;
             self.replan_all = true;
@@ -535,6 +539,7 @@ impl<C: Connector> Worker<C> {
                 return;
             }
         };
+        self.keep_trees_shared();
         // Before connecting: with the standby away, they must still be noted.
         let rewritten = round::rewritten_alike(&self.current, &self.index, &self.closed);
         for path in &rewritten {
@@ -599,8 +604,20 @@ impl<C: Connector> Worker<C> {
         } else {
             self.apply(ops)
         };
+        self.keep_trees_shared();
         let again = settling || !self.dirty.is_empty();
         self.schedule.round_done(Instant::now(), retry, again);
+    }
+
+    /// Shares one copy of what the master's tree and the index agree on
+    /// again once changes since the last [`tree::share`] have added up
+    /// (events, confirmations, an audit's corrections): a pass over both,
+    /// once in many changes.
+    fn keep_trees_shared(&mut self) {
+        if tree::drifted(&self.current, &self.index) {
+            tree::share(&mut self.current, &mut self.index);
+            memory::give_back();
+        }
     }
 
     /// True if the kernel says no process has this file open for writing
@@ -1747,6 +1764,9 @@ mod tests {
             b.worker.rescan_all = true;
             b.worker.round();
             assert_eq!(b.fs.lock().unwrap().changes, Vec::new());
+            // After the walk the index is the master's tree: held once.
+            assert!(tree::held_once(&b.worker.current, &b.worker.index));
+            assert_eq!(b.worker.index.len(), 4);
         }
 
         #[test]
