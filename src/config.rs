@@ -310,6 +310,11 @@ pub struct SyncConfig {
     /// The other file host: where this host replicates to while it is the
     /// master, and the host it asks before a promotion. `None`: none yet.
     pub peer: Option<Endpoint>,
+    /// Every standby a master replicates to, `peer` first (`[sync] peer` as
+    /// a list); empty when no peer is set. On a standby, the first is the
+    /// master it asks before a promotion and all are its standbys once it
+    /// is promoted.
+    pub standbys: Vec<Endpoint>,
     pub fallback_interval: Duration,
     /// Mirror deletes to the standby.
     pub delete: bool,
@@ -435,12 +440,45 @@ struct AccountsFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SyncFile {
-    peer: Option<Spanned<String>>,
+    peer: Option<Spanned<Peers>>,
     /// The older name of `peer`, on a master.
-    standby: Option<Spanned<String>>,
+    standby: Option<Spanned<Peers>>,
     fallback_interval: Option<Spanned<String>>,
     delete: Option<bool>,
     audit_interval: Option<Spanned<String>>,
+}
+
+/// `[sync] peer`: one address, or a list of them (a master with several
+/// standbys). Each entry keeps its place in the file where the format gives
+/// one (`None`: the single string, whose place is the key's).
+#[derive(Debug)]
+struct Peers(Vec<(String, Option<Range<usize>>)>);
+
+impl<'de> Deserialize<'de> for Peers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Peers, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Peers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an address in quotes, or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Peers, E> {
+                Ok(Peers(vec![(v.to_string(), None)]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Peers, A::Error> {
+                let mut all = Vec::new();
+                while let Some(one) = seq.next_element::<Spanned<String>>()? {
+                    let span = one.span();
+                    all.push((one.into_inner(), Some(span)));
+                }
+                Ok(Peers(all))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// Why a config could not be used.
@@ -612,17 +650,40 @@ impl ConfigFile {
             }
             (None, s) => ("sync.standby", s),
         };
-        let peer = match peer {
-            None => None,
-            Some(s) => Some(Endpoint::parse(s.get_ref()).map_err(|msg| {
-                fail(
-                    s.span(),
+        let mut standbys: Vec<Endpoint> = Vec::new();
+        if let Some(list) = peer {
+            let key_span = list.span();
+            let Peers(entries) = list.into_inner();
+            if entries.is_empty() {
+                return Err(fail(
+                    key_span,
                     peer_key,
-                    format!("`{}` is not a valid address: {msg}", s.get_ref()),
-                    "write HOST or HOST:PORT, e.g. \"standby.example:22\"",
-                )
-            })?),
-        };
+                    "the list of standbys is empty".into(),
+                    "write at least one address, e.g. peer = [\"standby1.example\", \"standby2.example\"], or leave the key out",
+                ));
+            }
+            for (text, span) in entries {
+                let span = span.unwrap_or_else(|| key_span.clone());
+                let endpoint = Endpoint::parse(&text).map_err(|msg| {
+                    fail(
+                        span.clone(),
+                        peer_key,
+                        format!("`{text}` is not a valid address: {msg}"),
+                        "write HOST or HOST:PORT, e.g. \"standby.example:22\"",
+                    )
+                })?;
+                if standbys.contains(&endpoint) {
+                    return Err(fail(
+                        span,
+                        peer_key,
+                        format!("`{text}` is listed twice ({endpoint})"),
+                        "list each standby once",
+                    ));
+                }
+                standbys.push(endpoint);
+            }
+        }
+        let peer = standbys.first().cloned();
         let duration = |value: Option<Spanned<String>>,
                         key: &str,
                         default: Duration,
@@ -700,6 +761,7 @@ impl ConfigFile {
             host,
             role_span,
             peer.as_ref(),
+            standbys.len(),
             &fail,
         )?;
         Ok(Config {
@@ -714,6 +776,7 @@ impl ConfigFile {
             log_level: self.log_level.map(Spanned::into_inner).unwrap_or_default(),
             sync: SyncConfig {
                 peer,
+                standbys,
                 fallback_interval,
                 delete: sync.delete.unwrap_or(true),
                 audit_interval,
@@ -731,6 +794,7 @@ fn checked_failover(
     host: HostKind,
     role_span: Range<usize>,
     sync_peer: Option<&Endpoint>,
+    standbys: usize,
     fail: &Fail,
 ) -> Result<FailoverConfig, ConfigError> {
     let mut config = FailoverConfig::default();
@@ -832,6 +896,18 @@ fn checked_failover(
         config.key_file = path.to_path_buf();
     }
     let auto = config.mode == FailoverMode::Auto;
+    if auto && host == HostKind::FileHost && standbys > 1 {
+        // The failover core votes with two file hosts and a witness; with
+        // more, "the most caught-up standby takes over" is not decided yet.
+        return Err(fail(
+            mode_span,
+            "failover.mode",
+            format!(
+                "mode = \"auto\" works with exactly one standby, and [sync] peer lists {standbys}; several standbys work with manual failover for now"
+            ),
+            "write mode = \"manual\" under [failover] (promote a standby by hand with `sftp-ha promote`), or list a single peer under [sync]",
+        ));
+    }
     if auto && host == HostKind::FileHost {
         if config.witness.is_none() {
             return Err(fail(
@@ -988,8 +1064,8 @@ fn hint_for(key: Option<&str>, message: &str) -> String {
             "write one of \"error\", \"warn\", \"info\", \"debug\", \"trace\"".into()
         }
         Some("data_dir" | "state_dir") => "write an absolute path in quotes".into(),
-        Some("sync.standby") => {
-            "write HOST or HOST:PORT in quotes, e.g. \"standby.example:22\"".into()
+        Some("sync.standby" | "sync.peer") => {
+            "write HOST or HOST:PORT in quotes, e.g. \"standby.example:22\", or a list of them, e.g. [\"s1.example\", \"s2.example:2222\"]".into()
         }
         Some("sync.delete") => "write delete = true or delete = false (no quotes)".into(),
         Some("sync.fallback_interval" | "sync.audit_interval") => {
@@ -1449,6 +1525,63 @@ mod tests {
         );
         let e = parse_err("role = \"master\"\n[failover]\nmode = \"auto\"\nwitness = \"w\"\n");
         assert!(e.contains("other file host"), "{e}");
+    }
+
+    #[test]
+    fn the_peer_may_be_a_list_of_standbys_the_first_being_the_peer() {
+        let c =
+            parse_ok("role = \"master\"\n[sync]\npeer = [\"s1.example\", \"s2.example:2222\"]\n");
+        let all: Vec<String> = c.sync.standbys.iter().map(ToString::to_string).collect();
+        assert_eq!(all, ["s1.example:22", "s2.example:2222"]);
+        assert_eq!(c.sync.peer, c.sync.standbys.first().cloned());
+        // The older name takes a list too; one string is a list of one.
+        let c = parse_ok("role = \"master\"\n[sync]\nstandby = [\"s1\", \"s2\"]\n");
+        assert_eq!(c.sync.standbys.len(), 2);
+        let c = parse_ok("role = \"master\"\n[sync]\npeer = \"s1\"\n");
+        assert_eq!(c.sync.standbys.len(), 1);
+        let c = parse_ok("role = \"master\"\n");
+        assert!(c.sync.standbys.is_empty());
+    }
+
+    #[test]
+    fn a_list_of_standbys_with_a_bad_or_repeated_entry_is_refused_at_the_entry() {
+        let e = parse_err("role = \"master\"\n[sync]\npeer = [\"s1\",\n  \"s2:0\"]\n");
+        assert!(
+            e.contains("line 4") && e.contains("`sync.peer`") && e.contains("s2:0"),
+            "{e}"
+        );
+        // The same host and port, written two ways.
+        let e = parse_err("role = \"master\"\n[sync]\npeer = [\"s1\", \"s1:22\"]\n");
+        assert!(
+            e.contains("line 3") && e.contains("listed twice") && e.contains("once"),
+            "{e}"
+        );
+        let e = parse_err("role = \"master\"\n[sync]\npeer = []\n");
+        assert!(e.contains("empty"), "{e}");
+        let e = parse_err("role = \"master\"\n[sync]\npeer = [1]\n");
+        assert!(
+            e.contains("`sync.peer`") && e.contains("a list of them"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn automatic_failover_with_several_standbys_is_refused_for_now() {
+        let (_dir, key) = key_file();
+        let e = parse_err(&format!(
+            "role = \"master\"\n[sync]\npeer = [\"b\", \"c\"]\n[failover]\nmode = \"auto\"\nwitness = \"w\"\nkey_file = \"{key}\"\n"
+        ));
+        assert!(
+            e.contains("line 5")
+                && e.contains("`failover.mode`")
+                && e.contains("exactly one standby")
+                && e.contains("manual failover for now"),
+            "{e}"
+        );
+        let c = parse_ok(
+            "role = \"master\"\n[sync]\npeer = [\"b\", \"c\"]\n[failover]\nmode = \"manual\"\n",
+        );
+        assert_eq!(c.sync.standbys.len(), 2);
     }
 
     #[test]
