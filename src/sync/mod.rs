@@ -128,6 +128,9 @@ pub struct Control {
     pub step_down: Option<(u64, String)>,
     /// Worker → daemon: the standby asks for the role (`sftp-ha promote`).
     pub handover_asked: bool,
+    /// Which standby asked (its place in `[sync] peer`): the handover goes
+    /// to it. `None`: the first.
+    pub handover_link: Option<usize>,
     /// Daemon → worker: offer the role to the standby (`sftp-ha demote`); it
     /// answers by asking for it, which comes back as `handover_asked`.
     pub offer: bool,
@@ -147,7 +150,11 @@ pub struct Control {
 pub struct SyncSettings {
     pub data_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// The first (or only) standby: its index is [`INDEX_FILE`], its status
+    /// the `sync` of `sftp-ha status`.
     pub standby: Endpoint,
+    /// More standbys (`[sync] peer` as a list), each with a worker of its own.
+    pub others: Vec<Endpoint>,
     /// This host's name and live role (a master's epoch does not change while
     /// its worker runs: stepping down stops the worker).
     pub node: String,
@@ -169,24 +176,65 @@ impl SyncSettings {
             offer: false,
         }
     }
+
+    /// Every standby, the first first.
+    pub fn standbys(&self) -> Vec<Endpoint> {
+        std::iter::once(self.standby.clone())
+            .chain(self.others.iter().cloned())
+            .collect()
+    }
 }
 
-/// The running worker; dropping it does not stop it, [`SyncHandle::stop`] does.
+/// The index file of the standby at `position` in `[sync] peer`: the first
+/// keeps the name of the one-standby days, so an upgrade resumes where it
+/// was; the others are named after their address.
+pub fn index_file(position: usize, standby: &Endpoint) -> String {
+    if position == 0 {
+        INDEX_FILE.to_string()
+    } else {
+        format!("{INDEX_FILE}.{standby}")
+    }
+}
+
+/// Every standby index in the state dir (a promotion forgets them all; a
+/// step-down lists what any of them lacks).
+pub fn index_files(state_dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(state_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // Not the temporaries `save_index` writes next to them.
+            let ours = name == INDEX_FILE
+                || (name.starts_with(&format!("{INDEX_FILE}.")) && !name.ends_with(".tmp"));
+            if ours {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The running workers; dropping it does not stop them, [`SyncHandle::stop`] does.
 pub struct SyncHandle {
     stop: Arc<AtomicBool>,
+    /// The first standby's status (`sync` in `sftp-ha status`).
     pub status: Arc<Mutex<SyncStatus>>,
+    /// Every standby's, the first first.
+    pub statuses: Vec<Arc<Mutex<SyncStatus>>>,
     pub control: Arc<Mutex<Control>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl SyncHandle {
-    /// Asks the worker to stop and waits up to `patience` for it.
+    /// Asks the workers to stop and waits up to `patience` for them.
     pub fn stop(mut self, patience: Duration) {
         self.stop.store(true, Ordering::Relaxed);
         let start = Instant::now();
         while start.elapsed() < patience {
-            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
-                if let Some(t) = self.thread.take() {
+            if self.threads.iter().all(|t| t.is_finished()) {
+                for t in self.threads.drain(..) {
                     let _ = t.join();
                 }
                 return;
@@ -200,141 +248,273 @@ impl SyncHandle {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Every standby's status, the first first.
+    pub fn snapshots(&self) -> Vec<SyncStatus> {
+        self.statuses
+            .iter()
+            .map(|s| s.lock().map(|s| s.clone()).unwrap_or_default())
+            .collect()
+    }
+
     /// Runs `f` on the shared [`Control`].
     pub fn control<T>(&self, f: impl FnOnce(&mut Control) -> T) -> Option<T> {
         self.control.lock().ok().map(|mut c| f(&mut c))
     }
 }
 
-/// Starts the worker thread.
+/// Starts the local side and one worker per standby, each in its thread.
 pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
-    let connector = SshConnector {
-        standby: settings.standby.clone(),
-        state_dir: settings.state_dir.clone(),
+    let connectors = settings
+        .standbys()
+        .into_iter()
+        .map(|standby| SshConnector {
+            standby,
+            state_dir: settings.state_dir.clone(),
+        })
+        .collect();
+    start_with(settings, connectors)
+}
+
+/// [`start`] with a connector per standby (in memory, in tests).
+fn start_with<C: Connector + Send + 'static>(
+    settings: SyncSettings,
+    connectors: Vec<C>,
+) -> std::io::Result<SyncHandle> {
+    let (local, workers) = assemble(settings, connectors)?;
+    spawn(local, workers)
+}
+
+/// The local side and a worker per standby, wired together, not running.
+fn assemble<C: Connector>(
+    settings: SyncSettings,
+    connectors: Vec<C>,
+) -> std::io::Result<(Local, Vec<Worker<C>>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let control = Arc::new(Mutex::new(Control::default()));
+    let (mut local, inboxes) = Local::new(&settings, stop.clone(), control.clone())?;
+    let baseline = Baseline::load(&settings.state_dir, inboxes.len())?;
+    let mut workers = Vec::new();
+    let each = settings.standbys().into_iter().zip(connectors).zip(inboxes);
+    for (position, ((standby, connector), inbox)) in each.enumerate() {
+        let mut own = settings.clone();
+        own.standby = standby;
+        workers.push(Worker::new(
+            own,
+            position,
+            connector,
+            inbox,
+            local.asked.clone(),
+            control.clone(),
+            stop.clone(),
+            &baseline,
+        ));
+    }
+    local.statuses = workers.iter().map(|w| w.status.clone()).collect();
+    Ok((local, workers))
+}
+
+/// Runs the local side and each worker in a thread of its own.
+fn spawn<C: Connector + Send + 'static>(
+    mut local: Local,
+    workers: Vec<Worker<C>>,
+) -> std::io::Result<SyncHandle> {
+    let statuses = local.statuses.clone();
+    let (stop, control) = (local.stop.clone(), local.control.clone());
+    let Some(first) = statuses.first().cloned() else {
+        return Err(std::io::Error::other("no standby to replicate to"));
     };
-    let mut worker = Worker::new(settings, connector)?;
-    let (stop, status, control) = (
-        worker.stop.clone(),
-        worker.status.clone(),
-        worker.control.clone(),
+    let mut threads = Vec::new();
+    for mut worker in workers {
+        let name = if worker.position == 0 {
+            "sync".to_string()
+        } else {
+            format!("sync-{}", worker.position)
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || worker.run())?,
+        );
+    }
+    threads.push(
+        std::thread::Builder::new()
+            .name("sync-local".into())
+            .spawn(move || local.run())?,
     );
-    let thread = std::thread::Builder::new()
-        .name("sync".into())
-        .spawn(move || worker.run())?;
     Ok(SyncHandle {
         stop,
-        status,
+        status: first,
+        statuses,
         control,
-        thread: Some(thread),
+        threads,
     })
 }
 
-struct Worker<C: Connector> {
-    settings: SyncSettings,
-    /// How sessions with the standby are opened (SSH; in tests, in memory).
-    connector: C,
-    /// This host's tree when it was promoted: while it is here, the peer is a
-    /// former master to reconcile before anything is mirrored to it.
-    baseline: Option<Tree>,
-    /// The peer says it was a master and has not been reconciled (the token
-    /// of that step-down, echoed back once it is).
-    peer_unreconciled: Option<u64>,
-    /// `baseline` is empty because there is none for this peer: everything
-    /// of its that differs is kept.
-    union: bool,
-    control: Arc<Mutex<Control>>,
-    /// Rounds, reconnects, audits, peer checks and index writes: when each is due.
-    schedule: Schedule,
-    index_path: PathBuf,
-    /// What the standby has confirmed. Held on the same base as `current`
-    /// where both agree (see [`tree::share`]): one copy of a million paths.
-    index: Tree,
+/// What the local side has for one standby's worker since it last looked:
+/// the master's tree as it is now (one copy for all workers, see the module
+/// doc) and which paths changed, so a round plans only those.
+#[derive(Default)]
+struct Update {
+    tree: Option<Arc<Tree>>,
+    /// Paths looked at again since the worker last took an update.
+    changed: Changed,
+    /// A full walk happened since: plan all of the tree.
+    all: bool,
+    /// Files closed after writing since: safe to ship at once.
+    closed: HashSet<Vec<u8>>,
+    /// Full walks of the data dir so far (a handover waits for a new one).
+    walks: u64,
+}
+
+/// One standby's mailbox from the local side, with a bell.
+#[derive(Default)]
+struct Inbox {
+    update: Mutex<Update>,
+    bell: std::sync::Condvar,
+}
+
+impl Inbox {
+    /// Adds what one look found (a worker that has not taken the last update
+    /// gets both at once: nothing is lost while it is busy or cut off).
+    fn post(
+        &self,
+        tree: &Arc<Tree>,
+        changed: Option<&Changed>,
+        closed: &HashSet<Vec<u8>>,
+        walks: u64,
+    ) {
+        if let Ok(mut u) = self.update.lock() {
+            u.tree = Some(Arc::clone(tree));
+            match changed {
+                Some(c) if !u.all => {
+                    u.changed.exact.extend(c.exact.iter().cloned());
+                    u.changed.subtrees.extend(c.subtrees.iter().cloned());
+                }
+                Some(_) => {}
+                None => {
+                    u.all = true;
+                    u.changed = Changed::default();
+                }
+            }
+            u.closed.extend(closed.iter().cloned());
+            u.walks = walks;
+        }
+        self.bell.notify_all();
+    }
+
+    /// Waits up to `wait` for an update and takes it, if any.
+    fn take(&self, wait: Duration) -> Option<Update> {
+        let mut u = self.update.lock().ok()?;
+        if u.tree.is_none() && !wait.is_zero() {
+            u = self.bell.wait_timeout(u, wait).ok()?.0;
+        }
+        u.tree.is_some().then(|| std::mem::take(&mut *u))
+    }
+}
+
+/// What the standbys' workers ask the local side to look at again.
+#[derive(Debug, Default)]
+struct Asked {
+    paths: BTreeSet<Vec<u8>>,
+    rescan_all: bool,
+}
+
+/// The reconciliation baseline (see [`reconcile`]), loaded once and shared:
+/// every standby is reconciled against it before anything is mirrored to
+/// it, and the file goes once all of them are.
+struct Baseline {
+    tree: Option<Tree>,
+    /// Workers not yet reconciled with it.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Baseline {
+    fn load(state_dir: &std::path::Path, workers: usize) -> std::io::Result<Baseline> {
+        // A baseline that cannot be read must not turn into "nothing agreed":
+        // that would bring back every file the new master deleted, but worse,
+        // an empty one would be taken as no reconciliation at all.
+        let tree = reconcile::load_baseline(&state_dir.join(BASELINE_FILE)).map_err(|e| {
+            std::io::Error::other(format!("cannot read the reconciliation baseline: {e}"))
+        })?;
+        Ok(Baseline {
+            tree,
+            waiting: Arc::new(std::sync::atomic::AtomicUsize::new(workers)),
+        })
+    }
+}
+
+/// The master's side, once for all standbys: the inotify watches, the walks
+/// and the master's tree. Each look is posted to every standby's [`Inbox`].
+struct Local {
+    data_dir: PathBuf,
+    fallback_interval: Duration,
     watcher: watch::Watcher,
     /// The master's tree as last seen: a full scan, then kept current path by
     /// path from the events, so a round looks only at what changed.
     current: Tree,
-    /// Paths named by events since the last round.
+    /// Paths named by events (or asked for by a worker) since the last look.
     dirty: BTreeSet<Vec<u8>>,
-    /// Walk the whole data dir next round (start, fallback timer, lost events).
+    /// Walk the whole data dir next look (start, fallback timer, lost events).
     rescan_all: bool,
-    /// Compare the whole tree with the index next round, not only what changed
-    /// (after a full scan, an audit, or operations left undone by a failure).
-    replan_all: bool,
-    /// Files closed after writing since the last round: safe to ship at once.
+    /// Files closed after writing since the last look.
     closed: HashSet<Vec<u8>>,
-    standby: Option<C::Session>,
-    /// Extra sessions that share a run of uploads with `standby`.
-    helpers: Vec<C::Session>,
-    stop: Arc<AtomicBool>,
-    status: Arc<Mutex<SyncStatus>>,
+    walks: u64,
+    /// Only the event and fallback timers are used here.
+    schedule: Schedule,
+    inboxes: Vec<Arc<Inbox>>,
+    asked: Arc<Mutex<Asked>>,
+    /// Every worker's status: the walk's findings are shown in each.
+    statuses: Vec<Arc<Mutex<SyncStatus>>>,
     skipped_logged: HashSet<Vec<u8>>,
-    /// Paths whose operation the standby refused, with the refusal: each is
-    /// logged once, shown in the status, and dropped when it succeeds.
-    refused: std::collections::HashMap<Vec<u8>, String>,
-    /// How many refusals the journal gets one by one.
-    refusals_logged: LogBudget,
-    /// The last connection failure logged, so a repeated one is said once;
-    /// cleared once an audit succeeds.
-    said: Option<String>,
+    stop: Arc<AtomicBool>,
+    control: Arc<Mutex<Control>>,
 }
 
-impl<C: Connector> Worker<C> {
-    /// A worker that opens its sessions with `connector`: the baseline and
-    /// index loaded from the state dir, the data dir watched, nothing sent yet.
-    fn new(settings: SyncSettings, connector: C) -> std::io::Result<Worker<C>> {
-        let status = Arc::new(Mutex::new(SyncStatus {
-            standby: settings.standby.to_string(),
-            since: unix_now(),
-            ..SyncStatus::default()
-        }));
-        // A baseline that cannot be read must not turn into "nothing agreed":
-        // that would bring back every file the new master deleted, but worse,
-        // an empty one would be taken as no reconciliation at all.
-        let baseline =
-            reconcile::load_baseline(&settings.state_dir.join(BASELINE_FILE)).map_err(|e| {
-                std::io::Error::other(format!("cannot read the reconciliation baseline: {e}"))
-            })?;
-        if baseline.is_some() {
-            status.lock().map(|mut s| s.reconciling = true).ok();
-        }
+impl Local {
+    /// The local side and an inbox for each standby.
+    fn new(
+        settings: &SyncSettings,
+        stop: Arc<AtomicBool>,
+        control: Arc<Mutex<Control>>,
+    ) -> std::io::Result<(Local, Vec<Arc<Inbox>>)> {
+        let inboxes: Vec<Arc<Inbox>> = settings
+            .standbys()
+            .iter()
+            .map(|_| Arc::new(Inbox::default()))
+            .collect();
         let watcher = watch::Watcher::new(settings.data_dir.clone())?;
-        Ok(Worker {
-            baseline,
-            peer_unreconciled: None,
-            union: false,
-            control: Arc::new(Mutex::new(Control::default())),
+        let local = Local {
+            data_dir: settings.data_dir.clone(),
+            fallback_interval: settings.fallback_interval,
+            watcher,
+            current: Tree::new(),
+            dirty: BTreeSet::new(),
+            rescan_all: true,
+            closed: HashSet::new(),
+            walks: 0,
             schedule: Schedule::new(
                 Instant::now(),
                 settings.fallback_interval,
                 settings.audit_interval,
             ),
-            index_path: settings.state_dir.join(INDEX_FILE),
-            index: tree::load_index(&settings.state_dir.join(INDEX_FILE)),
-            settings,
-            connector,
-            watcher,
-            current: Tree::new(),
-            dirty: BTreeSet::new(),
-            rescan_all: true,
-            replan_all: true,
-            closed: HashSet::new(),
-            standby: None,
-            helpers: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-            status,
+            inboxes: inboxes.clone(),
+            asked: Arc::new(Mutex::new(Asked::default())),
+            statuses: Vec::new(),
             skipped_logged: HashSet::new(),
-            refused: std::collections::HashMap::new(),
-            refusals_logged: LogBudget::new(Instant::now(), REFUSALS_LOGGED),
-            said: None,
-        })
+            stop,
+            control,
+        };
+        Ok((local, inboxes))
     }
 
     fn run(&mut self) {
-        tracing::info!(standby = %self.settings.standby, "sync started");
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             let wait = self.schedule.next_wake(now).saturating_duration_since(now);
             if self.wait_for_events(wait) {
+                self.schedule.events_arrived(Instant::now());
+            }
+            if self.take_asked() {
                 self.schedule.events_arrived(Instant::now());
             }
             let now = Instant::now();
@@ -343,33 +523,17 @@ impl<C: Connector> Worker<C> {
                 self.rescan_all = true;
             }
             if self.schedule.round_due(now) {
-                self.round();
-            } else if self.schedule.index_save_due(now) {
-                self.flush_index();
-            } else if self.standby.is_some() && self.handing_over() {
-                self.hand_over();
-            } else if let Some(standby) = &self.standby {
-                let alive = std::iter::once(standby)
-                    .chain(&self.helpers)
-                    .try_for_each(|s| s.keepalive())
-                    .and_then(|()| {
-                        if self.schedule.peer_check_due(Instant::now()) {
-                            self.check_peer()
-                        } else {
-                            Ok(())
-                        }
-                    });
-                if let Err(err) = alive {
-                    // Plans the next round at the retry.
-                    self.failed(err);
-                }
+                self.pass();
             }
-            if self.stepped_down() {
+            // A worker saw a newer epoch or handed the role over: all stop.
+            if self
+                .control
+                .lock()
+                .is_ok_and(|c| c.step_down.is_some() || c.handed_over.is_some())
+            {
                 break;
             }
         }
-        self.flush_index();
-        tracing::info!("sync stopped");
     }
 
     /// Waits up to `wait` for inotify events and notes the paths they name;
@@ -386,15 +550,59 @@ impl<C: Connector> Worker<C> {
         noticed.any
     }
 
+    /// Takes what the workers asked to look at again; true if anything.
+    fn take_asked(&mut self) -> bool {
+        let Ok(mut asked) = self.asked.lock() else {
+            return false;
+        };
+        let any = asked.rescan_all || !asked.paths.is_empty();
+        self.rescan_all |= std::mem::take(&mut asked.rescan_all);
+        self.dirty.append(&mut asked.paths);
+        any
+    }
+
+    /// One look, posted to every standby: the workers plan from it on their
+    /// own time, so a slow one holds up nobody.
+    fn pass(&mut self) {
+        self.take_asked();
+        match self.look() {
+            Ok(changed) => {
+                if self.current.needs_compacting() {
+                    // Each worker gets a copy of the changes over the base
+                    // with every look: kept few. The workers' indexes move
+                    // to the new base at their next round.
+                    self.current.compact();
+                    memory::give_back();
+                }
+                let tree = Arc::new(self.current.clone());
+                let closed = std::mem::take(&mut self.closed);
+                for inbox in &self.inboxes {
+                    inbox.post(&tree, changed.as_ref(), &closed, self.walks);
+                }
+                let again = !self.dirty.is_empty();
+                self.schedule.round_done(Instant::now(), None, again);
+            }
+            Err(err) => {
+                tracing::error!(path = %self.data_dir.display(), "cannot scan the data dir: {err}");
+                self.set_status(|s| {
+                    s.last_error = Some(format!("cannot scan the data dir: {err}"))
+                });
+                self.rescan_all = true;
+                self.schedule.scan_failed(Instant::now());
+            }
+        }
+    }
+
     /// Brings `current` up to date: a full walk, or the paths events named.
-    /// Returns the part of the tree to plan, `None` for all of it.
+    /// Returns the part of the tree that changed, `None` for all of it.
     fn look(&mut self) -> Result<Option<Changed>, std::io::Error> {
+        let mut all = false;
         if self.rescan_all {
             // Every folder is watched as the walk reaches it; then the watches
             // of folders no longer there (or renamed) are dropped.
             let watcher = &mut self.watcher;
             let mut folders = HashSet::new();
-            let (tree, skipped) = tree::scan(&self.settings.data_dir, &mut |folder| {
+            let (tree, skipped) = tree::scan(&self.data_dir, &mut |folder| {
                 watcher.watch(folder.to_vec());
                 folders.insert(folder.to_vec());
             })?;
@@ -402,19 +610,25 @@ impl<C: Connector> Worker<C> {
             self.note_watches(folders.len());
             self.log_skipped(skipped);
             self.current = tree;
-            // The index equals the new walk almost everywhere: one copy of
-            // what they agree on (the round gives the memory back).
-            tree::share(&mut self.current, &mut self.index);
             self.dirty.clear();
             self.rescan_all = false;
-            self.replan_all = true;
+            self.walks += 1;
+            all = true;
             self.set_status(|s| s.last_scan = Some(unix_now()));
         }
         let mut changed = Changed::default();
         for path in std::mem::take(&mut self.dirty) {
             self.refresh(path, &mut changed);
         }
-        Ok((!self.replan_all).then_some(changed))
+        Ok((!all).then_some(changed))
+    }
+
+    fn set_status(&self, f: impl Fn(&mut SyncStatus)) {
+        for status in &self.statuses {
+            if let Ok(mut s) = status.lock() {
+                f(&mut s);
+            }
+        }
     }
 
     /// Says how the watches stand after a full walk: in the journal at the
@@ -429,10 +643,11 @@ impl<C: Connector> Worker<C> {
             max_user_watches: limits.max_user_watches,
             max_queued_events: limits.max_queued_events,
         };
-        let before = self.status.lock().ok().and_then(|s| s.watches);
-        let words = watches.words(&crate::timefmt::format_duration(
-            self.settings.fallback_interval,
-        ));
+        let before = self
+            .statuses
+            .first()
+            .and_then(|s| s.lock().ok().and_then(|s| s.watches));
+        let words = watches.words(&crate::timefmt::format_duration(self.fallback_interval));
         match before {
             None if watches.short() => tracing::warn!("inotify: {words}"),
             None => tracing::info!("inotify: {words}"),
@@ -452,7 +667,7 @@ impl<C: Connector> Worker<C> {
             // its watch (removed, unmounted) already asked for a full scan.
             return;
         }
-        let root = self.settings.data_dir.clone();
+        let root = self.data_dir.clone();
         let found = match tree::stat_path(&root, &path) {
             Ok(found) => found,
             Err(err) => {
@@ -523,22 +738,221 @@ impl<C: Connector> Worker<C> {
             }
         }
     }
+}
 
-    /// One round: look, plan and sync. Tells the schedule when to run again
-    /// (files still settling, or the standby unreachable), if at all.
-    fn round(&mut self) {
-        let changed = match self.look() {
-            Ok(c) => c,
-            Err(err) => {
-                tracing::error!(path = %self.settings.data_dir.display(), "cannot scan the data dir: {err}");
-                self.set_status(|s| {
-                    s.last_error = Some(format!("cannot scan the data dir: {err}"))
-                });
-                self.rescan_all = true;
-                self.schedule.scan_failed(Instant::now());
-                return;
+/// One standby's worker: its sessions, index, schedule, audit, refusals,
+/// reconciliation and status. It plans from the latest look of the local
+/// side and never waits for another standby.
+struct Worker<C: Connector> {
+    settings: SyncSettings,
+    /// Its place in `[sync] peer`: the first one speaks for the pair to the
+    /// daemon (the peer's role, `sftp-ha demote`'s offer).
+    position: usize,
+    /// How sessions with the standby are opened (SSH; in tests, in memory).
+    connector: C,
+    /// This host's tree when it was promoted: while it is here, the peer is a
+    /// former master to reconcile before anything is mirrored to it.
+    baseline: Option<Tree>,
+    /// Workers still to reconcile with the baseline; the last one removes it.
+    baseline_waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// The peer says it was a master and has not been reconciled (the token
+    /// of that step-down, echoed back once it is).
+    peer_unreconciled: Option<u64>,
+    /// The peer's node name as last read (for the journal and conflict copies).
+    peer_node: Option<String>,
+    /// `baseline` is empty because there is none for this peer: everything
+    /// of its that differs is kept.
+    union: bool,
+    control: Arc<Mutex<Control>>,
+    /// Rounds, reconnects, audits, peer checks and index writes: when each is due.
+    schedule: Schedule,
+    index_path: PathBuf,
+    /// What the standby has confirmed. Held on the same base as `current`
+    /// where both agree (see [`tree::share_base`]): one copy of a million paths.
+    index: Tree,
+    /// The base `index` was last put on (see `keep_trees_shared`).
+    shared_base: usize,
+    /// The master's tree as the local side last posted it.
+    current: Arc<Tree>,
+    inbox: Arc<Inbox>,
+    asked: Arc<Mutex<Asked>>,
+    /// Full walks seen so far: no round before the first one.
+    walks: u64,
+    /// The walk a handover waits for, once asked.
+    handover_walk: Option<u64>,
+    /// Paths to plan next round (posted, or settling files planned again).
+    changed: Changed,
+    /// Compare the whole tree with the index next round, not only what changed
+    /// (after a full scan, an audit, or operations left undone by a failure).
+    replan_all: bool,
+    /// Files closed after writing since the last round: safe to ship at once.
+    closed: HashSet<Vec<u8>>,
+    standby: Option<C::Session>,
+    /// Extra sessions that share a run of uploads with `standby`.
+    helpers: Vec<C::Session>,
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<SyncStatus>>,
+    /// Paths whose operation the standby refused, with the refusal: each is
+    /// logged once, shown in the status, and dropped when it succeeds.
+    refused: std::collections::HashMap<Vec<u8>, String>,
+    /// How many refusals the journal gets one by one.
+    refusals_logged: LogBudget,
+    /// The last connection failure logged, so a repeated one is said once;
+    /// cleared once an audit succeeds.
+    said: Option<String>,
+}
+
+impl<C: Connector> Worker<C> {
+    /// A worker for the standby at `position` that opens its sessions with
+    /// `connector`: its index loaded from the state dir, nothing sent yet.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        settings: SyncSettings,
+        position: usize,
+        connector: C,
+        inbox: Arc<Inbox>,
+        asked: Arc<Mutex<Asked>>,
+        control: Arc<Mutex<Control>>,
+        stop: Arc<AtomicBool>,
+        baseline: &Baseline,
+    ) -> Worker<C> {
+        let status = Arc::new(Mutex::new(SyncStatus {
+            standby: settings.standby.to_string(),
+            since: unix_now(),
+            reconciling: baseline.tree.is_some(),
+            ..SyncStatus::default()
+        }));
+        let index_path = settings
+            .state_dir
+            .join(index_file(position, &settings.standby));
+        Worker {
+            baseline: baseline.tree.clone(),
+            baseline_waiting: baseline.waiting.clone(),
+            peer_unreconciled: None,
+            peer_node: None,
+            union: false,
+            control,
+            schedule: Schedule::new(
+                Instant::now(),
+                settings.fallback_interval,
+                settings.audit_interval,
+            ),
+            index: tree::load_index(&index_path),
+            index_path,
+            shared_base: 0,
+            settings,
+            position,
+            connector,
+            current: Arc::new(Tree::new()),
+            inbox,
+            asked,
+            walks: 0,
+            handover_walk: None,
+            changed: Changed::default(),
+            replan_all: true,
+            closed: HashSet::new(),
+            standby: None,
+            helpers: Vec::new(),
+            stop,
+            status,
+            refused: std::collections::HashMap::new(),
+            refusals_logged: LogBudget::new(Instant::now(), REFUSALS_LOGGED),
+            said: None,
+        }
+    }
+
+    fn run(&mut self) {
+        tracing::info!(standby = %self.settings.standby, "sync started");
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let wait = self.schedule.next_wake(now).saturating_duration_since(now);
+            if self.take_update(wait) {
+                self.schedule.update_arrived(Instant::now());
             }
+            let now = Instant::now();
+            if self.schedule.round_due(now) {
+                self.round();
+            } else if self.schedule.index_save_due(now) {
+                self.flush_index();
+            } else if self.standby.is_some() && self.handing_over() {
+                self.hand_over();
+            } else if let Some(standby) = &self.standby {
+                let alive = std::iter::once(standby)
+                    .chain(&self.helpers)
+                    .try_for_each(|s| s.keepalive())
+                    .and_then(|()| {
+                        if self.schedule.peer_check_due(Instant::now()) {
+                            self.check_peer()
+                        } else {
+                            Ok(())
+                        }
+                    });
+                if let Err(err) = alive {
+                    // Plans the next round at the retry.
+                    self.failed(err);
+                }
+            }
+            if self.stepped_down() {
+                break;
+            }
+        }
+        self.flush_index();
+        tracing::info!(standby = %self.settings.standby, "sync stopped");
+    }
+
+    /// Takes what the local side posted (waiting up to `wait` for it); true
+    /// if anything.
+    fn take_update(&mut self, wait: Duration) -> bool {
+        let Some(update) = self.inbox.take(wait) else {
+            return false;
         };
+        if let Some(tree) = update.tree {
+            self.current = tree;
+        }
+        if update.all {
+            self.replan_all = true;
+        } else {
+            self.changed.exact.extend(update.changed.exact);
+            self.changed.subtrees.extend(update.changed.subtrees);
+        }
+        self.closed.extend(update.closed);
+        self.walks = update.walks;
+        true
+    }
+
+    /// Asks the local side to look at these paths again (changed while being
+    /// sent): the next update names them.
+    fn ask_again(&self, paths: impl IntoIterator<Item = Vec<u8>>) {
+        if let Ok(mut asked) = self.asked.lock() {
+            asked.paths.extend(paths);
+        }
+    }
+
+    /// Asks the local side for a full walk; returns the walk to wait for.
+    fn ask_walk(&self) -> u64 {
+        if let Ok(mut asked) = self.asked.lock() {
+            asked.rescan_all = true;
+        }
+        self.walks + 1
+    }
+
+    /// One round: plan what changed since the last one against the index and
+    /// sync. Tells the schedule when to run again (files still settling, or
+    /// the standby unreachable), if at all.
+    fn round(&mut self) {
+        self.take_update(Duration::ZERO);
+        if self.walks == 0 {
+            // The local side has not walked the data dir yet: nothing to
+            // plan from (an empty tree would look like everything deleted).
+            self.schedule.round_done(Instant::now(), None, true);
+            return;
+        }
+        let changed = if self.replan_all {
+            None
+        } else {
+            Some(std::mem::take(&mut self.changed))
+        };
+        self.changed = Changed::default();
         self.keep_trees_shared();
         // Before connecting: with the standby away, they must still be noted.
         let rewritten = round::rewritten_alike(&self.current, &self.index, &self.closed);
@@ -592,7 +1006,8 @@ impl<C: Connector> Worker<C> {
         if big {
             memory::give_back();
         }
-        self.dirty.extend(fresh);
+        // Planned again soon; a write to them meanwhile is an event anyway.
+        self.changed.exact.extend(fresh);
         self.closed.clear();
         self.replan_all = false;
         self.set_status(|s| {
@@ -605,17 +1020,22 @@ impl<C: Connector> Worker<C> {
             self.apply(ops)
         };
         self.keep_trees_shared();
-        let again = settling || !self.dirty.is_empty();
+        let again = settling || !self.changed.exact.is_empty() || !self.changed.subtrees.is_empty();
         self.schedule.round_done(Instant::now(), retry, again);
     }
 
-    /// Shares one copy of what the master's tree and the index agree on
-    /// again once changes since the last [`tree::share`] have added up
-    /// (events, confirmations, an audit's corrections): a pass over both,
-    /// once in many changes.
+    /// Puts the index on the base of the master's tree again once that base
+    /// is new (a walk, the local side compacting) or the index's changes
+    /// since the last [`tree::share_base`] have added up (confirmations, an
+    /// audit's corrections): a pass over both, once in many changes.
     fn keep_trees_shared(&mut self) {
-        if tree::drifted(&self.current, &self.index) {
-            tree::share(&mut self.current, &mut self.index);
+        // Each base of the master's tree is compared once (a standby still
+        // being filled keeps a base of its own until the next one), and
+        // again when the index's own changes have added up.
+        let moved = self.current.base_id() != self.shared_base;
+        if moved || tree::drifted(&Tree::new(), &self.index) {
+            tree::share_base(&self.current, &mut self.index);
+            self.shared_base = self.current.base_id();
             memory::give_back();
         }
     }
@@ -699,8 +1119,16 @@ impl<C: Connector> Worker<C> {
                 endpoint: self.settings.standby.to_string(),
             });
         }
-        // The standby learns (again) whose replication it takes, and at which epoch.
-        write_claim(standby.sftp(), &self.settings.claim(None, None))?;
+        // A standby that took another master's replication (several
+        // standbys: the old master's other standby, after a promotion) may
+        // hold uploads that never reached this host: it is reconciled like a
+        // former master before anything of it is deleted by mirroring. Its
+        // claim is left as it is until then, so a restart halfway does it again.
+        let foreign = read_claim(standby.sftp())?.filter(|c| c.node != self.settings.node);
+        if foreign.is_none() {
+            // The standby learns (again) whose replication it takes, and at which epoch.
+            write_claim(standby.sftp(), &self.settings.claim(None, None))?;
+        }
         let mut listing = audit::Listing::new();
         while let Some(folder) = listing.next_folder() {
             let entries = match standby.sftp().read_dir(&remote_path(&folder)) {
@@ -744,6 +1172,12 @@ impl<C: Connector> Worker<C> {
         // down on its own after a forced promotion of its own): everything
         // it has that this host lacks is brought back, nothing of it is
         // taken as deleted here.
+        if let (Some(claim), None) = (&foreign, &self.baseline) {
+            tracing::info!(standby = %self.settings.standby, "the standby took replication from {} (epoch {}), not from this host: whatever it has that this host lacks comes here first, nothing is deleted there", claim.node, claim.epoch);
+            self.baseline = Some(Tree::new());
+            self.union = true;
+            self.set_status(|s| s.reconciling = true);
+        }
         if self.baseline.is_none() && self.peer_unreconciled.is_some() {
             tracing::info!(standby = %self.settings.standby, "the peer was a master before it became this host's standby, and this host has no baseline for it: whatever it has that this host lacks comes here first, nothing is deleted there");
             self.baseline = Some(Tree::new());
@@ -776,11 +1210,15 @@ impl<C: Connector> Worker<C> {
                     &self.settings.claim(None, self.peer_unreconciled),
                 )?;
             }
+            let had_file = !self.union;
             self.baseline = None;
             self.union = false;
+            // The file goes once every standby is reconciled with it (each
+            // worker counts itself once: a union has no file behind it).
+            let last = had_file && self.baseline_waiting.fetch_sub(1, Ordering::AcqRel) == 1;
             let path = self.settings.state_dir.join(BASELINE_FILE);
-            match std::fs::remove_file(&path) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            match last.then(|| std::fs::remove_file(&path)) {
+                Some(Err(err)) if err.kind() != std::io::ErrorKind::NotFound => {
                     tracing::warn!(path = %path.display(), "cannot remove the reconciled baseline: {err}")
                 }
                 _ => {}
@@ -811,7 +1249,6 @@ impl<C: Connector> Worker<C> {
                 .iter()
                 .take_while(|op| matches!(op, Op::Put(..)))
                 .count();
-            self.watcher.drain();
             let outcome = if puts >= PARALLEL_MIN {
                 let run = &ops[start..start + puts];
                 start += puts;
@@ -839,7 +1276,7 @@ impl<C: Connector> Worker<C> {
                 Err(OpError::Local(path, err)) => {
                     // Changed or gone under us: looked at again next round.
                     tracing::debug!(path = %sftp::show(&path), "skipped for now: {err}");
-                    self.dirty.insert(path);
+                    self.ask_again([path]);
                 }
                 Err(OpError::Refused(path, err)) => {
                     done += 1;
@@ -908,10 +1345,9 @@ impl<C: Connector> Worker<C> {
             index,
             status,
             stop,
-            dirty,
-            watcher,
             ..
         } = self;
+        let mut again = Vec::new();
         let Some(main) = standby.as_mut() else {
             return Err(OpError::Transport(TransportError::NotPinned));
         };
@@ -976,7 +1412,6 @@ impl<C: Connector> Worker<C> {
             }
             drop(tx);
             for (n, i, result) in rx {
-                watcher.drain();
                 match result {
                     Ok(bytes) => {
                         *done += 1;
@@ -985,7 +1420,7 @@ impl<C: Connector> Worker<C> {
                     }
                     Err(OpError::Local(path, err)) => {
                         tracing::debug!(path = %sftp::show(&path), "skipped for now: {err}");
-                        dirty.insert(path);
+                        again.push(path);
                     }
                     Err(OpError::Refused(path, err)) => {
                         *done += 1;
@@ -1006,6 +1441,7 @@ impl<C: Connector> Worker<C> {
                 }
             }
         });
+        self.ask_again(again);
         for (path, err) in refusals {
             self.note_refused(path, &err);
         }
@@ -1033,9 +1469,7 @@ impl<C: Connector> Worker<C> {
                         *done += 1;
                         confirm(&mut self.index, &self.status, &run[i], bytes, total - *done);
                     }
-                    Err(OpError::Local(path, _)) => {
-                        self.dirty.insert(path);
-                    }
+                    Err(OpError::Local(path, _)) => self.ask_again([path]),
                     Err(OpError::Refused(path, err)) => {
                         *done += 1;
                         self.note_refused(path, &err);
@@ -1116,10 +1550,8 @@ impl<C: Connector> Worker<C> {
             return Ok(HashSet::new());
         };
         let node = self
-            .control
-            .lock()
-            .ok()
-            .and_then(|c| c.peer.as_ref().map(|p| p.node.clone()))
+            .peer_node
+            .clone()
             .unwrap_or_else(|| self.settings.standby.host.clone());
         // What the former master wrote that its standby never confirmed is
         // changed there, whatever size and mtime say.
@@ -1258,9 +1690,12 @@ impl<C: Connector> Worker<C> {
         }
         if !actions.is_empty() {
             // What was brought in is part of this host's tree now.
-            self.rescan_all = true;
-            self.look()
+            // The rest of the audit compares with it: walked here, at once
+            // (rare), and the local side walks too for every standby.
+            let (tree, _) = tree::scan(&data_dir, &mut |_| {})
                 .map_err(|e| failed(format!("cannot walk the data dir again: {e}")))?;
+            self.current = Arc::new(tree);
+            self.ask_walk();
         }
         tracing::info!(
             standby = %endpoint,
@@ -1331,10 +1766,16 @@ impl<C: Connector> Worker<C> {
             });
         }
         self.peer_unreconciled = peer.unreconciled;
+        self.peer_node = Some(peer.node.clone());
         let verdict = crate::role::judge_peer(&self.settings.live, &self.settings.node, &peer);
         let mut control = self.control.lock().map_err(|_| TransportError::NotPinned)?;
-        control.peer = Some(peer);
-        let offer = std::mem::take(&mut control.offer);
+        // The daemon's peer (status, `promote`/`demote`) is the first standby.
+        let offer = if self.position == 0 {
+            control.peer = Some(peer);
+            std::mem::take(&mut control.offer)
+        } else {
+            false
+        };
         drop(control);
         if offer && matches!(verdict, PeerVerdict::Replicate | PeerVerdict::HandOver) {
             let mut claim = self.settings.claim(None, None);
@@ -1352,6 +1793,10 @@ impl<C: Connector> Worker<C> {
                     tracing::info!(standby = %endpoint, "the standby asks to become master (sftp-ha promote): handing over");
                 }
                 control.handover_asked = true;
+                // A request being handled stays with the standby that made it.
+                if !control.hand_over {
+                    control.handover_link = Some(self.position);
+                }
                 Ok(())
             }
             PeerVerdict::StepDown { epoch, reason } => {
@@ -1363,9 +1808,9 @@ impl<C: Connector> Worker<C> {
     }
 
     fn handing_over(&self) -> bool {
-        self.control
-            .lock()
-            .is_ok_and(|c| c.hand_over && c.handed_over.is_none())
+        self.control.lock().is_ok_and(|c| {
+            c.hand_over && c.handed_over.is_none() && c.handover_link.unwrap_or(0) == self.position
+        })
     }
 
     fn stepped_down(&self) -> bool {
@@ -1378,13 +1823,25 @@ impl<C: Connector> Worker<C> {
     /// walk, so nothing a last event missed stays behind), then writes the
     /// handover. Tells the schedule when to try again if something is still pending.
     fn hand_over(&mut self) {
-        self.rescan_all = true;
+        let walk = match self.handover_walk {
+            Some(walk) => walk,
+            None => *self.handover_walk.insert(self.ask_walk()),
+        };
+        self.take_update(Duration::ZERO);
+        if self.walks < walk {
+            self.schedule.handover_pending(Instant::now());
+            return;
+        }
         self.round();
         if self.schedule.round_planned() {
             return;
         }
         let pending = self.status.lock().map_or(1, |s| s.pending);
-        if pending > 0 || !self.dirty.is_empty() {
+        let asked = self
+            .asked
+            .lock()
+            .map_or(true, |a| !a.paths.is_empty() || a.rescan_all);
+        if pending > 0 || asked {
             self.schedule.handover_pending(Instant::now());
             return;
         }
@@ -1478,6 +1935,19 @@ fn lag_ms(e: &Entry) -> u64 {
     std::time::SystemTime::now()
         .duration_since(modified)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The claim in the peer's control folder, if any: whose replication it
+/// takes. One that cannot be read as a claim counts as none.
+fn read_claim(
+    sftp: &mut sftp::SftpClient<impl std::io::Read + std::io::Write>,
+) -> Result<Option<Claim>, sftp::SftpError> {
+    let path = remote_path(&join(CONTROL_DIR.as_bytes(), CLAIM_FILE.as_bytes()));
+    match sftp.read_all(&path, 64 * 1024) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(e) if e.is_no_such_file() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes a claim into the peer's control folder: a fresh temporary there,
@@ -1577,7 +2047,8 @@ pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
     Some(SyncSettings {
         data_dir: config.data_dir.clone(),
         state_dir: config.state_dir.clone(),
-        standby: config.sync.peer.clone()?,
+        standby: config.sync.standbys.first()?.clone(),
+        others: config.sync.standbys.iter().skip(1).cloned().collect(),
         node: crate::role::node_name(),
         live: crate::role::Live::first(Role::Master, 0),
         fallback_interval: config.sync.fallback_interval,
@@ -1642,6 +2113,12 @@ mod tests {
             type Session = FakeSession;
 
             fn open(&self) -> Result<FakeSession, TransportError> {
+                if self.fs.lock().unwrap().cut_off {
+                    return Err(TransportError::Sftp(SftpError::Io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "cut off",
+                    ))));
+                }
                 self.opened.fetch_add(1, Ordering::Relaxed);
                 let sftp = SftpClient::new(FakeStream::new(self.fs.clone()))
                     .map_err(|e: SftpError| TransportError::Sftp(e))?;
@@ -1649,43 +2126,84 @@ mod tests {
             }
         }
 
+        /// The master's side and its first standby's worker (`fs`,
+        /// `worker`), and the workers of more standbys in `more`, driven by
+        /// hand, one step at a time, as their threads would.
         struct Bed {
             data: tempfile::TempDir,
             _state: tempfile::TempDir,
             fs: Arc<Mutex<FakeFs>>,
+            local: Local,
             worker: Worker<FakeConnector>,
+            more: Vec<(Arc<Mutex<FakeFs>>, Worker<FakeConnector>)>,
+        }
+
+        impl Bed {
+            /// A look of the local side, then a round of every worker.
+            fn round(&mut self) {
+                self.local.pass();
+                self.worker.round();
+                for (_, w) in &mut self.more {
+                    w.round();
+                }
+            }
         }
 
         /// Long ago: no file is taken as still being written.
         const OLD: u64 = 1_600_000_000;
 
-        fn bed(standby: FakeFs) -> Bed {
-            let data = tempfile::tempdir().unwrap();
-            let state = tempfile::tempdir().unwrap();
-            let fs = Arc::new(Mutex::new(standby));
-            let settings = SyncSettings {
-                data_dir: data.path().to_path_buf(),
-                state_dir: state.path().to_path_buf(),
-                standby: Endpoint {
-                    host: "standby.test".into(),
-                    port: 22,
+        fn settings(data: &Path, state: &Path, standbys: usize) -> SyncSettings {
+            let endpoint = |n: usize| Endpoint {
+                host: if n == 0 {
+                    "standby.test".into()
+                } else {
+                    format!("standby{n}.test")
                 },
+                port: 22,
+            };
+            SyncSettings {
+                data_dir: data.to_path_buf(),
+                state_dir: state.to_path_buf(),
+                standby: endpoint(0),
+                others: (1..standbys).map(endpoint).collect(),
                 node: "alpha".into(),
                 live: Live::first(Role::Master, 0),
                 fallback_interval: Duration::from_secs(3600),
                 delete: true,
                 audit_interval: Duration::from_secs(3600),
-            };
-            let connector = FakeConnector {
+            }
+        }
+
+        fn connector(fs: &Arc<Mutex<FakeFs>>) -> FakeConnector {
+            FakeConnector {
                 fs: fs.clone(),
                 opened: Default::default(),
-            };
-            let worker = Worker::new(settings, connector).unwrap();
+            }
+        }
+
+        fn bed(standby: FakeFs) -> Bed {
+            beds(vec![standby])
+        }
+
+        /// A bed with a standby for each file system, the first first.
+        fn beds(standbys: Vec<FakeFs>) -> Bed {
+            let data = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let fss: Vec<_> = standbys
+                .into_iter()
+                .map(|fs| Arc::new(Mutex::new(fs)))
+                .collect();
+            let settings = settings(data.path(), state.path(), fss.len());
+            let (local, workers) = assemble(settings, fss.iter().map(connector).collect()).unwrap();
+            let mut pairs = fss.into_iter().zip(workers);
+            let (fs, worker) = pairs.next().unwrap();
             Bed {
                 data,
                 _state: state,
                 fs,
+                local,
                 worker,
+                more: pairs.collect(),
             }
         }
 
@@ -1732,7 +2250,7 @@ mod tests {
             mkdir(&root, "u/sub", 0o1770);
             put(&root, "u/a", b"alpha", 0o640, OLD);
             put(&root, "u/sub/b", &vec![7u8; 300_000], 0o600, OLD + 1);
-            b.worker.round();
+            b.round();
 
             let status = b.worker.status.lock().unwrap().clone();
             assert!(status.connected, "{status:?}");
@@ -1761,11 +2279,11 @@ mod tests {
 
             // Nothing changed: the next round sends nothing.
             b.fs.lock().unwrap().changes.clear();
-            b.worker.rescan_all = true;
-            b.worker.round();
+            b.local.rescan_all = true;
+            b.round();
             assert_eq!(b.fs.lock().unwrap().changes, Vec::new());
             // After the walk the index is the master's tree: held once.
-            assert!(tree::held_once(&b.worker.current, &b.worker.index));
+            assert!(tree::held_once(&b.local.current, &b.worker.index));
             assert_eq!(b.worker.index.len(), 4);
         }
 
@@ -1778,8 +2296,8 @@ mod tests {
             }
             // Room for the data dir and one folder, as if max_user_watches
             // were nearly used up by other programs.
-            b.worker.watcher.cap = Some(2);
-            b.worker.round();
+            b.local.watcher.cap = Some(2);
+            b.round();
             let watches = b.worker.status.lock().unwrap().watches.unwrap();
             assert_eq!((watches.folders, watches.watched), (4, 2), "{watches:?}");
             assert!(watches.short());
@@ -1796,24 +2314,24 @@ mod tests {
             // A file in a folder without a watch: no event, so nothing goes...
             let unwatched = ["a", "b", "c"]
                 .into_iter()
-                .find(|d| !b.worker.watcher.is_watched(d.as_bytes()))
+                .find(|d| !b.local.watcher.is_watched(d.as_bytes()))
                 .unwrap();
             put(&root, &format!("{unwatched}/f"), b"data", 0o640, OLD);
-            b.worker.wait_for_events(Duration::from_millis(200));
-            b.worker.round();
+            b.local.wait_for_events(Duration::from_millis(200));
+            b.round();
             assert_eq!(node(&b.fs, &format!("/{unwatched}/f")), None);
             // ...until the fallback walk finds it.
-            b.worker.rescan_all = true;
-            b.worker.round();
+            b.local.rescan_all = true;
+            b.round();
             assert_eq!(
                 node(&b.fs, &format!("/{unwatched}/f")).unwrap().data,
                 b"data"
             );
 
             // The limit raised: the next walk watches every folder again.
-            b.worker.watcher.cap = None;
-            b.worker.rescan_all = true;
-            b.worker.round();
+            b.local.watcher.cap = None;
+            b.local.rescan_all = true;
+            b.round();
             let watches = b.worker.status.lock().unwrap().watches.unwrap();
             assert_eq!((watches.folders, watches.watched), (4, 4));
             assert!(!watches.short());
@@ -1828,7 +2346,7 @@ mod tests {
             put(&root, "u/change", b"old content", 0o640, OLD);
             put(&root, "u/gone", b"bye", 0o640, OLD);
             mkdir(&root, "u/gone-dir", 0o750);
-            b.worker.round();
+            b.round();
             assert!(node(&b.fs, "/u/gone").is_some());
             assert!(node(&b.fs, "/u/gone-dir").is_some());
 
@@ -1837,9 +2355,9 @@ mod tests {
             std::fs::remove_dir(root.join("u/gone-dir")).unwrap();
             b.fs.lock().unwrap().changes.clear();
             // As the thread does: the events name what to look at.
-            assert!(b.worker.wait_for_events(Duration::from_secs(1)));
-            assert!(!b.worker.rescan_all, "events, not a walk");
-            b.worker.round();
+            assert!(b.local.wait_for_events(Duration::from_secs(1)));
+            assert!(!b.local.rescan_all, "events, not a walk");
+            b.round();
 
             let changed = node(&b.fs, "/u/change").unwrap();
             assert_eq!(changed.data, b"new, longer content");
@@ -1877,7 +2395,7 @@ mod tests {
                     OLD,
                 );
             }
-            b.worker.round();
+            b.round();
             assert_eq!(
                 b.worker.connector.opened.load(Ordering::Relaxed),
                 SESSIONS,
@@ -1899,7 +2417,7 @@ mod tests {
             mkdir(&root, "u", 0o750);
             put(&root, "u/a", b"the master's", 0o640, OLD);
             put(&root, "u/b", b"untouched", 0o640, OLD);
-            b.worker.round();
+            b.round();
             {
                 let mut fs = b.fs.lock().unwrap();
                 fs.nodes.get_mut(b"/u/a".as_slice()).unwrap().data = b"tampered".to_vec();
@@ -1910,12 +2428,12 @@ mod tests {
                 fs.changes.clear();
             }
             // Without an audit, the index says the standby has it all.
-            b.worker.rescan_all = true;
-            b.worker.round();
+            b.local.rescan_all = true;
+            b.round();
             assert_eq!(node(&b.fs, "/u/a").unwrap().data, b"tampered");
 
             b.worker.audit().unwrap();
-            b.worker.round();
+            b.round();
             assert_eq!(node(&b.fs, "/u/a").unwrap().data, b"the master's");
             assert_eq!(node(&b.fs, "/u/extra"), None);
             assert_eq!(temporaries(&b.fs), Vec::<String>::new());
@@ -1939,12 +2457,12 @@ mod tests {
                 .unwrap()
                 .set_modified(std::time::UNIX_EPOCH + Duration::new(OLD, 123_456_789))
                 .unwrap();
-            b.worker.round();
+            b.round();
             b.fs.lock().unwrap().changes.clear();
 
             std::fs::rename(root.join("u/draft"), root.join("u/final")).unwrap();
-            assert!(b.worker.wait_for_events(Duration::from_secs(1)));
-            b.worker.round();
+            assert!(b.local.wait_for_events(Duration::from_secs(1)));
+            b.round();
             assert_eq!(node(&b.fs, "/u/draft"), None);
             assert_eq!(node(&b.fs, "/u/final").unwrap().data, b"content");
             let changes = b.fs.lock().unwrap().changes.clone();
@@ -1960,15 +2478,15 @@ mod tests {
             let root = b.data.path().to_path_buf();
             mkdir(&root, "u", 0o750);
             put(&root, "u/a", b"content", 0o640, OLD);
-            b.worker.round();
+            b.round();
             b.fs.lock().unwrap().changes.clear();
 
             std::fs::set_permissions(root.join("u/a"), std::fs::Permissions::from_mode(0o600))
                 .unwrap();
             std::fs::set_permissions(root.join("u"), std::fs::Permissions::from_mode(0o700))
                 .unwrap();
-            assert!(b.worker.wait_for_events(Duration::from_secs(1)));
-            b.worker.round();
+            assert!(b.local.wait_for_events(Duration::from_secs(1)));
+            b.round();
             assert_eq!(node(&b.fs, "/u/a").unwrap().mode, 0o100600);
             assert_eq!(node(&b.fs, "/u").unwrap().mode, 0o040700);
             let status = b.worker.status.lock().unwrap().clone();
@@ -1980,9 +2498,14 @@ mod tests {
             let mut b = bed(FakeFs::default());
             let root = b.data.path().to_path_buf();
             mkdir(&root, "u", 0o750);
-            b.worker.round();
+            b.round();
             put(&root, "u/last", b"just before", 0o640, OLD);
             b.worker.control.lock().unwrap().hand_over = true;
+            // It asks the local side for a full walk first and waits for it.
+            b.worker.hand_over();
+            assert_eq!(b.worker.control.lock().unwrap().handed_over, None);
+            assert!(b.local.take_asked() && b.local.rescan_all);
+            b.local.pass();
             b.worker.hand_over();
 
             assert_eq!(node(&b.fs, "/u/last").unwrap().data, b"just before");
@@ -1999,7 +2522,7 @@ mod tests {
         #[test]
         fn demote_offers_the_role_once_and_a_standby_that_asks_gets_a_handover_request() {
             let mut b = bed(FakeFs::default());
-            b.worker.round();
+            b.round();
             b.worker.control.lock().unwrap().offer = true;
             b.worker.check_peer().unwrap();
             let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").unwrap();
@@ -2035,7 +2558,7 @@ mod tests {
             mkdir(&root, "u", 0o750);
             put(&root, "u/a", b"data", 0o640, OLD);
             let before = b.fs.lock().unwrap().nodes.clone();
-            b.worker.round();
+            b.round();
 
             let fs = b.fs.lock().unwrap();
             assert_eq!(fs.changes, Vec::new(), "nothing sent, no claim written");
@@ -2063,7 +2586,7 @@ mod tests {
             let mut b = bed(publishing(Role::Standby, 1));
             let root = b.data.path().to_path_buf();
             mkdir(&root, "u", 0o750);
-            b.worker.round();
+            b.round();
             assert!(node(&b.fs, "/u").is_some());
             assert!(!b.worker.stepped_down());
         }
@@ -2077,7 +2600,7 @@ mod tests {
             let root = b.data.path().to_path_buf();
             mkdir(&root, "u", 0o750);
             put(&root, "u/a", b"data", 0o640, OLD);
-            b.worker.round();
+            b.round();
 
             let fs = b.fs.lock().unwrap();
             assert_eq!(fs.changes, Vec::new());

@@ -91,6 +91,14 @@ impl Schedule {
         self.due = Some(self.due.map_or(earliest, |d| d.min(earliest)));
     }
 
+    /// A standby's worker got a new look of the master's tree (already
+    /// debounced by the local side): a round at once, but not before a
+    /// reconnect is due, and never later than already planned.
+    pub fn update_arrived(&mut self, now: Instant) {
+        let earliest = self.retry_at.map_or(now, |r| r.max(now));
+        self.due = Some(self.due.map_or(earliest, |d| d.min(earliest)));
+    }
+
     /// True once the fallback period has passed since the start or the last
     /// fallback walk.
     pub fn fallback_due(&self, now: Instant) -> bool {

@@ -1003,6 +1003,12 @@ pub(crate) mod fake {
         pub(crate) read_only: bool,
         /// Requests that changed something, in order (request type, path).
         pub(crate) changes: Vec<(u8, Vec<u8>)>,
+        /// The network to it is cut: every request fails as a broken
+        /// connection would (and a test's connector refuses new sessions).
+        pub(crate) cut_off: bool,
+        /// Requests hang while this is set, as on a standby that has stopped
+        /// answering without the connection breaking.
+        pub(crate) stalled: bool,
     }
 
     impl FakeFs {
@@ -1363,6 +1369,19 @@ pub(crate) mod fake {
 
     impl Write for FakeStream {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            loop {
+                let (cut_off, stalled) = {
+                    let fs = self.fs.lock().map_err(|_| io::Error::other("poisoned"))?;
+                    (fs.cut_off, fs.stalled)
+                };
+                if cut_off {
+                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, "cut off"));
+                }
+                if !stalled {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             self.input.extend_from_slice(buf);
             while self.input.len() >= 4 {
                 let len = u32::from_be_bytes([

@@ -18,7 +18,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 mod map;
 #[cfg(test)]
 pub use map::held_once;
-pub use map::{Pair, Tree, drifted, share, side_by_side};
+pub use map::{Pair, Tree, drifted, share, share_base, side_by_side};
 
 /// The folder, at the top of the standby's data dir, where files are written
 /// before they are renamed into place: outside every chroot (a user name

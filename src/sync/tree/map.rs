@@ -166,9 +166,22 @@ impl Tree {
         }
     }
 
+    /// True when this tree's own changes over its base have grown enough
+    /// that folding them in is worth a pass: the master's tree, which every
+    /// standby's worker gets a copy of (the base shared, the changes copied)
+    /// after each look, keeps its changes few this way.
+    pub fn needs_compacting(&self) -> bool {
+        self.changes.len() > (self.len / 256).max(1024)
+    }
+
+    /// Which base this tree is on (the same number: one shared copy).
+    pub fn base_id(&self) -> usize {
+        Arc::as_ptr(&self.base) as usize
+    }
+
     /// Folds `changes` into a base of this tree's own (the old one stays
     /// with the trees that share it).
-    fn compact(&mut self) {
+    pub fn compact(&mut self) {
         if self.changes.is_empty() {
             return;
         }
@@ -212,6 +225,30 @@ pub fn share(primary: &mut Tree, other: &mut Tree) {
     primary.compact();
     if Arc::ptr_eq(&primary.base, &other.base) && other.changes.is_empty() {
         return;
+    }
+    let differing = diff(&primary.base, other).count();
+    if differing > other.len / 2 {
+        other.compact();
+        return;
+    }
+    let changes = diff(&primary.base, other)
+        .map(|(path, e)| (path.into(), e.copied()))
+        .collect();
+    other.base = Arc::clone(&primary.base);
+    other.changes = changes;
+}
+
+/// As [`share`], but `primary` is left as it is (it is shared read-only by
+/// several standbys' workers, see [`crate::sync`]): `other` goes on
+/// `primary`'s base, keeping apart where it differs from that base. If they
+/// differ in more than half of `other`'s paths, `other` gets a compact base
+/// of its own instead (once: it is not copied again while it is on it).
+pub fn share_base(primary: &Tree, other: &mut Tree) {
+    if Arc::ptr_eq(&primary.base, &other.base) {
+        // Already on it: only fold what `other` changed since, if it is much.
+        if other.changes.len() <= (other.len / 64).max(1024) {
+            return;
+        }
     }
     let differing = diff(&primary.base, other).count();
     if differing > other.len / 2 {
