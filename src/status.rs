@@ -69,6 +69,10 @@ pub struct DaemonStatus {
     /// Replication, on a master with a standby.
     #[serde(default)]
     pub sync: Option<crate::sync::SyncStatus>,
+    /// With several standbys, each one's replication, the first first (its
+    /// status is also `sync`); empty with one standby.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standbys: Vec<crate::sync::SyncStatus>,
     /// The live role's epoch, since when and why this host has its role.
     #[serde(default)]
     pub epoch: u64,
@@ -273,12 +277,27 @@ impl DaemonStatus {
             "fallback:",
             format!("full scan every {}", self.fallback_interval),
         );
+        // Several standbys: a row for each, the details below for the first.
+        for s in &self.standbys {
+            row("sync:", standby_words(s));
+            if s.reconciling {
+                row(
+                    "reconcile:",
+                    format!(
+                        "{}: waiting for it to be reconciled (a former master, or a standby of another master): what it has that this host lacks comes here before anything is mirrored to it",
+                        s.standby
+                    ),
+                );
+            }
+        }
         if let Some(sync) = &self.sync {
-            row("sync:", sync_words(sync));
+            if self.standbys.is_empty() {
+                row("sync:", sync_words(sync));
+            }
             if let Some(watches) = &sync.watches {
                 row("inotify:", watches.words(&self.fallback_interval));
             }
-            if sync.reconciling {
+            if sync.reconciling && self.standbys.is_empty() {
                 row(
                     "reconcile:",
                     "waiting for the former master: what it has that this host lacks comes here before anything is mirrored to it".into(),
@@ -295,7 +314,9 @@ impl DaemonStatus {
                     ),
                 );
             }
-            if sync.files_synced > 0 || sync.last_sync.is_some() {
+            if !self.standbys.is_empty() {
+                // Each standby's row has the rest.
+            } else if sync.files_synced > 0 || sync.last_sync.is_some() {
                 row(
                     "synced:",
                     format!(
@@ -308,7 +329,7 @@ impl DaemonStatus {
                     ),
                 );
             }
-            if let Some(at) = sync.last_audit {
+            if let Some(at) = sync.last_audit.filter(|_| self.standbys.is_empty()) {
                 row(
                     "audit:",
                     format!(
@@ -501,6 +522,53 @@ fn failover_rows(
     rows
 }
 
+/// One standby's row when there are several: reachability, queue, the last
+/// lag and the last audit.
+pub fn standby_words(s: &crate::sync::SyncStatus) -> String {
+    let mut words = sync_words(s);
+    if let Some(ms) = s.last_lag_ms {
+        words.push_str(&format!(", last file {ms} ms after its change"));
+    }
+    match s.last_audit {
+        Some(at) => words.push_str(&format!(
+            ", audit {} ({})",
+            format_utc(at),
+            match s.last_audit_repairs {
+                0 => "matched".to_string(),
+                n => format!("{n} difference(s) repaired"),
+            }
+        )),
+        None => words.push_str(", not audited yet"),
+    }
+    words
+}
+
+/// Several standbys in a few words, for the activity line: the first's
+/// words, then how many of the others are reachable.
+pub fn several_words(all: &[crate::sync::SyncStatus]) -> String {
+    let Some((first, others)) = all.split_first() else {
+        return String::new();
+    };
+    let mut words = sync_words(first);
+    if !others.is_empty() {
+        let down: Vec<&str> = others
+            .iter()
+            .filter(|s| !s.connected)
+            .map(|s| s.standby.as_str())
+            .collect();
+        words.push_str(&format!(
+            "; {} more standby(s), {}",
+            others.len(),
+            if down.is_empty() {
+                "all reachable".to_string()
+            } else {
+                format!("UNREACHABLE: {}", down.join(", "))
+            }
+        ));
+    }
+    words
+}
+
 /// The standby's reachability and the queue, in words.
 pub fn sync_words(s: &crate::sync::SyncStatus) -> String {
     let mut words = if s.connected {
@@ -558,6 +626,7 @@ mod tests {
             sshd: "drop-in installed".into(),
             users_apply: None,
             sync: None,
+            standbys: Vec::new(),
             epoch: 1,
             role_since: 1_000,
             role_reason: "first start".into(),

@@ -186,6 +186,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
             sshd: String::new(),
             users_apply: None,
             sync: None,
+            standbys: Vec::new(),
             epoch: live.epoch,
             role_since: live.since,
             role_reason: live.reason.clone(),
@@ -433,6 +434,7 @@ impl Daemon {
                             sync.stop(Duration::from_secs(3));
                         }
                         self.status.sync = None;
+                        self.status.standbys.clear();
                         self.start_sync();
                     }
                     self.start_metrics();
@@ -514,6 +516,7 @@ impl Daemon {
         match crate::sync::start(settings) {
             Ok(handle) => {
                 self.status.sync = Some(handle.snapshot());
+                self.status.standbys = several(handle.snapshots());
                 self.sync = Some(handle);
                 self.refresh_activity();
             }
@@ -560,8 +563,10 @@ impl Daemon {
             return;
         };
         let now = sync.snapshot();
-        if self.status.sync.as_ref() != Some(&now) {
+        let all = several(sync.snapshots());
+        if self.status.sync.as_ref() != Some(&now) || self.status.standbys != all {
             self.status.sync = Some(now);
+            self.status.standbys = all;
             self.refresh_activity();
             self.set_phase(self.status.phase);
             self.notifier.status(&self.status.activity);
@@ -612,10 +617,15 @@ impl Daemon {
         let c = &self.config;
         self.activity = match (self.live.role, &c.sync.peer) {
             (Role::Master, Some(s)) => match &self.status.sync {
-                Some(sync) => format!(
+                Some(sync) if self.status.standbys.is_empty() => format!(
                     "master serving {}; {}",
                     c.data_dir.display(),
                     crate::status::sync_words(sync)
+                ),
+                Some(_) => format!(
+                    "master serving {}; {}",
+                    c.data_dir.display(),
+                    crate::status::several_words(&self.status.standbys)
                 ),
                 None => format!("master serving {}; standby {s}", c.data_dir.display()),
             },
@@ -702,4 +712,10 @@ fn prepare_dirs(config: &Config) -> Result<(), DaemonError> {
         tracing::info!(path = %path.display(), "created {what}");
     }
     Ok(())
+}
+
+/// The per-standby statuses the status file lists: all of them with several
+/// standbys, none with one (its status is `sync`, as before).
+fn several(all: Vec<crate::sync::SyncStatus>) -> Vec<crate::sync::SyncStatus> {
+    if all.len() > 1 { all } else { Vec::new() }
 }

@@ -122,7 +122,9 @@ impl Daemon {
         };
         let state = &config.state_dir;
         if new.role == Role::Master {
-            let _ = fs::remove_file(state.join(crate::sync::INDEX_FILE));
+            for index in crate::sync::index_files(state) {
+                let _ = fs::remove_file(index);
+            }
             save_baseline(config, progress)?;
         } else {
             let _ = fs::remove_file(state.join(BASELINE_FILE));
@@ -221,8 +223,10 @@ impl Daemon {
     /// account may not, and replication starts.
     pub(super) fn become_master(&mut self, live: Live) -> bool {
         let state = self.config.state_dir.clone();
-        // The old index describes a peer of long ago; the first audit rebuilds it.
-        let _ = fs::remove_file(state.join(crate::sync::INDEX_FILE));
+        // The old indexes describe peers of long ago; the first audits rebuild them.
+        for index in crate::sync::index_files(&state) {
+            let _ = fs::remove_file(index);
+        }
         if let Err(err) = save_baseline(&self.config, &mut self.walk_progress()) {
             tracing::error!("{err}; not promoted");
             return false;
@@ -264,6 +268,7 @@ impl Daemon {
         {
             sync.stop(Duration::from_secs(3));
             self.status.sync = None;
+            self.status.standbys.clear();
         }
         if was_master && role == Role::Standby {
             // After the worker stopped: its index on disk is final.
@@ -633,7 +638,7 @@ impl Daemon {
 
     /// A master stops its users and lets the worker send the rest, then hand over.
     fn start_handover(&mut self, id: String) -> bool {
-        let connected = self.sync.as_ref().is_some_and(|s| s.snapshot().connected);
+        let connected = self.sync.as_ref().is_some_and(|s| s.handover_connected());
         if !connected {
             return false;
         }
@@ -982,8 +987,23 @@ fn write_changed_list(
 ) -> io::Result<usize> {
     use crate::sync::tree;
     let (current, _) = tree::scan(&config.data_dir, &mut |_| progress())?;
-    let confirmed = tree::load_index(&config.state_dir.join(crate::sync::INDEX_FILE));
-    let files = crate::sync::reconcile::unconfirmed_files(&current, &confirmed);
+    // With several standbys, the next master may be any of them: a file
+    // any of them has not confirmed counts as changed here.
+    let mut files = std::collections::BTreeSet::new();
+    let indexes = crate::sync::index_files(&config.state_dir);
+    if indexes.is_empty() {
+        files.extend(crate::sync::reconcile::unconfirmed_files(
+            &current,
+            &tree::Tree::new(),
+        ));
+    }
+    for index in indexes {
+        let confirmed = tree::load_index(&index);
+        files.extend(crate::sync::reconcile::unconfirmed_files(
+            &current, &confirmed,
+        ));
+    }
+    let files: Vec<Vec<u8>> = files.into_iter().collect();
     let dir = config.data_dir.join(CONTROL_DIR);
     prepare_control_dir(&dir)?;
     let text = crate::sync::reconcile::changed_list_text(&files);

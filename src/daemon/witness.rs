@@ -85,6 +85,7 @@ pub(super) fn run(
         sshd: String::new(),
         users_apply: None,
         sync: None,
+        standbys: Vec::new(),
         epoch: 0,
         role_since: now,
         role_reason: "role = \"witness\" in config.toml".into(),

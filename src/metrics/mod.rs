@@ -262,17 +262,60 @@ pub fn render(status: &DaemonStatus) -> String {
         );
     }
     if status.role == Role::Master && status.standby.is_some() {
-        let sync = status.sync.as_ref();
-        out.gauge(
-            "sftp_ha_standby_up",
-            "1 while the master reaches its standby, 0 while it does not (or replication cannot run).",
-            u8::from(sync.is_some_and(|s| s.connected)),
-        );
-        if let Some(sync) = sync {
+        // One standby: unlabelled, as before several were possible. Several:
+        // the same names, a sample per standby with a `standby` label.
+        let one = status.sync.iter().collect::<Vec<_>>();
+        let all: Vec<&crate::sync::SyncStatus> = if status.standbys.is_empty() {
+            one
+        } else {
+            status.standbys.iter().collect()
+        };
+        let several = all.len() > 1;
+        if all.is_empty() {
+            standby_up(&mut out, false);
+        }
+        for sync in &all {
+            out.standby = several.then(|| sync.standby.clone());
+            standby_up(&mut out, sync.connected);
             render_sync(&mut out, sync);
         }
+        out.standby = None;
+        if let Some(first) = all.first() {
+            render_local(&mut out, first);
+        }
     }
-    out.text
+    out.text()
+}
+
+fn standby_up(out: &mut Exposition, up: bool) {
+    out.gauge(
+        "sftp_ha_standby_up",
+        "1 while the master reaches its standby, 0 while it does not (or replication cannot run).",
+        u8::from(up),
+    );
+}
+
+/// The master's own side, once for all standbys: the walks and the watches.
+fn render_local(out: &mut Exposition, sync: &crate::sync::SyncStatus) {
+    if let Some(at) = sync.last_scan {
+        out.gauge(
+            "sftp_ha_sync_last_full_scan_time_seconds",
+            "When the master's data dir was last walked whole, in unix seconds.",
+            at,
+        );
+    }
+    if let Some(watches) = &sync.watches {
+        out.gauge(
+            "sftp_ha_inotify_folders",
+            "Folders in the data dir at the last full walk: each needs one inotify watch.",
+            watches.folders,
+        );
+        out.gauge(
+            "sftp_ha_inotify_folders_watched",
+            "Folders with an inotify watch; fewer than sftp_ha_inotify_folders means fs.inotify.max_user_watches is reached and changes in the others wait for the fallback walk.",
+            watches.watched,
+        );
+    }
 }
 
 fn render_sync(out: &mut Exposition, sync: &crate::sync::SyncStatus) {
@@ -310,13 +353,6 @@ fn render_sync(out: &mut Exposition, sync: &crate::sync::SyncStatus) {
             format!("{}.{:03}", ms / 1000, ms % 1000),
         );
     }
-    if let Some(at) = sync.last_scan {
-        out.gauge(
-            "sftp_ha_sync_last_full_scan_time_seconds",
-            "When the master's data dir was last walked whole, in unix seconds.",
-            at,
-        );
-    }
     out.gauge(
         "sftp_ha_sync_deletes_held_back",
         "1 while deletes are not mirrored because the master's data dir looks empty or unmounted.",
@@ -327,18 +363,6 @@ fn render_sync(out: &mut Exposition, sync: &crate::sync::SyncStatus) {
         "Operations the standby refused and that were skipped (retried on the next full scan).",
         sync.refused,
     );
-    if let Some(watches) = &sync.watches {
-        out.gauge(
-            "sftp_ha_inotify_folders",
-            "Folders in the data dir at the last full walk: each needs one inotify watch.",
-            watches.folders,
-        );
-        out.gauge(
-            "sftp_ha_inotify_folders_watched",
-            "Folders with an inotify watch; fewer than sftp_ha_inotify_folders means fs.inotify.max_user_watches is reached and changes in the others wait for the fallback walk.",
-            watches.watched,
-        );
-    }
     out.counter(
         "sftp_ha_reconcile_brought_back_total",
         "Files brought back from a former master since start (each is in the journal and reconcile-report.jsonl).",
@@ -374,10 +398,14 @@ enum Kind {
     Counter,
 }
 
-/// Builds the text: each metric's HELP and TYPE, then its one sample.
+/// Builds the text: each metric's HELP and TYPE, then its samples (one, or
+/// one per standby: a family's samples must stand together in the text).
 #[derive(Default)]
 struct Exposition {
-    text: String,
+    /// Name, HELP and TYPE lines, samples; in the order first seen.
+    families: Vec<(String, String, Vec<String>)>,
+    /// With several standbys: the one the samples being added are about.
+    standby: Option<String>,
 }
 
 impl Exposition {
@@ -398,17 +426,41 @@ impl Exposition {
             Kind::Gauge => "gauge",
             Kind::Counter => "counter",
         };
-        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
-        self.text.push_str(name);
+        let mut line = name.to_string();
+        let mut labels = labels.to_vec();
+        if let Some(standby) = &self.standby {
+            labels.push(("standby", standby.as_str()));
+        }
         if !labels.is_empty() {
             let pairs: Vec<String> = labels
                 .iter()
                 .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
                 .collect();
-            let _ = write!(self.text, "{{{}}}", pairs.join(","));
+            let _ = write!(line, "{{{}}}", pairs.join(","));
         }
-        let _ = writeln!(self.text, " {value}");
+        let _ = write!(line, " {value}");
+        match self.families.iter_mut().find(|(n, _, _)| n == name) {
+            Some((_, _, samples)) => samples.push(line),
+            None => {
+                let header = format!(
+                    "# HELP {name} {}\n# TYPE {name} {kind}\n",
+                    escape_help(help)
+                );
+                self.families.push((name.to_string(), header, vec![line]));
+            }
+        }
+    }
+
+    fn text(self) -> String {
+        let mut text = String::new();
+        for (_, header, samples) in self.families {
+            text.push_str(&header);
+            for sample in samples {
+                text.push_str(&sample);
+                text.push('\n');
+            }
+        }
+        text
     }
 }
 

@@ -24,6 +24,7 @@ fn base(role: Role) -> DaemonStatus {
         sshd: String::new(),
         users_apply: None,
         sync: None,
+        standbys: Vec::new(),
         epoch: 1,
         role_since: 1_700_000_000,
         role_reason: String::new(),

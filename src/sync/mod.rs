@@ -204,9 +204,8 @@ pub fn index_files(state_dir: &std::path::Path) -> Vec<PathBuf> {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            // Not the temporaries `save_index` writes next to them.
-            let ours = name == INDEX_FILE
-                || (name.starts_with(&format!("{INDEX_FILE}.")) && !name.ends_with(".tmp"));
+            // (The temporaries `save_index` writes start with a dot.)
+            let ours = name == INDEX_FILE || name.starts_with(&format!("{INDEX_FILE}."));
             if ours {
                 found.push(entry.path());
             }
@@ -254,6 +253,16 @@ impl SyncHandle {
             .iter()
             .map(|s| s.lock().map(|s| s.clone()).unwrap_or_default())
             .collect()
+    }
+
+    /// True if the standby a handover would go to (the one that asked, or
+    /// the first) is connected.
+    pub fn handover_connected(&self) -> bool {
+        let link = self.control(|c| c.handover_link).flatten().unwrap_or(0);
+        self.statuses
+            .get(link)
+            .and_then(|s| s.lock().ok().map(|s| s.connected))
+            .unwrap_or(false)
     }
 
     /// Runs `f` on the shared [`Control`].
@@ -870,6 +879,11 @@ impl<C: Connector> Worker<C> {
                 self.schedule.update_arrived(Instant::now());
             }
             let now = Instant::now();
+            if self.schedule.fallback_due(now) {
+                // The walk itself is the local side's; its timer here only
+                // brings a round (and keeps the wake-up time ahead).
+                self.schedule.fallback_started(now);
+            }
             if self.schedule.round_due(now) {
                 self.round();
             } else if self.schedule.index_save_due(now) {
