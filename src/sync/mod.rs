@@ -2635,5 +2635,289 @@ mod tests {
             assert!(b.worker.schedule.round_planned(), "tried again later");
             assert!(b.worker.index.is_empty());
         }
+
+        /// A standby's users' files: path → content (the control folder and
+        /// the temporaries left out).
+        fn files(fs: &Arc<Mutex<FakeFs>>) -> std::collections::BTreeMap<String, Vec<u8>> {
+            let fs = fs.lock().unwrap();
+            fs.nodes
+                .iter()
+                .filter(|(k, _)| !k.starts_with(b"/.sftp-ha"))
+                .map(|(k, n)| (sftp::show(k), n.data.clone()))
+                .collect()
+        }
+
+        /// The master's data dir as [`files`] shows a standby.
+        fn master_files(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+            let (tree, _) = tree::scan(root, &mut |_| {}).unwrap();
+            tree.iter()
+                .map(|(p, e)| {
+                    let data = if e.kind == Kind::Dir {
+                        Vec::new()
+                    } else {
+                        std::fs::read(root.join(sftp::show(p))).unwrap()
+                    };
+                    (format!("/{}", sftp::show(p)), data)
+                })
+                .collect()
+        }
+
+        /// Waits up to `limit` for `done`; true if it came.
+        fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                if done() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            done()
+        }
+
+        #[test]
+        fn two_standbys_both_get_every_file_each_with_an_index_of_its_own() {
+            let mut b = beds(vec![FakeFs::default(), FakeFs::default()]);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"alpha", 0o640, OLD);
+            put(&root, "u/b", b"beta", 0o600, OLD);
+            b.round();
+            let (fs2, second) = &b.more[0];
+            assert_eq!(files(&b.fs), master_files(&root));
+            assert_eq!(files(fs2), master_files(&root));
+            assert_eq!(second.status.lock().unwrap().standby, "standby1.test:22");
+            assert_eq!(second.status.lock().unwrap().files_synced, 2);
+            // The first keeps the one-standby file name; each has its own.
+            let state = b._state.path();
+            assert_eq!(b.worker.index_path, state.join("sync-index"));
+            assert_eq!(second.index_path, state.join("sync-index.standby1.test:22"));
+            assert!(second.index_path.exists() && b.worker.index_path.exists());
+            assert_eq!(index_files(state).len(), 2);
+
+            // Nothing changed: a walk sends nothing to either, and both
+            // indexes are held on the master's tree: one copy for all.
+            b.fs.lock().unwrap().changes.clear();
+            b.more[0].0.lock().unwrap().changes.clear();
+            b.local.rescan_all = true;
+            b.round();
+            assert_eq!(b.fs.lock().unwrap().changes, Vec::new());
+            assert_eq!(b.more[0].0.lock().unwrap().changes, Vec::new());
+            assert!(tree::held_once(&b.local.current, &b.worker.index));
+            assert!(tree::held_once(&b.local.current, &b.more[0].1.index));
+        }
+
+        #[test]
+        fn a_delete_reaches_each_standby_from_its_own_index_and_a_cut_off_one_catches_up() {
+            let mut b = beds(vec![FakeFs::default(), FakeFs::default()]);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"alpha", 0o640, OLD);
+            put(&root, "u/gone", b"bye", 0o640, OLD);
+            b.round();
+            b.more[0].0.lock().unwrap().cut_off = true;
+            std::fs::remove_file(root.join("u/gone")).unwrap();
+            put(&root, "u/new", b"while it was away", 0o640, OLD);
+            assert!(b.local.wait_for_events(Duration::from_secs(1)));
+            b.round();
+            // The reachable one has the delete and the new file at once.
+            assert_eq!(files(&b.fs), master_files(&root));
+            let status = b.more[0].1.status.lock().unwrap().clone();
+            assert!(
+                !status.connected && status.last_error.is_some(),
+                "{status:?}"
+            );
+            assert!(
+                node(&b.more[0].0, "/u/gone").is_some(),
+                "untouched while away"
+            );
+            // The first's index says it is gone; the other's still has it.
+            assert!(!b.worker.index.contains_key(b"u/gone".as_slice()));
+            assert!(b.more[0].1.index.contains_key(b"u/gone".as_slice()));
+
+            // Back: the next round (at its retry) brings it level.
+            b.more[0].0.lock().unwrap().cut_off = false;
+            b.fs.lock().unwrap().changes.clear();
+            b.round();
+            assert_eq!(files(&b.more[0].0), master_files(&root));
+            assert_eq!(
+                b.fs.lock().unwrap().changes,
+                Vec::new(),
+                "the first is left alone"
+            );
+            assert!(b.more[0].1.status.lock().unwrap().connected);
+        }
+
+        #[test]
+        fn an_audit_repairs_only_the_standby_it_lists() {
+            let mut b = beds(vec![FakeFs::default(), FakeFs::default()]);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"the master's", 0o640, OLD);
+            b.round();
+            {
+                let mut fs = b.more[0].0.lock().unwrap();
+                fs.nodes.remove(b"/u/a".as_slice());
+                fs.nodes
+                    .insert(b"/u/extra".to_vec(), Node::file(b"not the master's", 0o644));
+            }
+            b.fs.lock().unwrap().changes.clear();
+            b.more[0].1.audit().unwrap();
+            b.round();
+            assert_eq!(files(&b.more[0].0), master_files(&root));
+            assert_eq!(b.fs.lock().unwrap().changes, Vec::new());
+            assert_eq!(b.more[0].1.status.lock().unwrap().last_audit_repairs, 2);
+        }
+
+        #[test]
+        fn a_standby_at_a_newer_epoch_makes_the_master_step_down_whichever_it_is() {
+            let mut b = beds(vec![FakeFs::default(), publishing(Role::Master, 5)]);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            let before = b.more[0].0.lock().unwrap().nodes.clone();
+            b.round();
+            assert_eq!(
+                b.more[0].0.lock().unwrap().nodes,
+                before,
+                "nothing sent there"
+            );
+            let step_down = b.worker.control.lock().unwrap().step_down.clone();
+            assert!(matches!(step_down, Some((5, _))), "{step_down:?}");
+            // Every worker and the local side stop.
+            assert!(b.worker.stepped_down() && b.more[0].1.stepped_down());
+        }
+
+        #[test]
+        fn a_standby_that_took_another_masters_replication_is_reconciled_before_mirroring() {
+            let mut theirs = FakeFs::default();
+            theirs
+                .nodes
+                .insert(b"/.sftp-ha-ctl".to_vec(), Node::dir(0o700));
+            let claim = Claim {
+                node: "gamma".into(),
+                epoch: 1,
+                handover: None,
+                reconciled: None,
+                offer: false,
+            };
+            theirs.nodes.insert(
+                b"/.sftp-ha-ctl/claim.json".to_vec(),
+                Node::file(&serde_json::to_vec(&claim).unwrap(), 0o600),
+            );
+            theirs.nodes.insert(b"/u".to_vec(), Node::dir(0o750));
+            theirs.nodes.insert(
+                b"/u/only-there".to_vec(),
+                Node::file(b"uploaded to gamma", 0o640),
+            );
+            theirs
+                .nodes
+                .insert(b"/u/a".to_vec(), Node::file(b"gamma's version", 0o640));
+            let mut b = beds(vec![FakeFs::default(), theirs]);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"this host's version", 0o640, OLD);
+            b.round();
+
+            // Its upload came here, its other version is kept beside this
+            // host's: nothing of it was deleted or overwritten unseen.
+            assert_eq!(
+                std::fs::read(root.join("u/only-there")).unwrap(),
+                b"uploaded to gamma"
+            );
+            assert_eq!(
+                std::fs::read(root.join("u/a")).unwrap(),
+                b"this host's version"
+            );
+            let copies: Vec<_> = std::fs::read_dir(root.join("u"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("a") && n != "a")
+                .collect();
+            assert_eq!(copies.len(), 1, "one conflict copy: {copies:?}");
+            let status = b.more[0].1.status.lock().unwrap().clone();
+            assert_eq!(
+                (status.brought_back, status.conflicts),
+                (1, 1),
+                "{status:?}"
+            );
+            assert!(!status.reconciling);
+            // Now it is this host's standby, and everything reaches both.
+            let claim = node(&b.more[0].0, "/.sftp-ha-ctl/claim.json").unwrap();
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!(claim.node, "alpha");
+            b.round();
+            b.round();
+            assert_eq!(files(&b.more[0].0), master_files(&root));
+            assert_eq!(files(&b.fs), master_files(&root));
+        }
+
+        /// The threads as the daemon runs them: a standby that hangs, then
+        /// one that is cut off, holds up neither the other standby nor the
+        /// local side; once back it catches up by itself.
+        #[test]
+        fn a_slow_or_cut_off_standby_holds_up_nobody_and_catches_up_by_itself() {
+            let data = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let root = data.path().to_path_buf();
+            let one = Arc::new(Mutex::new(FakeFs::default()));
+            let two = Arc::new(Mutex::new(FakeFs::default()));
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/first", b"before", 0o640, OLD);
+            let handle = start_with(
+                settings(&root, state.path(), 2),
+                vec![connector(&one), connector(&two)],
+            )
+            .unwrap();
+            let level = |fs: &Arc<Mutex<FakeFs>>| files(fs) == master_files(&root);
+            assert!(within(Duration::from_secs(10), || level(&one) && level(&two)));
+
+            // The second stops answering (its worker hangs in a request).
+            two.lock().unwrap().stalled = true;
+            for i in 0..30 {
+                put(
+                    &root,
+                    &format!("u/burst{i}"),
+                    format!("{i}").as_bytes(),
+                    0o640,
+                    OLD,
+                );
+            }
+            assert!(
+                within(Duration::from_secs(5), || level(&one)),
+                "the first got the burst while the second hangs"
+            );
+            assert!(!level(&two));
+
+            // Then it is cut off: requests fail, reconnects are refused.
+            {
+                let mut fs = two.lock().unwrap();
+                fs.cut_off = true;
+                fs.stalled = false;
+            }
+            for i in 0..30 {
+                put(
+                    &root,
+                    &format!("u/more{i}"),
+                    format!("{i}").as_bytes(),
+                    0o640,
+                    OLD,
+                );
+            }
+            std::fs::remove_file(root.join("u/first")).unwrap();
+            assert!(within(Duration::from_secs(5), || level(&one)));
+            assert!(within(Duration::from_secs(5), || !handle.snapshots()[1].connected));
+            assert!(handle.snapshots()[0].connected);
+
+            // Back: it catches up at its next retry, nobody asks it to.
+            two.lock().unwrap().cut_off = false;
+            assert!(
+                within(Duration::from_secs(20), || level(&two)),
+                "the second caught up by itself"
+            );
+            assert_eq!(files(&one), files(&two));
+            let all = handle.snapshots();
+            assert_eq!(all.len(), 2);
+            assert!(all.iter().all(|s| s.connected && s.pending == 0), "{all:?}");
+            handle.stop(Duration::from_secs(5));
+        }
     }
 }
