@@ -1,15 +1,58 @@
-//! One-way replication master → standby.
+//! One-way replication master → standby(s).
 //!
-//! One worker thread owns everything: inotify watches on every folder of the
-//! data dir, the master's tree as last seen, the index of what the standby has
-//! confirmed, and the connections. Events (debounced) name the paths to look
-//! at again with local `stat`; only those parts of the tree are planned
-//! ([`tree::plan`] against the index), so a round costs what changed, not the
-//! size of the tree. At start, on the fallback timer and after an inotify
-//! overflow the whole tree is walked instead. The index is updated per
-//! confirmed operation and written at most every few seconds, so a restart
-//! resumes without re-sending what already arrived. Runs of uploads are
-//! shared by several sessions.
+//! The master's side is kept once, however many standbys there are: the
+//! [`Local`] side (thread `sync-local`) owns the inotify watches on every
+//! folder of the data dir and the master's tree as last seen. Events
+//! (debounced) name the paths to look at again with local `stat`; at start,
+//! on the fallback timer, after an inotify overflow and when a worker asks
+//! (a handover, a reconciliation that brought files in), the whole tree is
+//! walked instead. After each look the tree is posted to every standby's
+//! [`Inbox`] as one `Arc<Tree>` (a copy of the changes over the shared base,
+//! made once for all) with the paths that changed, so a round plans only
+//! those ([`tree::plan`] against that standby's index) and costs what
+//! changed, not the size of the tree.
+//!
+//! Each standby has a `Worker` thread of its own (`sync` for the first,
+//! `sync-N` for the others) with everything that is the standby's: its
+//! sessions, its index (what it confirmed, in `<state_dir>/sync-index` for
+//! the first, as with one standby, and `sync-index.<host:port>` for the
+//! others), schedule and backoff, audits, refused operations, role checks,
+//! reconciliation and [`SyncStatus`]. Why threads and not one loop over the
+//! standbys: a transfer blocks in the network (a big file to a slow standby,
+//! a connect timeout to an unreachable one), and a loop would make every
+//! other standby wait for it; a worker that is busy or away simply takes the
+//! newest look when it comes back, the paths it missed merged into one
+//! update (or, past [`CHANGED_MAX`], "plan everything"). The local side
+//! never waits for a worker. Workers talk back only through a shared list of
+//! paths to look at again ([`Asked`]) and the daemon's [`Control`].
+//!
+//! Memory: the master's tree is held once, by the local side; its base is
+//! shared by reference count with the snapshots the workers hold, and each
+//! index is put on that same base ([`tree::share_base`]) where it agrees, so
+//! an extra standby that is level costs its index's differences, its
+//! sessions and status, not another copy of a million paths. The local side
+//! folds its changes into a new base now and then ([`Tree::needs_compacting`]);
+//! a worker moves its index to the new base at its next round, so a worker
+//! stuck in a long transfer keeps the old base alive until then.
+//!
+//! Safety, per standby, as with one: the claim (node and epoch) is written to
+//! each standby and each one's role is checked; any standby that publishes a
+//! newer epoch makes this host step down (every worker and the local side
+//! stop). The mass-delete guard is judged per standby. A baseline (this
+//! host was promoted) is reconciled with every standby before anything is
+//! mirrored to it, and removed once all of them are. A standby whose claim
+//! names another master (e.g. the old master's other standby after a
+//! promotion) may hold uploads that never reached this host: it is
+//! reconciled like a former master with no baseline (everything of it that
+//! differs is brought back or kept as a conflict copy, nothing deleted) before
+//! its extra files could be deleted by mirroring, and this host's claim is
+//! written there only afterwards, so a restart halfway reconciles again. The
+//! first standby speaks for the daemon's peer (the peer's role in `status`,
+//! `sftp-ha demote`'s offer); a handover goes to the standby that asked.
+//!
+//! The worker keeps the index updated per confirmed operation and writes it
+//! at most every few seconds, so a restart resumes without re-sending what
+//! already arrived. Runs of uploads are shared by several sessions.
 //!
 //! Files reach the standby under a temporary name, are fsynced, get owner,
 //! mode and mtime, and are renamed over the target with posix-rename: a reader
@@ -21,16 +64,17 @@
 //! round plans and which files wait to settle), [`tree`] (the plan against
 //! the index), [`audit`] (what of the standby's listing is compared, removed
 //! or left alone; correcting the index), [`reconcile`] (the failback plan)
-//! and [`crate::role`] (judging the peer). The `Worker` here is the driver:
-//! it owns the state, does the I/O (inotify, local `stat`, SFTP), feeds
-//! events to those modules and carries out what they decide. [`push`] turns
-//! planned operations into SFTP requests, [`watch`] is inotify, [`lease`]
-//! asks the kernel about writers.
+//! and [`crate::role`] (judging the peer). `Local` and `Worker` here are the
+//! drivers: they own the state, do the I/O (inotify, local `stat`, SFTP),
+//! feed events to those modules and carry out what they decide. [`push`]
+//! turns planned operations into SFTP requests, [`watch`] is inotify,
+//! [`lease`] asks the kernel about writers.
 //!
-//! The worker reaches the standby only through [`transport::Connector`]
+//! A worker reaches its standby only through [`transport::Connector`]
 //! (opens sessions: SSH in [`transport::SshConnector`]) and
 //! [`transport::Session`] (an SFTP client and a keepalive), so its rounds
-//! are unit-tested without a network against an in-memory standby.
+//! are unit-tested without a network against in-memory standbys, one or
+//! several, stepped by hand or in their threads.
 
 pub mod audit;
 pub mod lease;
@@ -400,12 +444,19 @@ impl Inbox {
                     u.changed.subtrees.extend(c.subtrees.iter().cloned());
                 }
                 Some(_) => {}
-                None => {
-                    u.all = true;
-                    u.changed = Changed::default();
-                }
+                None => u.all = true,
+            }
+            // A worker stuck in a slow transfer does not make this grow
+            // without end: past a bound, its next round plans everything.
+            if u.all || too_many(&u.changed) {
+                u.all = true;
+                u.changed = Changed::default();
             }
             u.closed.extend(closed.iter().cloned());
+            if u.closed.len() > CHANGED_MAX {
+                // Only a shortcut past the settle time: it goes.
+                u.closed = HashSet::new();
+            }
             u.walks = walks;
         }
         self.bell.notify_all();
@@ -419,6 +470,15 @@ impl Inbox {
         }
         u.tree.is_some().then(|| std::mem::take(&mut *u))
     }
+}
+
+/// Paths a worker keeps to plan, posted or its own, beyond which it plans
+/// the whole tree instead (a pass over it, less than keeping them when a
+/// standby is away for long).
+const CHANGED_MAX: usize = 100_000;
+
+fn too_many(c: &Changed) -> bool {
+    c.exact.len() + c.subtrees.len() > CHANGED_MAX
 }
 
 /// What the standbys' workers ask the local side to look at again.
@@ -925,11 +985,20 @@ impl<C: Connector> Worker<C> {
         }
         if update.all {
             self.replan_all = true;
-        } else {
+        } else if !self.replan_all {
             self.changed.exact.extend(update.changed.exact);
             self.changed.subtrees.extend(update.changed.subtrees);
         }
+        if self.replan_all || too_many(&self.changed) {
+            // All of it is planned next round: no list of paths to keep
+            // (e.g. while the standby is unreachable).
+            self.replan_all = true;
+            self.changed = Changed::default();
+        }
         self.closed.extend(update.closed);
+        if self.closed.len() > CHANGED_MAX {
+            self.closed = HashSet::new();
+        }
         self.walks = update.walks;
         true
     }
