@@ -1,13 +1,13 @@
 //! One-way replication master → standby(s).
 //!
 //! The master's side is kept once, however many standbys there are: the
-//! [`Local`] side (thread `sync-local`) owns the inotify watches on every
+//! `Local` side (thread `sync-local`) owns the inotify watches on every
 //! folder of the data dir and the master's tree as last seen. Events
 //! (debounced) name the paths to look at again with local `stat`; at start,
 //! on the fallback timer, after an inotify overflow and when a worker asks
 //! (a handover, a reconciliation that brought files in), the whole tree is
 //! walked instead. After each look the tree is posted to every standby's
-//! [`Inbox`] as one `Arc<Tree>` (a copy of the changes over the shared base,
+//! `Inbox` as one `Arc<Tree>` (a copy of the changes over the shared base,
 //! made once for all) with the paths that changed, so a round plans only
 //! those ([`tree::plan`] against that standby's index) and costs what
 //! changed, not the size of the tree.
@@ -22,9 +22,9 @@
 //! a connect timeout to an unreachable one), and a loop would make every
 //! other standby wait for it; a worker that is busy or away simply takes the
 //! newest look when it comes back, the paths it missed merged into one
-//! update (or, past [`CHANGED_MAX`], "plan everything"). The local side
+//! update (or, past `CHANGED_MAX`, "plan everything"). The local side
 //! never waits for a worker. Workers talk back only through a shared list of
-//! paths to look at again ([`Asked`]) and the daemon's [`Control`].
+//! paths to look at again (`Asked`) and the daemon's [`Control`].
 //!
 //! Memory: the master's tree is held once, by the local side; its base is
 //! shared by reference count with the snapshots the workers hold, and each
