@@ -671,7 +671,15 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
                     }
                 },
             };
-            crate::pair::trust_standby(&endpoint, &config.state_dir, replace).map(|fp| {
+            // The first standby keeps the one-standby pin file; the others
+            // have one each.
+            let first = config
+                .sync
+                .standbys
+                .iter()
+                .position(|e| *e == endpoint)
+                .is_none_or(|p| p == 0);
+            crate::pair::trust_standby(&endpoint, &config.state_dir, replace, first).map(|fp| {
                 println!("pinned the ed25519 host key of {endpoint}: {fp}");
                 eprintln!(
                     "Compare it on the standby with: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"

@@ -143,9 +143,24 @@ pub fn accept_master(
     Ok(())
 }
 
+/// The file that pins a standby's host key: the first standby of `[sync]
+/// peer` (or one not listed) has the one-standby name, so an upgrade keeps
+/// its pin; the others one each, named after their address.
+fn pin_file(first: bool, endpoint: &Endpoint) -> String {
+    if first {
+        PINNED_FILE.to_string()
+    } else {
+        format!("{PINNED_FILE}.{endpoint}")
+    }
+}
+
 /// A pinned host key: `ssh-ed25519 AAAA...`.
 fn read_pinned(state_dir: &Path) -> Option<String> {
-    let text = fs::read_to_string(state_dir.join(PINNED_FILE)).ok()?;
+    read_pin(&state_dir.join(PINNED_FILE))
+}
+
+fn read_pin(path: &Path) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
     let mut words = text.split_whitespace();
     Some(format!("{} {}", words.next()?, words.next()?))
 }
@@ -165,10 +180,12 @@ fn fingerprint(key: &str) -> Result<String, PairError> {
 }
 
 /// On the master: fetches the standby's host key and pins it. Returns the fingerprint.
+/// `first`: the endpoint is the first standby of `[sync] peer` (or not in it).
 pub fn trust_standby(
     endpoint: &Endpoint,
     state_dir: &Path,
     replace: bool,
+    first: bool,
 ) -> Result<String, PairError> {
     let port = endpoint.port.to_string();
     let scan = run(
@@ -188,7 +205,8 @@ pub fn trust_standby(
         })
         .ok_or_else(|| PairError::NoHostKey(endpoint.to_string()))?;
     let new = fingerprint(&key)?;
-    if let Some(old) = read_pinned(state_dir)
+    let path = state_dir.join(pin_file(first, endpoint));
+    if let Some(old) = read_pin(&path)
         && old != key
         && !replace
     {
@@ -198,7 +216,6 @@ pub fn trust_standby(
             new,
         });
     }
-    let path = state_dir.join(PINNED_FILE);
     fs::create_dir_all(state_dir).map_err(io_err("create", state_dir))?;
     let text = format!("{key} {endpoint}\n");
     crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600, None)
@@ -209,4 +226,13 @@ pub fn trust_standby(
 /// The pinned standby host key, for the sync transport to compare against.
 pub fn pinned_host_key(state_dir: &Path) -> Option<String> {
     read_pinned(state_dir)
+}
+
+/// The pinned host key of the standby at `position` in `[sync] peer`.
+pub fn pinned_host_key_of(
+    state_dir: &Path,
+    position: usize,
+    endpoint: &Endpoint,
+) -> Option<String> {
+    read_pin(&state_dir.join(pin_file(position == 0, endpoint)))
 }

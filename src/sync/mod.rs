@@ -320,9 +320,11 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
     let connectors = settings
         .standbys()
         .into_iter()
-        .map(|standby| SshConnector {
+        .enumerate()
+        .map(|(position, standby)| SshConnector {
             standby,
             state_dir: settings.state_dir.clone(),
+            position,
         })
         .collect();
     start_with(settings, connectors)

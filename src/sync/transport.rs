@@ -154,13 +154,15 @@ pub trait Connector: Sync {
 pub struct SshConnector {
     pub standby: Endpoint,
     pub state_dir: PathBuf,
+    /// Its place in `[sync] peer`: which pinned host key is its.
+    pub position: usize,
 }
 
 impl Connector for SshConnector {
     type Session = Standby;
 
     fn open(&self) -> Result<Standby, TransportError> {
-        let pinned = crate::pair::pinned_host_key(&self.state_dir);
+        let pinned = crate::pair::pinned_host_key_of(&self.state_dir, self.position, &self.standby);
         let key = crate::pair::key_path(&self.state_dir);
         Standby::connect(&self.standby, pinned.as_deref(), &key)
     }
