@@ -664,4 +664,58 @@ mod tests {
         assert!(text.contains("none configured"), "{text}");
         assert!(text.contains("REFUSED: config error"), "{text}");
     }
+
+    #[test]
+    fn several_standbys_get_a_sync_row_each() {
+        let mut s = sample();
+        s.role = Role::Master;
+        let one = crate::sync::SyncStatus {
+            standby: "10.231.0.2:22".into(),
+            connected: true,
+            since: 1_700_000_000,
+            last_lag_ms: Some(212),
+            last_audit: Some(1_700_000_000),
+            ..Default::default()
+        };
+        let two = crate::sync::SyncStatus {
+            standby: "10.231.0.3:22".into(),
+            connected: false,
+            since: 1_700_000_000,
+            last_error: Some("cannot connect".into()),
+            pending: 17,
+            reconciling: true,
+            ..Default::default()
+        };
+        s.sync = Some(one.clone());
+        s.standbys = vec![one, two];
+        let text = s.render(1_700_000_100);
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("sync:"))
+            .collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(
+            rows[0].contains("10.231.0.2:22 reachable")
+                && rows[0].contains("212 ms")
+                && rows[0].contains("matched"),
+            "{text}"
+        );
+        assert!(
+            rows[1].contains("10.231.0.3:22 UNREACHABLE")
+                && rows[1].contains("17 pending")
+                && rows[1].contains("not audited yet"),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.231.0.3:22: waiting for it to be reconciled"),
+            "{text}"
+        );
+        assert!(!text.contains("synced:"), "{text}");
+        // The JSON keeps `sync` and adds `standbys`; with one standby, no `standbys`.
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["sync"]["standby"], "10.231.0.2:22");
+        assert_eq!(json["standbys"][1]["pending"], 17);
+        s.standbys.clear();
+        assert!(serde_json::to_value(&s).unwrap().get("standbys").is_none());
+    }
 }

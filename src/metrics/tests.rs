@@ -104,7 +104,18 @@ fn statuses() -> Vec<(&'static str, DaemonStatus)> {
         ok: false,
         message: "config error".into(),
     });
-    all.push(("a master in trouble", down));
+    all.push(("a master in trouble", down.clone()));
+    let mut two = s.clone();
+    two.standbys = vec![
+        busy_sync(),
+        SyncStatus {
+            standby: "10.231.0.3:22".into(),
+            connected: false,
+            last_error: Some("connect: timed out".into()),
+            ..busy_sync()
+        },
+    ];
+    all.push(("a master with two standbys, one away", two));
     let mut odd = base(Role::Standby);
     odd.version = "1.0\\beta \"quoted\"\nnext line".into();
     odd.sshd = "drop-in up to date".into();
@@ -683,4 +694,53 @@ fn the_http_endpoint_serves_the_latest_status() {
     assert!(clash.http.is_none());
     clash.stop(false);
     m.stop(false);
+}
+
+#[test]
+fn several_standbys_give_a_labelled_sample_each_under_one_help_and_the_walk_once() {
+    let (_, two) = statuses()
+        .into_iter()
+        .find(|(name, _)| name.starts_with("a master with two standbys"))
+        .unwrap();
+    let text = render(&two);
+    assert_eq!(
+        text.matches("# HELP sftp_ha_standby_up ").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("sftp_ha_standby_up{standby=\"10.231.0.2:22\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sftp_ha_standby_up{standby=\"10.231.0.3:22\"} 0\n"),
+        "{text}"
+    );
+    assert!(text.contains("sftp_ha_sync_pending_operations{standby=\"10.231.0.3:22\"} 7\n"));
+    // The master's own side is said once, without a label.
+    assert!(
+        text.contains("\nsftp_ha_sync_last_full_scan_time_seconds 1700000020\n"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("sftp_ha_sync_last_full_scan_time_seconds")
+            .count(),
+        3
+    );
+    // The samples of a family stand together, right after its HELP and TYPE.
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("# TYPE sftp_ha_standby_up "))
+        .unwrap();
+    assert!(
+        lines[at + 1].starts_with("sftp_ha_standby_up{")
+            && lines[at + 2].starts_with("sftp_ha_standby_up{")
+    );
+    // One standby: no label, as before.
+    let (_, busy) = statuses()
+        .into_iter()
+        .find(|(name, _)| *name == "a busy master")
+        .unwrap();
+    assert!(render(&busy).contains("\nsftp_ha_standby_up 1\n"));
 }
