@@ -394,17 +394,23 @@ impl<C: Connector> Worker<C> {
             // of folders no longer there (or renamed) are dropped.
             let watcher = &mut self.watcher;
             let mut folders = HashSet::new();
-            let (tree, skipped) = tree::scan(&self.settings.data_dir, &mut |folder| {
-                watcher.watch(folder.to_vec());
-                folders.insert(folder.to_vec());
-            })?;
+            let (tree, skipped) =
+                tree::rescan(&self.settings.data_dir, &self.current, &mut |folder| {
+                    watcher.watch(folder.to_vec());
+                    folders.insert(folder.to_vec());
+                })?;
             self.watcher.keep_only(&folders);
             self.note_watches(folders.len());
             self.log_skipped(skipped);
             self.current = tree;
             // The index equals the new walk almost everywhere: one copy of
-            // what they agree on (the round gives the memory back).
-            tree::share(&mut self.current, &mut self.index);
+            // what they agree on (the round gives the memory back). A walk
+            // that found little new stands on the base they share already.
+            if !tree::same_base(&self.current, &self.index)
+                || tree::drifted(&self.current, &self.index)
+            {
+                tree::share(&mut self.current, &mut self.index);
+            }
             self.dirty.clear();
             self.rescan_all = false;
             self.replan_all = true;
