@@ -130,10 +130,13 @@ fn main() -> anyhow::Result<()> {
         // One fallback walk of the unchanged tree and its plan.
         reset_peak();
         let start = cpu_time();
-        // As the worker does after a walk: the index goes on the new base.
-        let (mut again, _) = tree::scan(&root, &mut |_| {})?;
+        // As the worker does: the walk builds on the last one's base, and
+        // the index is shared anew only if it no longer stands on it.
+        let (mut again, _) = tree::rescan(&root, &current, &mut |_| {})?;
         drop(current);
-        tree::share(&mut again, &mut index);
+        if !tree::same_base(&again, &index) || tree::drifted(&again, &index) {
+            tree::share(&mut again, &mut index);
+        }
         let walked = cpu_time();
         let ops = tree::plan(&again, &index, true);
         let planned = cpu_time();

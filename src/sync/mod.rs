@@ -673,7 +673,9 @@ impl Local {
             // of folders no longer there (or renamed) are dropped.
             let watcher = &mut self.watcher;
             let mut folders = HashSet::new();
-            let (tree, skipped) = tree::scan(&self.data_dir, &mut |folder| {
+            // Built on the last walk's list: a walk that finds little new
+            // keeps the base the workers' indexes stand on.
+            let (tree, skipped) = tree::rescan(&self.data_dir, &self.current, &mut |folder| {
                 watcher.watch(folder.to_vec());
                 folders.insert(folder.to_vec());
             })?;
@@ -987,6 +989,9 @@ impl<C: Connector> Worker<C> {
         }
         if update.all {
             self.replan_all = true;
+            // After a walk the index is compared with the tree's base again
+            // if it is not on it (as with one standby: once per walk).
+            self.shared_base = 0;
         } else if !self.replan_all {
             self.changed.exact.extend(update.changed.exact);
             self.changed.subtrees.extend(update.changed.subtrees);
@@ -1114,10 +1119,11 @@ impl<C: Connector> Worker<C> {
     /// since the last [`tree::share_base`] have added up (confirmations, an
     /// audit's corrections): a pass over both, once in many changes.
     fn keep_trees_shared(&mut self) {
-        // Each base of the master's tree is compared once (a standby still
-        // being filled keeps a base of its own until the next one), and
-        // again when the index's own changes have added up.
-        let moved = self.current.base_id() != self.shared_base;
+        // Each base of the master's tree (and each walk) is compared once:
+        // a standby still being filled keeps a base of its own until then;
+        // and again when the index's own changes have added up.
+        let moved = self.current.base_id() != self.shared_base
+            && !tree::same_base(&self.current, &self.index);
         if moved || tree::drifted(&Tree::new(), &self.index) {
             tree::share_base(&self.current, &mut self.index);
             self.shared_base = self.current.base_id();
@@ -1777,7 +1783,7 @@ impl<C: Connector> Worker<C> {
             // What was brought in is part of this host's tree now.
             // The rest of the audit compares with it: walked here, at once
             // (rare), and the local side walks too for every standby.
-            let (tree, _) = tree::scan(&data_dir, &mut |_| {})
+            let (tree, _) = tree::rescan(&data_dir, &self.current, &mut |_| {})
                 .map_err(|e| failed(format!("cannot walk the data dir again: {e}")))?;
             self.current = Arc::new(tree);
             self.ask_walk();

@@ -216,6 +216,82 @@ impl Tree {
     }
 }
 
+/// A walk of the whole tree again, built on the base of the tree the last
+/// walk made: a path found as that base has it sets one bit, anything else
+/// goes to `changes`, and paths of the base not found are marked gone. An
+/// unchanged walk of a million paths so holds 125 KB of bits, where a fresh
+/// list would be a second copy of the tree (over 100 MB) next to the old one
+/// until the walk ends.
+pub struct Rewalk {
+    base: Arc<Base>,
+    /// One bit per path of `base`: found by this walk.
+    seen: Vec<u64>,
+    changes: BTreeMap<Box<[u8]>, Option<Entry>>,
+    len: usize,
+}
+
+impl Rewalk {
+    pub fn new(previous: &Tree) -> Rewalk {
+        Rewalk {
+            seen: vec![0; previous.base.len().div_ceil(64)],
+            base: Arc::clone(&previous.base),
+            changes: BTreeMap::new(),
+            len: 0,
+        }
+    }
+
+    /// One path the walk found (a path found twice keeps the last entry).
+    pub fn found(&mut self, path: Box<[u8]>, entry: Entry) {
+        match self.base.binary_search_by(|(p, _)| p.as_ref().cmp(&path)) {
+            Ok(i) => {
+                let (word, bit) = (i / 64, 1u64 << (i % 64));
+                let again = self.seen[word] & bit != 0;
+                self.seen[word] |= bit;
+                if identical(&self.base[i].1, &entry) {
+                    // Found twice, the first time otherwise: this one counts.
+                    self.changes.remove(&path);
+                } else {
+                    self.changes.insert(path, Some(entry));
+                }
+                if !again {
+                    self.len += 1;
+                }
+            }
+            Err(_) => {
+                if self.changes.insert(path, Some(entry)).is_none() {
+                    self.len += 1;
+                }
+            }
+        }
+    }
+
+    /// The tree the walk found. Where much changed, it gets a compact base
+    /// of its own rather than a big map of changes.
+    pub fn finish(self) -> Tree {
+        let Rewalk {
+            base,
+            seen,
+            mut changes,
+            len,
+        } = self;
+        for (i, (path, _)) in base.iter().enumerate() {
+            if seen[i / 64] & (1 << (i % 64)) == 0 {
+                changes.insert(path.clone(), None);
+            }
+        }
+        let mut tree = Tree { base, changes, len };
+        if tree.changes.len() > (tree.len / 64).max(1024) {
+            tree.compact();
+        }
+        tree
+    }
+}
+
+/// Whether `a` and `b` stand on one base (see [`share`]).
+pub fn same_base(a: &Tree, b: &Tree) -> bool {
+    Arc::ptr_eq(&a.base, &b.base)
+}
+
 /// Puts `other` on the base of `primary` (made from all of `primary`), with
 /// only where `other` differs kept apart: the worker's index next to the
 /// master's tree it equals almost everywhere. If they differ in more than
