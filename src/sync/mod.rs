@@ -1892,6 +1892,9 @@ impl<C: Connector> Worker<C> {
             }
             PeerVerdict::StepDown { epoch, reason } => {
                 control.step_down = Some((epoch, reason.clone()));
+                // Every worker stops sending, not only this one: a transfer
+                // to another standby ends at its next batch.
+                self.stop.store(true, Ordering::Relaxed);
                 Err(TransportError::SteppedDown { reason })
             }
             PeerVerdict::Wait { reason } => Err(TransportError::PeerRole { endpoint, reason }),
@@ -1958,6 +1961,9 @@ impl<C: Connector> Worker<C> {
                 if let Ok(mut c) = self.control.lock() {
                     c.handed_over = Some(to);
                 }
+                // The other standbys' workers stop too: this host is no
+                // longer their master.
+                self.stop.store(true, Ordering::Relaxed);
             }
             Err(err) => {
                 if let Ok(mut c) = self.control.lock() {
