@@ -2284,8 +2284,15 @@ mod tests {
 
         /// A bed with a standby for each file system, the first first.
         fn beds(standbys: Vec<FakeFs>) -> Bed {
+            beds_after(standbys, |_, _| {})
+        }
+
+        /// [`beds`], with the data and state dirs prepared first (a
+        /// baseline, files on the master) by `prepare`.
+        fn beds_after(standbys: Vec<FakeFs>, prepare: impl FnOnce(&Path, &Path)) -> Bed {
             let data = tempfile::tempdir().unwrap();
             let state = tempfile::tempdir().unwrap();
+            prepare(data.path(), state.path());
             let fss: Vec<_> = standbys
                 .into_iter()
                 .map(|fs| Arc::new(Mutex::new(fs)))
@@ -3004,6 +3011,50 @@ mod tests {
                 .all(|s| s.connected && s.pending == 0)));
             assert_eq!(handle.snapshots().len(), 2);
             handle.stop(Duration::from_secs(5));
+        }
+
+        #[test]
+        fn a_baseline_is_reconciled_with_every_standby_and_goes_once_all_are() {
+            let mut b = beds_after(vec![FakeFs::default(), FakeFs::default()], |data, state| {
+                mkdir(data, "u", 0o750);
+                put(data, "u/a", b"at the promotion", 0o640, OLD);
+                let (tree, _) = tree::scan(data, &mut |_| {}).unwrap();
+                reconcile::save_baseline(&state.join(BASELINE_FILE), &tree).unwrap();
+            });
+            let baseline = b._state.path().join(BASELINE_FILE);
+            // Each standby has a file the master lacks, written after the baseline.
+            for fs in [&b.fs, &b.more[0].0] {
+                let mut fs = fs.lock().unwrap();
+                fs.nodes.insert(b"/u".to_vec(), Node::dir(0o750));
+                fs.nodes
+                    .insert(b"/u/late".to_vec(), Node::file(b"written there", 0o640));
+            }
+            b.more[0].0.lock().unwrap().cut_off = true;
+            b.round();
+            let root = b.data.path().to_path_buf();
+            assert_eq!(
+                std::fs::read(root.join("u/late")).unwrap(),
+                b"written there"
+            );
+            assert!(!b.worker.status.lock().unwrap().reconciling);
+            assert!(b.more[0].1.status.lock().unwrap().reconciling);
+            assert!(
+                baseline.exists(),
+                "kept: the second standby is not reconciled yet"
+            );
+            // The away one holds its files until it is reconciled itself.
+            assert!(node(&b.more[0].0, "/u/late").is_some());
+
+            b.more[0].0.lock().unwrap().cut_off = false;
+            b.round();
+            assert!(!b.more[0].1.status.lock().unwrap().reconciling);
+            assert!(
+                !baseline.exists(),
+                "every standby reconciled: the baseline goes"
+            );
+            b.round();
+            assert_eq!(files(&b.fs), master_files(&root));
+            assert_eq!(files(&b.more[0].0), master_files(&root));
         }
     }
 }
