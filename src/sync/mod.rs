@@ -973,6 +973,10 @@ impl<C: Connector> Worker<C> {
             if self.stepped_down() {
                 break;
             }
+            if self.handover_walk.is_some() && !self.handing_over() {
+                // Called off: a later handover waits for a walk of its own.
+                self.handover_walk = None;
+            }
         }
         self.flush_index();
         tracing::info!(standby = %self.settings.standby, "sync stopped");
