@@ -1220,6 +1220,32 @@ impl<C: Connector> Worker<C> {
         // former master before anything of it is deleted by mirroring. Its
         // claim is left as it is until then, so a restart halfway does it again.
         let foreign = read_claim(standby.sftp())?.filter(|c| c.node != self.settings.node);
+        if let Some(claim) = &foreign {
+            // A claim is a master's word: one at a newer epoch (or at this
+            // epoch from a host that wins the tie) means this host must step
+            // down, as if that master were the peer; an older one is history.
+            let as_peer = Published {
+                node: claim.node.clone(),
+                role: Role::Master,
+                epoch: claim.epoch,
+                wants_master: false,
+                users: None,
+                unreconciled: None,
+            };
+            let verdict =
+                crate::role::judge_peer(&self.settings.live, &self.settings.node, &as_peer);
+            if let PeerVerdict::StepDown { epoch, reason } = verdict {
+                let reason = format!(
+                    "the standby {} takes replication from another master: {reason}",
+                    self.settings.standby
+                );
+                if let Ok(mut c) = self.control.lock() {
+                    c.step_down = Some((epoch, reason.clone()));
+                }
+                self.stop.store(true, Ordering::Relaxed);
+                return Err(TransportError::SteppedDown { reason });
+            }
+        }
         if foreign.is_none() {
             // The standby learns (again) whose replication it takes, and at which epoch.
             write_claim(standby.sftp(), &self.settings.claim(None, None))?;
@@ -3059,6 +3085,48 @@ mod tests {
             b.round();
             assert_eq!(files(&b.fs), master_files(&root));
             assert_eq!(files(&b.more[0].0), master_files(&root));
+        }
+
+        /// A standby whose claim is another master's, at `epoch`.
+        fn claimed_by(node: &str, epoch: u64) -> FakeFs {
+            let mut fs = FakeFs::default();
+            fs.nodes.insert(b"/.sftp-ha-ctl".to_vec(), Node::dir(0o700));
+            let claim = Claim {
+                node: node.into(),
+                epoch,
+                handover: None,
+                reconciled: None,
+                offer: false,
+            };
+            fs.nodes.insert(
+                b"/.sftp-ha-ctl/claim.json".to_vec(),
+                Node::file(&serde_json::to_vec(&claim).unwrap(), 0o600),
+            );
+            fs
+        }
+
+        #[test]
+        fn a_standby_claimed_by_a_newer_master_makes_this_one_step_down_even_if_its_role_lags() {
+            // Its own role file says nothing (its daemon is down, say), but
+            // the claim shows a master at epoch 3: this one (epoch 1) goes.
+            let mut b = beds(vec![FakeFs::default(), claimed_by("gamma", 3)]);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"data", 0o640, OLD);
+            b.round();
+            let step_down = b.worker.control.lock().unwrap().step_down.clone();
+            assert!(
+                matches!(&step_down, Some((3, why)) if why.contains("gamma")),
+                "{step_down:?}"
+            );
+            assert!(files(&b.more[0].0).is_empty(), "nothing sent there");
+            assert!(!root.join("u/only-there").exists());
+            // An older claim is history: reconciled, then replicated to.
+            let mut b = beds(vec![claimed_by("gamma", 0)]);
+            mkdir(b.data.path(), "u", 0o750);
+            b.round();
+            assert!(b.worker.control.lock().unwrap().step_down.is_none());
+            assert!(node(&b.fs, "/u").is_some());
         }
     }
 }
