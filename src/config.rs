@@ -383,7 +383,16 @@ impl Config {
             ),
         };
         let standby = match &self.sync.peer {
-            Some(s) => format!(", peer {s}"),
+            Some(s) if self.sync.standbys.len() <= 1 => format!(", peer {s}"),
+            Some(_) => format!(
+                ", peers {} (several standbys: manual failover)",
+                self.sync
+                    .standbys
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             None => ", no peer".to_string(),
         };
         format!(
