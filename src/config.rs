@@ -1591,6 +1591,12 @@ mod tests {
             "role = \"master\"\n[sync]\npeer = [\"b\", \"c\"]\n[failover]\nmode = \"manual\"\n",
         );
         assert_eq!(c.sync.standbys.len(), 2);
+        assert!(
+            c.summary()
+                .contains("peers b:22, c:22 (several standbys: manual failover)"),
+            "{}",
+            c.summary()
+        );
     }
 
     #[test]
