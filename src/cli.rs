@@ -645,13 +645,15 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
                 .ok()
                 .flatten()
                 .map_or(config.role, |live| live.role);
-            crate::pair::accept_master(&key, &config.data_dir, role).map(|()| {
-                println!(
-                    "accepted: the master may now do SFTP into {} as {}, and nothing else",
-                    config.data_dir.display(),
-                    crate::pair::SYNC_USER
-                );
-            })
+            crate::pair::accept_master(&key, &config.data_dir, &config.sync_root(), role).map(
+                |()| {
+                    println!(
+                        "accepted: the peer may now do SFTP into {} as {}, and nothing else",
+                        config.sync_root().display(),
+                        crate::pair::SYNC_USER
+                    );
+                },
+            )
         }
         PairCommand::TrustStandby { standby, replace } => {
             let endpoint = match standby.as_deref().map(config::Endpoint::parse) {

@@ -191,11 +191,15 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
             failover: None,
             witness: false,
         },
-        users: UsersWatch::new(&config.data_dir, config.hash_method, live.role).map_err(|e| {
-            DaemonError::Os {
-                what: "inotify for the admin folders",
-                source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-            }
+        users: UsersWatch::new(
+            &config.data_dir,
+            config.hash_method,
+            live.role,
+            config.shared(),
+        )
+        .map_err(|e| DaemonError::Os {
+            what: "inotify for the admin folders",
+            source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
         })?,
         config,
         notifier,
@@ -333,10 +337,11 @@ impl Daemon {
             self.keep_fencing();
             self.check_sync_control();
             self.advance_request();
+            let link = self.links_sftp_log();
             if std::mem::take(&mut self.users.rewatched)
                 && let Some(log) = &mut self.sftp_log
             {
-                log.link_chroots(&self.config.data_dir);
+                log.link_chroots(&self.config.data_dir, link);
             }
             while let Some(request) = signals.next().map_err(|source| DaemonError::Os {
                 what: "signal handling (read)",
@@ -383,6 +388,12 @@ impl Daemon {
             }
         }) {
             // The failover thread fences with the data dir it started with.
+            // Where the control folder is, what sshd's sync account sees and
+            // whether anything is copied all follow the storage mode.
+            Ok(new) if new.sync.storage != self.config.sync.storage => self.refused(format!(
+                "[sync] storage changed from \"{}\" to \"{}\": that takes a restart (systemctl restart sftp-ha), on both hosts",
+                self.config.sync.storage, new.sync.storage
+            )),
             Ok(new)
                 if self.config.failover.mode == config::FailoverMode::Auto
                     && new.data_dir != self.config.data_dir =>
@@ -469,7 +480,9 @@ impl Daemon {
     /// its users as a standby would).
     /// Returns false if sshd could not be given the drop-in (the status says why).
     fn install_sshd_for(&mut self, role: Role) -> bool {
-        let (installed, result) = self.gate.install(&self.config.data_dir, role);
+        let (installed, result) =
+            self.gate
+                .install(&self.config.data_dir, &self.config.sync_root(), role);
         if installed != role {
             tracing::info!(
                 "users stay read-only here until this host holds the master's lease (automatic failover)"
@@ -529,7 +542,15 @@ impl Daemon {
         self.metrics = crate::metrics::Metrics::start(settings, &self.status);
     }
 
-    /// On a standby, every 10 minutes: removes what interrupted transfers left.
+    /// With shared storage only the master links the SFTP log socket into the
+    /// chroots: `dev/log` is one name on the shared file system.
+    fn links_sftp_log(&self) -> bool {
+        !self.config.shared() || self.live.role == Role::Master
+    }
+
+    /// On a standby, every 10 minutes: removes what interrupted transfers left
+    /// (with shared storage nothing is transferred; only the probes of the
+    /// peer's sync account, in this host's own folder, could be left).
     fn clean_up_temporaries(&mut self) {
         const EVERY: Duration = Duration::from_secs(600);
         const STALE: Duration = Duration::from_secs(3600);
@@ -538,7 +559,7 @@ impl Daemon {
             return;
         }
         self.last_cleanup = Some(Instant::now());
-        match crate::sync::tree::remove_stale_temporaries(&self.config.data_dir, STALE) {
+        match crate::sync::tree::remove_stale_temporaries(&self.config.sync_root(), STALE) {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} unfinished transfer(s) older than an hour"),
             Err(err) => tracing::warn!(
@@ -564,9 +585,16 @@ impl Daemon {
 
     /// Sets up the SFTP log socket and links it into every chroot.
     fn bind_sftp_log(&mut self) {
-        self.sftp_log = match SftpLog::bind(&self.config.data_dir) {
+        let name = if self.config.shared() {
+            // Each host its own socket: the data dir is the same on both.
+            Some(self.node.as_str())
+        } else {
+            None
+        };
+        let link = self.links_sftp_log();
+        self.sftp_log = match SftpLog::bind(&self.config.data_dir, name) {
             Ok(mut log) => {
-                log.link_chroots(&self.config.data_dir);
+                log.link_chroots(&self.config.data_dir, link);
                 Some(log)
             }
             Err(err) => {
@@ -615,6 +643,10 @@ impl Daemon {
             },
             (Role::Master, None) => format!(
                 "master serving {}; no standby configured",
+                c.data_dir.display()
+            ),
+            (Role::Standby, _) if c.shared() => format!(
+                "standby on shared storage {} (read-only for users)",
                 c.data_dir.display()
             ),
             (Role::Standby, _) => format!("standby keeping {}", c.data_dir.display()),
@@ -694,6 +726,14 @@ fn prepare_dirs(config: &Config) -> Result<(), DaemonError> {
                 source,
             })?;
         tracing::info!(path = %path.display(), "created {what}");
+    }
+    if config.shared() {
+        let root = config.sync_root();
+        crate::sshd::prepare_sync_root(&root).map_err(|source| DaemonError::CreateDir {
+            what: "folder of the peer's sync key",
+            path: root,
+            source,
+        })?;
     }
     Ok(())
 }

@@ -132,7 +132,7 @@ impl Daemon {
     }
 
     fn control_dir(&self) -> PathBuf {
-        self.config.data_dir.join(CONTROL_DIR)
+        self.config.sync_root().join(CONTROL_DIR)
     }
 
     /// A master forgets the claim of the master it once followed: it must
@@ -267,7 +267,12 @@ impl Daemon {
         }
         self.publish_role();
         self.claim_seen = None;
-        match super::UsersWatch::new(&self.config.data_dir, self.config.hash_method, role) {
+        match super::UsersWatch::new(
+            &self.config.data_dir,
+            self.config.hash_method,
+            role,
+            self.config.shared(),
+        ) {
             Ok(users) => {
                 self.users = users;
                 self.users.startup();
@@ -328,6 +333,7 @@ impl Daemon {
     /// what it was), before it publishes its role.
     pub(super) fn list_unconfirmed_if_missing(&self) {
         if self.live.role != Role::Standby
+            || self.config.shared()
             || self.live.unreconciled.is_none()
             || self.control_dir().join(CHANGED_FILE).exists()
         {
@@ -942,12 +948,17 @@ impl Daemon {
 /// On a master that steps down: lists in the control folder the files it
 /// wrote that its standby never confirmed, ctime included (see
 /// [`CHANGED_FILE`] and `reconcile::unconfirmed_files`). Returns how many.
+/// With shared storage there is nothing to list: the new master has the
+/// same files.
 fn write_changed_list(config: &crate::config::Config) -> io::Result<usize> {
     use crate::sync::tree;
+    if config.shared() {
+        return Ok(0);
+    }
     let (current, _) = tree::scan(&config.data_dir, &mut |_| {})?;
     let confirmed = tree::load_index(&config.state_dir.join(crate::sync::INDEX_FILE));
     let files = crate::sync::reconcile::unconfirmed_files(&current, &confirmed);
-    let dir = config.data_dir.join(CONTROL_DIR);
+    let dir = config.sync_root().join(CONTROL_DIR);
     prepare_control_dir(&dir)?;
     let text = crate::sync::reconcile::changed_list_text(&files);
     crate::fsutil::write_atomic(
@@ -960,9 +971,14 @@ fn write_changed_list(config: &crate::config::Config) -> io::Result<usize> {
 }
 
 /// Saves the tree as it is now as the baseline: the last point both hosts
-/// agreed on, for the reconciliation when the other one rejoins.
+/// agreed on, for the reconciliation when the other one rejoins. With shared
+/// storage there is no reconciliation, so no baseline (and none left over).
 fn save_baseline(config: &crate::config::Config) -> Result<(), role::RoleError> {
     let path = config.state_dir.join(BASELINE_FILE);
+    if config.shared() {
+        let _ = fs::remove_file(&path);
+        return Ok(());
+    }
     let fail = |source: io::Error| role::RoleError::Write {
         path: path.clone(),
         source,

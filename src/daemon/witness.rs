@@ -54,6 +54,7 @@ pub(super) fn run(
         virtual_ip: None,
         interface: None,
         data_dir: config.data_dir.clone(),
+        sync_root: config.sync_root(),
         state_dir: config.state_dir.clone(),
         role: Role::Standby,
         epoch: 0,
