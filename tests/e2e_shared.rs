@@ -12,7 +12,8 @@ use util::{MASTER, STANDBY, Testbed, describe, package, upload, upload_ok, wait_
 const DIR: &str = "/srv/sftp-ha/EPuser/upload";
 
 /// The first admin, applied on the master by root.
-const FIRST_ADMIN: &str = "users:\n  ADMIN: {name: admin, password: \"35oi3g4l3he\", admin: true}\n";
+const FIRST_ADMIN: &str =
+    "users:\n  ADMIN: {name: admin, password: \"35oi3g4l3he\", admin: true}\n";
 
 /// What the admin uploads over SFTP: two more users, one with a fixed uid.
 const UPLOADED: &str = "users:\n  ADMIN: {name: admin, password: \"35oi3g4l3he\", admin: true}\n  1: {name: EPuser, password: \"1234\"}\n  2: {name: bob, password: \"b0bpass\", uid: 2345}\n";
@@ -77,7 +78,11 @@ fn shared_pair() -> Testbed {
         tb.install(host, &package("current", "deb"));
     }
     tb.ok(MASTER, "useradd -u 1000 -M localonly");
-    tb.write(STANDBY, "/etc/sftp-ha/config.toml", &config("standby", "10.231.0.1"));
+    tb.write(
+        STANDBY,
+        "/etc/sftp-ha/config.toml",
+        &config("standby", "10.231.0.1"),
+    );
     tb.ok(STANDBY, "systemctl restart sftp-ha");
     let key = tb.ok(MASTER, "sftp-ha pair show-key").trim().to_string();
     tb.ok(STANDBY, &format!("sftp-ha pair accept-peer '{key}'"));
@@ -85,11 +90,18 @@ fn shared_pair() -> Testbed {
     let key = tb.ok(STANDBY, "sftp-ha pair show-key").trim().to_string();
     tb.ok(MASTER, &format!("sftp-ha pair accept-peer '{key}'"));
     tb.ok(STANDBY, "sftp-ha pair trust-peer 10.231.0.1");
-    tb.write(MASTER, "/etc/sftp-ha/config.toml", &config("master", "10.231.0.2"));
+    tb.write(
+        MASTER,
+        "/etc/sftp-ha/config.toml",
+        &config("master", "10.231.0.2"),
+    );
     tb.ok(MASTER, "systemctl restart sftp-ha");
     // The same data dir: a file made on one host is there on the other.
     tb.ok(MASTER, "touch /srv/sftp-ha/.shared-probe");
-    tb.ok(STANDBY, "test -f /srv/sftp-ha/.shared-probe && rm /srv/sftp-ha/.shared-probe");
+    tb.ok(
+        STANDBY,
+        "test -f /srv/sftp-ha/.shared-probe && rm /srv/sftp-ha/.shared-probe",
+    );
     let check = tb.ok(MASTER, "sftp-ha check-config");
     assert!(check.contains("storage shared"), "{check}");
     tb.write(MASTER, "/root/users.yaml", FIRST_ADMIN);
@@ -173,7 +185,13 @@ fn shared_storage_same_accounts_read_only_standby_and_a_promotion_moves_the_writ
         describe(&out)
     );
     assert!(!tb.path(STANDBY, &format!("{DIR}/refused.txt")).exists());
-    let out = tb.sftp(STANDBY, "10.231.0.2", "EPuser", "1234", "rm /upload/A.txt\n");
+    let out = tb.sftp(
+        STANDBY,
+        "10.231.0.2",
+        "EPuser",
+        "1234",
+        "rm /upload/A.txt\n",
+    );
     assert!(!out.status.success(), "a standby user deleted a file");
     upload_ok(&tb, MASTER, "10.231.0.1", "B.txt", "also from the master\n");
     let before = user_files(&tb, MASTER);
@@ -233,7 +251,11 @@ fn shared_storage_same_accounts_read_only_standby_and_a_promotion_moves_the_writ
         tb.journal(STANDBY, "")
     );
 
-    // The new master applies an admin's upload; the old master follows it.
+    // The new master applies an admin's upload; the old master follows it,
+    // with the new master's uid for carol (its lowest free one: 1000, which
+    // the old master's local account must give up first, or the old master
+    // refuses the file and the new master reports it).
+    tb.ok(MASTER, "userdel localonly");
     let local = tb.path(STANDBY, "/var/tmp/users.yaml");
     std::fs::write(
         &local,
