@@ -277,3 +277,71 @@ fn shared_storage_same_accounts_read_only_standby_and_a_promotion_moves_the_writ
         Some(())
     });
 }
+
+/// The master dies; the standby is promoted (failover, nothing answers);
+/// the old master boots with its config unchanged (role = "master"). It
+/// steps down by itself, its users are read-only, and nothing is compared,
+/// brought back, moved or deleted: both hosts had the one tree all along.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn shared_storage_failover_and_the_old_master_rejoins_without_touching_a_file() {
+    let tb = shared_pair();
+    tb.write(MASTER, "/root/users.yaml", UPLOADED);
+    tb.ok(MASTER, "sftp-ha users apply /root/users.yaml");
+    wait_or_dump(&tb, "EPuser on the standby", || {
+        account(&tb, STANDBY, "EPuser").map(|_| ())
+    });
+    upload_ok(&tb, MASTER, "10.231.0.1", "A.txt", "before the failure\n");
+
+    tb.poweroff(MASTER);
+    let out = tb.sh(STANDBY, "sftp-ha promote");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(util::stdout(&out).contains("epoch 2"), "{}", describe(&out));
+    wait_for("an upload to the promoted host", || {
+        upload(&tb, STANDBY, "10.231.0.2", "B.txt", "after the failover\n")
+            .status
+            .success()
+            .then_some(())
+    });
+    let before = user_files(&tb, STANDBY);
+    assert!(before.contains("./EPuser/upload/A.txt"), "{before}");
+    assert!(before.contains("./EPuser/upload/B.txt"), "{before}");
+
+    tb.boot(MASTER);
+    wait_or_dump(&tb, "the old master to step down", || {
+        (role_of(&tb, MASTER) == ("standby".into(), 2)).then_some(())
+    });
+    let out = upload(&tb, MASTER, "10.231.0.1", "late.txt", "no\n");
+    assert!(
+        !out.status.success(),
+        "a stepped-down master took an upload: {}",
+        describe(&out)
+    );
+    wait_or_dump(
+        &tb,
+        "the new master to answer the old one as reconciled",
+        || {
+            tb.journal(STANDBY, "")
+                .contains("shared storage: nothing to reconcile")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(user_files(&tb, STANDBY), before, "a user file changed");
+    let conflicts = tb.ok(STANDBY, "find /srv/sftp-ha -name '*sftp-ha-conflict*'");
+    assert_eq!(conflicts.trim(), "", "conflict copies: {conflicts}");
+    for host in [MASTER, STANDBY] {
+        assert!(
+            !tb.path(host, "/var/lib/sftp-ha/baseline").exists(),
+            "{host} saved a baseline"
+        );
+    }
+    // The old master took the answer: it publishes (in its own folder, which
+    // the peer reads) that it has nothing left to reconcile.
+    wait_or_dump(&tb, "the old master to be reconciled", || {
+        let text = tb.ok(MASTER, "cat /var/lib/sftp-ha/peer/.sftp-ha-ctl/role.json");
+        let published: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (published["role"] == "standby" && published["unreconciled"].is_null()).then_some(())
+    });
+    upload_ok(&tb, STANDBY, "10.231.0.2", "C.txt", "still writable\n");
+}
