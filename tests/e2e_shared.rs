@@ -122,7 +122,20 @@ fn shared_storage_same_accounts_read_only_standby_and_a_promotion_moves_the_writ
     for host in [MASTER, STANDBY] {
         let status = tb.ok(host, "sftp-ha status");
         assert!(!status.contains("ERROR"), "{host}: {status}");
+        assert!(status.contains("storage:"), "{host}: {status}");
     }
+    // The master reaches its standby (for the role protocol only).
+    wait_or_dump(&tb, "the master to reach the standby", || {
+        let s = status_json(&tb, MASTER);
+        (s["status"]["sync"]["connected"] == true).then_some(())
+    });
+    // The peer's sync key sees the host's own folder, not the data.
+    let drop_in = tb.ok(STANDBY, "cat /etc/ssh/sshd_config.d/50-sftp-ha.conf");
+    assert!(
+        drop_in.contains("ChrootDirectory /var/lib/sftp-ha/peer\n"),
+        "{drop_in}"
+    );
+    assert!(!tb.path(MASTER, "/var/lib/sftp-ha/sync-index").exists());
 
     // (1) A users.yaml uploaded by the admin with the stock sftp client.
     let local = tb.path(MASTER, "/var/tmp/users.yaml");

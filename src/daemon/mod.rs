@@ -177,6 +177,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
             data_dir: config.data_dir.clone(),
             standby: None,
             fallback_interval: String::new(),
+            shared: false,
             last_reload: None,
             sshd: String::new(),
             users_apply: None,
@@ -387,13 +388,13 @@ impl Daemon {
                 );
             }
         }) {
-            // The failover thread fences with the data dir it started with.
             // Where the control folder is, what sshd's sync account sees and
             // whether anything is copied all follow the storage mode.
             Ok(new) if new.sync.storage != self.config.sync.storage => self.refused(format!(
                 "[sync] storage changed from \"{}\" to \"{}\": that takes a restart (systemctl restart sftp-ha), on both hosts",
                 self.config.sync.storage, new.sync.storage
             )),
+            // The failover thread fences with the data dir it started with.
             Ok(new)
                 if self.config.failover.mode == config::FailoverMode::Auto
                     && new.data_dir != self.config.data_dir =>
@@ -626,6 +627,7 @@ impl Daemon {
         self.status.data_dir = c.data_dir.clone();
         self.status.standby = c.sync.peer.as_ref().map(ToString::to_string);
         self.status.fallback_interval = format_duration(c.sync.fallback_interval);
+        self.status.shared = c.shared();
         self.refresh_activity();
     }
 

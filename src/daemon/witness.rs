@@ -82,6 +82,7 @@ pub(super) fn run(
         data_dir: config.data_dir.clone(),
         standby: None,
         fallback_interval: String::new(),
+        shared: false,
         last_reload: None,
         sshd: String::new(),
         users_apply: None,
