@@ -287,6 +287,12 @@ fn reload() -> Result<Installed, SshdError> {
     })
 }
 
+/// Tells every running sshd to read its config again (see [`reload`]),
+/// without installing anything.
+pub fn reload_if_running() -> Result<Installed, SshdError> {
+    reload()
+}
+
 /// The main process of the running sshd unit, if any: its unit and pid.
 fn sshd_main_pid() -> Option<(&'static str, i32)> {
     ["ssh.service", "sshd.service"]

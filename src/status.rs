@@ -285,6 +285,9 @@ impl DaemonStatus {
         }
         if let Some(sync) = &self.sync {
             row("sync:", sync_words(sync));
+            if let Some(watches) = &sync.watches {
+                row("inotify:", watches.words(&self.fallback_interval));
+            }
             if sync.reconciling {
                 row(
                     "reconcile:",

@@ -132,6 +132,11 @@ fn uploads_reach_the_standby_and_the_same_users_log_in_there() {
         (s.contains("ms after its change") && s.contains("audit:")).then_some(s)
     });
     assert!(status.contains("reachable since"), "{status}");
+    // The watches the tree needs, against the kernel's limit.
+    assert!(
+        status.contains("folders watched, one watch each (fs.inotify.max_user_watches = "),
+        "{status}"
+    );
     // A round may be under way at the moment of a look (the master's
     // published users.yaml, say): the queue must drain, not be empty at once.
     let json = wait_for("the queue drained", || {
@@ -140,6 +145,8 @@ fn uploads_reach_the_standby_and_the_same_users_log_in_there() {
         (json["status"]["sync"]["pending"] == 0).then_some(json)
     });
     assert_eq!(json["status"]["sync"]["connected"], true);
+    let watches = &json["status"]["sync"]["watches"];
+    assert_eq!(watches["watched"], watches["folders"], "{watches}");
 }
 
 #[test]

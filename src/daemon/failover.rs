@@ -11,7 +11,6 @@ use crate::role;
 use crate::timefmt::unix_now;
 
 use super::Daemon;
-use super::roles::FENCE_WINDOW;
 
 /// How often the failover part of the status file is refreshed when
 /// nothing else changed (the lease's time left moves all the time).
@@ -164,10 +163,7 @@ impl Daemon {
                 }
                 Event::Fenced { reason } => {
                     tracing::warn!("users are read-only here now: {reason}");
-                    self.fencing = Some((
-                        Instant::now() + FENCE_WINDOW,
-                        crate::sshd::connection_pids(),
-                    ));
+                    self.start_fencing(crate::sshd::connection_pids());
                     self.refresh_activity();
                 }
                 Event::Unfenced { reason } => {

@@ -106,6 +106,9 @@ struct Daemon {
     fencing: Option<(Instant, std::collections::HashSet<i32>)>,
     /// When [`Daemon::keep_fencing`] last looked.
     fence_looked: Option<Instant>,
+    /// When sshd is told once more to read its config, after a fence (see
+    /// [`roles::FENCE_RELOAD_AGAIN`]).
+    fence_reload_at: Option<Instant>,
     /// The published role asks the master to hand over (`promote`).
     wants_master: bool,
     /// sshd has the drop-in of the current role loaded.
@@ -153,7 +156,9 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
     );
 
     prepare_dirs(&config)?;
-    let live = Daemon::load_live(&config)?;
+    // Before the failover thread: the watchdog is this thread's to feed.
+    let mut progress = roles::WalkProgress::new(Some(&notifier), None);
+    let live = Daemon::load_live(&config, &mut || progress.tick())?;
     tracing::info!(
         "live role: {} at epoch {} since {} ({})",
         live.role,
@@ -216,6 +221,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         claim_seen: None,
         pending: None,
         fencing: None,
+        fence_reload_at: None,
         fence_looked: None,
         wants_master: false,
         sshd_ok: false,

@@ -34,6 +34,14 @@ const PROMOTE_PATIENCE: Duration = Duration::from_secs(45);
 /// open then are watched: one still logging in (sshd's LoginGraceTime is 2
 /// minutes by default) would get the config it was accepted with, writable.
 pub const FENCE_WINDOW: Duration = Duration::from_secs(180);
+/// How long after a fence sshd is reloaded once more. OpenSSH ignores SIGHUP
+/// while it re-executes itself for an earlier one (tens of milliseconds): a
+/// fence's reload that lands in that window, right after a reload from
+/// elsewhere that read the config before the read-only drop-in was written,
+/// would be lost, and that sshd would serve new logins writable until its
+/// next reload. A second reload a second later reaches an sshd that is
+/// listening again.
+pub const FENCE_RELOAD_AGAIN: Duration = Duration::from_secs(1);
 /// How often the fence looks at the connections again (see [`Daemon::keep_fencing`]).
 const FENCE_LOOK_EVERY: Duration = Duration::from_millis(200);
 /// `sftp-ha promote` / `demote` leave their request in the runtime dir as
@@ -88,7 +96,11 @@ impl Daemon {
     /// The persisted live role, or on the very first start the configured
     /// one; a config edited by the admin is followed while the live role
     /// still came from it ([`Live::follow_config`]).
-    pub(super) fn load_live(config: &crate::config::Config) -> Result<Live, role::RoleError> {
+    /// `progress` is called as a walk of the data dir goes (see [`WalkProgress`]).
+    pub(super) fn load_live(
+        config: &crate::config::Config,
+        progress: &mut dyn FnMut(),
+    ) -> Result<Live, role::RoleError> {
         let now = unix_now();
         let Some(live) = role::load(&config.state_dir)? else {
             let live = Live::first(config.role, now);
@@ -111,10 +123,10 @@ impl Daemon {
         let state = &config.state_dir;
         if new.role == Role::Master {
             let _ = fs::remove_file(state.join(crate::sync::INDEX_FILE));
-            save_baseline(config)?;
+            save_baseline(config, progress)?;
         } else {
             let _ = fs::remove_file(state.join(BASELINE_FILE));
-            if let Err(err) = write_changed_list(config) {
+            if let Err(err) = write_changed_list(config, progress) {
                 tracing::error!(
                     "cannot list the files the peer never confirmed: {err}; the new master goes by size and mtime alone"
                 );
@@ -211,7 +223,7 @@ impl Daemon {
         let state = self.config.state_dir.clone();
         // The old index describes a peer of long ago; the first audit rebuilds it.
         let _ = fs::remove_file(state.join(crate::sync::INDEX_FILE));
-        if let Err(err) = save_baseline(&self.config) {
+        if let Err(err) = save_baseline(&self.config, &mut self.walk_progress()) {
             tracing::error!("{err}; not promoted");
             return false;
         }
@@ -255,7 +267,7 @@ impl Daemon {
         }
         if was_master && role == Role::Standby {
             // After the worker stopped: its index on disk is final.
-            match write_changed_list(&self.config) {
+            match write_changed_list(&self.config, &mut self.walk_progress()) {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(
                     "{n} file(s) written here never reached the peer; they are listed for the new master's reconciliation"
@@ -325,7 +337,16 @@ impl Daemon {
                 "ended {ended} user session process(es) from before this start: this host is a standby"
             );
         }
-        self.fencing = Some((Instant::now() + FENCE_WINDOW, connections));
+        self.start_fencing(connections);
+    }
+
+    /// Watches `connections` for [`FENCE_WINDOW`] and plans sshd's second
+    /// reload (see [`FENCE_RELOAD_AGAIN`]); call once the read-only drop-in
+    /// is written.
+    pub(super) fn start_fencing(&mut self, connections: std::collections::HashSet<i32>) {
+        let now = Instant::now();
+        self.fencing = Some((now + FENCE_WINDOW, connections));
+        self.fence_reload_at = Some(now + FENCE_RELOAD_AGAIN);
     }
 
     /// At start: a standby that stepped down and crashed before it listed
@@ -339,7 +360,7 @@ impl Daemon {
         {
             return;
         }
-        match write_changed_list(&self.config) {
+        match write_changed_list(&self.config, &mut self.walk_progress()) {
             Ok(n) => tracing::warn!(
                 "listed {n} file(s) written here that the peer may never have received, for the new master's reconciliation"
             ),
@@ -358,7 +379,7 @@ impl Daemon {
         if ended > 0 {
             tracing::warn!("ended {ended} user session process(es): {why}");
         }
-        self.fencing = Some((Instant::now() + FENCE_WINDOW, connections));
+        self.start_fencing(connections);
     }
 
     /// Each loop while fencing: a login that completes on a connection that
@@ -390,6 +411,19 @@ impl Daemon {
             {
                 self.sshd_retried = Some(Instant::now());
                 self.install_sshd();
+            }
+        }
+        if self.fence_reload_at.is_some_and(|at| Instant::now() >= at) {
+            self.fence_reload_at = None;
+            match crate::sshd::reload_if_running() {
+                Ok(crate::sshd::Installed::Reloaded) => tracing::info!(
+                    "sshd reloaded a second time after the fence, in case the first reload reached it while it restarted for another one"
+                ),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(
+                    "cannot reload sshd a second time after the fence: {err}; sessions of users logging in are still ended for {}",
+                    crate::timefmt::format_duration(FENCE_WINDOW)
+                ),
             }
         }
         let Some((until, connections)) = &self.fencing else {
@@ -950,12 +984,15 @@ impl Daemon {
 /// [`CHANGED_FILE`] and `reconcile::unconfirmed_files`). Returns how many.
 /// With shared storage there is nothing to list: the new master has the
 /// same files.
-fn write_changed_list(config: &crate::config::Config) -> io::Result<usize> {
+fn write_changed_list(
+    config: &crate::config::Config,
+    progress: &mut dyn FnMut(),
+) -> io::Result<usize> {
     use crate::sync::tree;
     if config.shared() {
         return Ok(0);
     }
-    let (current, _) = tree::scan(&config.data_dir, &mut |_| {})?;
+    let (current, _) = tree::scan(&config.data_dir, &mut |_| progress())?;
     let confirmed = tree::load_index(&config.state_dir.join(crate::sync::INDEX_FILE));
     let files = crate::sync::reconcile::unconfirmed_files(&current, &confirmed);
     let dir = config.sync_root().join(CONTROL_DIR);
@@ -973,7 +1010,10 @@ fn write_changed_list(config: &crate::config::Config) -> io::Result<usize> {
 /// Saves the tree as it is now as the baseline: the last point both hosts
 /// agreed on, for the reconciliation when the other one rejoins. With shared
 /// storage there is no reconciliation, so no baseline (and none left over).
-fn save_baseline(config: &crate::config::Config) -> Result<(), role::RoleError> {
+fn save_baseline(
+    config: &crate::config::Config,
+    progress: &mut dyn FnMut(),
+) -> Result<(), role::RoleError> {
     let path = config.state_dir.join(BASELINE_FILE);
     if config.shared() {
         let _ = fs::remove_file(&path);
@@ -983,8 +1023,63 @@ fn save_baseline(config: &crate::config::Config) -> Result<(), role::RoleError> 
         path: path.clone(),
         source,
     };
-    let (tree, _) = crate::sync::tree::scan(&config.data_dir, &mut |_| {}).map_err(fail)?;
+    let (tree, _) = crate::sync::tree::scan(&config.data_dir, &mut |_| progress()).map_err(fail)?;
     crate::sync::reconcile::save_baseline(&path, &tree).map_err(fail)
+}
+
+/// Keeps systemd's watchdog fed while the main loop walks the whole data
+/// dir for a role change (the baseline, the list of unconfirmed files): a
+/// million files take seconds, far longer from a cold cache, and the loop
+/// makes no turn meanwhile. Called for every folder listed, it pings at most
+/// once a second, itself or, where the failover thread feeds the watchdog,
+/// through the loop's `main_alive` mark; a walk stuck in one system call
+/// (a hung NFS server) pings nothing, and systemd kills and fences as for a
+/// stalled daemon.
+pub(super) struct WalkProgress<'a> {
+    notifier: Option<&'a super::notify::Notifier>,
+    main_alive: Option<&'a std::sync::atomic::AtomicU64>,
+    last: Instant,
+}
+
+impl<'a> WalkProgress<'a> {
+    pub(super) fn new(
+        notifier: Option<&'a super::notify::Notifier>,
+        main_alive: Option<&'a std::sync::atomic::AtomicU64>,
+    ) -> WalkProgress<'a> {
+        WalkProgress {
+            notifier,
+            main_alive,
+            last: Instant::now(),
+        }
+    }
+
+    pub(super) fn tick(&mut self) {
+        if self.last.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last = Instant::now();
+        if let Some(alive) = self.main_alive {
+            alive.store(
+                crate::timefmt::unix_now_ms(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        if let Some(notifier) = self.notifier {
+            notifier.watchdog();
+        }
+    }
+}
+
+impl Daemon {
+    /// The progress callback for a walk in the main loop (see [`WalkProgress`]).
+    fn walk_progress(&self) -> impl FnMut() + '_ {
+        let thread_feeds = self.failover.as_ref().is_some_and(|f| f.feeds_watchdog);
+        let mut progress = WalkProgress::new(
+            (!thread_feeds).then_some(&self.notifier),
+            Some(&*self.main_alive),
+        );
+        move || progress.tick()
+    }
 }
 
 /// A small JSON file of ours (root's, in a root-only folder).
@@ -1007,4 +1102,44 @@ fn prepare_control_dir(dir: &Path) -> io::Result<()> {
         Err(e) => return Err(e),
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_walk_in_progress_marks_the_main_loop_alive_at_most_once_a_second() {
+        let alive = std::sync::atomic::AtomicU64::new(0);
+        let mut progress = WalkProgress::new(None, Some(&alive));
+        progress.tick();
+        assert_eq!(
+            alive.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "not yet"
+        );
+        progress.last -= Duration::from_secs(1);
+        progress.tick();
+        let marked = alive.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(marked + 5_000 > crate::timefmt::unix_now_ms(), "{marked}");
+    }
+
+    #[test]
+    fn the_baseline_walk_reports_progress_for_every_folder() {
+        let data = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        for dir in ["a", "a/b", "c"] {
+            fs::create_dir(data.path().join(dir)).unwrap();
+        }
+        let text = format!(
+            "role = \"master\"\ndata_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            data.path().display(),
+            state.path().display()
+        );
+        let config = crate::config::parse(&text, Path::new("config.toml")).unwrap();
+        let mut folders = 0;
+        save_baseline(&config, &mut || folders += 1).unwrap();
+        assert_eq!(folders, 4, "the data dir and its three folders");
+        assert!(state.path().join(BASELINE_FILE).exists());
+    }
 }

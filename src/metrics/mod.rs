@@ -327,6 +327,18 @@ fn render_sync(out: &mut Exposition, sync: &crate::sync::SyncStatus) {
         "Operations the standby refused and that were skipped (retried on the next full scan).",
         sync.refused,
     );
+    if let Some(watches) = &sync.watches {
+        out.gauge(
+            "sftp_ha_inotify_folders",
+            "Folders in the data dir at the last full walk: each needs one inotify watch.",
+            watches.folders,
+        );
+        out.gauge(
+            "sftp_ha_inotify_folders_watched",
+            "Folders with an inotify watch; fewer than sftp_ha_inotify_folders means fs.inotify.max_user_watches is reached and changes in the others wait for the fallback walk.",
+            watches.watched,
+        );
+    }
     out.counter(
         "sftp_ha_reconcile_brought_back_total",
         "Files brought back from a former master since start (each is in the journal and reconcile-report.jsonl).",

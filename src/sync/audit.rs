@@ -102,7 +102,7 @@ fn entry(kind: Kind, mode: u32, a: &Attrs) -> Entry {
         size: a.size.unwrap_or(0),
         mtime,
         mtime_nsec: 0,
-        mode: mode & 0o1777,
+        mode: super::tree::mode_bits(mode),
         uid,
         gid,
         ino: 0,
@@ -369,7 +369,7 @@ mod tests {
             paths(&found.temporaries),
             [".sftp-ha-tmp/t1", ".sftp-ha-tmp/t2"]
         );
-        let compared: Vec<&[u8]> = found.tree.keys().map(Vec::as_slice).collect();
+        let compared: Vec<&[u8]> = found.tree.keys().collect();
         assert_eq!(compared, [b"u".as_slice(), b"u/.sftp-ha-tmp"]);
     }
 
@@ -415,7 +415,7 @@ mod tests {
         let mut planted = paths(&found.planted);
         planted.sort();
         assert_eq!(planted, ["u/evil", "u/fifo", "u/nomode", "u/sock"]);
-        let compared: Vec<&[u8]> = found.tree.keys().map(Vec::as_slice).collect();
+        let compared: Vec<&[u8]> = found.tree.keys().collect();
         assert_eq!(compared, [b"u".as_slice(), b"u/dev"]);
         // A log socket where no log socket belongs is planted.
         let (found, _) = list(&[

@@ -122,6 +122,9 @@ pub struct SyncStatus {
     pub conflicts: u64,
     #[serde(default)]
     pub last_reconcile: Option<u64>,
+    /// The inotify watches after the last full walk (`None`: none yet).
+    #[serde(default)]
+    pub watches: Option<watch::Watches>,
 }
 
 /// What the daemon and the worker tell each other about roles (see [`crate::role`]).
@@ -257,7 +260,8 @@ struct Worker<C: Connector> {
     /// Rounds, reconnects, audits, peer checks and index writes: when each is due.
     schedule: Schedule,
     index_path: PathBuf,
-    /// What the standby has confirmed.
+    /// What the standby has confirmed. Held on the same base as `current`
+    /// where both agree (see [`tree::share`]): one copy of a million paths.
     index: Tree,
     watcher: watch::Watcher,
     /// The master's tree as last seen: a full scan, then kept current path by
@@ -425,8 +429,12 @@ impl<C: Connector> Worker<C> {
                 folders.insert(folder.to_vec());
             })?;
             self.watcher.keep_only(&folders);
+            self.note_watches(folders.len());
             self.log_skipped(skipped);
             self.current = tree;
+            // The index equals the new walk almost everywhere: one copy of
+            // what they agree on (the round gives the memory back).
+            tree::share(&mut self.current, &mut self.index);
             self.dirty.clear();
             self.rescan_all = false;
             self.replan_all = true;
@@ -437,6 +445,34 @@ impl<C: Connector> Worker<C> {
             self.refresh(path, &mut changed);
         }
         Ok((!self.replan_all).then_some(changed))
+    }
+
+    /// Says how the watches stand after a full walk: in the journal at the
+    /// first walk and whenever the limit starts or stops leaving folders
+    /// without a watch, and always in the status.
+    fn note_watches(&mut self, folders: usize) {
+        let limits = watch::Limits::read();
+        let watches = watch::Watches {
+            folders,
+            // After `keep_only`, only folders of this walk have a watch.
+            watched: self.watcher.watched().min(folders),
+            max_user_watches: limits.max_user_watches,
+            max_queued_events: limits.max_queued_events,
+        };
+        let before = self.status.lock().ok().and_then(|s| s.watches);
+        let words = watches.words(&crate::timefmt::format_duration(
+            self.settings.fallback_interval,
+        ));
+        match before {
+            None if watches.short() => tracing::warn!("inotify: {words}"),
+            None => tracing::info!("inotify: {words}"),
+            Some(b) if watches.short() && !b.short() => tracing::warn!("inotify: {words}"),
+            Some(b) if !watches.short() && b.short() => {
+                tracing::info!("inotify: every folder has its watch again: {words}")
+            }
+            Some(_) => {}
+        }
+        self.set_status(|s| s.watches = Some(watches));
     }
 
     /// Looks at one path again and updates `current` (and the watches) to match.
@@ -533,6 +569,7 @@ impl<C: Connector> Worker<C> {
                 return;
             }
         };
+        self.keep_trees_shared();
         // Before connecting: with the standby away, they must still be noted.
         let rewritten = round::rewritten_alike(&self.current, &self.index, &self.closed);
         for path in &rewritten {
@@ -597,6 +634,7 @@ impl<C: Connector> Worker<C> {
         } else {
             self.apply(ops)
         };
+        self.keep_trees_shared();
         let again = settling || !self.dirty.is_empty();
         self.schedule.round_done(Instant::now(), retry, again);
     }
@@ -644,6 +682,17 @@ impl<C: Connector> Worker<C> {
         self.schedule.audited(Instant::now());
         self.said = None;
         Ok(())
+    }
+
+    /// Shares one copy of what the master's tree and the index agree on
+    /// again once changes since the last [`tree::share`] have added up
+    /// (events, confirmations, an audit's corrections): a pass over both,
+    /// once in many changes.
+    fn keep_trees_shared(&mut self) {
+        if tree::drifted(&self.current, &self.index) {
+            tree::share(&mut self.current, &mut self.index);
+            memory::give_back();
+        }
     }
 
     /// True if the kernel says no process has this file open for writing
@@ -1816,6 +1865,59 @@ mod tests {
             b.worker.rescan_all = true;
             b.worker.round();
             assert_eq!(b.fs.lock().unwrap().changes, Vec::new());
+            // After the walk the index is the master's tree: held once.
+            assert!(tree::held_once(&b.worker.current, &b.worker.index));
+            assert_eq!(b.worker.index.len(), 4);
+        }
+
+        #[test]
+        fn folders_beyond_the_watch_limit_are_replicated_by_the_fallback_walk() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            for dir in ["a", "b", "c"] {
+                mkdir(&root, dir, 0o750);
+            }
+            // Room for the data dir and one folder, as if max_user_watches
+            // were nearly used up by other programs.
+            b.worker.watcher.cap = Some(2);
+            b.worker.round();
+            let watches = b.worker.status.lock().unwrap().watches.unwrap();
+            assert_eq!((watches.folders, watches.watched), (4, 2), "{watches:?}");
+            assert!(watches.short());
+            let words = watches.words("1m40s");
+            assert!(
+                words.contains("LIMIT REACHED: 2 of 4 folders watched"),
+                "{words}"
+            );
+            assert!(
+                words.contains("every 1m40s") && words.contains("sysctl -w"),
+                "{words}"
+            );
+
+            // A file in a folder without a watch: no event, so nothing goes...
+            let unwatched = ["a", "b", "c"]
+                .into_iter()
+                .find(|d| !b.worker.watcher.is_watched(d.as_bytes()))
+                .unwrap();
+            put(&root, &format!("{unwatched}/f"), b"data", 0o640, OLD);
+            b.worker.wait_for_events(Duration::from_millis(200));
+            b.worker.round();
+            assert_eq!(node(&b.fs, &format!("/{unwatched}/f")), None);
+            // ...until the fallback walk finds it.
+            b.worker.rescan_all = true;
+            b.worker.round();
+            assert_eq!(
+                node(&b.fs, &format!("/{unwatched}/f")).unwrap().data,
+                b"data"
+            );
+
+            // The limit raised: the next walk watches every folder again.
+            b.worker.watcher.cap = None;
+            b.worker.rescan_all = true;
+            b.worker.round();
+            let watches = b.worker.status.lock().unwrap().watches.unwrap();
+            assert_eq!((watches.folders, watches.watched), (4, 4));
+            assert!(!watches.short());
         }
 
         #[test]

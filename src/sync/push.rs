@@ -265,7 +265,9 @@ fn open_as_scanned(data_dir: &Path, path: &[u8], e: &Entry) -> std::io::Result<s
 /// standby: its next event sends it again, whole.
 fn still_as_scanned(file: &std::fs::File, e: &Entry) -> std::io::Result<()> {
     let now = nix::sys::stat::fstat(file)?;
-    if now.st_size as u64 != e.size || now.st_mtime != e.mtime || now.st_mtime_nsec != e.mtime_nsec
+    if now.st_size as u64 != e.size
+        || now.st_mtime != e.mtime
+        || now.st_mtime_nsec != i64::from(e.mtime_nsec)
     {
         return Err(std::io::Error::other("changed while it was read"));
     }
@@ -453,7 +455,7 @@ fn temp_path() -> Vec<u8> {
 /// What a new folder is made with: its mode at once, its owner after.
 fn dir_attrs(e: &Entry) -> Attrs {
     Attrs {
-        mode: Some(e.mode & 0o1777),
+        mode: Some(e.mode_word() & 0o1777),
         ..Attrs::default()
     }
 }
@@ -463,7 +465,7 @@ fn attrs(e: &Entry, with_times: bool) -> Attrs {
         size: None,
         owner: Some((e.uid, e.gid)),
         // Set-id bits are never carried (see tree::Entry::mode).
-        mode: Some(e.mode & 0o1777),
+        mode: Some(e.mode_word() & 0o1777),
         times: with_times.then(|| {
             let t = u32::try_from(e.mtime).unwrap_or(0);
             (t, t)

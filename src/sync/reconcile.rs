@@ -226,12 +226,12 @@ pub fn same_second_suspects(mine: &Tree, theirs: &Tree, baseline: &Tree) -> Vec<
             // size and mtime with another ctime (a rewrite that kept them).
             e.kind == Kind::File
                 && !baseline
-                    .get(*path)
+                    .get(path)
                     .is_some_and(|b| same_version(e, b) && (b.ctime == 0 || b.ctime == e.ctime))
         })
         .filter_map(|(path, e)| {
             let there = theirs.get(path).filter(|t| same_version(e, t))?;
-            Some((path.clone(), *there))
+            Some((path.to_vec(), *there))
         })
         .collect()
 }
@@ -246,10 +246,10 @@ pub fn unconfirmed_files(current: &Tree, confirmed: &Tree) -> Vec<Vec<u8>> {
         .filter(|(path, e)| {
             e.kind == Kind::File
                 && confirmed
-                    .get(*path)
+                    .get(path)
                     .is_none_or(|c| c != *e || c.ctime != e.ctime)
         })
-        .map(|(path, _)| path.clone())
+        .map(|(path, _)| path.to_vec())
         .collect()
 }
 
@@ -348,13 +348,13 @@ pub fn plan(mine: &Tree, theirs: &Tree, baseline: &Tree, peer_node: &str) -> Vec
                         Name::Present(to) | Name::Free(to) => to,
                     };
                     claimed.insert(to.clone());
-                    renamed.insert(path.clone(), to.clone());
+                    renamed.insert(path.to_vec(), to.clone());
                     if !mine.get(&to).is_some_and(|m| m.kind == Kind::Dir) {
                         folders.insert(to, (*entry, !in_baseline(path, entry)));
                     }
                 }
                 None => {
-                    folders.insert(path.clone(), (*entry, !in_baseline(path, entry)));
+                    folders.insert(path.to_vec(), (*entry, !in_baseline(path, entry)));
                 }
             },
             (Kind::Dir, Some(to)) => {
@@ -364,7 +364,7 @@ pub fn plan(mine: &Tree, theirs: &Tree, baseline: &Tree, peer_node: &str) -> Vec
             }
             (Kind::File, None) => match mine.get(path) {
                 None if !in_baseline(path, entry) => actions.push(Action::BringBack {
-                    path: path.clone(),
+                    path: path.to_vec(),
                     entry: *entry,
                 }),
                 None => {} // deleted here since the baseline
@@ -376,7 +376,7 @@ pub fn plan(mine: &Tree, theirs: &Tree, baseline: &Tree, peer_node: &str) -> Vec
                     {
                         claimed.insert(copy.clone());
                         actions.push(Action::ConflictCopy {
-                            path: path.clone(),
+                            path: path.to_vec(),
                             copy,
                             entry: *entry,
                         });
@@ -398,7 +398,7 @@ pub fn plan(mine: &Tree, theirs: &Tree, baseline: &Tree, peer_node: &str) -> Vec
                 };
                 claimed.insert(copy.clone());
                 actions.push(Action::ConflictCopy {
-                    path: path.clone(),
+                    path: path.to_vec(),
                     copy,
                     entry: *entry,
                 });
@@ -547,7 +547,7 @@ fn set_attributes(fd: &OwnedFd, entry: &Entry, path: &[u8]) -> Result<(), Reconc
     };
     fchown(fd, Some(entry.uid), Some(entry.gid)).map_err(|e| io("set the owner of", e))?;
     // After the chown, which would clear set-id bits anyway; they are never set.
-    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(entry.mode & 0o1777))
+    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(entry.mode_word() & 0o1777))
         .map_err(io_error("set the mode of", path))?;
     let mtime = TimeSpec::new(entry.mtime, 0);
     futimens(fd, &mtime, &mtime).map_err(io_error("set the times of", path))
@@ -631,7 +631,7 @@ fn open_parent(
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
                 let entry = dirs
-                    .get(*peers)
+                    .get(peers)
                     .filter(|e| e.kind == Kind::Dir)
                     .ok_or_else(|| ReconcileError::MissingParent(show(folder)))?;
                 match create_dir_at(&dir, name, folder, entry)? {
@@ -1549,7 +1549,7 @@ mod tests {
 
     #[test]
     fn the_unconfirmed_files_of_a_former_master_go_through_their_list() {
-        let f = |size: u64, nsec: i64| Entry {
+        let f = |size: u64, nsec: i32| Entry {
             kind: Kind::File,
             size,
             mtime: 10,

@@ -50,7 +50,7 @@ pub fn maybe_being_written(part: &Tree, now: i64, closed: &HashSet<Vec<u8>>) -> 
         .filter(|(path, e)| {
             e.kind == Kind::File && now.saturating_sub(e.mtime) < settle && !closed.contains(*path)
         })
-        .map(|(path, _)| path.clone())
+        .map(|(path, _)| path.to_vec())
         .collect()
 }
 
@@ -85,9 +85,9 @@ pub fn rewritten_alike(
     closed
         .iter()
         .filter(|path| {
-            current.get(*path).is_some_and(|now| {
+            current.get(path).is_some_and(|now| {
                 now.kind == Kind::File
-                    && confirmed.get(*path).is_some_and(|c| {
+                    && confirmed.get(path).is_some_and(|c| {
                         c.kind == Kind::File
                             && c.size == now.size
                             && c.mtime == now.mtime

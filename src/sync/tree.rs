@@ -5,7 +5,6 @@
 //! Paths are bytes relative to the data dir, `/`-separated: names with spaces,
 //! UTF-8 or even newlines are carried exactly.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -15,6 +14,11 @@ use std::path::Path;
 use nix::dir::Dir;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
+
+mod map;
+#[cfg(test)]
+pub use map::held_once;
+pub use map::{Pair, Tree, drifted, share, side_by_side};
 
 /// The folder, at the top of the standby's data dir, where files are written
 /// before they are renamed into place: outside every chroot (a user name
@@ -28,18 +32,22 @@ pub enum Kind {
     Dir,
 }
 
-/// What is replicated of one file or folder.
+/// What is replicated of one file or folder. 48 bytes (a tree holds one per
+/// path, a million of them on a big data dir): the nanoseconds fit an i32
+/// and the permission bits a u16.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
     pub kind: Kind,
     pub size: u64,
     pub mtime: i64,
-    pub mtime_nsec: i64,
+    /// 0..1e9; -1 marks a confirmation that is taken back (never equal to
+    /// a real one).
+    pub mtime_nsec: i32,
     /// Permission bits and the sticky bit. Set-uid and set-gid bits are not
     /// part of it: they are never replicated (the standby's root would make
     /// a set-id file it then chowns to a user) and never compared (a
     /// difference the standby cannot hold would be re-sent forever).
-    pub mode: u32,
+    pub mode: u16,
     pub uid: u32,
     pub gid: u32,
     /// Inode number: a path that vanished and one that appeared with the same
@@ -91,8 +99,9 @@ impl Entry {
                 0
             },
             mtime: st.st_mtime,
-            mtime_nsec: st.st_mtime_nsec,
-            mode: st.st_mode & 0o1777,
+            // Always 0..1e9, so the conversion cannot fail.
+            mtime_nsec: i32::try_from(st.st_mtime_nsec).unwrap_or(0),
+            mode: mode_bits(st.st_mode),
             uid: st.st_uid,
             gid: st.st_gid,
             ino: st.st_ino,
@@ -101,6 +110,11 @@ impl Entry {
                 .saturating_mul(1_000_000_000)
                 .saturating_add(st.st_ctime_nsec),
         }
+    }
+
+    /// The permission bits as the 32-bit word SFTP and chmod take.
+    pub fn mode_word(&self) -> u32 {
+        u32::from(self.mode)
     }
 
     /// Same content as far as stat can tell (size and mtime).
@@ -112,7 +126,13 @@ impl Entry {
     }
 }
 
-pub type Tree = BTreeMap<Vec<u8>, Entry>;
+/// The permission and sticky bits of a mode word: what [`Entry::mode`] keeps.
+pub fn mode_bits(mode: u32) -> u16 {
+    // Masked to 0o1777, so it always fits.
+    u16::try_from(mode & 0o1777).unwrap_or(0)
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 48);
 
 /// What a scan could not replicate (symlinks, devices, FIFOs, sockets), for the log.
 pub type Skipped = Vec<(Vec<u8>, &'static str)>;
@@ -136,11 +156,12 @@ pub fn scan_below(
     rel: &[u8],
     before_listing: &mut dyn FnMut(&[u8]),
 ) -> io::Result<(Tree, Skipped)> {
-    let mut tree = Tree::new();
+    let mut found = Vec::new();
     let mut skipped = Skipped::new();
     let top = open_dir(root, rel)?;
-    walk(top, rel.to_vec(), &mut tree, &mut skipped, before_listing)?;
-    Ok((tree, skipped))
+    walk(top, rel.to_vec(), &mut found, &mut skipped, before_listing)?;
+    // Built in one go from all that was found: sorted, with no spare room.
+    Ok((Tree::from_walk(found), skipped))
 }
 
 /// What one path of the tree is now.
@@ -284,11 +305,8 @@ fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// The paths of `tree` at `root` and below it (`root/...`, not `root-x`).
-pub fn subtree<'a>(
-    tree: &'a Tree,
-    root: &'a [u8],
-) -> impl Iterator<Item = (&'a Vec<u8>, &'a Entry)> {
-    tree.range(root.to_vec()..)
+pub fn subtree<'a>(tree: &'a Tree, root: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a Entry)> {
+    tree.range_from(root)
         // Everything that starts with `root` is contiguous; of it, only `root`
         // itself and what is below `root/` belongs to the subtree.
         .take_while(move |(k, _)| k.starts_with(root))
@@ -299,7 +317,7 @@ pub fn subtree<'a>(
 
 /// Removes `root` and everything below it; returns what was removed.
 pub fn remove_subtree(tree: &mut Tree, root: &[u8]) -> Vec<(Vec<u8>, Entry)> {
-    let keys: Vec<Vec<u8>> = subtree(tree, root).map(|(k, _)| k.clone()).collect();
+    let keys: Vec<Vec<u8>> = subtree(tree, root).map(|(k, _)| k.to_vec()).collect();
     keys.into_iter()
         .filter_map(|k| tree.remove(&k).map(|e| (k, e)))
         .collect()
@@ -333,7 +351,7 @@ pub fn part(
         }
     }
     for root in subtrees {
-        out.extend(subtree(tree, root).map(|(k, e)| (k.clone(), *e)));
+        out.extend(subtree(tree, root).map(|(k, e)| (k, *e)));
     }
     out
 }
@@ -341,7 +359,7 @@ pub fn part(
 fn walk(
     dir_fd: OwnedFd,
     prefix: Vec<u8>,
-    tree: &mut Tree,
+    found: &mut Vec<(Box<[u8]>, Entry)>,
     skipped: &mut Skipped,
     before_listing: &mut dyn FnMut(&[u8]),
 ) -> io::Result<()> {
@@ -364,7 +382,8 @@ fn walk(
         }
     }
     for name in children {
-        let mut path = prefix.clone();
+        let mut path = Vec::with_capacity(prefix.len() + 1 + name.len());
+        path.extend_from_slice(&prefix);
         if !path.is_empty() {
             path.push(b'/');
         }
@@ -384,7 +403,7 @@ fn walk(
                 if st.st_mode & SET_ID != 0 {
                     drop_set_id(&dir_fd, &name, &path);
                 }
-                tree.insert(path, Entry::from_stat(&st, Kind::File));
+                found.push((path.into_boxed_slice(), Entry::from_stat(&st, Kind::File)));
             }
             SFlag::S_IFDIR => {
                 let child = match openat(dir_fd.as_fd(), cname, dir_flags(), Mode::empty()) {
@@ -397,8 +416,8 @@ fn walk(
                     ) => continue,
                     Err(e) => return Err(e.into()),
                 };
-                tree.insert(path.clone(), Entry::from_stat(&st, Kind::Dir));
-                walk(child, path, tree, skipped, before_listing)?;
+                found.push((path.as_slice().into(), Entry::from_stat(&st, Kind::Dir)));
+                walk(child, path, found, skipped, before_listing)?;
             }
             other => skipped.push((path, kind_name(other))),
         }
@@ -533,8 +552,8 @@ fn parent(path: &[u8]) -> Option<&[u8]> {
 fn renames(current: &Tree, confirmed: &mut Tree, ops: &mut Vec<Op>) {
     let mut gone: std::collections::HashMap<u64, Vec<u8>> = confirmed
         .iter()
-        .filter(|(p, e)| e.ino != 0 && current.get(*p).is_none_or(|n| n.ino != e.ino))
-        .map(|(p, e)| (e.ino, p.clone()))
+        .filter(|(p, e)| e.ino != 0 && current.get(p).is_none_or(|n| n.ino != e.ino))
+        .map(|(p, e)| (e.ino, p.to_vec()))
         .collect();
     for (path, new) in current {
         if new.ino == 0 || confirmed.get(path).is_some_and(|o| o.ino == new.ino) {
@@ -555,7 +574,7 @@ fn renames(current: &Tree, confirmed: &mut Tree, ops: &mut Vec<Op>) {
             gone.remove(&new.ino);
             ops.push(Op::Rename {
                 from: from.clone(),
-                to: path.clone(),
+                to: path.to_vec(),
             });
             rekey(confirmed, &from, path);
         }
@@ -571,9 +590,9 @@ pub fn plan(current: &Tree, confirmed: &Tree, allow_deletes: bool) -> Vec<Op> {
     // A rename needs a confirmed path that vanished (or whose inode changed);
     // only then is the index copied to play the renames through.
     let may_have_renames = allow_deletes
-        && confirmed
-            .iter()
-            .any(|(p, e)| e.ino != 0 && current.get(p).is_none_or(|n| n.ino != e.ino));
+        && side_by_side(current, confirmed, false).any(|(_, new, old)| {
+            old.is_some_and(|e| e.ino != 0 && new.is_none_or(|n| n.ino != e.ino))
+        });
     let mut renamed;
     let confirmed = if may_have_renames {
         renamed = confirmed.clone();
@@ -583,28 +602,30 @@ pub fn plan(current: &Tree, confirmed: &Tree, allow_deletes: bool) -> Vec<Op> {
         confirmed
     };
     if allow_deletes {
-        for (path, old) in confirmed.iter().rev() {
-            match current.get(path) {
-                Some(new) if new.kind == old.kind => {}
-                _ => ops.push(Op::Delete(path.clone(), old.kind)),
+        for (path, new, old) in side_by_side(current, confirmed, true) {
+            match (new, old) {
+                (_, None) => {}
+                (Some(new), Some(old)) if new.kind == old.kind => {}
+                (_, Some(old)) => ops.push(Op::Delete(path.to_vec(), old.kind)),
             }
         }
     }
     // All new folders first (parents first), then the files: uploads then
     // form one run that several sessions can share.
     let mut files = Vec::new();
-    for (path, new) in current {
-        let old = confirmed
-            .get(path)
-            .filter(|o| o.kind == new.kind || !allow_deletes);
+    for (path, new, old) in side_by_side(current, confirmed, false) {
+        let Some(new) = new else {
+            continue;
+        };
+        let old = old.filter(|o| o.kind == new.kind || !allow_deletes);
         match (new.kind, old) {
             (_, Some(old)) if old == new => {}
-            (Kind::Dir, None) => ops.push(Op::Mkdir(path.clone(), *new)),
-            (Kind::Dir, Some(_)) => ops.push(Op::SetAttrs(path.clone(), *new)),
+            (Kind::Dir, None) => ops.push(Op::Mkdir(path.to_vec(), *new)),
+            (Kind::Dir, Some(_)) => ops.push(Op::SetAttrs(path.to_vec(), *new)),
             (Kind::File, Some(old)) if old.same_content(new) => {
-                files.push(Op::SetAttrs(path.clone(), *new))
+                files.push(Op::SetAttrs(path.to_vec(), *new))
             }
-            (Kind::File, _) => files.push(Op::Put(path.clone(), *new)),
+            (Kind::File, _) => files.push(Op::Put(path.to_vec(), *new)),
         }
     }
     ops.append(&mut files);
@@ -694,7 +715,7 @@ pub fn parse_index_line(line: &str) -> Option<(Vec<u8>, Entry)> {
             size: f[2].parse().ok()?,
             mtime: f[3].parse().ok()?,
             mtime_nsec: f[4].parse().ok()?,
-            mode: u32::from_str_radix(f[5], 8).ok()?,
+            mode: mode_bits(u32::from_str_radix(f[5], 8).ok()?),
             uid: f[6].parse().ok()?,
             gid: f[7].parse().ok()?,
             ino: f[8].parse().ok()?,
@@ -882,7 +903,7 @@ mod tests {
             ("ab", file(3, 3)),
         ]);
         rekey(&mut t, b"a", b"z");
-        let keys: Vec<&[u8]> = t.keys().map(Vec::as_slice).collect();
+        let keys: Vec<&[u8]> = t.keys().collect();
         assert_eq!(keys, vec![&b"a-b"[..], b"ab", b"z", b"z/x"]);
     }
 
@@ -1001,7 +1022,7 @@ mod tests {
         std::fs::write(&evil, b"#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o6755)).unwrap();
         let (tree, _) = scan(root, &mut |_| {}).unwrap();
-        assert_eq!(tree[b"u/upload/evil.sh".as_slice()].mode, 0o755);
+        assert_eq!(tree.get(b"u/upload/evil.sh").map(|e| e.mode), Some(0o755));
         let on_disk = std::fs::metadata(&evil).unwrap().permissions().mode() & 0o7777;
         assert_eq!(on_disk, 0o755);
         std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o4700)).unwrap();
