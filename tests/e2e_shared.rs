@@ -173,6 +173,16 @@ fn shared_storage_same_accounts_read_only_standby_and_a_promotion_moves_the_writ
     );
     assert!(!journal.contains("cannot write"), "{journal}");
 
+    // Root on the standby cannot apply a users.yaml over the master's.
+    tb.write(STANDBY, "/root/users.yaml", FIRST_ADMIN);
+    let out = tb.sh(STANDBY, "sftp-ha users apply /root/users.yaml");
+    assert!(
+        !out.status.success() && util::stderr(&out).contains("standby on shared storage"),
+        "{}",
+        describe(&out)
+    );
+    assert!(account(&tb, STANDBY, "EPuser").is_some());
+
     // The standby's users log in and may only read.
     let listed = tb.sftp(STANDBY, "10.231.0.2", "EPuser", "1234", "ls /upload\n");
     assert!(listed.status.success(), "{}", describe(&listed));
