@@ -172,6 +172,7 @@ impl Daemon {
             wants_master: self.wants_master,
             users,
             unreconciled: self.live.unreconciled,
+            shared: self.config.shared(),
         };
         let dir = self.control_dir();
         let written = prepare_control_dir(&dir).and_then(|()| {
@@ -878,6 +879,7 @@ impl Daemon {
     fn probe_peer(&self) -> JoinHandle<PeerAnswer> {
         let peer = self.config.sync.peer.clone();
         let state = self.config.state_dir.clone();
+        let shared = self.config.shared();
         std::thread::spawn(move || {
             // Nobody to ask is not "nobody there": the master may be up.
             let Some(peer) = peer else {
@@ -908,7 +910,12 @@ impl Daemon {
             let path = format!("/{CONTROL_DIR}/{ROLE_FILE}");
             match session.sftp.read_all(path.as_bytes(), 64 * 1024) {
                 Ok(bytes) => match serde_json::from_slice::<Published>(&bytes) {
-                    Ok(p) => PeerAnswer::Answered(p),
+                    // It answers, so it may be taking uploads; but it would
+                    // never hand over to a host that stores files otherwise.
+                    Ok(p) => match role::storage_mismatch(shared, &p) {
+                        Some(why) => PeerAnswer::Unasked(format!("{peer} answered, but {why}")),
+                        None => PeerAnswer::Answered(p),
+                    },
                     Err(e) => {
                         PeerAnswer::Unasked(format!("{peer} answered with an unreadable role: {e}"))
                     }

@@ -1399,9 +1399,14 @@ impl<C: Connector> Worker<C> {
                 wants_master: false,
                 users: None,
                 unreconciled: None,
+                // Not known yet: taken as this host's (a mismatch shows once it publishes).
+                shared: self.settings.shared,
             },
             Err(e) => return Err(e.into()),
         };
+        if let Some(reason) = crate::role::storage_mismatch(self.settings.shared, &peer) {
+            return Err(TransportError::PeerRole { endpoint, reason });
+        }
         if peer.node == self.settings.node {
             return Err(TransportError::PeerRole {
                 endpoint,
@@ -2126,6 +2131,32 @@ mod tests {
         }
 
         #[test]
+        fn hosts_that_disagree_on_the_storage_exchange_nothing() {
+            // A shared-storage master and a replicating standby: no claim.
+            let mut b = bed_with(publishing(Role::Standby, 1), true);
+            put(b.data.path(), "f", b"data", 0o640, OLD);
+            b.worker.claim_round();
+            assert!(node(&b.fs, "/.sftp-ha-ctl/claim.json").is_none());
+            let error = b.worker.status.lock().unwrap().last_error.clone();
+            assert!(error.is_some_and(|e| e.contains("storage")));
+            // A replicating master and a shared-storage standby: no files.
+            let mut fs = publishing(Role::Standby, 1);
+            let mut published: Published =
+                serde_json::from_slice(&fs.nodes[b"/.sftp-ha-ctl/role.json".as_slice()].data)
+                    .unwrap();
+            published.shared = true;
+            fs.nodes.insert(
+                b"/.sftp-ha-ctl/role.json".to_vec(),
+                Node::file(&serde_json::to_vec(&published).unwrap(), 0o644),
+            );
+            let mut b = bed_with(fs, false);
+            put(b.data.path(), "f", b"data", 0o640, OLD);
+            b.worker.round();
+            assert_eq!(peer_files(&b.fs), Vec::<String>::new());
+            assert!(node(&b.fs, "/.sftp-ha-ctl/claim.json").is_none());
+        }
+
+        #[test]
         fn with_shared_storage_a_handover_sends_nothing_and_writes_the_claim() {
             let mut b = bed_with(FakeFs::default(), true);
             let root = b.data.path().to_path_buf();
@@ -2147,6 +2178,7 @@ mod tests {
                 serde_json::from_slice(&fs.nodes[b"/.sftp-ha-ctl/role.json".as_slice()].data)
                     .unwrap();
             published.unreconciled = Some(77);
+            published.shared = true;
             fs.nodes.insert(
                 b"/.sftp-ha-ctl/role.json".to_vec(),
                 Node::file(&serde_json::to_vec(&published).unwrap(), 0o644),
@@ -2185,6 +2217,7 @@ mod tests {
                 wants_master: false,
                 users: None,
                 unreconciled: None,
+                shared: false,
             };
             fs.nodes.insert(
                 b"/.sftp-ha-ctl/role.json".to_vec(),
