@@ -163,14 +163,21 @@ fn shared_storage_same_accounts_read_only_standby_and_a_promotion_moves_the_writ
     let admin = account(&tb, STANDBY, "admin").unwrap();
     assert_ne!(admin, "admin:1000:1000", "{admin}");
     assert!(account(&tb, STANDBY, "localonly").is_none());
-    // The outcome is the master's; the standby wrote nothing into the folder.
+    // The outcome is the master's; the standby wrote nothing into the folder
+    // (its own would name the file it read, the published one).
+    wait_or_dump(&tb, "the standby to apply the uploaded users.yaml", || {
+        tb.journal(STANDBY, "")
+            .contains("users.yaml applied (arrived from the master): 3 users")
+            .then_some(())
+    });
     let status = tb.ok(MASTER, "cat /srv/sftp-ha/admin/admin/users.yaml.status");
     assert!(status.contains("EPuser: created"), "{status}");
-    let journal = tb.journal(STANDBY, "");
     assert!(
-        journal.contains("users.yaml applied"),
-        "the standby applied nothing:\n{journal}"
+        status.contains("read /srv/sftp-ha/admin/admin/users.yaml"),
+        "{status}"
     );
+    assert!(!status.contains(".sftp-ha-users.yaml"), "{status}");
+    let journal = tb.journal(STANDBY, "");
     assert!(!journal.contains("cannot write"), "{journal}");
 
     // Root on the standby cannot apply a users.yaml over the master's.
@@ -367,4 +374,28 @@ fn shared_storage_failover_and_the_old_master_rejoins_without_touching_a_file() 
         (published["role"] == "standby" && published["unreconciled"].is_null()).then_some(())
     });
     upload_ok(&tb, STANDBY, "10.231.0.2", "C.txt", "still writable\n");
+
+    // The master set to replicate next to a standby on shared storage: it
+    // would copy the whole tree into the standby's own folder (its sync
+    // key's chroot). It stops working with it instead, and says why.
+    tb.write(
+        STANDBY,
+        "/etc/sftp-ha/config.toml",
+        "role = \"master\"\n[sync]\npeer = \"10.231.0.1\"\n",
+    );
+    tb.ok(STANDBY, "systemctl restart sftp-ha");
+    wait_or_dump(&tb, "the master to refuse a shared-storage peer", || {
+        let s = status_json(&tb, STANDBY);
+        let error = s["status"]["sync"]["last_error"].as_str()?.to_string();
+        error.contains("storage = \"shared\"").then_some(())
+    });
+    // Its control folder and the (empty) folder of its write probes only.
+    let copied = tb.ok(
+        MASTER,
+        "find /var/lib/sftp-ha/peer -mindepth 1 ! -path '*/.sftp-ha-ctl*' ! -path '*/.sftp-ha-tmp'",
+    );
+    assert_eq!(copied.trim(), "", "copied into the standby's own folder");
+    let files = user_files(&tb, STANDBY);
+    assert!(files.contains("./EPuser/upload/C.txt"), "{files}");
+    assert_eq!(files.lines().count(), before.lines().count() + 1, "{files}");
 }
