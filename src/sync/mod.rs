@@ -27,6 +27,15 @@
 //! planned operations into SFTP requests, [`watch`] is inotify, [`lease`]
 //! asks the kernel about writers.
 //!
+//! With shared storage (`[sync] storage = "shared"`) both hosts mount the same
+//! data dir and the worker copies nothing: it does not watch or walk the data
+//! dir, keeps no index, lists nothing on the peer and reconciles nothing
+//! (there is one tree). What it still does is the role protocol: it connects
+//! to the peer's sync account (chrooted there to the peer's own control
+//! folder), writes this master's claim, reads the peer's role every second,
+//! steps down for a newer epoch and hands over on `promote` / `demote`. A
+//! former master that rejoins is answered at once as reconciled.
+//!
 //! The worker reaches the standby only through [`transport::Connector`]
 //! (opens sessions: SSH in [`transport::SshConnector`]) and
 //! [`transport::Session`] (an SFTP client and a keepalive), so its rounds
@@ -156,6 +165,8 @@ pub struct SyncSettings {
     /// Mirror deletes.
     pub delete: bool,
     pub audit_interval: Duration,
+    /// Both hosts mount the same data dir: the role protocol only, no copies.
+    pub shared: bool,
 }
 
 impl SyncSettings {
@@ -239,6 +250,9 @@ struct Worker<C: Connector> {
     /// The peer says it was a master and has not been reconciled (the token
     /// of that step-down, echoed back once it is).
     peer_unreconciled: Option<u64>,
+    /// With shared storage: the token of the peer's step-down last answered
+    /// as reconciled, so it is written once, not at every peer check.
+    reconciled_told: Option<u64>,
     /// `baseline` is empty because there is none for this peer: everything
     /// of its that differs is kept.
     union: bool,
@@ -290,10 +304,13 @@ impl<C: Connector> Worker<C> {
         // A baseline that cannot be read must not turn into "nothing agreed":
         // that would bring back every file the new master deleted, but worse,
         // an empty one would be taken as no reconciliation at all.
-        let baseline =
+        let baseline = if settings.shared {
+            None
+        } else {
             reconcile::load_baseline(&settings.state_dir.join(BASELINE_FILE)).map_err(|e| {
                 std::io::Error::other(format!("cannot read the reconciliation baseline: {e}"))
-            })?;
+            })?
+        };
         if baseline.is_some() {
             status.lock().map(|mut s| s.reconciling = true).ok();
         }
@@ -301,6 +318,7 @@ impl<C: Connector> Worker<C> {
         Ok(Worker {
             baseline,
             peer_unreconciled: None,
+            reconciled_told: None,
             union: false,
             control: Arc::new(Mutex::new(Control::default())),
             schedule: Schedule::new(
@@ -309,7 +327,11 @@ impl<C: Connector> Worker<C> {
                 settings.audit_interval,
             ),
             index_path: settings.state_dir.join(INDEX_FILE),
-            index: tree::load_index(&settings.state_dir.join(INDEX_FILE)),
+            index: if settings.shared {
+                Tree::new()
+            } else {
+                tree::load_index(&settings.state_dir.join(INDEX_FILE))
+            },
             settings,
             connector,
             watcher,
@@ -330,7 +352,11 @@ impl<C: Connector> Worker<C> {
     }
 
     fn run(&mut self) {
-        tracing::info!(standby = %self.settings.standby, "sync started");
+        if self.settings.shared {
+            tracing::info!(standby = %self.settings.standby, "shared storage: nothing is replicated; the peer is asked for its role and told this master's claim");
+        } else {
+            tracing::info!(standby = %self.settings.standby, "sync started");
+        }
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             let wait = self.schedule.next_wake(now).saturating_duration_since(now);
@@ -343,7 +369,11 @@ impl<C: Connector> Worker<C> {
                 self.rescan_all = true;
             }
             if self.schedule.round_due(now) {
-                self.round();
+                if self.settings.shared {
+                    self.claim_round();
+                } else {
+                    self.round();
+                }
             } else if self.schedule.index_save_due(now) {
                 self.flush_index();
             } else if self.standby.is_some() && self.handing_over() {
@@ -613,6 +643,51 @@ impl<C: Connector> Worker<C> {
         self.keep_trees_shared();
         let again = settling || !self.dirty.is_empty();
         self.schedule.round_done(Instant::now(), retry, again);
+    }
+
+    /// With shared storage, instead of a round: connects if not connected
+    /// (which reads the peer's role) and (again after every connect and
+    /// `audit_interval`) writes this master's claim there. Nothing is
+    /// scanned, listed or sent.
+    fn claim_round(&mut self) {
+        self.rescan_all = false;
+        self.replan_all = false;
+        self.dirty.clear();
+        self.closed.clear();
+        if self.standby.is_none() || self.schedule.audit_due(Instant::now()) {
+            // A failure plans the next round at the retry.
+            if self.connect().is_err() {
+                return;
+            }
+            if let Err(err) = self.claim_shared() {
+                self.failed(err);
+                return;
+            }
+        }
+        self.schedule.round_done(Instant::now(), None, false);
+    }
+
+    /// With shared storage: the peer takes this master's claim only while it
+    /// is a standby (its sync account may write in its own folder); a former
+    /// master is told it is reconciled at once (there is one tree).
+    fn claim_shared(&mut self) -> Result<(), TransportError> {
+        let Some(standby) = self.standby.as_mut() else {
+            return Err(TransportError::NotPinned);
+        };
+        if !push::accepts_writes(standby.sftp())? {
+            return Err(TransportError::NotAStandby {
+                endpoint: self.settings.standby.to_string(),
+            });
+        }
+        let reconciled = self.peer_unreconciled;
+        write_claim(standby.sftp(), &self.settings.claim(None, reconciled))?;
+        if reconciled.is_some() && self.reconciled_told != reconciled {
+            self.reconciled_told = reconciled;
+            tracing::info!(standby = %self.settings.standby, "the former master is this host's standby now; shared storage: nothing to reconcile");
+        }
+        self.schedule.audited(Instant::now());
+        self.said = None;
+        Ok(())
     }
 
     /// Shares one copy of what the master's tree and the index agree on
@@ -1059,6 +1134,9 @@ impl<C: Connector> Worker<C> {
     /// re-upload, since the audit after a restart confirms files already
     /// there as they are.
     fn save_index(&mut self, changed: bool) {
+        if self.settings.shared {
+            return;
+        }
         if changed {
             self.schedule.index_changed();
         }
@@ -1068,6 +1146,9 @@ impl<C: Connector> Worker<C> {
     }
 
     fn flush_index(&mut self) {
+        if self.settings.shared {
+            return;
+        }
         if !self.schedule.index_unsaved() {
             return;
         }
@@ -1324,9 +1405,14 @@ impl<C: Connector> Worker<C> {
                 wants_master: false,
                 users: None,
                 unreconciled: None,
+                // Not known yet: taken as this host's (a mismatch shows once it publishes).
+                shared: self.settings.shared,
             },
             Err(e) => return Err(e.into()),
         };
+        if let Some(reason) = crate::role::storage_mismatch(self.settings.shared, &peer) {
+            return Err(TransportError::PeerRole { endpoint, reason });
+        }
         if peer.node == self.settings.node {
             return Err(TransportError::PeerRole {
                 endpoint,
@@ -1349,6 +1435,15 @@ impl<C: Connector> Worker<C> {
                 write_claim(standby.sftp(), &claim)?;
                 tracing::info!(standby = %endpoint, "offered the role to the standby (sftp-ha demote)");
             }
+        }
+        // Shared storage: a former master that stepped down while connected
+        // is answered as reconciled at once (nothing to compare).
+        if self.settings.shared
+            && self.peer_unreconciled.is_some()
+            && self.peer_unreconciled != self.reconciled_told
+            && matches!(verdict, PeerVerdict::Replicate | PeerVerdict::HandOver)
+        {
+            self.claim_shared()?;
         }
         let mut control = self.control.lock().map_err(|_| TransportError::NotPinned)?;
         match verdict {
@@ -1384,8 +1479,13 @@ impl<C: Connector> Worker<C> {
     /// walk, so nothing a last event missed stays behind), then writes the
     /// handover. Tells the schedule when to try again if something is still pending.
     fn hand_over(&mut self) {
-        self.rescan_all = true;
-        self.round();
+        if self.settings.shared {
+            // Nothing to send: the peer has the same files.
+            self.claim_round();
+        } else {
+            self.rescan_all = true;
+            self.round();
+        }
         if self.schedule.round_planned() {
             return;
         }
@@ -1589,6 +1689,7 @@ pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
         fallback_interval: config.sync.fallback_interval,
         delete: config.sync.delete,
         audit_interval: config.sync.audit_interval,
+        shared: config.shared(),
     })
 }
 
@@ -1666,6 +1767,10 @@ mod tests {
         const OLD: u64 = 1_600_000_000;
 
         fn bed(standby: FakeFs) -> Bed {
+            bed_with(standby, false)
+        }
+
+        fn bed_with(standby: FakeFs, shared: bool) -> Bed {
             let data = tempfile::tempdir().unwrap();
             let state = tempfile::tempdir().unwrap();
             let fs = Arc::new(Mutex::new(standby));
@@ -1681,6 +1786,7 @@ mod tests {
                 fallback_interval: Duration::from_secs(3600),
                 delete: true,
                 audit_interval: Duration::from_secs(3600),
+                shared,
             };
             let connector = FakeConnector {
                 fs: fs.clone(),
@@ -2002,6 +2108,97 @@ mod tests {
             assert!(b.worker.stepped_down(), "the worker stops");
         }
 
+        /// Everything on the fake peer but its control folder and the probe folder.
+        fn peer_files(fs: &Arc<Mutex<FakeFs>>) -> Vec<String> {
+            fs.lock()
+                .unwrap()
+                .nodes
+                .keys()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .filter(|k| {
+                    k != "/" && !k.starts_with("/.sftp-ha-ctl") && !k.starts_with("/.sftp-ha-tmp")
+                })
+                .collect()
+        }
+
+        #[test]
+        fn with_shared_storage_only_the_claim_goes_to_the_peer() {
+            let mut b = bed_with(FakeFs::default(), true);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/f", b"on the shared storage", 0o640, OLD);
+            b.worker.claim_round();
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").expect("a claim");
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!((claim.epoch, claim.handover), (1, None));
+            assert_eq!(peer_files(&b.fs), Vec::<String>::new());
+            assert!(b.worker.status.lock().unwrap().connected);
+            assert!(!b.worker.settings.state_dir.join(INDEX_FILE).exists());
+        }
+
+        #[test]
+        fn hosts_that_disagree_on_the_storage_exchange_nothing() {
+            // A shared-storage master and a replicating standby: no claim.
+            let mut b = bed_with(publishing(Role::Standby, 1), true);
+            put(b.data.path(), "f", b"data", 0o640, OLD);
+            b.worker.claim_round();
+            assert!(node(&b.fs, "/.sftp-ha-ctl/claim.json").is_none());
+            let error = b.worker.status.lock().unwrap().last_error.clone();
+            assert!(error.is_some_and(|e| e.contains("storage")));
+            // A replicating master and a shared-storage standby: no files.
+            let mut fs = publishing(Role::Standby, 1);
+            let mut published: Published =
+                serde_json::from_slice(&fs.nodes[b"/.sftp-ha-ctl/role.json".as_slice()].data)
+                    .unwrap();
+            published.shared = true;
+            fs.nodes.insert(
+                b"/.sftp-ha-ctl/role.json".to_vec(),
+                Node::file(&serde_json::to_vec(&published).unwrap(), 0o644),
+            );
+            let mut b = bed_with(fs, false);
+            put(b.data.path(), "f", b"data", 0o640, OLD);
+            b.worker.round();
+            assert_eq!(peer_files(&b.fs), Vec::<String>::new());
+            assert!(node(&b.fs, "/.sftp-ha-ctl/claim.json").is_none());
+        }
+
+        #[test]
+        fn with_shared_storage_a_handover_sends_nothing_and_writes_the_claim() {
+            let mut b = bed_with(FakeFs::default(), true);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/last", b"just before", 0o640, OLD);
+            b.worker.control.lock().unwrap().hand_over = true;
+            b.worker.hand_over();
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").unwrap();
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!((claim.epoch, claim.handover), (1, Some(2)));
+            assert_eq!(b.worker.control.lock().unwrap().handed_over, Some(2));
+            assert_eq!(peer_files(&b.fs), Vec::<String>::new());
+        }
+
+        #[test]
+        fn with_shared_storage_a_former_master_is_answered_reconciled_at_once() {
+            let mut fs = publishing(Role::Standby, 1);
+            let mut published: Published =
+                serde_json::from_slice(&fs.nodes[b"/.sftp-ha-ctl/role.json".as_slice()].data)
+                    .unwrap();
+            published.unreconciled = Some(77);
+            published.shared = true;
+            fs.nodes.insert(
+                b"/.sftp-ha-ctl/role.json".to_vec(),
+                Node::file(&serde_json::to_vec(&published).unwrap(), 0o644),
+            );
+            let mut b = bed_with(fs, true);
+            put(b.data.path(), "kept", b"never compared", 0o640, OLD);
+            b.worker.claim_round();
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").unwrap();
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!(claim.reconciled, Some(77));
+            assert_eq!(peer_files(&b.fs), Vec::<String>::new());
+            assert!(b.data.path().join("kept").exists());
+        }
+
         #[test]
         fn demote_offers_the_role_once_and_a_standby_that_asks_gets_a_handover_request() {
             let mut b = bed(FakeFs::default());
@@ -2026,6 +2223,7 @@ mod tests {
                 wants_master: false,
                 users: None,
                 unreconciled: None,
+                shared: false,
             };
             fs.nodes.insert(
                 b"/.sftp-ha-ctl/role.json".to_vec(),
