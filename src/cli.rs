@@ -580,6 +580,22 @@ fn users(config_path: &Path, cmd: UsersCommand) -> Exit {
         return Exit::NoPermission;
     }
     let (data_dir, hash_method) = match config::load(config_path) {
+        // With shared storage the admin folders and the published users.yaml
+        // are the master's: a standby follows them and never writes there.
+        Ok(c)
+            if !dry_run
+                && c.shared()
+                && crate::role::load(&c.state_dir)
+                    .ok()
+                    .flatten()
+                    .map_or(c.role, |live| live.role)
+                    == config::Role::Standby =>
+        {
+            eprintln!(
+                "sftp-ha: this host is a standby on shared storage: apply users.yaml on the master (sftp-ha users apply there, or an admin's upload); this host follows the master's file by itself. Nothing changed"
+            );
+            return Exit::Failure;
+        }
         Ok(c) => (c.data_dir, c.hash_method),
         // Checking a users.yaml is what an admin does on any machine before
         // uploading it, daemon or not; only applying needs this host's config.
@@ -645,13 +661,15 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
                 .ok()
                 .flatten()
                 .map_or(config.role, |live| live.role);
-            crate::pair::accept_master(&key, &config.data_dir, role).map(|()| {
-                println!(
-                    "accepted: the master may now do SFTP into {} as {}, and nothing else",
-                    config.data_dir.display(),
-                    crate::pair::SYNC_USER
-                );
-            })
+            crate::pair::accept_master(&key, &config.data_dir, &config.sync_root(), role).map(
+                |()| {
+                    println!(
+                        "accepted: the peer may now do SFTP into {} as {}, and nothing else",
+                        config.sync_root().display(),
+                        crate::pair::SYNC_USER
+                    );
+                },
+            )
         }
         PairCommand::TrustStandby { standby, replace } => {
             let endpoint = match standby.as_deref().map(config::Endpoint::parse) {

@@ -320,6 +320,76 @@ pub struct SyncConfig {
     pub delete: bool,
     /// How often the standby's tree is listed and drift repaired (also after every connect).
     pub audit_interval: Duration,
+    /// Whether sftp-ha replicates the data dir, or both hosts mount it from
+    /// a shared file system.
+    pub storage: Storage,
+    /// With shared storage: the replication settings written in the file
+    /// anyway (key and line), which mean nothing there; see [`Config::warnings`].
+    pub ignored: Vec<(&'static str, usize)>,
+}
+
+/// `[sync] storage`: who keeps the standby's copy of the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// Each host has its own data dir; the master replicates to the standby.
+    #[default]
+    Replicated,
+    /// Both hosts mount the same data dir from a shared file system (NFS,
+    /// CephFS, GlusterFS), which does its own replication: sftp-ha copies
+    /// nothing and reconciles nothing, and keeps accounts, the sshd drop-in,
+    /// roles and failover.
+    Shared,
+}
+
+impl Storage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::Replicated => "replicated",
+            Storage::Shared => "shared",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Storage> {
+        match name {
+            "replicated" => Some(Storage::Replicated),
+            "shared" => Some(Storage::Shared),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where the peer's sync key is chrooted with shared storage, in the state
+/// dir: the host's own control folder, never the (shared) data.
+pub const SHARED_SYNC_ROOT: &str = "peer";
+
+impl Config {
+    /// True when both hosts mount the same data dir ([`Storage::Shared`]).
+    pub fn shared(&self) -> bool {
+        self.sync.storage == Storage::Shared
+    }
+
+    /// The folder the peer's sync account is chrooted to, holding this
+    /// host's control folder ([`crate::layout::CONTROL_DIR`]): the data dir
+    /// when replicating; with shared storage a folder of this host's own
+    /// (`<state_dir>/peer`), because the data dir, and every name in it, is
+    /// the same on both hosts.
+    pub fn sync_root(&self) -> PathBuf {
+        sync_root(&self.data_dir, &self.state_dir, self.sync.storage)
+    }
+}
+
+/// See [`Config::sync_root`].
+pub fn sync_root(data_dir: &Path, state_dir: &Path, storage: Storage) -> PathBuf {
+    match storage {
+        Storage::Replicated => data_dir.to_path_buf(),
+        Storage::Shared => state_dir.join(SHARED_SYNC_ROOT),
+    }
 }
 
 impl Config {
@@ -340,8 +410,21 @@ impl Config {
             return warnings;
         }
         if self.role == Role::Master && self.sync.peer.is_none() {
+            warnings.push(if self.shared() {
+                format!(
+                    "{}: no [sync] peer is set, so the standby cannot be asked for its role, nor hand over; set peer = \"HOST:PORT\" (the other file host) under [sync]",
+                    self.path.display()
+                )
+            } else {
+                format!(
+                    "{}: no [sync] peer is set, so nothing is replicated; set peer = \"HOST:PORT\" (the standby) under [sync]",
+                    self.path.display()
+                )
+            });
+        }
+        for (key, line) in &self.sync.ignored {
             warnings.push(format!(
-                "{}: no [sync] peer is set, so nothing is replicated; set peer = \"HOST:PORT\" (the standby) under [sync]",
+                "{}, line {line}: [sync] {key} is ignored with storage = \"shared\": the shared file system replicates the files, sftp-ha copies nothing; remove it",
                 self.path.display()
             ));
         }
@@ -395,12 +478,20 @@ impl Config {
             ),
             None => ", no peer".to_string(),
         };
+        let storage = match self.sync.storage {
+            Storage::Replicated => format!(
+                "replicated, fallback scan every {}",
+                format_duration(self.sync.fallback_interval)
+            ),
+            Storage::Shared => {
+                "shared (both hosts mount it; sftp-ha replicates nothing)".to_string()
+            }
+        };
         format!(
-            "first role {}, data in {}{}, fallback scan every {}, {failover}, {}",
+            "first role {}, data in {}{}, storage {storage}, {failover}, {}",
             self.role,
             self.data_dir.display(),
             standby,
-            format_duration(self.sync.fallback_interval),
             self.metrics.words()
         )
     }
@@ -453,8 +544,9 @@ struct SyncFile {
     /// The older name of `peer`, on a master.
     standby: Option<Spanned<Peers>>,
     fallback_interval: Option<Spanned<String>>,
-    delete: Option<bool>,
+    delete: Option<Spanned<bool>>,
     audit_interval: Option<Spanned<String>>,
+    storage: Option<Spanned<String>>,
 }
 
 /// `[sync] peer`: one address, or a list of them (a master with several
@@ -717,6 +809,39 @@ impl ConfigFile {
             }
             Ok(value)
         };
+        let storage = match &sync.storage {
+            None => Storage::Replicated,
+            Some(s) => Storage::from_name(s.get_ref()).ok_or_else(|| {
+                fail(
+                    s.span(),
+                    "sync.storage",
+                    format!(
+                        "`{}` is not a storage mode; accepted: \"replicated\", \"shared\"",
+                        s.get_ref()
+                    ),
+                    "write storage = \"replicated\" (each host has its own data dir; sftp-ha copies the files) or storage = \"shared\" (both hosts mount the same data dir from NFS, CephFS or GlusterFS), or leave it out for \"replicated\"",
+                )
+            })?,
+        };
+        let mut ignored = Vec::new();
+        if storage == Storage::Shared {
+            let spans = [
+                (
+                    "fallback_interval",
+                    sync.fallback_interval.as_ref().map(Spanned::span),
+                ),
+                ("delete", sync.delete.as_ref().map(Spanned::span)),
+                (
+                    "audit_interval",
+                    sync.audit_interval.as_ref().map(Spanned::span),
+                ),
+            ];
+            for (key, span) in spans {
+                if let Some(span) = span {
+                    ignored.push((key, line_column(text, span.start).0));
+                }
+            }
+        }
         let fallback_interval = duration(
             sync.fallback_interval,
             "sync.fallback_interval",
@@ -787,8 +912,10 @@ impl ConfigFile {
                 peer,
                 standbys,
                 fallback_interval,
-                delete: sync.delete.unwrap_or(true),
+                delete: sync.delete.as_ref().is_none_or(|d| *d.get_ref()),
                 audit_interval,
+                storage,
+                ignored,
             },
         })
     }
@@ -1077,6 +1204,9 @@ fn hint_for(key: Option<&str>, message: &str) -> String {
             "write HOST or HOST:PORT in quotes, e.g. \"standby.example:22\", or a list of them, e.g. [\"s1.example\", \"s2.example:2222\"]".into()
         }
         Some("sync.delete") => "write delete = true or delete = false (no quotes)".into(),
+        Some("sync.storage") => {
+            "write storage = \"replicated\" or storage = \"shared\" (in quotes)".into()
+        }
         Some("sync.fallback_interval" | "sync.audit_interval") => {
             "write a duration in quotes, e.g. \"100s\" or \"5m\"".into()
         }
@@ -1288,6 +1418,68 @@ mod tests {
         assert!(
             parse_err("role = \"master\"\n[accounts]\nhash_method = \"md5\"\n")
                 .contains("line 3, column 15")
+        );
+    }
+
+    #[test]
+    fn storage_is_replicated_unless_shared_is_asked_for() {
+        let c = parse_ok("role = \"master\"\n");
+        assert_eq!(c.sync.storage, Storage::Replicated);
+        assert!(!c.shared());
+        assert_eq!(c.sync_root(), c.data_dir);
+        assert!(
+            c.summary().contains("storage replicated"),
+            "{}",
+            c.summary()
+        );
+        let c = parse_ok(
+            "role = \"standby\"\n[sync]\npeer = \"master.example\"\nstorage = \"shared\"\n",
+        );
+        assert_eq!(c.sync.storage, Storage::Shared);
+        assert!(c.shared());
+        assert_eq!(c.sync_root(), Path::new("/var/lib/sftp-ha/peer"));
+        assert!(c.summary().contains("storage shared"), "{}", c.summary());
+        assert_eq!(c.warnings(), Vec::<String>::new());
+        let c = parse_ok("role = \"master\"\n[sync]\nstorage = \"replicated\"\n");
+        assert_eq!(c.sync.storage, Storage::Replicated);
+    }
+
+    #[test]
+    fn an_unknown_storage_mode_names_the_place_and_the_accepted_values() {
+        let e = parse_err("role = \"master\"\n[sync]\nstorage = \"nfs\"\n");
+        assert!(e.contains("line 3, column 11"), "{e}");
+        assert!(e.contains("key `sync.storage`"), "{e}");
+        assert!(e.contains("\"replicated\", \"shared\""), "{e}");
+        assert!(e.contains("fix: "), "{e}");
+        let e = parse_err("role = \"master\"\n[sync]\nstorage = true\n");
+        assert!(e.contains("sync.storage"), "{e}");
+    }
+
+    #[test]
+    fn replication_settings_with_shared_storage_are_warned_about_with_their_line() {
+        let c = parse_ok(
+            "role = \"master\"\n[sync]\npeer = \"standby.example\"\nstorage = \"shared\"\nfallback_interval = \"10s\"\ndelete = false\naudit_interval = \"1m\"\n",
+        );
+        let w = c.warnings();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w[0].contains("line 5: [sync] fallback_interval is ignored with storage = \"shared\""),
+            "{w:?}"
+        );
+        assert!(w[1].contains("line 6: [sync] delete is ignored"), "{w:?}");
+        assert!(
+            w[2].contains("line 7: [sync] audit_interval is ignored"),
+            "{w:?}"
+        );
+        // Replicated: the same settings are what they always were.
+        let c = parse_ok("role = \"master\"\n[sync]\npeer = \"s\"\nfallback_interval = \"10s\"\n");
+        assert_eq!(c.warnings(), Vec::<String>::new());
+        // Without a peer a shared master cannot hand over: said so.
+        let c = parse_ok("role = \"master\"\n[sync]\nstorage = \"shared\"\n");
+        assert!(
+            c.warnings()[0].contains("cannot be asked for its role"),
+            "{:?}",
+            c.warnings()
         );
     }
 

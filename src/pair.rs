@@ -103,6 +103,7 @@ pub fn key_path(state_dir: &Path) -> PathBuf {
 pub fn accept_master(
     key_line: &str,
     data_dir: &Path,
+    sync_root: &Path,
     role: crate::config::Role,
 ) -> Result<(), PairError> {
     let key_line = key_line.trim();
@@ -139,7 +140,10 @@ pub fn accept_master(
     let text = format!("restrict {key_line}\n");
     crate::fsutil::write_atomic(path, text.as_bytes(), 0o600, Some((0, 0)))
         .map_err(io_err("write", path))?;
-    crate::sshd::install(data_dir, role)?;
+    if sync_root != data_dir {
+        crate::sshd::prepare_sync_root(sync_root).map_err(io_err("create", sync_root))?;
+    }
+    crate::sshd::install(data_dir, sync_root, role)?;
     Ok(())
 }
 

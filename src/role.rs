@@ -130,6 +130,25 @@ pub struct Published {
     /// See [`Live::unreconciled`]: the master reconciles before mirroring.
     #[serde(default)]
     pub unreconciled: Option<u64>,
+    /// `[sync] storage = "shared"` on this host (missing: an older version,
+    /// which only replicates).
+    #[serde(default)]
+    pub shared: bool,
+}
+
+/// Why a master must not work with `peer` at all: the two hosts disagree on
+/// `[sync] storage`. A replicating master would copy the whole tree into a
+/// shared-storage standby's own folder (its sync key's chroot), and a
+/// shared-storage master would copy nothing to a standby that needs copies.
+pub fn storage_mismatch(shared_here: bool, peer: &Published) -> Option<String> {
+    let name = |shared: bool| if shared { "shared" } else { "replicated" };
+    (shared_here != peer.shared).then(|| {
+        format!(
+            "it runs [sync] storage = \"{}\" and this host \"{}\"; fix: set the same storage on both hosts and restart both",
+            name(peer.shared),
+            name(shared_here)
+        )
+    })
 }
 
 /// A users.yaml apply on the standby, as the master shows it.
@@ -474,7 +493,26 @@ mod tests {
             wants_master: false,
             users: None,
             unreconciled: None,
+            shared: false,
         }
+    }
+
+    #[test]
+    fn hosts_that_disagree_on_the_storage_do_not_work_together() {
+        let mut p = peer("beta", Role::Standby, 1);
+        assert_eq!(storage_mismatch(false, &p), None);
+        let why = storage_mismatch(true, &p).expect("a mismatch");
+        assert!(
+            why.contains("storage = \"replicated\" and this host \"shared\""),
+            "{why}"
+        );
+        p.shared = true;
+        assert_eq!(storage_mismatch(true, &p), None);
+        assert!(storage_mismatch(false, &p).is_some());
+        // An older peer publishes no `shared`: it replicates.
+        let old: Published =
+            serde_json::from_str(r#"{"node":"beta","role":"standby","epoch":1}"#).unwrap();
+        assert!(!old.shared);
     }
 
     fn claim(node: &str, epoch: u64, handover: Option<u64>) -> Claim {

@@ -57,7 +57,9 @@ const NO_LINKS: &str = "-P symlink,hardlink";
 /// The drop-in's text for a data dir and the host's role (pure, so it is
 /// unit-tested). On a standby, users' sessions are read-only (`-R`): one
 /// writer at a time, and nothing a user does there can change a file.
-pub fn render(data_dir: &Path, role: Role) -> String {
+/// `sync_root` is where the peer's sync key is chrooted: the data dir, or with
+/// shared storage this host's own control folder ([`crate::config::Config::sync_root`]).
+pub fn render(data_dir: &Path, sync_root: &Path, role: Role) -> String {
     // One writer at a time: users write on the master, the sync account on
     // the standby. On a master the sync account may only read, so a former
     // master that comes back still configured as one cannot overwrite or
@@ -71,10 +73,10 @@ pub fn render(data_dir: &Path, role: Role) -> String {
 # Written by sftp-ha (see /etc/sftp-ha/config.toml); do not edit: it is
 # rewritten whenever sftp-ha starts or reloads.
 # This host is a {role}.
-# The peer's sync key (sftp-ha pair accept-peer) may do SFTP in {data} and
+# The peer's sync key (sftp-ha pair accept-peer) may do SFTP in {sync} and
 # nothing else. The account has uid 0 only so that files keep their owners.
 Match User {SYNC_USER}
-    ChrootDirectory {data}
+    ChrootDirectory {sync}
     ForceCommand internal-sftp -u 0000 {NO_LINKS}{sync_mode}
     AuthorizedKeysFile {SYNC_KEYS}
     PubkeyAuthentication yes
@@ -91,12 +93,34 @@ Match Group {MANAGED_GROUP}
     PubkeyAuthentication yes
 {LOCKDOWN}",
         data = data_dir.display(),
+        sync = sync_root.display(),
         ro = if role == Role::Standby {
             ";\n# read-only on this standby: users may log in and download, not change a file"
         } else {
             ""
         },
     )
+}
+
+/// With shared storage, the folder the peer's sync key is chrooted to
+/// ([`crate::config::Config::sync_root`]): root's, 0755, as sshd requires of
+/// a chroot, with nothing in it but the control folder the daemon makes.
+pub fn prepare_sync_root(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(std::io::Error::other(
+                "exists and is not a folder (a symlink or a file)",
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new().mode(0o755).create(path)?;
+        }
+        Err(e) => return Err(e),
+    }
+    std::os::unix::fs::chown(path, Some(0), Some(0))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
 }
 
 /// What [`install`] did.
@@ -109,16 +133,20 @@ pub enum Installed {
 }
 
 /// Writes the drop-in if it differs, checks it with `sshd -t`, reloads sshd.
-pub fn install(data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
-    install_at(Path::new(DROP_IN), data_dir, role, false, reload)
+pub fn install(data_dir: &Path, sync_root: &Path, role: Role) -> Result<Installed, SshdError> {
+    install_at(Path::new(DROP_IN), data_dir, sync_root, role, false, reload)
 }
 
 /// [`install`], and sshd reloaded even if the file was already up to date:
 /// at start and on a role change, the running sshd must have loaded it (a
 /// crash between writing the file and the reload would leave a standby's
 /// users writable).
-pub fn install_and_reload(data_dir: &Path, role: Role) -> Result<Installed, SshdError> {
-    install_at(Path::new(DROP_IN), data_dir, role, true, reload)
+pub fn install_and_reload(
+    data_dir: &Path,
+    sync_root: &Path,
+    role: Role,
+) -> Result<Installed, SshdError> {
+    install_at(Path::new(DROP_IN), data_dir, sync_root, role, true, reload)
 }
 
 /// The read-only drop-in, for a host that must stop taking uploads now. If
@@ -128,16 +156,20 @@ pub fn install_and_reload(data_dir: &Path, role: Role) -> Result<Installed, Sshd
 /// come; with `stop_sshd` (a master that lost its lease: another host may
 /// be taking uploads) sshd's listener is stopped instead, so that no user
 /// logs in here at all until an admin corrects the config.
-pub fn install_fence(data_dir: &Path, stop_sshd: bool) -> Result<Installed, SshdError> {
+pub fn install_fence(
+    data_dir: &Path,
+    sync_root: &Path,
+    stop_sshd: bool,
+) -> Result<Installed, SshdError> {
     let path = Path::new(DROP_IN);
     // SIGHUP straight to sshd, not a reload job: a fence also runs while
     // sftp-ha stops (ExecStopPost, the daemon's last act), and systemd
     // orders a reload of ssh after a stop of sftp-ha (`After=ssh.service`):
     // the fence would wait for its own stop.
     let hup = || signal_sshd(nix::sys::signal::Signal::SIGHUP);
-    match install_at(path, data_dir, Role::Standby, true, hup) {
+    match install_at(path, data_dir, sync_root, Role::Standby, true, hup) {
         Err(SshdError::Refused { mut message }) => {
-            let text = render(data_dir, Role::Standby);
+            let text = render(data_dir, sync_root, Role::Standby);
             if let Err(e) = crate::fsutil::write_atomic(path, text.as_bytes(), 0o644, Some((0, 0)))
             {
                 message.push_str(&format!("; and writing the read-only drop-in failed: {e}"));
@@ -165,11 +197,12 @@ pub fn install_fence(data_dir: &Path, stop_sshd: bool) -> Result<Installed, Sshd
 fn install_at(
     path: &Path,
     data_dir: &Path,
+    sync_root: &Path,
     role: Role,
     always_reload: bool,
     reload: impl Fn() -> Result<Installed, SshdError>,
 ) -> Result<Installed, SshdError> {
-    let text = render(data_dir, role);
+    let text = render(data_dir, sync_root, role);
     let previous = fs::read(path).ok();
     if previous.as_deref() == Some(text.as_bytes()) {
         if !always_reload {
@@ -714,7 +747,11 @@ mod tests {
 
     #[test]
     fn drop_in_confines_the_group() {
-        let text = render(Path::new("/srv/sftp-ha"), Role::Master);
+        let text = render(
+            Path::new("/srv/sftp-ha"),
+            Path::new("/srv/sftp-ha"),
+            Role::Master,
+        );
         assert!(text.contains("Match Group sftp-ha\n"));
         assert!(text.contains("ChrootDirectory /srv/sftp-ha/%u"));
         assert!(text.contains("ForceCommand internal-sftp -l INFO -u 0027 -P symlink,hardlink\n"));
@@ -732,15 +769,37 @@ mod tests {
     }
 
     #[test]
+    fn with_shared_storage_the_sync_key_sees_only_the_hosts_own_folder() {
+        let text = render(
+            Path::new("/srv/sftp-ha"),
+            Path::new("/var/lib/sftp-ha/peer"),
+            Role::Standby,
+        );
+        assert!(
+            text.contains("Match User sftp-ha-sync\n    ChrootDirectory /var/lib/sftp-ha/peer\n")
+        );
+        assert!(text.contains("ChrootDirectory /srv/sftp-ha/%u"));
+        assert!(!text.contains("ChrootDirectory /srv/sftp-ha\n"), "{text}");
+    }
+
+    #[test]
     fn users_are_read_only_on_a_standby_only() {
-        let standby = render(Path::new("/srv/sftp-ha"), Role::Standby);
+        let standby = render(
+            Path::new("/srv/sftp-ha"),
+            Path::new("/srv/sftp-ha"),
+            Role::Standby,
+        );
         assert!(
             standby.contains("ForceCommand internal-sftp -l INFO -u 0027 -P symlink,hardlink -R\n")
         );
         // The sync account writes on the standby.
         assert!(standby.contains("ForceCommand internal-sftp -u 0000 -P symlink,hardlink\n"));
         // On a master, users write and the sync account only reads.
-        let master = render(Path::new("/srv/sftp-ha"), Role::Master);
+        let master = render(
+            Path::new("/srv/sftp-ha"),
+            Path::new("/srv/sftp-ha"),
+            Role::Master,
+        );
         assert!(
             master.contains("ForceCommand internal-sftp -l INFO -u 0027 -P symlink,hardlink\n")
         );

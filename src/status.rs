@@ -59,6 +59,9 @@ pub struct DaemonStatus {
     pub data_dir: PathBuf,
     pub standby: Option<String>,
     pub fallback_interval: String,
+    /// `[sync] storage = "shared"`: both hosts mount the data dir, nothing is copied.
+    #[serde(default)]
+    pub shared: bool,
     pub last_reload: Option<ReloadOutcome>,
     /// The sshd drop-in: installed, or what is wrong with it.
     #[serde(default)]
@@ -273,10 +276,17 @@ impl DaemonStatus {
                     .unwrap_or_else(|| "none configured".into()),
             );
         }
-        row(
-            "fallback:",
-            format!("full scan every {}", self.fallback_interval),
-        );
+        if self.shared {
+            row(
+                "storage:",
+                "shared: both hosts mount the data dir; nothing is copied or reconciled".into(),
+            );
+        } else {
+            row(
+                "fallback:",
+                format!("full scan every {}", self.fallback_interval),
+            );
+        }
         // Several standbys: a row for each, the details below for the first.
         for s in &self.standbys {
             row("sync:", standby_words(s));
@@ -618,6 +628,7 @@ mod tests {
             data_dir: "/srv/sftp-ha".into(),
             standby: None,
             fallback_interval: "1m40s".into(),
+            shared: false,
             last_reload: Some(ReloadOutcome {
                 at: 1_060,
                 ok: false,
@@ -663,6 +674,22 @@ mod tests {
         );
         assert!(text.contains("none configured"), "{text}");
         assert!(text.contains("REFUSED: config error"), "{text}");
+        assert!(text.contains("full scan every 1m40s"), "{text}");
+    }
+
+    #[test]
+    fn shared_storage_says_so_instead_of_the_fallback_scan() {
+        let mut status = sample();
+        status.shared = true;
+        let text = status.render(1_000);
+        assert!(text.contains("storage:"), "{text}");
+        assert!(text.contains("nothing is copied"), "{text}");
+        assert!(!text.contains("full scan"), "{text}");
+        // A status file from before the field: not shared.
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json.as_object_mut().unwrap().remove("shared");
+        let old: DaemonStatus = serde_json::from_value(json).unwrap();
+        assert!(!old.shared);
     }
 
     #[test]

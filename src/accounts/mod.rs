@@ -223,6 +223,10 @@ pub enum Apply {
     /// Change the accounts and leave the file as it is: on a standby the file
     /// is the master's, and only the master writes it.
     Mirror,
+    /// As `Mirror`, but the users' folders are left alone too: on a standby
+    /// with shared storage they are the master's folders, made and owned as
+    /// the master set them, and only the master changes them.
+    Accounts,
 }
 
 /// Checks (and unless `Check`, applies) the users.yaml at `path`.
@@ -266,7 +270,9 @@ fn run_apply(
     if how == Apply::Check {
         return Ok(outcome);
     }
-    system::apply(&plan, &snapshot, data_dir).map_err(|e| Failure::System(e.to_string()))?;
+    let folders = how != Apply::Accounts;
+    system::apply(&plan, &snapshot, data_dir, folders)
+        .map_err(|e| Failure::System(e.to_string()))?;
     // A newer upload that replaced the file meanwhile is never overwritten
     // with the rewrite of this one: it is applied next instead.
     let replaced = FileVersion::of(path) != *version;

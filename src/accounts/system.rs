@@ -210,9 +210,15 @@ fn run(program: &str, args: &[&str], input: Option<&[u8]>) -> Result<(), SystemE
     Ok(())
 }
 
-/// Applies `plan`: accounts, passwords, groups, locks, folders and keys.
+/// Applies `plan`: accounts, passwords, groups, locks, folders (unless
+/// `folders` is false: a standby on shared storage) and keys.
 /// Steps are idempotent, so an apply cut short converges on the next one.
-pub fn apply(plan: &Plan, snapshot: &Snapshot, data_dir: &Path) -> Result<(), SystemError> {
+pub fn apply(
+    plan: &Plan,
+    snapshot: &Snapshot,
+    data_dir: &Path,
+    folders: bool,
+) -> Result<(), SystemError> {
     for group in [MANAGED_GROUP, ADMIN_GROUP] {
         if !snapshot.groups.contains_key(group) {
             run("groupadd", &["-r", group], None)?;
@@ -269,7 +275,9 @@ pub fn apply(plan: &Plan, snapshot: &Snapshot, data_dir: &Path) -> Result<(), Sy
             run("usermod", &["-U", "-e", "", &u.name], None)?;
         }
         if u.action != Action::Remove {
-            prepare_folders(u, data_dir)?;
+            if folders {
+                prepare_folders(u, data_dir)?;
+            }
             write_keys(u)?;
         }
     }

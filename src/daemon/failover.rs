@@ -103,6 +103,7 @@ impl Daemon {
             virtual_ip: None,
             interface: None,
             data_dir: self.config.data_dir.clone(),
+            sync_root: self.config.sync_root(),
             state_dir: self.config.state_dir.clone(),
             role: self.live.role,
             epoch: self.live.epoch,
@@ -128,6 +129,7 @@ impl Daemon {
             &self.runtime_dir,
             &crate::failover::FenceInfo {
                 data_dir: self.config.data_dir.clone(),
+                sync_root: Some(self.config.sync_root()),
                 virtual_ip: f.virtual_ip.map(|v| v.to_string()),
                 interface: self.fence_interface.clone(),
                 master: self.live.role == Role::Master,

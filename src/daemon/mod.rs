@@ -182,6 +182,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
             data_dir: config.data_dir.clone(),
             standby: None,
             fallback_interval: String::new(),
+            shared: false,
             last_reload: None,
             sshd: String::new(),
             users_apply: None,
@@ -197,11 +198,15 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
             failover: None,
             witness: false,
         },
-        users: UsersWatch::new(&config.data_dir, config.hash_method, live.role).map_err(|e| {
-            DaemonError::Os {
-                what: "inotify for the admin folders",
-                source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-            }
+        users: UsersWatch::new(
+            &config.data_dir,
+            config.hash_method,
+            live.role,
+            config.shared(),
+        )
+        .map_err(|e| DaemonError::Os {
+            what: "inotify for the admin folders",
+            source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
         })?,
         config,
         notifier,
@@ -340,10 +345,11 @@ impl Daemon {
             self.keep_fencing();
             self.check_sync_control();
             self.advance_request();
+            let link = self.links_sftp_log();
             if std::mem::take(&mut self.users.rewatched)
                 && let Some(log) = &mut self.sftp_log
             {
-                log.link_chroots(&self.config.data_dir);
+                log.link_chroots(&self.config.data_dir, link);
             }
             while let Some(request) = signals.next().map_err(|source| DaemonError::Os {
                 what: "signal handling (read)",
@@ -389,6 +395,12 @@ impl Daemon {
                 );
             }
         }) {
+            // Where the control folder is, what sshd's sync account sees and
+            // whether anything is copied all follow the storage mode.
+            Ok(new) if new.sync.storage != self.config.sync.storage => self.refused(format!(
+                "[sync] storage changed from \"{}\" to \"{}\": that takes a restart (systemctl restart sftp-ha), on both hosts",
+                self.config.sync.storage, new.sync.storage
+            )),
             // The failover thread fences with the data dir it started with.
             Ok(new)
                 if self.config.failover.mode == config::FailoverMode::Auto
@@ -477,7 +489,9 @@ impl Daemon {
     /// its users as a standby would).
     /// Returns false if sshd could not be given the drop-in (the status says why).
     fn install_sshd_for(&mut self, role: Role) -> bool {
-        let (installed, result) = self.gate.install(&self.config.data_dir, role);
+        let (installed, result) =
+            self.gate
+                .install(&self.config.data_dir, &self.config.sync_root(), role);
         if installed != role {
             tracing::info!(
                 "users stay read-only here until this host holds the master's lease (automatic failover)"
@@ -538,7 +552,15 @@ impl Daemon {
         self.metrics = crate::metrics::Metrics::start(settings, &self.status);
     }
 
-    /// On a standby, every 10 minutes: removes what interrupted transfers left.
+    /// With shared storage only the master links the SFTP log socket into the
+    /// chroots: `dev/log` is one name on the shared file system.
+    fn links_sftp_log(&self) -> bool {
+        !self.config.shared() || self.live.role == Role::Master
+    }
+
+    /// On a standby, every 10 minutes: removes what interrupted transfers left
+    /// (with shared storage nothing is transferred; only the probes of the
+    /// peer's sync account, in this host's own folder, could be left).
     fn clean_up_temporaries(&mut self) {
         const EVERY: Duration = Duration::from_secs(600);
         const STALE: Duration = Duration::from_secs(3600);
@@ -547,7 +569,7 @@ impl Daemon {
             return;
         }
         self.last_cleanup = Some(Instant::now());
-        match crate::sync::tree::remove_stale_temporaries(&self.config.data_dir, STALE) {
+        match crate::sync::tree::remove_stale_temporaries(&self.config.sync_root(), STALE) {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} unfinished transfer(s) older than an hour"),
             Err(err) => tracing::warn!(
@@ -575,9 +597,16 @@ impl Daemon {
 
     /// Sets up the SFTP log socket and links it into every chroot.
     fn bind_sftp_log(&mut self) {
-        self.sftp_log = match SftpLog::bind(&self.config.data_dir) {
+        let name = if self.config.shared() {
+            // Each host its own socket: the data dir is the same on both.
+            Some(self.node.as_str())
+        } else {
+            None
+        };
+        let link = self.links_sftp_log();
+        self.sftp_log = match SftpLog::bind(&self.config.data_dir, name) {
             Ok(mut log) => {
-                log.link_chroots(&self.config.data_dir);
+                log.link_chroots(&self.config.data_dir, link);
                 Some(log)
             }
             Err(err) => {
@@ -609,6 +638,7 @@ impl Daemon {
         self.status.data_dir = c.data_dir.clone();
         self.status.standby = c.sync.peer.as_ref().map(ToString::to_string);
         self.status.fallback_interval = format_duration(c.sync.fallback_interval);
+        self.status.shared = c.shared();
         self.refresh_activity();
     }
 
@@ -631,6 +661,10 @@ impl Daemon {
             },
             (Role::Master, None) => format!(
                 "master serving {}; no standby configured",
+                c.data_dir.display()
+            ),
+            (Role::Standby, _) if c.shared() => format!(
+                "standby on shared storage {} (read-only for users)",
                 c.data_dir.display()
             ),
             (Role::Standby, _) => format!("standby keeping {}", c.data_dir.display()),
@@ -710,6 +744,14 @@ fn prepare_dirs(config: &Config) -> Result<(), DaemonError> {
                 source,
             })?;
         tracing::info!(path = %path.display(), "created {what}");
+    }
+    if config.shared() {
+        let root = config.sync_root();
+        crate::sshd::prepare_sync_root(&root).map_err(|source| DaemonError::CreateDir {
+            what: "folder of the peer's sync key",
+            path: root,
+            source,
+        })?;
     }
     Ok(())
 }

@@ -146,7 +146,7 @@ impl Daemon {
     }
 
     fn control_dir(&self) -> PathBuf {
-        self.config.data_dir.join(CONTROL_DIR)
+        self.config.sync_root().join(CONTROL_DIR)
     }
 
     /// A master forgets the claim of the master it once followed: it must
@@ -174,6 +174,7 @@ impl Daemon {
             wants_master: self.wants_master,
             users,
             unreconciled: self.live.unreconciled,
+            shared: self.config.shared(),
         };
         let dir = self.control_dir();
         let written = prepare_control_dir(&dir).and_then(|()| {
@@ -284,7 +285,12 @@ impl Daemon {
         }
         self.publish_role();
         self.claim_seen = None;
-        match super::UsersWatch::new(&self.config.data_dir, self.config.hash_method, role) {
+        match super::UsersWatch::new(
+            &self.config.data_dir,
+            self.config.hash_method,
+            role,
+            self.config.shared(),
+        ) {
             Ok(users) => {
                 self.users = users;
                 self.users.startup();
@@ -354,6 +360,7 @@ impl Daemon {
     /// what it was), before it publishes its role.
     pub(super) fn list_unconfirmed_if_missing(&self) {
         if self.live.role != Role::Standby
+            || self.config.shared()
             || self.live.unreconciled.is_none()
             || self.control_dir().join(CHANGED_FILE).exists()
         {
@@ -877,6 +884,7 @@ impl Daemon {
     fn probe_peer(&self) -> JoinHandle<PeerAnswer> {
         let peer = self.config.sync.peer.clone();
         let state = self.config.state_dir.clone();
+        let shared = self.config.shared();
         std::thread::spawn(move || {
             // Nobody to ask is not "nobody there": the master may be up.
             let Some(peer) = peer else {
@@ -907,7 +915,12 @@ impl Daemon {
             let path = format!("/{CONTROL_DIR}/{ROLE_FILE}");
             match session.sftp.read_all(path.as_bytes(), 64 * 1024) {
                 Ok(bytes) => match serde_json::from_slice::<Published>(&bytes) {
-                    Ok(p) => PeerAnswer::Answered(p),
+                    // It answers, so it may be taking uploads; but it would
+                    // never hand over to a host that stores files otherwise.
+                    Ok(p) => match role::storage_mismatch(shared, &p) {
+                        Some(why) => PeerAnswer::Unasked(format!("{peer} answered, but {why}")),
+                        None => PeerAnswer::Answered(p),
+                    },
                     Err(e) => {
                         PeerAnswer::Unasked(format!("{peer} answered with an unreadable role: {e}"))
                     }
@@ -981,11 +994,16 @@ impl Daemon {
 /// On a master that steps down: lists in the control folder the files it
 /// wrote that its standby never confirmed, ctime included (see
 /// [`CHANGED_FILE`] and `reconcile::unconfirmed_files`). Returns how many.
+/// With shared storage there is nothing to list: the new master has the
+/// same files.
 fn write_changed_list(
     config: &crate::config::Config,
     progress: &mut dyn FnMut(),
 ) -> io::Result<usize> {
     use crate::sync::tree;
+    if config.shared() {
+        return Ok(0);
+    }
     let (current, _) = tree::scan(&config.data_dir, &mut |_| progress())?;
     // With several standbys, the next master may be any of them: a file
     // any of them has not confirmed counts as changed here.
@@ -1004,7 +1022,7 @@ fn write_changed_list(
         ));
     }
     let files: Vec<Vec<u8>> = files.into_iter().collect();
-    let dir = config.data_dir.join(CONTROL_DIR);
+    let dir = config.sync_root().join(CONTROL_DIR);
     prepare_control_dir(&dir)?;
     let text = crate::sync::reconcile::changed_list_text(&files);
     crate::fsutil::write_atomic(
@@ -1017,12 +1035,17 @@ fn write_changed_list(
 }
 
 /// Saves the tree as it is now as the baseline: the last point both hosts
-/// agreed on, for the reconciliation when the other one rejoins.
+/// agreed on, for the reconciliation when the other one rejoins. With shared
+/// storage there is no reconciliation, so no baseline (and none left over).
 fn save_baseline(
     config: &crate::config::Config,
     progress: &mut dyn FnMut(),
 ) -> Result<(), role::RoleError> {
     let path = config.state_dir.join(BASELINE_FILE);
+    if config.shared() {
+        let _ = fs::remove_file(&path);
+        return Ok(());
+    }
     let fail = |source: io::Error| role::RoleError::Write {
         path: path.clone(),
         source,

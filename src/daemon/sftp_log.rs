@@ -183,8 +183,10 @@ pub struct SftpLog {
 
 impl SftpLog {
     /// Binds the socket in `data_dir` (replacing a stale one from an earlier run).
-    pub fn bind(data_dir: &Path) -> std::io::Result<SftpLog> {
-        let path = data_dir.join(SOCKET_NAME);
+    /// With shared storage `host` names this host, so that the two hosts'
+    /// daemons never replace each other's socket ([`socket_name`]).
+    pub fn bind(data_dir: &Path, host: Option<&str>) -> std::io::Result<SftpLog> {
+        let path = data_dir.join(socket_name(host));
         let _ = fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path)?;
         socket.set_nonblocking(true)?;
@@ -204,8 +206,10 @@ impl SftpLog {
     }
 
     /// Makes `<data_dir>/<user>/dev/log` a hard link to the socket for every
-    /// managed user, replacing links to an earlier run's socket.
-    pub fn link_chroots(&mut self, data_dir: &Path) {
+    /// managed user, replacing links to an earlier run's socket. Without
+    /// `link` (a standby on shared storage, where the master's daemon owns
+    /// the links) only the names of the managed users are refreshed.
+    pub fn link_chroots(&mut self, data_dir: &Path, link: bool) {
         let Ok((snapshot, _)) = crate::accounts::system::snapshot() else {
             return;
         };
@@ -215,6 +219,9 @@ impl SftpLog {
             .filter(|a| a.managed)
             .map(|a| (a.uid, a.name.clone()))
             .collect();
+        if !link {
+            return;
+        }
         for name in self.names.values() {
             let root = data_dir.join(name);
             // Only inside a real, root-owned chroot folder; never through a symlink.
@@ -329,6 +336,28 @@ impl SftpLog {
     }
 }
 
+/// The socket's name at the top of the data dir: [`SOCKET_NAME`], or with
+/// shared storage `.sftp-ha-log.<host>.sock` (the host name kept to letters,
+/// digits, `.`, `-` and `_`).
+fn socket_name(host: Option<&str>) -> String {
+    match host {
+        None => SOCKET_NAME.to_string(),
+        Some(h) => {
+            let clean: String = h
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!(".sftp-ha-log.{clean}.sock")
+        }
+    }
+}
+
 fn log_event(user: &str, event: SftpEvent) {
     match event {
         SftpEvent::SessionOpened { from } => {
@@ -359,6 +388,15 @@ fn log_event(user: &str, event: SftpEvent) {
 
 #[cfg(test)]
 mod tests {
+    use super::socket_name;
+
+    #[test]
+    fn each_host_has_its_own_socket_on_shared_storage() {
+        assert_eq!(socket_name(None), ".sftp-ha-log.sock");
+        assert_eq!(socket_name(Some("master")), ".sftp-ha-log.master.sock");
+        assert_eq!(socket_name(Some("a b/c")), ".sftp-ha-log.a_b_c.sock");
+    }
+
     use super::*;
 
     #[test]

@@ -25,6 +25,15 @@
 //! outside every chroot), and a standby applies that file and nothing else:
 //! never an upload the master refused, never a demoted admin's old file,
 //! never anything a user could have written.
+//!
+//! With shared storage (`[sync] storage = "shared"`) the standby sees the
+//! master's data dir itself: it applies the same `.sftp-ha-users.yaml` (so
+//! both hosts get the same uids, which the files on the shared storage carry)
+//! as soon as inotify says it changed, and looks at it again every
+//! [`SHARED_LOOK_EVERY`] because inotify does not see another client's
+//! writes on NFS. It then changes only the accounts and their keys: never the
+//! users' folders (the master's), never a file in the data dir (no copies,
+//! no users.yaml.status: the master writes those).
 
 use std::collections::HashMap;
 use std::fs;
@@ -48,6 +57,10 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 const REWATCH_EVERY: Duration = Duration::from_secs(10);
 /// How often the main loop looks whether a running apply has finished.
 const APPLY_POLL: Duration = Duration::from_millis(20);
+/// With shared storage, how often a standby looks at the master's published
+/// users.yaml even without an event (inotify does not see an NFS client's
+/// writes from the other host).
+pub const SHARED_LOOK_EVERY: Duration = Duration::from_secs(2);
 
 pub struct UsersWatch {
     inotify: Inotify,
@@ -71,6 +84,8 @@ pub struct UsersWatch {
     known: HashMap<PathBuf, FileVersion>,
     /// A standby applies only what the master published.
     standby: bool,
+    /// Both hosts mount the same data dir: a standby changes accounts only.
+    shared: bool,
     /// Set when the admin folders were looked for again, so the daemon can
     /// bring other per-user set-up (the SFTP log link) up to date too.
     pub rewatched: bool,
@@ -83,6 +98,7 @@ impl UsersWatch {
         data_dir: &Path,
         hash_method: Option<Method>,
         role: Role,
+        shared: bool,
     ) -> std::io::Result<UsersWatch> {
         let inotify = Inotify::init()?;
         let etc = inotify
@@ -111,6 +127,7 @@ impl UsersWatch {
             rewatch_at: Instant::now(),
             known: HashMap::new(),
             standby,
+            shared,
             rewatched: false,
             running: None,
         })
@@ -142,6 +159,16 @@ impl UsersWatch {
         }
     }
 
+    /// How often the folders (on a standby the published file) are looked at
+    /// again without an event.
+    fn look_every(&self) -> Duration {
+        if self.standby && self.shared {
+            SHARED_LOOK_EVERY
+        } else {
+            REWATCH_EVERY
+        }
+    }
+
     /// On a standby, the file the master publishes after each successful apply.
     fn published(&self) -> PathBuf {
         self.data_dir.join(PUBLISHED_USERS)
@@ -149,7 +176,7 @@ impl UsersWatch {
 
     /// Watches exactly the current admin folders.
     pub fn rewatch(&mut self) {
-        self.rewatch_at = Instant::now() + REWATCH_EVERY;
+        self.rewatch_at = Instant::now() + self.look_every();
         self.rewatched = true;
         let dirs = self.admin_dirs();
         let mut watches = self.inotify.watches();
@@ -336,11 +363,7 @@ impl UsersWatch {
             return None;
         }
         tracing::debug!(path = %path.display(), "applying users.yaml ({})", self.pending_why);
-        let how = if self.standby {
-            Apply::Mirror
-        } else {
-            Apply::Apply
-        };
+        let how = apply_mode(self.standby, self.shared);
         let (file, data_dir, method) = (path.clone(), self.data_dir.clone(), self.hash_method);
         match std::thread::Builder::new()
             .name("users-apply".into())
@@ -377,6 +400,14 @@ impl UsersWatch {
             } else {
                 None
             };
+        if self.standby && self.shared {
+            // The master's folders, and the master's outcome in them: nothing
+            // is written here (see the module doc).
+            if let Some(version) = report.version {
+                self.known.insert(path.to_path_buf(), version);
+            }
+            return report;
+        }
         let dirs = accounts::admin_dirs(&self.data_dir);
         // On a standby the master already replicates users.yaml into every admin
         // folder: only the outcome is written here.
@@ -399,6 +430,17 @@ impl UsersWatch {
             }
         }
         report
+    }
+}
+
+/// How a host applies a users.yaml: a master applies uploads (and rewrites
+/// them); a standby mirrors the master's file, and with shared storage
+/// leaves the (master's) folders alone too.
+fn apply_mode(standby: bool, shared: bool) -> Apply {
+    match (standby, shared) {
+        (false, _) => Apply::Apply,
+        (true, false) => Apply::Mirror,
+        (true, true) => Apply::Accounts,
     }
 }
 
@@ -426,4 +468,28 @@ fn watch_top(inotify: &Inotify, data_dir: &Path) -> Option<WatchDescriptor> {
             tracing::warn!(path = %data_dir.display(), "cannot watch the data dir for the master's users.yaml: {err}")
         })
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_master_rewrites_and_a_shared_standby_leaves_the_folders_alone() {
+        assert_eq!(apply_mode(false, false), Apply::Apply);
+        assert_eq!(apply_mode(false, true), Apply::Apply);
+        assert_eq!(apply_mode(true, false), Apply::Mirror);
+        assert_eq!(apply_mode(true, true), Apply::Accounts);
+    }
+
+    #[test]
+    fn a_shared_standby_looks_at_the_published_file_every_few_seconds() {
+        let dir = std::env::temp_dir();
+        let shared = UsersWatch::new(&dir, None, Role::Standby, true).unwrap();
+        assert_eq!(shared.look_every(), SHARED_LOOK_EVERY);
+        let own = UsersWatch::new(&dir, None, Role::Standby, false).unwrap();
+        assert_eq!(own.look_every(), REWATCH_EVERY);
+        let master = UsersWatch::new(&dir, None, Role::Master, true).unwrap();
+        assert_eq!(master.look_every(), REWATCH_EVERY);
+    }
 }

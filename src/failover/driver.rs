@@ -46,6 +46,8 @@ pub struct Settings {
     pub virtual_ip: Option<VirtualIp>,
     pub interface: Option<String>,
     pub data_dir: PathBuf,
+    /// Where the peer's sync key is chrooted (see [`crate::config::Config::sync_root`]).
+    pub sync_root: PathBuf,
     pub state_dir: PathBuf,
     /// The live role at start.
     pub role: Role,
@@ -129,12 +131,13 @@ impl Gate {
     pub fn install(
         &self,
         data_dir: &std::path::Path,
+        sync_root: &std::path::Path,
         wanted: Role,
     ) -> (Role, Result<crate::sshd::Installed, crate::sshd::SshdError>) {
         let mut state = self.lock();
         state.wanted = wanted;
         let role = state.drop_in_role();
-        let result = state.install(data_dir);
+        let result = state.install(data_dir, sync_root);
         (role, result)
     }
 
@@ -152,11 +155,12 @@ impl Gate {
     fn set_lease(
         &self,
         data_dir: &std::path::Path,
+        sync_root: &std::path::Path,
         lease: bool,
     ) -> Result<crate::sshd::Installed, crate::sshd::SshdError> {
         let mut state = self.lock();
         state.lease = lease;
-        state.install(data_dir)
+        state.install(data_dir, sync_root)
     }
 
     /// Users may write here now.
@@ -171,13 +175,16 @@ impl GateState {
     fn install(
         &mut self,
         data_dir: &std::path::Path,
+        sync_root: &std::path::Path,
     ) -> Result<crate::sshd::Installed, crate::sshd::SshdError> {
         let role = self.drop_in_role();
         // A master without its lease stops sshd if it must: another host
         // may be taking uploads. A standby keeps sshd for replication.
         let result = match role {
-            Role::Master => crate::sshd::install_and_reload(data_dir, role),
-            Role::Standby => crate::sshd::install_fence(data_dir, self.wanted == Role::Master),
+            Role::Master => crate::sshd::install_and_reload(data_dir, sync_root, role),
+            Role::Standby => {
+                crate::sshd::install_fence(data_dir, sync_root, self.wanted == Role::Master)
+            }
         };
         self.unfenced = match (&result, role) {
             (Err(err), Role::Standby) => Some(err.to_string()),
@@ -751,7 +758,10 @@ impl Thread {
     /// The lease was won or lost: the drop-in, the sessions, the virtual IP.
     fn set_writable(&mut self, writable: bool, reason: String, now: Instant) {
         if writable {
-            if let Err(err) = self.gate.set_lease(&self.settings.data_dir, true) {
+            if let Err(err) =
+                self.gate
+                    .set_lease(&self.settings.data_dir, &self.settings.sync_root, true)
+            {
                 tracing::error!("failover: users cannot write yet: {err}");
             }
             self.add_vip(now);
@@ -783,7 +793,10 @@ impl Thread {
                     + crate::sshd::end_logins_of(&connections)
             };
             let mut ended = end_sessions();
-            if let Err(err) = self.gate.set_lease(&self.settings.data_dir, false) {
+            if let Err(err) =
+                self.gate
+                    .set_lease(&self.settings.data_dir, &self.settings.sync_root, false)
+            {
                 tracing::error!("failover: {err}");
             }
             ended += end_sessions();

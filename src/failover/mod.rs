@@ -19,6 +19,10 @@ use crate::config::{Config, FailoverMode, HostKind};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FenceInfo {
     pub data_dir: PathBuf,
+    /// Where the peer's sync key is chrooted; missing (saved by an older
+    /// version, or shared storage not in use): the data dir.
+    #[serde(default)]
+    pub sync_root: Option<PathBuf>,
     pub virtual_ip: Option<String>,
     /// The interface the address was given to, once known.
     pub interface: Option<String>,
@@ -67,6 +71,7 @@ pub fn fence_after_stop(config: Option<&Config>, runtime_dir: &Path) -> Vec<Stri
         .filter(|c| c.failover.mode == FailoverMode::Auto && c.host == HostKind::FileHost)
         .map(|c| FenceInfo {
             data_dir: c.data_dir.clone(),
+            sync_root: Some(c.sync_root()),
             virtual_ip: c.failover.virtual_ip.map(|v| v.to_string()),
             interface: vip_interface(&c.failover),
             // Without the daemon's record, assume the worst.
@@ -78,7 +83,11 @@ pub fn fence_after_stop(config: Option<&Config>, runtime_dir: &Path) -> Vec<Stri
     let mut done = Vec::new();
     // On a standby sshd keeps running even if it refuses the config
     // (replication needs it; the users' sessions end below).
-    match crate::sshd::install_fence(&info.data_dir, info.master) {
+    match crate::sshd::install_fence(
+        &info.data_dir,
+        info.sync_root.as_deref().unwrap_or(&info.data_dir),
+        info.master,
+    ) {
         Ok(_) => done.push("users are read-only (the daemon is not running)".to_string()),
         Err(err) => done.push(format!("ERROR: {err}")),
     }

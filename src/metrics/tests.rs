@@ -20,6 +20,7 @@ fn base(role: Role) -> DaemonStatus {
         data_dir: "/srv/sftp-ha".into(),
         standby: None,
         fallback_interval: "1m40s".into(),
+        shared: false,
         last_reload: None,
         sshd: String::new(),
         users_apply: None,

@@ -70,6 +70,16 @@
 //! turns planned operations into SFTP requests, [`watch`] is inotify,
 //! [`lease`] asks the kernel about writers.
 //!
+//! With shared storage (`[sync] storage = "shared"`) both hosts mount the same
+//! data dir and the workers copy nothing: the local side does not run (no
+//! watches, no walks), no index is kept, nothing is listed on a peer and
+//! nothing reconciled (there is one tree). What a worker still does is the
+//! role protocol: it connects to its peer's sync account (chrooted there to
+//! the peer's own control folder), writes this master's claim, reads the
+//! peer's role every second, steps down for a newer epoch and hands over on
+//! `promote` / `demote`. A former master that rejoins is answered at once as
+//! reconciled.
+//!
 //! A worker reaches its standby only through [`transport::Connector`]
 //! (opens sessions: SSH in [`transport::SshConnector`]) and
 //! [`transport::Session`] (an SFTP client and a keepalive), so its rounds
@@ -207,6 +217,8 @@ pub struct SyncSettings {
     /// Mirror deletes.
     pub delete: bool,
     pub audit_interval: Duration,
+    /// Both hosts mount the same data dir: the role protocol only, no copies.
+    pub shared: bool,
 }
 
 impl SyncSettings {
@@ -347,7 +359,15 @@ fn assemble<C: Connector>(
     let stop = Arc::new(AtomicBool::new(false));
     let control = Arc::new(Mutex::new(Control::default()));
     let (mut local, inboxes) = Local::new(&settings, stop.clone(), control.clone())?;
-    let baseline = Baseline::load(&settings.state_dir, inboxes.len())?;
+    let baseline = if settings.shared {
+        // One tree: nothing to reconcile.
+        Baseline {
+            tree: None,
+            waiting: Arc::default(),
+        }
+    } else {
+        Baseline::load(&settings.state_dir, inboxes.len())?
+    };
     let mut workers = Vec::new();
     let each = settings.standbys().into_iter().zip(connectors).zip(inboxes);
     for (position, ((standby, connector), inbox)) in each.enumerate() {
@@ -391,11 +411,13 @@ fn spawn<C: Connector + Send + 'static>(
                 .spawn(move || worker.run())?,
         );
     }
-    threads.push(
-        std::thread::Builder::new()
-            .name("sync-local".into())
-            .spawn(move || local.run())?,
-    );
+    if !local.shared {
+        threads.push(
+            std::thread::Builder::new()
+                .name("sync-local".into())
+                .spawn(move || local.run())?,
+        );
+    }
     Ok(SyncHandle {
         stop,
         status: first,
@@ -518,6 +540,8 @@ impl Baseline {
 /// and the master's tree. Each look is posted to every standby's [`Inbox`].
 struct Local {
     data_dir: PathBuf,
+    /// Shared storage: the local side does not run (nothing to copy).
+    shared: bool,
     fallback_interval: Duration,
     watcher: watch::Watcher,
     /// The master's tree as last seen: a full scan, then kept current path by
@@ -556,6 +580,7 @@ impl Local {
         let watcher = watch::Watcher::new(settings.data_dir.clone())?;
         let local = Local {
             data_dir: settings.data_dir.clone(),
+            shared: settings.shared,
             fallback_interval: settings.fallback_interval,
             watcher,
             current: Tree::new(),
@@ -833,6 +858,9 @@ struct Worker<C: Connector> {
     peer_unreconciled: Option<u64>,
     /// The peer's node name as last read (for the journal and conflict copies).
     peer_node: Option<String>,
+    /// With shared storage: the token of the peer's step-down last answered
+    /// as reconciled, so it is written once, not at every peer check.
+    reconciled_told: Option<u64>,
     /// `baseline` is empty because there is none for this peer: everything
     /// of its that differs is kept.
     union: bool,
@@ -903,6 +931,7 @@ impl<C: Connector> Worker<C> {
             baseline_waiting: baseline.waiting.clone(),
             peer_unreconciled: None,
             peer_node: None,
+            reconciled_told: None,
             union: false,
             control,
             schedule: Schedule::new(
@@ -910,7 +939,11 @@ impl<C: Connector> Worker<C> {
                 settings.fallback_interval,
                 settings.audit_interval,
             ),
-            index: tree::load_index(&index_path),
+            index: if settings.shared {
+                Tree::new()
+            } else {
+                tree::load_index(&index_path)
+            },
             index_path,
             shared_base: 0,
             settings,
@@ -935,7 +968,11 @@ impl<C: Connector> Worker<C> {
     }
 
     fn run(&mut self) {
-        tracing::info!(standby = %self.settings.standby, "sync started");
+        if self.settings.shared {
+            tracing::info!(standby = %self.settings.standby, "shared storage: nothing is replicated; the peer is asked for its role and told this master's claim");
+        } else {
+            tracing::info!(standby = %self.settings.standby, "sync started");
+        }
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             let wait = self.schedule.next_wake(now).saturating_duration_since(now);
@@ -949,7 +986,11 @@ impl<C: Connector> Worker<C> {
                 self.schedule.fallback_started(now);
             }
             if self.schedule.round_due(now) {
-                self.round();
+                if self.settings.shared {
+                    self.claim_round();
+                } else {
+                    self.round();
+                }
             } else if self.schedule.index_save_due(now) {
                 self.flush_index();
             } else if self.standby.is_some() && self.handing_over() {
@@ -1118,6 +1159,50 @@ impl<C: Connector> Worker<C> {
         self.schedule.round_done(Instant::now(), retry, again);
     }
 
+    /// With shared storage, instead of a round: connects if not connected
+    /// (which reads the peer's role) and (again after every connect and
+    /// `audit_interval`) writes this master's claim there. Nothing is
+    /// scanned, listed or sent.
+    fn claim_round(&mut self) {
+        self.replan_all = false;
+        self.changed = Changed::default();
+        self.closed.clear();
+        if self.standby.is_none() || self.schedule.audit_due(Instant::now()) {
+            // A failure plans the next round at the retry.
+            if self.connect().is_err() {
+                return;
+            }
+            if let Err(err) = self.claim_shared() {
+                self.failed(err);
+                return;
+            }
+        }
+        self.schedule.round_done(Instant::now(), None, false);
+    }
+
+    /// With shared storage: the peer takes this master's claim only while it
+    /// is a standby (its sync account may write in its own folder); a former
+    /// master is told it is reconciled at once (there is one tree).
+    fn claim_shared(&mut self) -> Result<(), TransportError> {
+        let Some(standby) = self.standby.as_mut() else {
+            return Err(TransportError::NotPinned);
+        };
+        if !push::accepts_writes(standby.sftp())? {
+            return Err(TransportError::NotAStandby {
+                endpoint: self.settings.standby.to_string(),
+            });
+        }
+        let reconciled = self.peer_unreconciled;
+        write_claim(standby.sftp(), &self.settings.claim(None, reconciled))?;
+        if reconciled.is_some() && self.reconciled_told != reconciled {
+            self.reconciled_told = reconciled;
+            tracing::info!(standby = %self.settings.standby, "the former master is this host's standby now; shared storage: nothing to reconcile");
+        }
+        self.schedule.audited(Instant::now());
+        self.said = None;
+        Ok(())
+    }
+
     /// Puts the index on the base of the master's tree again once that base
     /// is new (a walk, the local side compacting) or the index's changes
     /// since the last [`tree::share_base`] have added up (confirmations, an
@@ -1231,6 +1316,8 @@ impl<C: Connector> Worker<C> {
                 wants_master: false,
                 users: None,
                 unreconciled: None,
+                // A claim says nothing of storage; only the epoch counts here.
+                shared: self.settings.shared,
             };
             let verdict =
                 crate::role::judge_peer(&self.settings.live, &self.settings.node, &as_peer);
@@ -1608,6 +1695,9 @@ impl<C: Connector> Worker<C> {
     /// re-upload, since the audit after a restart confirms files already
     /// there as they are.
     fn save_index(&mut self, changed: bool) {
+        if self.settings.shared {
+            return;
+        }
         if changed {
             self.schedule.index_changed();
         }
@@ -1617,6 +1707,9 @@ impl<C: Connector> Worker<C> {
     }
 
     fn flush_index(&mut self) {
+        if self.settings.shared {
+            return;
+        }
         if !self.schedule.index_unsaved() {
             return;
         }
@@ -1874,9 +1967,14 @@ impl<C: Connector> Worker<C> {
                 wants_master: false,
                 users: None,
                 unreconciled: None,
+                // Not known yet: taken as this host's (a mismatch shows once it publishes).
+                shared: self.settings.shared,
             },
             Err(e) => return Err(e.into()),
         };
+        if let Some(reason) = crate::role::storage_mismatch(self.settings.shared, &peer) {
+            return Err(TransportError::PeerRole { endpoint, reason });
+        }
         if peer.node == self.settings.node {
             return Err(TransportError::PeerRole {
                 endpoint,
@@ -1905,6 +2003,15 @@ impl<C: Connector> Worker<C> {
                 write_claim(standby.sftp(), &claim)?;
                 tracing::info!(standby = %endpoint, "offered the role to the standby (sftp-ha demote)");
             }
+        }
+        // Shared storage: a former master that stepped down while connected
+        // is answered as reconciled at once (nothing to compare).
+        if self.settings.shared
+            && self.peer_unreconciled.is_some()
+            && self.peer_unreconciled != self.reconciled_told
+            && matches!(verdict, PeerVerdict::Replicate | PeerVerdict::HandOver)
+        {
+            self.claim_shared()?;
         }
         let mut control = self.control.lock().map_err(|_| TransportError::NotPinned)?;
         match verdict {
@@ -1947,16 +2054,21 @@ impl<C: Connector> Worker<C> {
     /// walk, so nothing a last event missed stays behind), then writes the
     /// handover. Tells the schedule when to try again if something is still pending.
     fn hand_over(&mut self) {
-        let walk = match self.handover_walk {
-            Some(walk) => walk,
-            None => *self.handover_walk.insert(self.ask_walk()),
-        };
-        self.take_update(Duration::ZERO);
-        if self.walks < walk {
-            self.schedule.handover_pending(Instant::now());
-            return;
+        if self.settings.shared {
+            // Nothing to send: the peer has the same files.
+            self.claim_round();
+        } else {
+            let walk = match self.handover_walk {
+                Some(walk) => walk,
+                None => *self.handover_walk.insert(self.ask_walk()),
+            };
+            self.take_update(Duration::ZERO);
+            if self.walks < walk {
+                self.schedule.handover_pending(Instant::now());
+                return;
+            }
+            self.round();
         }
-        self.round();
         if self.schedule.round_planned() {
             return;
         }
@@ -2181,6 +2293,7 @@ pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
         fallback_interval: config.sync.fallback_interval,
         delete: config.sync.delete,
         audit_interval: config.sync.audit_interval,
+        shared: config.shared(),
     })
 }
 
@@ -2298,6 +2411,7 @@ mod tests {
                 fallback_interval: Duration::from_secs(3600),
                 delete: true,
                 audit_interval: Duration::from_secs(3600),
+                shared: false,
             }
         }
 
@@ -2312,6 +2426,11 @@ mod tests {
             beds(vec![standby])
         }
 
+        /// One standby, on shared storage or not.
+        fn bed_with(standby: FakeFs, shared: bool) -> Bed {
+            beds_with(vec![standby], shared, |_, _| {})
+        }
+
         /// A bed with a standby for each file system, the first first.
         fn beds(standbys: Vec<FakeFs>) -> Bed {
             beds_after(standbys, |_, _| {})
@@ -2320,6 +2439,14 @@ mod tests {
         /// [`beds`], with the data and state dirs prepared first (a
         /// baseline, files on the master) by `prepare`.
         fn beds_after(standbys: Vec<FakeFs>, prepare: impl FnOnce(&Path, &Path)) -> Bed {
+            beds_with(standbys, false, prepare)
+        }
+
+        fn beds_with(
+            standbys: Vec<FakeFs>,
+            shared: bool,
+            prepare: impl FnOnce(&Path, &Path),
+        ) -> Bed {
             let data = tempfile::tempdir().unwrap();
             let state = tempfile::tempdir().unwrap();
             prepare(data.path(), state.path());
@@ -2327,7 +2454,8 @@ mod tests {
                 .into_iter()
                 .map(|fs| Arc::new(Mutex::new(fs)))
                 .collect();
-            let settings = settings(data.path(), state.path(), fss.len());
+            let mut settings = settings(data.path(), state.path(), fss.len());
+            settings.shared = shared;
             let (local, workers) = assemble(settings, fss.iter().map(connector).collect()).unwrap();
             let mut pairs = fss.into_iter().zip(workers);
             let (fs, worker) = pairs.next().unwrap();
@@ -2653,6 +2781,97 @@ mod tests {
             assert!(b.worker.stepped_down(), "the worker stops");
         }
 
+        /// Everything on the fake peer but its control folder and the probe folder.
+        fn peer_files(fs: &Arc<Mutex<FakeFs>>) -> Vec<String> {
+            fs.lock()
+                .unwrap()
+                .nodes
+                .keys()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .filter(|k| {
+                    k != "/" && !k.starts_with("/.sftp-ha-ctl") && !k.starts_with("/.sftp-ha-tmp")
+                })
+                .collect()
+        }
+
+        #[test]
+        fn with_shared_storage_only_the_claim_goes_to_the_peer() {
+            let mut b = bed_with(FakeFs::default(), true);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/f", b"on the shared storage", 0o640, OLD);
+            b.worker.claim_round();
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").expect("a claim");
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!((claim.epoch, claim.handover), (1, None));
+            assert_eq!(peer_files(&b.fs), Vec::<String>::new());
+            assert!(b.worker.status.lock().unwrap().connected);
+            assert!(!b.worker.settings.state_dir.join(INDEX_FILE).exists());
+        }
+
+        #[test]
+        fn hosts_that_disagree_on_the_storage_exchange_nothing() {
+            // A shared-storage master and a replicating standby: no claim.
+            let mut b = bed_with(publishing(Role::Standby, 1), true);
+            put(b.data.path(), "f", b"data", 0o640, OLD);
+            b.worker.claim_round();
+            assert!(node(&b.fs, "/.sftp-ha-ctl/claim.json").is_none());
+            let error = b.worker.status.lock().unwrap().last_error.clone();
+            assert!(error.is_some_and(|e| e.contains("storage")));
+            // A replicating master and a shared-storage standby: no files.
+            let mut fs = publishing(Role::Standby, 1);
+            let mut published: Published =
+                serde_json::from_slice(&fs.nodes[b"/.sftp-ha-ctl/role.json".as_slice()].data)
+                    .unwrap();
+            published.shared = true;
+            fs.nodes.insert(
+                b"/.sftp-ha-ctl/role.json".to_vec(),
+                Node::file(&serde_json::to_vec(&published).unwrap(), 0o644),
+            );
+            let mut b = bed_with(fs, false);
+            put(b.data.path(), "f", b"data", 0o640, OLD);
+            b.worker.round();
+            assert_eq!(peer_files(&b.fs), Vec::<String>::new());
+            assert!(node(&b.fs, "/.sftp-ha-ctl/claim.json").is_none());
+        }
+
+        #[test]
+        fn with_shared_storage_a_handover_sends_nothing_and_writes_the_claim() {
+            let mut b = bed_with(FakeFs::default(), true);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/last", b"just before", 0o640, OLD);
+            b.worker.control.lock().unwrap().hand_over = true;
+            b.worker.hand_over();
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").unwrap();
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!((claim.epoch, claim.handover), (1, Some(2)));
+            assert_eq!(b.worker.control.lock().unwrap().handed_over, Some(2));
+            assert_eq!(peer_files(&b.fs), Vec::<String>::new());
+        }
+
+        #[test]
+        fn with_shared_storage_a_former_master_is_answered_reconciled_at_once() {
+            let mut fs = publishing(Role::Standby, 1);
+            let mut published: Published =
+                serde_json::from_slice(&fs.nodes[b"/.sftp-ha-ctl/role.json".as_slice()].data)
+                    .unwrap();
+            published.unreconciled = Some(77);
+            published.shared = true;
+            fs.nodes.insert(
+                b"/.sftp-ha-ctl/role.json".to_vec(),
+                Node::file(&serde_json::to_vec(&published).unwrap(), 0o644),
+            );
+            let mut b = bed_with(fs, true);
+            put(b.data.path(), "kept", b"never compared", 0o640, OLD);
+            b.worker.claim_round();
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").unwrap();
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!(claim.reconciled, Some(77));
+            assert_eq!(peer_files(&b.fs), Vec::<String>::new());
+            assert!(b.data.path().join("kept").exists());
+        }
+
         #[test]
         fn demote_offers_the_role_once_and_a_standby_that_asks_gets_a_handover_request() {
             let mut b = bed(FakeFs::default());
@@ -2677,6 +2896,7 @@ mod tests {
                 wants_master: false,
                 users: None,
                 unreconciled: None,
+                shared: false,
             };
             fs.nodes.insert(
                 b"/.sftp-ha-ctl/role.json".to_vec(),

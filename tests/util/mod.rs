@@ -147,8 +147,19 @@ pub struct Testbed {
 impl Testbed {
     /// Boots master, standby and witness (tearing down any leftovers of an interrupted run first).
     pub fn up() -> Testbed {
+        Testbed::up_env(&[])
+    }
+
+    /// Like [`Testbed::up`], with shared storage: one folder of this machine
+    /// is `/srv/sftp-ha` on both master and standby (`SFTP_HA_TESTBED_SHARED=1`).
+    pub fn up_shared() -> Testbed {
+        Testbed::up_env(&[("SFTP_HA_TESTBED_SHARED", "1")])
+    }
+
+    fn up_env(env: &[(&str, &str)]) -> Testbed {
         let out = Command::new(script())
             .arg("up")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("run tests/testbed/testbed up");
