@@ -3348,5 +3348,26 @@ mod tests {
             assert!(b.worker.control.lock().unwrap().step_down.is_none());
             assert!(node(&b.fs, "/u").is_some());
         }
+
+        #[test]
+        fn with_shared_storage_each_standby_gets_the_claim_and_no_file() {
+            let mut b = beds_with(
+                vec![FakeFs::default(), FakeFs::default()],
+                true,
+                |data, _| {
+                    mkdir(data, "u", 0o750);
+                    put(data, "u/f", b"on the shared storage", 0o640, OLD);
+                },
+            );
+            b.worker.claim_round();
+            b.more[0].1.claim_round();
+            for fs in [&b.fs, &b.more[0].0] {
+                let claim = node(fs, "/.sftp-ha-ctl/claim.json").expect("a claim");
+                let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+                assert_eq!(claim.node, "alpha");
+                assert!(files(fs).is_empty());
+            }
+            assert!(index_files(b._state.path()).is_empty());
+        }
     }
 }
