@@ -689,14 +689,9 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
                     }
                 },
             };
-            // The first standby keeps the one-standby pin file; the others
-            // have one each.
-            let first = config
-                .sync
-                .standbys
-                .iter()
-                .position(|e| *e == endpoint)
-                .is_none_or(|p| p == 0);
+            // The first standby (or the only one) keeps the one-standby pin
+            // file; any other host, listed yet or not, gets one of its own.
+            let first = config.sync.standbys.first().is_none_or(|e| *e == endpoint);
             crate::pair::trust_standby(&endpoint, &config.state_dir, replace, first).map(|fp| {
                 println!("pinned the ed25519 host key of {endpoint}: {fp}");
                 eprintln!(

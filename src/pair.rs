@@ -210,7 +210,9 @@ pub fn trust_standby(
         .ok_or_else(|| PairError::NoHostKey(endpoint.to_string()))?;
     let new = fingerprint(&key)?;
     let path = state_dir.join(pin_file(first, endpoint));
-    if let Some(old) = read_pin(&path)
+    // The pin the transport would use for this host, wherever it is.
+    let old = pinned_host_key_of(state_dir, if first { 0 } else { 1 }, endpoint);
+    if let Some(old) = old
         && old != key
         && !replace
     {
@@ -224,6 +226,17 @@ pub fn trust_standby(
     let text = format!("{key} {endpoint}\n");
     crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600, None)
         .map_err(io_err("write", &path))?;
+    if first {
+        // A file of its own from when it was not first would be found before
+        // this one: it goes.
+        let own = state_dir.join(pin_file(false, endpoint));
+        match fs::remove_file(&own) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("remove", &own)(e));
+            }
+            _ => {}
+        }
+    }
     Ok(new)
 }
 
@@ -232,11 +245,71 @@ pub fn pinned_host_key(state_dir: &Path) -> Option<String> {
     read_pinned(state_dir)
 }
 
-/// The pinned host key of the standby at `position` in `[sync] peer`.
+/// The pinned host key of the standby at `position` in `[sync] peer`: its
+/// own file if it has one, else the one-standby file when that was pinned
+/// for this address, or (as before several standbys) for the first one.
+/// So reordering the list, or pinning a standby before listing it, keeps
+/// each key with its host.
 pub fn pinned_host_key_of(
     state_dir: &Path,
     position: usize,
     endpoint: &Endpoint,
 ) -> Option<String> {
-    read_pin(&state_dir.join(pin_file(position == 0, endpoint)))
+    if let Some(key) = read_pin(&state_dir.join(pin_file(false, endpoint))) {
+        return Some(key);
+    }
+    let text = fs::read_to_string(state_dir.join(PINNED_FILE)).ok()?;
+    let mut words = text.split_whitespace();
+    let key = format!("{} {}", words.next()?, words.next()?);
+    let pinned_for = words.next();
+    (pinned_for == Some(endpoint.to_string().as_str()) || position == 0).then_some(key)
+}
+
+#[cfg(test)]
+mod several_standbys {
+    use super::*;
+
+    fn endpoint(host: &str) -> Endpoint {
+        Endpoint {
+            host: host.into(),
+            port: 22,
+        }
+    }
+
+    #[test]
+    fn each_standby_finds_its_own_pinned_key() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path();
+        fs::write(dir.join(PINNED_FILE), "ssh-ed25519 AAAfirst s1:22\n").unwrap();
+        fs::write(
+            dir.join(format!("{PINNED_FILE}.s2:22")),
+            "ssh-ed25519 AAAsecond s2:22\n",
+        )
+        .unwrap();
+        let (s1, s2, s3) = (endpoint("s1"), endpoint("s2"), endpoint("s3"));
+        assert_eq!(
+            pinned_host_key_of(dir, 0, &s1).as_deref(),
+            Some("ssh-ed25519 AAAfirst")
+        );
+        assert_eq!(
+            pinned_host_key_of(dir, 1, &s2).as_deref(),
+            Some("ssh-ed25519 AAAsecond")
+        );
+        // The list reordered: each key stays with its host.
+        assert_eq!(
+            pinned_host_key_of(dir, 0, &s2).as_deref(),
+            Some("ssh-ed25519 AAAsecond")
+        );
+        assert_eq!(
+            pinned_host_key_of(dir, 1, &s1).as_deref(),
+            Some("ssh-ed25519 AAAfirst")
+        );
+        // One never pinned has none (not the first one's).
+        assert_eq!(pinned_host_key_of(dir, 2, &s3), None);
+        // The first standby keeps a pin made under another name for it.
+        assert_eq!(
+            pinned_host_key_of(dir, 0, &endpoint("10.0.0.2")).as_deref(),
+            Some("ssh-ed25519 AAAfirst")
+        );
+    }
 }
