@@ -287,10 +287,13 @@ fn reload() -> Result<Installed, SshdError> {
     })
 }
 
-/// Tells every running sshd to read its config again (see [`reload`]),
-/// without installing anything.
-pub fn reload_if_running() -> Result<Installed, SshdError> {
-    reload()
+/// Tells every running sshd to read its config again, without installing
+/// anything: only if `sshd -t` passes (with a broken config sshd would exit
+/// on the signal), and by SIGHUP to each sshd rather than `systemctl
+/// reload`, whose job would wait behind a stop of sftp-ha queued meanwhile.
+pub fn reload_again() -> Result<Installed, SshdError> {
+    check_config()?;
+    signal_sshd(nix::sys::signal::Signal::SIGHUP)
 }
 
 /// The main process of the running sshd unit, if any: its unit and pid.

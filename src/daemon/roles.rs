@@ -421,15 +421,21 @@ impl Daemon {
         }
         if self.fence_reload_at.is_some_and(|at| Instant::now() >= at) {
             self.fence_reload_at = None;
-            match crate::sshd::reload_if_running() {
-                Ok(crate::sshd::Installed::Reloaded) => tracing::info!(
-                    "sshd reloaded a second time after the fence, in case the first reload reached it while it restarted for another one"
-                ),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(
-                    "cannot reload sshd a second time after the fence: {err}; sessions of users logging in are still ended for {}",
-                    crate::timefmt::format_duration(FENCE_WINDOW)
-                ),
+            // Only over a drop-in sshd took: where it refused the read-only
+            // one (sshd_ok false, or the lease's fence refused), sshd is kept
+            // running on purpose and must not be signalled into exiting.
+            let refused = !self.sshd_ok || self.gate.unfenced().is_some();
+            if !refused {
+                match crate::sshd::reload_again() {
+                    Ok(crate::sshd::Installed::Reloaded) => tracing::info!(
+                        "sshd reloaded a second time after the fence, in case the first reload reached it while it restarted for another one"
+                    ),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(
+                        "cannot reload sshd a second time after the fence: {err}; sessions of users logging in are still ended for {}",
+                        crate::timefmt::format_duration(FENCE_WINDOW)
+                    ),
+                }
             }
         }
         let Some((until, connections)) = &self.fencing else {
