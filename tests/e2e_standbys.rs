@@ -1,0 +1,163 @@
+//! End-to-end tests of a master with two standbys on the test bed: the bed's
+//! third host (10.231.0.3, usually the witness) runs as a second standby.
+//! Run by `tests/run-all`.
+
+mod util;
+
+use util::{
+    MASTER, PATIENCE, STANDBY, Testbed, USERS, WITNESS, describe, listing, package, stdout,
+    wait_for, wait_for_or,
+};
+
+/// The third host, here a standby.
+const SECOND: &str = WITNESS;
+const UPLOAD: &str = "/srv/sftp-ha/EPuser/upload";
+
+/// A master replicating to the standby (10.231.0.2) and to the third host
+/// (10.231.0.3), users.yaml applied and arrived on both.
+fn master_with_two_standbys() -> Testbed {
+    let tb = Testbed::up();
+    for host in [MASTER, STANDBY, SECOND] {
+        tb.install(host, &package("current", "deb"));
+    }
+    let key = tb.ok(MASTER, "sftp-ha pair show-key").trim().to_string();
+    for (host, addr) in [(STANDBY, "10.231.0.2"), (SECOND, "10.231.0.3")] {
+        tb.write(
+            host,
+            "/etc/sftp-ha/config.toml",
+            "role = \"standby\"\n[sync]\npeer = \"10.231.0.1\"\n",
+        );
+        tb.ok(host, "systemctl restart sftp-ha");
+        tb.ok(host, &format!("sftp-ha pair accept-peer '{key}'"));
+        tb.ok(MASTER, &format!("sftp-ha pair trust-peer {addr}"));
+    }
+    tb.write(
+        MASTER,
+        "/etc/sftp-ha/config.toml",
+        "role = \"master\"\n[sync]\npeer = [\"10.231.0.2\", \"10.231.0.3\"]\n",
+    );
+    tb.ok(MASTER, "systemctl restart sftp-ha");
+    tb.write(MASTER, "/root/users.yaml", USERS);
+    tb.ok(MASTER, "sftp-ha users apply /root/users.yaml");
+    for host in [STANDBY, SECOND] {
+        wait_for(&format!("EPuser on {host}"), || {
+            tb.sh(host, "id EPuser").status.success().then_some(())
+        });
+    }
+    tb
+}
+
+/// Waits until `host` lists the same tree as the master; on failure, what
+/// differs and the master's status.
+fn same_as_master(tb: &Testbed, host: &str, what: &str) {
+    let mut last = (String::new(), String::new());
+    let same = wait_for_or(what, || {
+        last = (listing(tb, MASTER), listing(tb, host));
+        (last.0 == last.1).then_some(())
+    });
+    if same.is_none() {
+        let only = |a: &str, b: &str| -> Vec<String> {
+            let theirs: std::collections::HashSet<&str> = b.lines().collect();
+            a.lines()
+                .filter(|l| !theirs.contains(l))
+                .take(10)
+                .map(String::from)
+                .collect()
+        };
+        panic!(
+            "gave up waiting for {what} after {PATIENCE:?}\nonly on the master:\n{}\nonly on {host}:\n{}\n\
+             the master's status and journal:\n{}",
+            only(&last.0, &last.1).join("\n"),
+            only(&last.1, &last.0).join("\n"),
+            stdout(&tb.sh(
+                MASTER,
+                "sftp-ha status; journalctl -u sftp-ha --no-pager -n 60 -o short-precise"
+            ))
+        );
+    }
+}
+
+/// Files in the burst folder on `host`.
+fn burst_count(tb: &Testbed, host: &str) -> usize {
+    stdout(&tb.sh(host, &format!("ls {UPLOAD}/burst 2>/dev/null | wc -l")))
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Two standbys get every upload; one cut off in the middle of a burst does
+/// not hold up the other, catches up by itself once back, and all three end
+/// identical.
+#[test]
+#[ignore = "end-to-end: needs root and tests/build-packages; run by tests/run-all"]
+fn two_standbys_get_everything_and_a_cut_off_one_catches_up() {
+    let tb = master_with_two_standbys();
+    // An upload with the stock sftp client reaches both.
+    util::upload_ok(&tb, MASTER, "10.231.0.1", "first.txt", "to both\n");
+    same_as_master(&tb, STANDBY, "first.txt on the standby");
+    same_as_master(&tb, SECOND, "first.txt on the second standby");
+    let status = tb.ok(MASTER, "sftp-ha status");
+    for addr in ["10.231.0.2", "10.231.0.3"] {
+        assert!(
+            status.contains(&format!("standby {addr}")) && status.contains("reachable since"),
+            "a sync row for {addr}:\n{status}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&tb.ok(MASTER, "sftp-ha status --json")).unwrap();
+    assert_eq!(
+        json["status"]["standbys"].as_array().map(Vec::len),
+        Some(2),
+        "{json}"
+    );
+
+    // The second standby is cut off; a burst starts on the master.
+    tb.cut(SECOND);
+    let burst = tb.sh(
+        MASTER,
+        &format!(
+            "mkdir {UPLOAD}/burst && for i in $(seq 1 400); do echo \"file $i\" > {UPLOAD}/burst/f$i; done \
+             && chown -R EPuser: {UPLOAD}/burst"
+        ),
+    );
+    assert!(burst.status.success(), "{}", describe(&burst));
+    util::upload_ok(&tb, MASTER, "10.231.0.1", "during.txt", "while cut off\n");
+    // The reachable standby gets all of it while the other is away.
+    same_as_master(&tb, STANDBY, "the burst on the reachable standby");
+    assert_eq!(
+        burst_count(&tb, SECOND),
+        0,
+        "the cut-off standby cannot have the burst yet"
+    );
+    // Its own row says it is behind: unreachable, or files waiting for it.
+    wait_for("the cut-off standby's row to show it behind", || {
+        let json: serde_json::Value =
+            serde_json::from_str(&tb.ok(MASTER, "sftp-ha status --json")).unwrap();
+        json["status"]["standbys"]
+            .as_array()?
+            .iter()
+            .find(|s| {
+                s["standby"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("10.231.0.3"))
+            })
+            .filter(|s| s["connected"] == false || s["pending"].as_u64() > Some(0))
+            .map(|_| ())
+    });
+
+    // Back: it catches up by itself, without waiting for the fallback walk.
+    tb.uncut(SECOND);
+    same_as_master(&tb, SECOND, "the second standby to catch up");
+    same_as_master(&tb, STANDBY, "the standby still identical");
+    assert_eq!(burst_count(&tb, SECOND), 400);
+
+    // A delete reaches both.
+    tb.ok(MASTER, &format!("rm {UPLOAD}/first.txt"));
+    same_as_master(&tb, STANDBY, "the delete on the standby");
+    same_as_master(&tb, SECOND, "the delete on the second standby");
+    // The same users log in on each standby (read-only there).
+    for (host, addr) in [(STANDBY, "10.231.0.2"), (SECOND, "10.231.0.3")] {
+        let out = tb.sftp(host, addr, "EPuser", "1234", "ls /upload/during.txt\n");
+        assert!(out.status.success(), "login on {host}: {}", describe(&out));
+    }
+}
