@@ -781,7 +781,13 @@ impl Daemon {
                     .join()
                     .unwrap_or_else(|_| PeerAnswer::Unreachable("the probe failed".into()));
                 let id = pending.id;
-                match role::judge_promote(&self.live, &answer, force, unix_now()) {
+                match role::judge_promote(
+                    &self.live,
+                    &answer,
+                    force,
+                    self.config.shared(),
+                    unix_now(),
+                ) {
                     PromoteVerdict::AlreadyMaster => {
                         self.answer(&id, true, "already the master".into())
                     }
@@ -832,11 +838,16 @@ impl Daemon {
             Stage::AwaitHandover if pending.started.elapsed() >= PROMOTE_PATIENCE => {
                 self.wants_master = false;
                 self.publish_role();
+                let then = if self.config.shared() {
+                    "both hosts then take uploads into the one shared tree until they meet again, and nothing sorts those out afterwards: stop the master's sftp-ha and fence its sshd first"
+                } else {
+                    "both hosts then take uploads until they meet again; then the one with the older epoch reconciles and follows"
+                };
                 self.answer(
                     &pending.id,
                     false,
                     format!(
-                        "the master answered but did not hand over within {} s; nothing changed here. If it is unhealthy, `sftp-ha promote --force` takes over anyway (both hosts then take uploads until they meet again; then the one with the older epoch reconciles and follows)",
+                        "the master answered but did not hand over within {} s; nothing changed here. If it is unhealthy, `sftp-ha promote --force` takes over anyway ({then})",
                         PROMOTE_PATIENCE.as_secs()
                     ),
                 );
