@@ -109,6 +109,11 @@ struct Daemon {
     /// When sshd is told once more to read its config, after a fence (see
     /// [`roles::FENCE_RELOAD_AGAIN`]).
     fence_reload_at: Option<Instant>,
+    /// With shared storage, when the lease ran out: when the users' session
+    /// processes the failover thread sent SIGTERM and that are still there
+    /// get SIGKILL (half the fence margin later: before the peer can take
+    /// over, none of them may still write into the shared tree).
+    fence_kill_at: Option<Instant>,
     /// The published role asks the master to hand over (`promote`).
     wants_master: bool,
     /// sshd has the drop-in of the current role loaded.
@@ -223,6 +228,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         pending: None,
         fencing: None,
         fence_reload_at: None,
+        fence_kill_at: None,
         fence_looked: None,
         wants_master: false,
         sshd_ok: false,

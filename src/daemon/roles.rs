@@ -433,8 +433,19 @@ impl Daemon {
             }
         }
         let Some((until, connections)) = &self.fencing else {
+            self.fence_kill_at = None;
             return;
         };
+        if self.fence_kill_at.is_some_and(|at| Instant::now() >= at) {
+            self.fence_kill_at = None;
+            let killed = crate::sshd::kill_user_sessions_of(connections);
+            if !killed.is_empty() {
+                tracing::warn!(
+                    "sent SIGKILL to {} user session process(es) still there after the lease ran out (pids {killed:?}): with shared storage none may write into the tree once the peer can take over",
+                    killed.len()
+                );
+            }
+        }
         if Instant::now() >= *until {
             self.fencing = None;
             return;
@@ -661,8 +672,19 @@ impl Daemon {
             "handing the role over: users' sessions end, new ones are read-only, the last changes go to the standby"
         );
         self.fence_users("handing the role over");
+        // With shared storage the worker hands over only once these
+        // connections' user sessions are gone.
+        let fenced = self
+            .fencing
+            .as_ref()
+            .map(|(_, connections)| connections.clone())
+            .unwrap_or_default();
         if let Some(sync) = &self.sync {
-            sync.control(|c| c.hand_over = true);
+            sync.control(|c| {
+                c.hand_over = true;
+                c.fenced = fenced;
+                c.writers_left = 0;
+            });
         }
         self.pending = Some(Pending {
             id,
@@ -866,20 +888,29 @@ impl Daemon {
                         .unwrap_or(true)
                     }) =>
             {
+                let writers_left = self
+                    .sync
+                    .as_ref()
+                    .and_then(|sync| sync.control(|c| c.writers_left))
+                    .unwrap_or(0);
                 // Users may write again.
                 self.fencing = None;
                 self.install_sshd();
                 tracing::error!(
                     "the handover did not complete in time; this host stays the master"
                 );
-                self.answer(
-                    &pending.id,
-                    false,
+                let message = if writers_left > 0 {
+                    format!(
+                        "{writers_left} user session process(es) were still there {} s after SIGTERM and SIGKILL (stuck in I/O on the shared storage?), and the standby must not take uploads while one may still write; this host stays the master and users may write again (see journalctl -u sftp-ha; check the storage)",
+                        HANDOVER_PATIENCE.as_secs()
+                    )
+                } else {
                     format!(
                         "the last changes did not reach the standby within {} s; this host stays the master and users may write again (see `sftp-ha status`: sync)",
                         HANDOVER_PATIENCE.as_secs()
-                    ),
-                );
+                    )
+                };
+                self.answer(&pending.id, false, message);
             }
             stage => {
                 self.pending = Some(Pending {
