@@ -756,6 +756,28 @@ impl Daemon {
                 ),
             ),
             (Action::Promote, Role::Standby) => {
+                // Shared storage: a host whose shared data dir is not
+                // mounted would take uploads onto its local disk.
+                let unmounted = if self.config.shared() {
+                    crate::mount::check(&self.config.data_dir).err()
+                } else {
+                    None
+                };
+                if let Some(why) = unmounted {
+                    self.answer(
+                        &request.id,
+                        false,
+                        format!(
+                            "this host cannot become the master; nothing changed. {}",
+                            crate::mount::not_mounted_message(
+                                &self.config.path,
+                                &self.config.data_dir,
+                                &why
+                            )
+                        ),
+                    );
+                    return;
+                }
                 let probe = self.probe_peer();
                 self.pending = Some(Pending {
                     id: request.id.clone(),
