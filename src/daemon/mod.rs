@@ -118,6 +118,9 @@ struct Daemon {
     /// get SIGKILL (half the fence margin later: before the peer can take
     /// over, none of them may still write into the shared tree).
     fence_kill_at: Option<Instant>,
+    /// The epoch whose offered role (`demote` on the master) this host
+    /// said it refuses, its shared data dir not being mounted: said once.
+    offer_refused_said: Option<u64>,
     /// The published role asks the master to hand over (`promote`).
     wants_master: bool,
     /// sshd has the drop-in of the current role loaded.
@@ -233,6 +236,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         fencing: None,
         fence_reload_at: None,
         fence_kill_at: None,
+        offer_refused_said: None,
         fence_looked: None,
         wants_master: false,
         sshd_ok: false,

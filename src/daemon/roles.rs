@@ -157,6 +157,17 @@ impl Daemon {
         }
     }
 
+    /// With shared storage, why this host must not become master: its
+    /// data dir is not mounted (see [`crate::mount`]). `None` otherwise.
+    fn shared_unmounted(&self) -> Option<String> {
+        if !self.config.shared() {
+            return None;
+        }
+        crate::mount::check(&self.config.data_dir).err().map(|why| {
+            crate::mount::not_mounted_message(&self.config.path, &self.config.data_dir, &why)
+        })
+    }
+
     /// Writes this host's [`Published`] role for the peer to read.
     pub(super) fn publish_role(&mut self) {
         let users = match (self.live.role, &self.status.users_apply) {
@@ -223,6 +234,10 @@ impl Daemon {
     /// reconciliation with the former master; then users may write, the sync
     /// account may not, and replication starts.
     pub(super) fn become_master(&mut self, live: Live) -> bool {
+        if let Some(why) = self.shared_unmounted() {
+            tracing::error!("not promoted: {why}");
+            return false;
+        }
         let state = self.config.state_dir.clone();
         // The old indexes describe peers of long ago; the first audits rebuild them.
         for index in crate::sync::index_files(&state) {
@@ -516,11 +531,20 @@ impl Daemon {
         }
         // `demote` on the master: accepted by asking for the role, as
         // `promote` does, unless a request is under way here.
-        if claim.offer
+        let offered = claim.offer
             && self.live.role == Role::Standby
             && claim.epoch == self.live.epoch
-            && self.pending.is_none()
-        {
+            && self.pending.is_none();
+        let unmounted = offered.then(|| self.shared_unmounted()).flatten();
+        if let Some(why) = unmounted {
+            if self.offer_refused_said != Some(claim.epoch) {
+                self.offer_refused_said = Some(claim.epoch);
+                tracing::error!(
+                    "the master {} offers its role (sftp-ha demote): not accepted, {why}",
+                    claim.node
+                );
+            }
+        } else if offered {
             tracing::info!(
                 "the master {} offers its role (sftp-ha demote): accepting",
                 claim.node
@@ -758,23 +782,11 @@ impl Daemon {
             (Action::Promote, Role::Standby) => {
                 // Shared storage: a host whose shared data dir is not
                 // mounted would take uploads onto its local disk.
-                let unmounted = if self.config.shared() {
-                    crate::mount::check(&self.config.data_dir).err()
-                } else {
-                    None
-                };
-                if let Some(why) = unmounted {
+                if let Some(why) = self.shared_unmounted() {
                     self.answer(
                         &request.id,
                         false,
-                        format!(
-                            "this host cannot become the master; nothing changed. {}",
-                            crate::mount::not_mounted_message(
-                                &self.config.path,
-                                &self.config.data_dir,
-                                &why
-                            )
-                        ),
+                        format!("this host cannot become the master; nothing changed. {why}"),
                     );
                     return;
                 }
