@@ -91,8 +91,10 @@ pub fn check(dir: &Path) -> Result<(), String> {
     };
     let parent = std::fs::metadata(dir.join(".."))
         .map_err(|e| format!("cannot look at its parent folder: {e}"))?;
+    // The kernel lists the path with every symlink resolved.
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let listed =
-        std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| listed_in(&text, dir));
+        std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| listed_in(&text, &real));
     judge(DirId::of(&meta), DirId::of(&parent), listed)
 }
 
