@@ -95,19 +95,25 @@ pub enum Command {
     /// its users' sessions (new ones are read-only), sends its last changes,
     /// and this host becomes master with a higher epoch; the old master
     /// becomes its standby. Uploads are refused for a few seconds at most, and
-    /// none acknowledged before is lost. If the master does not answer (it is
-    /// down, or the link is), this host becomes master at once (failover);
-    /// when the old master comes back it sees the higher epoch, stops taking
-    /// uploads, and is reconciled: whatever it has that this host lacks is
-    /// brought back, and a file changed on both sides is kept as a
-    /// NAME.sftp-ha-conflict-HOST-TIME copy. Nothing is deleted. With --force
-    /// it takes over even while the master answers (both take uploads until
-    /// they meet again: then the older epoch follows and reconciles).
+    /// none acknowledged before is lost. With replicated storage, if the
+    /// master does not answer (it is down, or the link is), this host becomes
+    /// master at once (failover); when the old master comes back it sees the
+    /// higher epoch, stops taking uploads, and is reconciled: whatever it has
+    /// that this host lacks is brought back, and a file changed on both sides
+    /// is kept as a NAME.sftp-ha-conflict-HOST-TIME copy. Nothing is deleted.
+    /// With shared storage ([sync] storage = "shared") both hosts write into
+    /// one tree and nothing can be reconciled, so a master that does not
+    /// answer is not taken over without --force: make sure it is down
+    /// (powered off, or its sftp-ha stopped and its sshd fenced) first. With
+    /// --force it takes over even while the master answers (both take uploads
+    /// until they meet again: then the older epoch follows and, with
+    /// replication, reconciles; on shared storage the last writer wins).
     /// Idempotent: on a master it says so and exits 0. Exits 0 when this host
     /// is the master, 1 if not (the message says why), 3 if the daemon is not
     /// running.
     Promote {
-        /// Take over even if the master answers but does not hand over
+        /// Take over even if the master answers but does not hand over (or,
+        /// with shared storage, does not answer)
         #[arg(long)]
         force: bool,
     },

@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod layout;
 pub mod logging;
 pub mod metrics;
+pub mod mount;
 pub mod pair;
 pub mod role;
 pub mod sshd;

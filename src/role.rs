@@ -331,7 +331,19 @@ pub enum PromoteVerdict {
 }
 
 /// A host asked to become master judges what it learnt about its peer.
-pub fn judge_promote(me: &Live, peer: &PeerAnswer, force: bool, now: u64) -> PromoteVerdict {
+/// `shared`: `[sync] storage = "shared"`, both hosts write into one tree.
+/// There a promotion without the master's handover needs `force`: with
+/// replication a former master that kept taking uploads is reconciled
+/// afterwards (conflict copies); on one shared tree there is nothing to
+/// reconcile, so two masters would both write into it (the last writer
+/// wins, uids and the log link flip between them).
+pub fn judge_promote(
+    me: &Live,
+    peer: &PeerAnswer,
+    force: bool,
+    shared: bool,
+    now: u64,
+) -> PromoteVerdict {
     if me.role == Role::Master {
         return PromoteVerdict::AlreadyMaster;
     }
@@ -369,6 +381,17 @@ pub fn judge_promote(me: &Live, peer: &PeerAnswer, force: bool, now: u64) -> Pro
             epoch,
             now,
             format!("promoted with --force; the master could not be asked: {why}"),
+        )),
+        PeerAnswer::Unreachable(why) if shared && !force => PromoteVerdict::Refuse(format!(
+            "the master does not answer ({why}), but it may still be taking uploads into the shared data dir: with storage = \"shared\" two masters write into one tree and nothing can reconcile them afterwards (the last writer wins), so a promotion without the master's handover needs --force; nothing changed. Fix: make sure the master is down (powered off, or its sftp-ha stopped and its sshd stopped or fenced), then sftp-ha promote --force"
+        )),
+        PeerAnswer::Unreachable(why) if shared => PromoteVerdict::Failover(me.become_(
+            Role::Master,
+            epoch,
+            now,
+            format!(
+                "promoted with --force (failover, shared storage): the master does not answer: {why}"
+            ),
         )),
         PeerAnswer::Unreachable(why) => PromoteVerdict::Failover(me.become_(
             Role::Master,
@@ -566,7 +589,7 @@ mod tests {
                 .is_none()
         );
         // A promotion clears it: a master's tree is the truth.
-        match judge_promote(&me, &PeerAnswer::Unreachable("x".into()), false, 0) {
+        match judge_promote(&me, &PeerAnswer::Unreachable("x".into()), false, false, 0) {
             PromoteVerdict::Failover(l) => assert!(l.unreconciled.is_none()),
             other => panic!("{other:?}"),
         }
@@ -696,7 +719,7 @@ mod tests {
     fn promote_fails_over_past_every_epoch_seen_or_asks_a_live_master() {
         let me = live(Role::Standby, 3);
         let gone = PeerAnswer::Unreachable("timed out".into());
-        match judge_promote(&me, &gone, false, 7) {
+        match judge_promote(&me, &gone, false, false, 7) {
             PromoteVerdict::Failover(l) => {
                 assert_eq!((l.role, l.epoch), (Role::Master, 4));
                 assert!(l.reason.contains("timed out"), "{}", l.reason);
@@ -705,10 +728,10 @@ mod tests {
         }
         let master = PeerAnswer::Answered(peer("m", Role::Master, 5));
         assert_eq!(
-            judge_promote(&me, &master, false, 7),
+            judge_promote(&me, &master, false, false, 7),
             PromoteVerdict::AskHandover
         );
-        match judge_promote(&me, &master, true, 7) {
+        match judge_promote(&me, &master, true, false, 7) {
             PromoteVerdict::Failover(l) => {
                 assert_eq!(l.epoch, 6);
                 assert!(l.reason.contains("--force"), "{}", l.reason);
@@ -717,20 +740,65 @@ mod tests {
         }
         let unasked = PeerAnswer::Unasked("no host key pinned".into());
         assert!(matches!(
-            judge_promote(&me, &unasked, false, 7),
+            judge_promote(&me, &unasked, false, false, 7),
             PromoteVerdict::Refuse(r) if r.contains("--force")
         ));
         assert!(matches!(
-            judge_promote(&me, &unasked, true, 7),
+            judge_promote(&me, &unasked, true, false, 7),
             PromoteVerdict::Failover(Live { epoch: 4, .. })
         ));
         let standby = PeerAnswer::Answered(peer("s", Role::Standby, 2));
         assert!(matches!(
-            judge_promote(&me, &standby, false, 7),
+            judge_promote(&me, &standby, false, false, 7),
             PromoteVerdict::Failover(Live { epoch: 4, .. })
         ));
         assert_eq!(
-            judge_promote(&live(Role::Master, 1), &gone, true, 7),
+            judge_promote(&live(Role::Master, 1), &gone, true, false, 7),
+            PromoteVerdict::AlreadyMaster
+        );
+    }
+
+    #[test]
+    fn with_shared_storage_a_promotion_without_the_handover_needs_force() {
+        let me = live(Role::Standby, 3);
+        let gone = PeerAnswer::Unreachable("timed out".into());
+        // Refused, saying what, why and how: nothing changes.
+        match judge_promote(&me, &gone, false, true, 7) {
+            PromoteVerdict::Refuse(why) => {
+                assert!(why.contains("timed out"), "{why}");
+                assert!(why.contains("one tree"), "{why}");
+                assert!(why.contains("nothing changed"), "{why}");
+                assert!(why.contains("promote --force"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // With --force: failover past every epoch seen.
+        match judge_promote(&me, &gone, true, true, 7) {
+            PromoteVerdict::Failover(l) => {
+                assert_eq!((l.role, l.epoch), (Role::Master, 4));
+                assert!(l.reason.contains("--force"), "{}", l.reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The rest is as with replication: a live master is asked to hand
+        // over, an unasked one needs --force, a standby peer writes nothing.
+        let master = PeerAnswer::Answered(peer("m", Role::Master, 5));
+        assert_eq!(
+            judge_promote(&me, &master, false, true, 7),
+            PromoteVerdict::AskHandover
+        );
+        let unasked = PeerAnswer::Unasked("no host key pinned".into());
+        assert!(matches!(
+            judge_promote(&me, &unasked, false, true, 7),
+            PromoteVerdict::Refuse(_)
+        ));
+        let standby = PeerAnswer::Answered(peer("s", Role::Standby, 2));
+        assert!(matches!(
+            judge_promote(&me, &standby, false, true, 7),
+            PromoteVerdict::Failover(Live { epoch: 4, .. })
+        ));
+        assert_eq!(
+            judge_promote(&live(Role::Master, 1), &gone, false, true, 7),
             PromoteVerdict::AlreadyMaster
         );
     }
@@ -745,13 +813,25 @@ mod tests {
                 let mut a = live(Role::Master, 1);
                 let mut b = live(Role::Standby, 1);
                 if a_promotes {
-                    a = match judge_promote(&a, &PeerAnswer::Unreachable("x".into()), true, 0) {
+                    a = match judge_promote(
+                        &a,
+                        &PeerAnswer::Unreachable("x".into()),
+                        true,
+                        false,
+                        0,
+                    ) {
                         PromoteVerdict::Failover(l) => l,
                         _ => a,
                     };
                 }
                 if b_promotes {
-                    b = match judge_promote(&b, &PeerAnswer::Unreachable("x".into()), true, 0) {
+                    b = match judge_promote(
+                        &b,
+                        &PeerAnswer::Unreachable("x".into()),
+                        true,
+                        false,
+                        0,
+                    ) {
                         PromoteVerdict::Failover(l) => l,
                         _ => b,
                     };

@@ -465,14 +465,37 @@ pub fn connection_pids() -> HashSet<i32> {
 /// connections made later (read-only) are never touched. Returns how many
 /// processes were signalled.
 pub fn end_user_sessions_of(connections: &HashSet<i32>) -> usize {
+    user_sessions_of(connections, Some(nix::sys::signal::Signal::SIGTERM)).len()
+}
+
+/// The managed users' session processes [`end_user_sessions_of`] would end
+/// among `connections`, still there now: with shared storage a handover
+/// waits for them to be gone (one may still be flushing a write to the
+/// shared file system). Nothing is signalled.
+pub fn user_sessions_left(connections: &HashSet<i32>) -> Vec<i32> {
+    user_sessions_of(connections, None)
+}
+
+/// Sends SIGKILL to the managed users' session processes among
+/// `connections` (those a SIGTERM did not end); returns their pids.
+pub fn kill_user_sessions_of(connections: &HashSet<i32>) -> Vec<i32> {
+    user_sessions_of(connections, Some(nix::sys::signal::Signal::SIGKILL))
+}
+
+/// The managed users' session processes among `connections`, each sent
+/// `signal` if one is given (then only those it reached).
+fn user_sessions_of(
+    connections: &HashSet<i32>,
+    signal: Option<nix::sys::signal::Signal>,
+) -> Vec<i32> {
     if connections.is_empty() {
-        return 0;
+        return Vec::new();
     }
     let (names, uids) = managed_accounts();
     if names.is_empty() {
-        return 0;
+        return Vec::new();
     }
-    end_processes(|cmdline, proc_dir| {
+    pick_processes(signal, |cmdline, proc_dir| {
         let title = title(cmdline);
         // Only sshd's own session processes: never a `sudo -u` or anything
         // else a managed uid runs below root's session.
@@ -572,9 +595,19 @@ fn parent_pid(stat: &str) -> Option<i32> {
 
 /// Sends SIGTERM to every process whose command line (and `/proc/PID`
 /// folder) `pick` chooses; returns how many were signalled.
-fn end_processes(mut pick: impl FnMut(&[u8], &Path) -> bool) -> usize {
+fn end_processes(pick: impl FnMut(&[u8], &Path) -> bool) -> usize {
+    pick_processes(Some(nix::sys::signal::Signal::SIGTERM), pick).len()
+}
+
+/// The pids of this host's processes whose command line (and `/proc/PID`
+/// folder) `pick` chooses, each sent `signal` if one is given (then only
+/// those it reached are returned).
+fn pick_processes(
+    signal: Option<nix::sys::signal::Signal>,
+    mut pick: impl FnMut(&[u8], &Path) -> bool,
+) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
     // Only this host's processes: a container's sshd shows in /proc too, in
     // a PID namespace nested in ours, so with more levels in `NSpid`. (The
@@ -583,7 +616,7 @@ fn end_processes(mut pick: impl FnMut(&[u8], &Path) -> bool) -> usize {
     let ours = fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| pid_ns_depth(&s));
-    let mut ended = 0;
+    let mut picked = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -604,14 +637,15 @@ fn end_processes(mut pick: impl FnMut(&[u8], &Path) -> bool) -> usize {
             continue;
         }
         if pick(&cmdline, &entry.path()) {
-            let signalled = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            ended += usize::from(signalled.is_ok());
+            let reached = signal.is_none_or(|signal| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).is_ok()
+            });
+            if reached {
+                picked.push(pid);
+            }
         }
     }
-    ended
+    picked
 }
 
 /// How many PID namespaces deep a process is, from the `NSpid` line of its

@@ -308,7 +308,7 @@ fn shared_storage_same_accounts_read_only_standby_and_a_promotion_moves_the_writ
     });
 }
 
-/// The master dies; the standby is promoted (failover, nothing answers);
+/// The master dies; a plain promote is refused, `promote --force` fails over;
 /// the old master boots with its config unchanged (role = "master"). It
 /// steps down by itself, its users are read-only, and nothing is compared,
 /// brought back, moved or deleted: both hosts had the one tree all along.
@@ -324,7 +324,16 @@ fn shared_storage_failover_and_the_old_master_rejoins_without_touching_a_file() 
     upload_ok(&tb, MASTER, "10.231.0.1", "A.txt", "before the failure\n");
 
     tb.poweroff(MASTER);
+    // Without the handover, on one shared tree: refused, and says how.
     let out = tb.sh(STANDBY, "sftp-ha promote");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        util::stderr(&out).contains("promote --force"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(role_of(&tb, STANDBY).0, "standby");
+    let out = tb.sh(STANDBY, "sftp-ha promote --force");
     assert!(out.status.success(), "{}", describe(&out));
     assert!(util::stdout(&out).contains("epoch 2"), "{}", describe(&out));
     wait_for("an upload to the promoted host", || {

@@ -164,11 +164,19 @@ impl Daemon {
                 Event::Fenced { reason } => {
                     tracing::warn!("users are read-only here now: {reason}");
                     self.start_fencing(crate::sshd::connection_pids());
+                    if self.config.shared() {
+                        let margin = Timing {
+                            after: self.config.failover.after,
+                        }
+                        .fence_margin();
+                        self.fence_kill_at = Some(Instant::now() + margin / 2);
+                    }
                     self.refresh_activity();
                 }
                 Event::Unfenced { reason } => {
                     tracing::info!("users may write here again: {reason}");
                     self.fencing = None;
+                    self.fence_kill_at = None;
                     self.refresh_activity();
                 }
             }

@@ -55,6 +55,9 @@ pub enum DaemonError {
     NotADir { what: &'static str, path: PathBuf },
     #[error(transparent)]
     Role(#[from] crate::role::RoleError),
+    /// Shared storage whose data dir is not mounted.
+    #[error("{0}")]
+    NotMounted(String),
     #[error("the witness cannot start: {0}")]
     Witness(String),
     #[error("cannot set up {what}: {source}")]
@@ -71,7 +74,8 @@ impl DaemonError {
             DaemonError::Config(_) => Exit::Config,
             DaemonError::CreateDir { .. } | DaemonError::NotADir { .. } => Exit::CantCreate,
             DaemonError::Os { .. } | DaemonError::Witness(_) => Exit::OsError,
-            DaemonError::Role(_) => Exit::Failure,
+            // Not a config error: systemd tries again (the mount may come).
+            DaemonError::Role(_) | DaemonError::NotMounted(_) => Exit::Failure,
         }
     }
 }
@@ -109,6 +113,14 @@ struct Daemon {
     /// When sshd is told once more to read its config, after a fence (see
     /// [`roles::FENCE_RELOAD_AGAIN`]).
     fence_reload_at: Option<Instant>,
+    /// With shared storage, when the lease ran out: when the users' session
+    /// processes the failover thread sent SIGTERM and that are still there
+    /// get SIGKILL (half the fence margin later: before the peer can take
+    /// over, none of them may still write into the shared tree).
+    fence_kill_at: Option<Instant>,
+    /// The epoch whose offered role (`demote` on the master) this host
+    /// said it refuses, its shared data dir not being mounted: said once.
+    offer_refused_said: Option<u64>,
     /// The published role asks the master to hand over (`promote`).
     wants_master: bool,
     /// sshd has the drop-in of the current role loaded.
@@ -223,6 +235,8 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         pending: None,
         fencing: None,
         fence_reload_at: None,
+        fence_kill_at: None,
+        offer_refused_said: None,
         fence_looked: None,
         wants_master: false,
         sshd_ok: false,
@@ -712,10 +726,21 @@ fn prepare_state_dir(config: &Config) -> Result<(), DaemonError> {
 /// chroots, so it is made root-only-writable (0755), as sshd requires of every
 /// folder above a chroot.
 fn prepare_dirs(config: &Config) -> Result<(), DaemonError> {
-    for (what, path, mode) in [
-        ("data folder", &config.data_dir, 0o755),
-        ("state folder", &config.state_dir, 0o700),
-    ] {
+    // Shared storage: the data dir is the mount point, never created here.
+    if config.shared() {
+        crate::mount::check(&config.data_dir).map_err(|why| {
+            DaemonError::NotMounted(crate::mount::not_mounted_message(
+                &config.path,
+                &config.data_dir,
+                &why,
+            ))
+        })?;
+    }
+    let data = (!config.shared()).then_some(("data folder", &config.data_dir, 0o755));
+    for (what, path, mode) in data
+        .into_iter()
+        .chain([("state folder", &config.state_dir, 0o700)])
+    {
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() => continue,
             Ok(_) => {

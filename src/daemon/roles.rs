@@ -157,6 +157,17 @@ impl Daemon {
         }
     }
 
+    /// With shared storage, why this host must not become master: its
+    /// data dir is not mounted (see [`crate::mount`]). `None` otherwise.
+    fn shared_unmounted(&self) -> Option<String> {
+        if !self.config.shared() {
+            return None;
+        }
+        crate::mount::check(&self.config.data_dir).err().map(|why| {
+            crate::mount::not_mounted_message(&self.config.path, &self.config.data_dir, &why)
+        })
+    }
+
     /// Writes this host's [`Published`] role for the peer to read.
     pub(super) fn publish_role(&mut self) {
         let users = match (self.live.role, &self.status.users_apply) {
@@ -223,6 +234,10 @@ impl Daemon {
     /// reconciliation with the former master; then users may write, the sync
     /// account may not, and replication starts.
     pub(super) fn become_master(&mut self, live: Live) -> bool {
+        if let Some(why) = self.shared_unmounted() {
+            tracing::error!("not promoted: {why}");
+            return false;
+        }
         let state = self.config.state_dir.clone();
         // The old indexes describe peers of long ago; the first audits rebuild them.
         for index in crate::sync::index_files(&state) {
@@ -439,8 +454,19 @@ impl Daemon {
             }
         }
         let Some((until, connections)) = &self.fencing else {
+            self.fence_kill_at = None;
             return;
         };
+        if self.fence_kill_at.is_some_and(|at| Instant::now() >= at) {
+            self.fence_kill_at = None;
+            let killed = crate::sshd::kill_user_sessions_of(connections);
+            if !killed.is_empty() {
+                tracing::warn!(
+                    "sent SIGKILL to {} user session process(es) still there after the lease ran out (pids {killed:?}): with shared storage none may write into the tree once the peer can take over",
+                    killed.len()
+                );
+            }
+        }
         if Instant::now() >= *until {
             self.fencing = None;
             return;
@@ -511,11 +537,20 @@ impl Daemon {
         }
         // `demote` on the master: accepted by asking for the role, as
         // `promote` does, unless a request is under way here.
-        if claim.offer
+        let offered = claim.offer
             && self.live.role == Role::Standby
             && claim.epoch == self.live.epoch
-            && self.pending.is_none()
-        {
+            && self.pending.is_none();
+        let unmounted = offered.then(|| self.shared_unmounted()).flatten();
+        if let Some(why) = unmounted {
+            if self.offer_refused_said != Some(claim.epoch) {
+                self.offer_refused_said = Some(claim.epoch);
+                tracing::error!(
+                    "the master {} offers its role (sftp-ha demote): not accepted, {why}",
+                    claim.node
+                );
+            }
+        } else if offered {
             tracing::info!(
                 "the master {} offers its role (sftp-ha demote): accepting",
                 claim.node
@@ -667,8 +702,19 @@ impl Daemon {
             "handing the role over: users' sessions end, new ones are read-only, the last changes go to the standby"
         );
         self.fence_users("handing the role over");
+        // With shared storage the worker hands over only once these
+        // connections' user sessions are gone.
+        let fenced = self
+            .fencing
+            .as_ref()
+            .map(|(_, connections)| connections.clone())
+            .unwrap_or_default();
         if let Some(sync) = &self.sync {
-            sync.control(|c| c.hand_over = true);
+            sync.control(|c| {
+                c.hand_over = true;
+                c.fenced = fenced;
+                c.writers_left = 0;
+            });
         }
         self.pending = Some(Pending {
             id,
@@ -740,6 +786,16 @@ impl Daemon {
                 ),
             ),
             (Action::Promote, Role::Standby) => {
+                // Shared storage: a host whose shared data dir is not
+                // mounted would take uploads onto its local disk.
+                if let Some(why) = self.shared_unmounted() {
+                    self.answer(
+                        &request.id,
+                        false,
+                        format!("this host cannot become the master; nothing changed. {why}"),
+                    );
+                    return;
+                }
                 let probe = self.probe_peer();
                 self.pending = Some(Pending {
                     id: request.id.clone(),
@@ -787,7 +843,13 @@ impl Daemon {
                     .join()
                     .unwrap_or_else(|_| PeerAnswer::Unreachable("the probe failed".into()));
                 let id = pending.id;
-                match role::judge_promote(&self.live, &answer, force, unix_now()) {
+                match role::judge_promote(
+                    &self.live,
+                    &answer,
+                    force,
+                    self.config.shared(),
+                    unix_now(),
+                ) {
                     PromoteVerdict::AlreadyMaster => {
                         self.answer(&id, true, "already the master".into())
                     }
@@ -838,11 +900,16 @@ impl Daemon {
             Stage::AwaitHandover if pending.started.elapsed() >= PROMOTE_PATIENCE => {
                 self.wants_master = false;
                 self.publish_role();
+                let then = if self.config.shared() {
+                    "both hosts then take uploads into the one shared tree until they meet again, and nothing sorts those out afterwards: stop the master's sftp-ha and fence its sshd first"
+                } else {
+                    "both hosts then take uploads until they meet again; then the one with the older epoch reconciles and follows"
+                };
                 self.answer(
                     &pending.id,
                     false,
                     format!(
-                        "the master answered but did not hand over within {} s; nothing changed here. If it is unhealthy, `sftp-ha promote --force` takes over anyway (both hosts then take uploads until they meet again; then the one with the older epoch reconciles and follows)",
+                        "the master answered but did not hand over within {} s; nothing changed here. If it is unhealthy, `sftp-ha promote --force` takes over anyway ({then})",
                         PROMOTE_PATIENCE.as_secs()
                     ),
                 );
@@ -861,20 +928,29 @@ impl Daemon {
                         .unwrap_or(true)
                     }) =>
             {
+                let writers_left = self
+                    .sync
+                    .as_ref()
+                    .and_then(|sync| sync.control(|c| c.writers_left))
+                    .unwrap_or(0);
                 // Users may write again.
                 self.fencing = None;
                 self.install_sshd();
                 tracing::error!(
                     "the handover did not complete in time; this host stays the master"
                 );
-                self.answer(
-                    &pending.id,
-                    false,
+                let message = if writers_left > 0 {
+                    format!(
+                        "{writers_left} user session process(es) were still there {} s after SIGTERM and SIGKILL (stuck in I/O on the shared storage?), and the standby must not take uploads while one may still write; this host stays the master and users may write again (see journalctl -u sftp-ha; check the storage)",
+                        HANDOVER_PATIENCE.as_secs()
+                    )
+                } else {
                     format!(
                         "the last changes did not reach the standby within {} s; this host stays the master and users may write again (see `sftp-ha status`: sync)",
                         HANDOVER_PATIENCE.as_secs()
-                    ),
-                );
+                    )
+                };
+                self.answer(&pending.id, false, message);
             }
             stage => {
                 self.pending = Some(Pending {

@@ -61,6 +61,33 @@ const APPLY_POLL: Duration = Duration::from_millis(20);
 /// users.yaml even without an event (inotify does not see an NFS client's
 /// writes from the other host).
 pub const SHARED_LOOK_EVERY: Duration = Duration::from_secs(2);
+/// On a standby, the first wait before the master's users.yaml is applied
+/// again after the host refused a step (useradd failed, /etc/passwd locked);
+/// it doubles on each failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(10);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// A version of the master's users.yaml whose apply the host refused, and
+/// when it is tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Retry {
+    path: PathBuf,
+    version: Option<FileVersion>,
+    at: Instant,
+    wait: Duration,
+}
+
+/// Whether an outcome settles a file's version (it is not applied again
+/// until it changes): applied, or invalid (trying again changes nothing).
+/// A step the host refused may succeed later.
+fn settles<T>(outcome: &Result<T, accounts::Failure>) -> bool {
+    !matches!(outcome, Err(accounts::Failure::System(_)))
+}
+
+/// The wait before the next try, after one of `previous` (none: the first failure).
+fn next_retry_wait(previous: Option<Duration>) -> Duration {
+    previous.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX))
+}
 
 pub struct UsersWatch {
     inotify: Inotify,
@@ -91,6 +118,8 @@ pub struct UsersWatch {
     pub rewatched: bool,
     /// The apply running on its own thread, and the file it reads.
     running: Option<(PathBuf, JoinHandle<Report>, &'static str)>,
+    /// On a standby: the master's file the host failed to apply, tried again later.
+    retry: Option<Retry>,
 }
 
 impl UsersWatch {
@@ -130,6 +159,7 @@ impl UsersWatch {
             shared,
             rewatched: false,
             running: None,
+            retry: None,
         })
     }
 
@@ -338,6 +368,15 @@ impl UsersWatch {
             self.pending = Some((path, at));
             return None;
         }
+        if let Some(retry) = &self.retry
+            && retry.path == path
+            && Instant::now() < retry.at
+            && FileVersion::of(&path) == retry.version
+        {
+            // Failed a moment ago and unchanged since: not before its time.
+            self.pending = Some((path, retry.at));
+            return None;
+        }
         if self
             .known
             .get(&path)
@@ -403,9 +442,7 @@ impl UsersWatch {
         if self.standby && self.shared {
             // The master's folders, and the master's outcome in them: nothing
             // is written here (see the module doc).
-            if let Some(version) = report.version {
-                self.known.insert(path.to_path_buf(), version);
-            }
+            self.settle_or_retry(path, &report);
             return report;
         }
         let dirs = accounts::admin_dirs(&self.data_dir);
@@ -419,7 +456,9 @@ impl UsersWatch {
         accounts::publish(&self.data_dir, &dirs, path, copies, &report.render());
         // The version this outcome is about: a newer upload that landed during
         // the apply is not marked as known, so it is applied next.
-        if let Some(version) = report.version {
+        if self.standby {
+            self.settle_or_retry(path, &report);
+        } else if let Some(version) = report.version {
             self.known.insert(path.to_path_buf(), version);
         }
         if published.is_some() {
@@ -430,6 +469,43 @@ impl UsersWatch {
             }
         }
         report
+    }
+}
+
+impl UsersWatch {
+    /// On a standby, after an apply of the master's file: a version applied
+    /// or invalid is known (not applied again until it changes); one the
+    /// host refused a step of is tried again after a wait that doubles, from
+    /// [`RETRY_FIRST`] up to [`RETRY_MAX`].
+    fn settle_or_retry(&mut self, path: &Path, report: &Report) {
+        if settles(&report.outcome) {
+            self.retry = None;
+            if let Some(version) = report.version {
+                self.known.insert(path.to_path_buf(), version);
+            }
+            return;
+        }
+        let version = report.version.or_else(|| FileVersion::of(path));
+        let previous = self
+            .retry
+            .as_ref()
+            .filter(|r| r.path == path && r.version == version)
+            .map(|r| r.wait);
+        let wait = next_retry_wait(previous);
+        let at = Instant::now() + wait;
+        tracing::warn!(
+            path = %path.display(),
+            "the master's users.yaml is tried again in {} (unless it changes first)",
+            crate::timefmt::format_duration(wait)
+        );
+        self.retry = Some(Retry {
+            path: path.to_path_buf(),
+            version,
+            at,
+            wait,
+        });
+        self.pending = Some((path.to_path_buf(), at));
+        self.pending_why = "tried again after a failure";
     }
 }
 
@@ -480,6 +556,73 @@ mod tests {
         assert_eq!(apply_mode(false, true), Apply::Apply);
         assert_eq!(apply_mode(true, false), Apply::Mirror);
         assert_eq!(apply_mode(true, true), Apply::Accounts);
+    }
+
+    #[test]
+    fn a_refused_step_is_tried_again_with_a_growing_wait_an_invalid_file_is_not() {
+        assert!(settles(&Ok::<(), _>(())));
+        assert!(settles(&Err::<(), _>(accounts::Failure::Invalid(
+            Vec::new()
+        ))));
+        assert!(!settles(&Err::<(), _>(accounts::Failure::System(
+            "useradd: cannot lock /etc/passwd".into()
+        ))));
+        assert_eq!(next_retry_wait(None), RETRY_FIRST);
+        assert_eq!(next_retry_wait(Some(RETRY_FIRST)), RETRY_FIRST * 2);
+        assert_eq!(next_retry_wait(Some(Duration::from_secs(160))), RETRY_MAX);
+        assert_eq!(next_retry_wait(Some(RETRY_MAX)), RETRY_MAX);
+    }
+
+    #[test]
+    fn a_standby_tries_the_masters_file_again_after_a_system_failure() {
+        let dir = std::env::temp_dir().join(format!("sftp-ha-users-retry-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut w = UsersWatch::new(&dir, None, Role::Standby, true).unwrap();
+        let file = w.published();
+        fs::write(&file, "users: []\n").unwrap();
+        let version = FileVersion::of(&file);
+        let report = |outcome| Report {
+            at: 0,
+            file: file.clone(),
+            dry_run: false,
+            outcome,
+            version,
+        };
+        let refused = || Err(accounts::Failure::System("useradd failed".into()));
+        let before = Instant::now();
+        w.finish(&file, report(refused()), "test");
+        assert!(
+            !w.known.contains_key(&file),
+            "a refused version is not known"
+        );
+        let retry = w.retry.clone().unwrap();
+        assert_eq!(retry.wait, RETRY_FIRST);
+        assert!(retry.at >= before + RETRY_FIRST);
+        assert_eq!(
+            w.pending.as_ref().map(|(p, at)| (p, *at)),
+            Some((&file, retry.at))
+        );
+        // An event before the wait is over does not start it early.
+        w.pending = Some((file.clone(), Instant::now()));
+        assert!(w.run_due().is_none());
+        assert!(w.running.is_none());
+        assert_eq!(w.pending.as_ref().map(|(_, at)| *at), Some(retry.at));
+        // Failing again: the wait doubles.
+        w.finish(&file, report(refused()), "test");
+        assert_eq!(w.retry.as_ref().unwrap().wait, RETRY_FIRST * 2);
+        // Applied (or invalid): known, no more tries.
+        w.finish(&file, report(Ok(Vec::new())), "test");
+        assert_eq!(w.known.get(&file), version.as_ref());
+        assert!(w.retry.is_none());
+        w.known.clear();
+        w.finish(
+            &file,
+            report(Err(accounts::Failure::Invalid(Vec::new()))),
+            "test",
+        );
+        assert_eq!(w.known.get(&file), version.as_ref());
+        assert!(w.retry.is_none());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

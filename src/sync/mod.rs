@@ -197,6 +197,56 @@ pub struct Control {
     /// Worker → daemon: the handover is written; the standby becomes master
     /// with this epoch.
     pub handed_over: Option<u64>,
+    /// Daemon → worker: the SSH connections open when users were fenced for
+    /// the handover. With shared storage the handover waits until none of
+    /// their managed users' session processes is left (see [`judge_writers`]).
+    pub fenced: HashSet<i32>,
+    /// Worker → daemon: how many of those session processes a shared-storage
+    /// handover still waits for.
+    pub writers_left: usize,
+}
+
+/// With shared storage, how long a handover lets the users' session
+/// processes the fence sent SIGTERM end by themselves before it sends
+/// SIGKILL. The daemon calls the handover off after its own patience (30 s)
+/// if they are still there then (stuck in I/O on the shared file system).
+pub const WRITERS_KILL_AFTER: Duration = Duration::from_secs(5);
+
+/// What a shared-storage handover does about the fenced users' session
+/// processes still there: the new master must not take uploads while one of
+/// them may still write into the same tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    /// None left: hand over.
+    Gone,
+    /// Some left, SIGTERM sent not long ago: look again soon.
+    Wait,
+    /// Some left after [`WRITERS_KILL_AFTER`]: SIGKILL them, and look again.
+    Kill,
+}
+
+/// `left` session processes, `waited` since the handover began waiting.
+pub fn judge_writers(left: usize, waited: Duration) -> Writers {
+    if left == 0 {
+        Writers::Gone
+    } else if waited >= WRITERS_KILL_AFTER {
+        Writers::Kill
+    } else {
+        Writers::Wait
+    }
+}
+
+/// Lists (`kill` false) or SIGKILLs (`kill` true) the managed users' session
+/// processes among the connections; returns their pids. The sshd helpers,
+/// but for tests.
+type WritersProbe = fn(&HashSet<i32>, bool) -> Vec<i32>;
+
+fn sshd_writers(connections: &HashSet<i32>, kill: bool) -> Vec<i32> {
+    if kill {
+        crate::sshd::kill_user_sessions_of(connections)
+    } else {
+        crate::sshd::user_sessions_left(connections)
+    }
 }
 
 /// Settings the worker runs with.
@@ -881,6 +931,11 @@ struct Worker<C: Connector> {
     walks: u64,
     /// The walk a handover waits for, once asked.
     handover_walk: Option<u64>,
+    /// With shared storage: since when the handover waits for the fenced
+    /// users' session processes to be gone, and how many were last said.
+    writers_since: Option<Instant>,
+    writers_said: usize,
+    writers: WritersProbe,
     /// Paths to plan next round (posted, or settling files planned again).
     changed: Changed,
     /// Compare the whole tree with the index next round, not only what changed
@@ -954,6 +1009,9 @@ impl<C: Connector> Worker<C> {
             asked,
             walks: 0,
             handover_walk: None,
+            writers_since: None,
+            writers_said: 0,
+            writers: sshd_writers,
             changed: Changed::default(),
             replan_all: true,
             closed: HashSet::new(),
@@ -1014,9 +1072,13 @@ impl<C: Connector> Worker<C> {
             if self.stepped_down() {
                 break;
             }
-            if self.handover_walk.is_some() && !self.handing_over() {
+            if (self.handover_walk.is_some() || self.writers_since.is_some())
+                && !self.handing_over()
+            {
                 // Called off: a later handover waits for a walk of its own.
                 self.handover_walk = None;
+                self.writers_since = None;
+                self.writers_said = 0;
             }
         }
         self.flush_index();
@@ -2055,7 +2117,12 @@ impl<C: Connector> Worker<C> {
     /// handover. Tells the schedule when to try again if something is still pending.
     fn hand_over(&mut self) {
         if self.settings.shared {
-            // Nothing to send: the peer has the same files.
+            // Nothing to send: the peer has the same files. But a user's
+            // session the fence signalled may still be writing into them.
+            if !self.writers_gone() {
+                self.schedule.handover_pending(Instant::now());
+                return;
+            }
             self.claim_round();
         } else {
             let walk = match self.handover_walk {
@@ -2114,6 +2181,48 @@ impl<C: Connector> Worker<C> {
                 self.failed(err);
             }
         }
+    }
+
+    /// With shared storage: true once no managed user's session process of
+    /// the connections fenced for the handover is left; SIGKILLs those still
+    /// there [`WRITERS_KILL_AFTER`] after the handover began to wait.
+    fn writers_gone(&mut self) -> bool {
+        let since = *self.writers_since.get_or_insert_with(Instant::now);
+        let fenced = self
+            .control
+            .lock()
+            .map(|c| c.fenced.clone())
+            .unwrap_or_default();
+        let left = (self.writers)(&fenced, false);
+        let verdict = judge_writers(left.len(), since.elapsed());
+        let left = match verdict {
+            Writers::Gone => {
+                if self.writers_said > 0 {
+                    tracing::info!(
+                        "the users' session processes are gone after {} ms; handing over",
+                        since.elapsed().as_millis()
+                    );
+                }
+                0
+            }
+            Writers::Wait => left.len(),
+            Writers::Kill => {
+                let killed = (self.writers)(&fenced, true);
+                if killed.len() != self.writers_said {
+                    tracing::warn!(
+                        "{} user session process(es) still there {} s after the fence (pids {killed:?}): sent SIGKILL; the handover waits until they are gone, since one may still be writing into the shared data dir",
+                        killed.len(),
+                        since.elapsed().as_secs()
+                    );
+                    self.writers_said = killed.len();
+                }
+                killed.len().max(1)
+            }
+        };
+        if let Ok(mut c) = self.control.lock() {
+            c.writers_left = left;
+        }
+        verdict == Writers::Gone
     }
 
     fn execute(&mut self, op: &Op) -> Result<u64, OpError> {
@@ -2848,6 +2957,62 @@ mod tests {
             assert_eq!((claim.epoch, claim.handover), (1, Some(2)));
             assert_eq!(b.worker.control.lock().unwrap().handed_over, Some(2));
             assert_eq!(peer_files(&b.fs), Vec::<String>::new());
+        }
+
+        #[test]
+        fn a_shared_storage_handover_waits_for_the_fenced_writers_and_kills_them_late() {
+            use std::sync::atomic::AtomicUsize;
+            // The probe: two session processes, until one SIGKILL.
+            static KILLS: AtomicUsize = AtomicUsize::new(0);
+            fn writers(fenced: &HashSet<i32>, kill: bool) -> Vec<i32> {
+                assert!(fenced.contains(&42), "{fenced:?}");
+                if kill {
+                    KILLS.fetch_add(1, Ordering::SeqCst);
+                    return vec![100, 101];
+                }
+                if KILLS.load(Ordering::SeqCst) > 0 {
+                    Vec::new()
+                } else {
+                    vec![100, 101]
+                }
+            }
+            let mut b = bed_with(FakeFs::default(), true);
+            b.worker.writers = writers;
+            {
+                let mut c = b.worker.control.lock().unwrap();
+                c.hand_over = true;
+                c.fenced = HashSet::from([42]);
+            }
+            // Just fenced: they get time to end by themselves, no handover yet.
+            b.worker.hand_over();
+            assert!(node(&b.fs, "/.sftp-ha-ctl/claim.json").is_none());
+            assert_eq!(KILLS.load(Ordering::SeqCst), 0);
+            {
+                let c = b.worker.control.lock().unwrap();
+                assert_eq!((c.handed_over, c.writers_left), (None, 2));
+                assert!(!c.writing_handover);
+            }
+            // Past the grace: SIGKILL, and still no handover while they are there.
+            b.worker.writers_since = Some(Instant::now() - WRITERS_KILL_AFTER);
+            b.worker.hand_over();
+            assert_eq!(KILLS.load(Ordering::SeqCst), 1);
+            assert!(node(&b.fs, "/.sftp-ha-ctl/claim.json").is_none());
+            assert_eq!(b.worker.control.lock().unwrap().handed_over, None);
+            // Gone: the handover is written.
+            b.worker.hand_over();
+            let claim = node(&b.fs, "/.sftp-ha-ctl/claim.json").unwrap();
+            let claim: Claim = serde_json::from_slice(&claim.data).unwrap();
+            assert_eq!(claim.handover, Some(2));
+            let c = b.worker.control.lock().unwrap();
+            assert_eq!((c.handed_over, c.writers_left), (Some(2), 0));
+        }
+
+        #[test]
+        fn writers_are_waited_for_then_killed() {
+            assert_eq!(judge_writers(0, Duration::ZERO), Writers::Gone);
+            assert_eq!(judge_writers(0, Duration::from_secs(60)), Writers::Gone);
+            assert_eq!(judge_writers(3, Duration::from_secs(1)), Writers::Wait);
+            assert_eq!(judge_writers(1, WRITERS_KILL_AFTER), Writers::Kill);
         }
 
         #[test]
