@@ -489,8 +489,11 @@ struct Update {
     all: bool,
     /// Files closed after writing since: safe to ship at once.
     closed: HashSet<Vec<u8>>,
-    /// Full walks of the data dir so far (a handover waits for a new one).
+    /// Full walks of the data dir so far (no round before the first one).
     walks: u64,
+    /// The last walk ticket ([`Asked::walk_tickets`]) served by a walk that
+    /// began after it was asked for.
+    served: u64,
 }
 
 /// One standby's mailbox from the local side, with a bell.
@@ -509,6 +512,7 @@ impl Inbox {
         changed: Option<&Changed>,
         closed: &HashSet<Vec<u8>>,
         walks: u64,
+        served: u64,
     ) {
         if let Ok(mut u) = self.update.lock() {
             u.tree = Some(Arc::clone(tree));
@@ -532,6 +536,7 @@ impl Inbox {
                 u.closed = HashSet::new();
             }
             u.walks = walks;
+            u.served = served;
         }
         self.bell.notify_all();
     }
@@ -560,6 +565,9 @@ fn too_many(c: &Changed) -> bool {
 struct Asked {
     paths: BTreeSet<Vec<u8>>,
     rescan_all: bool,
+    /// Full walks asked for so far: a walk serves the tickets taken before
+    /// it began (not one already under way when the worker asked).
+    walk_tickets: u64,
 }
 
 /// The reconciliation baseline (see [`reconcile`]), loaded once and shared:
@@ -604,6 +612,10 @@ struct Local {
     /// Files closed after writing since the last look.
     closed: HashSet<Vec<u8>>,
     walks: u64,
+    /// Walk tickets taken from the workers and not served yet, and the last
+    /// served (see [`Asked::walk_tickets`]).
+    tickets_taken: u64,
+    tickets_served: u64,
     /// Only the event and fallback timers are used here.
     schedule: Schedule,
     inboxes: Vec<Arc<Inbox>>,
@@ -638,6 +650,8 @@ impl Local {
             rescan_all: true,
             closed: HashSet::new(),
             walks: 0,
+            tickets_taken: 0,
+            tickets_served: 0,
             schedule: Schedule::new(
                 Instant::now(),
                 settings.fallback_interval,
@@ -703,6 +717,7 @@ impl Local {
         };
         let any = asked.rescan_all || !asked.paths.is_empty();
         self.rescan_all |= std::mem::take(&mut asked.rescan_all);
+        self.tickets_taken = self.tickets_taken.max(asked.walk_tickets);
         self.dirty.append(&mut asked.paths);
         any
     }
@@ -723,7 +738,13 @@ impl Local {
                 let tree = Arc::new(self.current.clone());
                 let closed = std::mem::take(&mut self.closed);
                 for inbox in &self.inboxes {
-                    inbox.post(&tree, changed.as_ref(), &closed, self.walks);
+                    inbox.post(
+                        &tree,
+                        changed.as_ref(),
+                        &closed,
+                        self.walks,
+                        self.tickets_served,
+                    );
                 }
                 let again = !self.dirty.is_empty();
                 self.schedule.round_done(Instant::now(), None, again);
@@ -744,6 +765,8 @@ impl Local {
     fn look(&mut self) -> Result<Option<Changed>, std::io::Error> {
         let mut all = false;
         if self.rescan_all {
+            // The tickets taken before this walk begins are served by it.
+            let serving = self.tickets_taken;
             // Every folder is watched as the walk reaches it; then the watches
             // of folders no longer there (or renamed) are dropped.
             let watcher = &mut self.watcher;
@@ -761,6 +784,7 @@ impl Local {
             self.dirty.clear();
             self.rescan_all = false;
             self.walks += 1;
+            self.tickets_served = serving;
             all = true;
             self.set_status(|s| s.last_scan = Some(unix_now()));
         }
@@ -929,8 +953,14 @@ struct Worker<C: Connector> {
     asked: Arc<Mutex<Asked>>,
     /// Full walks seen so far: no round before the first one.
     walks: u64,
-    /// The walk a handover waits for, once asked.
+    /// The last walk ticket a walk served (see [`Asked::walk_tickets`]).
+    served: u64,
+    /// The walk ticket a handover waits for, once asked.
     handover_walk: Option<u64>,
+    /// After a reconciliation brought files in: the walk ticket whose walk
+    /// must be posted before the local side's tree replaces this worker's
+    /// own walk of the data dir.
+    reconcile_walk: Option<u64>,
     /// With shared storage: since when the handover waits for the fenced
     /// users' session processes to be gone, and how many were last said.
     writers_since: Option<Instant>,
@@ -1008,7 +1038,9 @@ impl<C: Connector> Worker<C> {
             inbox,
             asked,
             walks: 0,
+            served: 0,
             handover_walk: None,
+            reconcile_walk: None,
             writers_since: None,
             writers_said: 0,
             writers: sshd_writers,
@@ -1056,18 +1088,22 @@ impl<C: Connector> Worker<C> {
             } else if let Some(standby) = &self.standby {
                 let alive = std::iter::once(standby)
                     .chain(&self.helpers)
-                    .try_for_each(|s| s.keepalive())
-                    .and_then(|()| {
-                        if self.schedule.peer_check_due(Instant::now()) {
-                            self.check_peer()
-                        } else {
-                            Ok(())
-                        }
-                    });
+                    .try_for_each(|s| s.keepalive());
                 if let Err(err) = alive {
                     // Plans the next round at the retry.
                     self.failed(err);
                 }
+            }
+            // The peer's role (a newer epoch, `promote`, `demote`'s offer)
+            // is read when due whatever else this turn did: under a steady
+            // stream of uploads a round is due at almost every turn, and a
+            // check only in the turns without one would never come.
+            if self.standby.is_some()
+                && !self.stepped_down()
+                && self.schedule.peer_check_due(Instant::now())
+                && let Err(err) = self.check_peer()
+            {
+                self.failed(err);
             }
             if self.stepped_down() {
                 break;
@@ -1092,7 +1128,13 @@ impl<C: Connector> Worker<C> {
             return false;
         };
         if let Some(tree) = update.tree {
-            self.current = tree;
+            match self.reconcile_walk {
+                Some(ticket) if update.served < ticket => {}
+                _ => {
+                    self.reconcile_walk = None;
+                    self.current = tree;
+                }
+            }
         }
         if update.all {
             self.replan_all = true;
@@ -1114,6 +1156,7 @@ impl<C: Connector> Worker<C> {
             self.closed = HashSet::new();
         }
         self.walks = update.walks;
+        self.served = update.served;
         true
     }
 
@@ -1125,12 +1168,19 @@ impl<C: Connector> Worker<C> {
         }
     }
 
-    /// Asks the local side for a full walk; returns the walk to wait for.
+    /// Asks the local side for a full walk that begins after now; returns
+    /// the ticket to wait for (see [`Asked::walk_tickets`]): a walk already
+    /// under way may have passed a folder before a last upload landed there.
     fn ask_walk(&self) -> u64 {
-        if let Ok(mut asked) = self.asked.lock() {
-            asked.rescan_all = true;
+        match self.asked.lock() {
+            Ok(mut asked) => {
+                asked.rescan_all = true;
+                asked.walk_tickets += 1;
+                asked.walk_tickets
+            }
+            // Never served: the handover waits, and is called off.
+            Err(_) => u64::MAX,
         }
-        self.walks + 1
     }
 
     /// One round: plan what changed since the last one against the index and
@@ -1167,6 +1217,10 @@ impl<C: Connector> Worker<C> {
         if self.standby.is_none() || self.schedule.audit_due(Instant::now()) {
             // A failure plans the next round at the retry.
             if self.connect().is_err() {
+                // Away: what it lacks still shows, as far as the index
+                // knows (an operator picks the most caught-up standby by it).
+                let behind = tree::plan(&self.current, &self.index, self.settings.delete).len();
+                self.set_status(|s| s.pending = behind);
                 return;
             }
             if let Err(err) = self.audit() {
@@ -1971,7 +2025,10 @@ impl<C: Connector> Worker<C> {
             let (tree, _) = tree::rescan(&data_dir, &self.current, &mut |_| {})
                 .map_err(|e| failed(format!("cannot walk the data dir again: {e}")))?;
             self.current = Arc::new(tree);
-            self.ask_walk();
+            // Until a walk that began after these files came in is posted,
+            // an older one (under way now) would look as if they were
+            // deleted here, and mirror that to the standby they came from.
+            self.reconcile_walk = Some(self.ask_walk());
         }
         tracing::info!(
             standby = %endpoint,
@@ -2130,7 +2187,7 @@ impl<C: Connector> Worker<C> {
                 None => *self.handover_walk.insert(self.ask_walk()),
             };
             self.take_update(Duration::ZERO);
-            if self.walks < walk {
+            if self.served < walk {
                 self.schedule.handover_pending(Instant::now());
                 return;
             }
@@ -2890,6 +2947,31 @@ mod tests {
             assert!(b.worker.stepped_down(), "the worker stops");
         }
 
+        #[test]
+        fn a_handover_waits_for_a_walk_begun_after_the_fence() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            b.round();
+            // A walk (fallback timer, overflow) is under way: it has passed u/ already.
+            b.local.rescan_all = true;
+            b.local.pass(); // walk N+1 posted, not yet taken by the worker
+            // A user's last upload, after the walk passed u/, before the fence.
+            put(&root, "u/last", b"just before", 0o640, OLD);
+            b.worker.control.lock().unwrap().hand_over = true;
+            b.worker.hand_over(); // asks for a walk that begins after now
+            // The local side's loop takes the request (top of its loop) and starts walking.
+            assert!(b.local.take_asked());
+            // Meanwhile, the worker's retry 200 ms later:
+            b.worker.hand_over();
+            let handed = b.worker.control.lock().unwrap().handed_over;
+            let there = node(&b.fs, "/u/last").is_some();
+            assert!(
+                handed.is_none() || there,
+                "handed over at {handed:?} without u/last"
+            );
+        }
+
         /// Everything on the fake peer but its control folder and the probe folder.
         fn peer_files(fs: &Arc<Mutex<FakeFs>>) -> Vec<String> {
             fs.lock()
@@ -3470,6 +3552,131 @@ mod tests {
             b.round();
             assert_eq!(files(&b.fs), master_files(&root));
             assert_eq!(files(&b.more[0].0), master_files(&root));
+        }
+
+        #[test]
+        fn a_walk_older_than_a_reconcile_does_not_delete_what_it_brought_back() {
+            let mut theirs = claimed_by("gamma", 0);
+            theirs.nodes.insert(b"/u".to_vec(), Node::dir(0o750));
+            theirs.nodes.insert(
+                b"/u/only-there".to_vec(),
+                Node::file(b"uploaded to gamma", 0o640),
+            );
+            let mut b = beds(vec![FakeFs::default(), theirs]);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"mine", 0o640, OLD);
+            b.local.pass();
+            // A walk under way on the local side has passed u/ already.
+            let before_pull = Arc::new(b.local.current.clone());
+            let walks = b.local.walks + 1;
+            b.more[0].1.round(); // reconciles: u/only-there comes here
+            assert!(root.join("u/only-there").exists());
+            assert!(node(&b.more[0].0, "/u/only-there").is_some());
+            // That walk ends and is posted.
+            b.more[0]
+                .1
+                .inbox
+                .post(&before_pull, None, &HashSet::new(), walks, 0);
+            b.more[0].1.round();
+            assert!(
+                node(&b.more[0].0, "/u/only-there").is_some(),
+                "deleted on the standby it came from"
+            );
+        }
+
+        #[test]
+        fn an_unreachable_standby_shows_what_it_misses() {
+            let mut b = beds(vec![FakeFs::default(), FakeFs::default()]);
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"alpha", 0o640, OLD);
+            b.round();
+            b.more[0].0.lock().unwrap().cut_off = true;
+            for n in 0..5 {
+                put(
+                    &root,
+                    &format!("u/new{n}"),
+                    b"while it was away",
+                    0o640,
+                    OLD,
+                );
+            }
+            assert!(b.local.wait_for_events(Duration::from_secs(1)));
+            b.round();
+            b.round();
+            for n in 0..20 {
+                put(
+                    &root,
+                    &format!("u/later{n}"),
+                    b"while it was away",
+                    0o640,
+                    OLD,
+                );
+            }
+            assert!(b.local.wait_for_events(Duration::from_secs(1)));
+            b.more[0].1.schedule.failed(Instant::now(), false);
+            std::thread::sleep(Duration::from_millis(1100));
+            b.round();
+            let s0 = b.worker.status.lock().unwrap().clone();
+            let s1 = b.more[0].1.status.lock().unwrap().clone();
+            assert!(!s1.connected);
+            assert_eq!((s0.pending, s1.pending), (0, 25), "{s1:?}");
+        }
+
+        fn peer_check_under_load(busy: bool) -> Option<(u64, String)> {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"alpha", 0o640, OLD);
+            b.round();
+            assert!(b.worker.standby.is_some());
+            // The standby now publishes a newer epoch (it follows another master).
+            let published = Published {
+                node: "beta".into(),
+                role: Role::Standby,
+                epoch: 99,
+                wants_master: false,
+                users: None,
+                unreconciled: None,
+                shared: false,
+            };
+            b.fs.lock().unwrap().nodes.insert(
+                b"/.sftp-ha-ctl/role.json".to_vec(),
+                Node::file(&serde_json::to_vec(&published).unwrap(), 0o644),
+            );
+            let control = b.worker.control.clone();
+            let stop = b.worker.stop.clone();
+            let mut worker = b.worker;
+            let t = std::thread::spawn(move || worker.run());
+            let start = Instant::now();
+            let mut n = 0;
+            while start.elapsed() < Duration::from_secs(4) {
+                if busy {
+                    // A user uploads a file every 100 ms.
+                    put(&root, &format!("u/f{n}"), b"x", 0o640, OLD);
+                    n += 1;
+                    let _ = b.local.wait_for_events(Duration::from_millis(5));
+                    b.local.pass();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                if control.lock().unwrap().step_down.is_some() {
+                    break;
+                }
+            }
+            let seen = control.lock().unwrap().step_down.clone();
+            stop.store(true, Ordering::Relaxed);
+            t.join().unwrap();
+            seen
+        }
+
+        #[test]
+        fn a_busy_master_still_reads_its_standbys_role() {
+            assert!(peer_check_under_load(false).is_some(), "idle: seen");
+            assert!(
+                peer_check_under_load(true).is_some(),
+                "busy: never seen in 4 s"
+            );
         }
 
         /// A standby whose claim is another master's, at `epoch`.
