@@ -263,6 +263,7 @@ fn check_config() -> Result<(), SshdError> {
 /// unit) gets SIGHUP: it would otherwise keep serving the old drop-in.
 fn reload() -> Result<Installed, SshdError> {
     let unit = sshd_main_pid();
+    note_restarting(unit.map(|(_, pid)| pid).into_iter().collect());
     if let Some((unit, _)) = unit {
         let out = Command::new("systemctl")
             .args(["reload", unit])
@@ -285,6 +286,31 @@ fn reload() -> Result<Installed, SshdError> {
     } else {
         Installed::NotReloaded
     })
+}
+
+/// Set when a reload was sent to an sshd that was restarting for an earlier
+/// one (see [`reload_may_be_lost`]).
+static RELOAD_MAY_BE_LOST: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Called just before a reload, after the drop-in was written: an sshd
+/// whose title is not `[listener]` is re-executing itself for an earlier
+/// SIGHUP (or is older than OpenSSH 8.2 and never says), and ignores this
+/// one meanwhile, while the config it reads may be from before the write.
+fn note_restarting(pids: Vec<i32>) {
+    let restarting = pids.iter().any(|pid| {
+        fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty() && !is_listener(&c))
+    });
+    if restarting {
+        RELOAD_MAY_BE_LOST.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether a reload since the last call reached an sshd that was
+/// restarting for another one, so it may not have read the drop-in as
+/// written (the fence then reloads once more, see [`reload_again`]).
+pub fn reload_may_be_lost() -> bool {
+    RELOAD_MAY_BE_LOST.swap(false, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Tells every running sshd to read its config again, without installing
@@ -328,6 +354,9 @@ fn sshd_pids() -> Vec<i32> {
 /// Sends `signal` to every sshd ([`sshd_pids`]), if any runs.
 fn signal_sshd(signal: nix::sys::signal::Signal) -> Result<Installed, SshdError> {
     let pids = sshd_pids();
+    if signal == nix::sys::signal::Signal::SIGHUP {
+        note_restarting(pids.clone());
+    }
     signal_each(&pids, signal)?;
     Ok(if pids.is_empty() {
         Installed::NotReloaded
@@ -727,6 +756,31 @@ pub fn includes_drop_ins(sshd_config: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_that_finds_an_sshd_restarting_may_be_lost() {
+        let spawn = |argv0: &str| {
+            std::process::Command::new("bash")
+                .args(["-c", &format!("exec -a '{argv0}' sleep 30")])
+                .spawn()
+                .unwrap()
+        };
+        // Re-executing: the plain command line, before the title is set.
+        let mut restarting = spawn("/usr/sbin/sshd");
+        // Listening again.
+        let mut listening = spawn("sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let _ = reload_may_be_lost();
+        note_restarting(vec![listening.id() as i32]);
+        assert!(!reload_may_be_lost());
+        note_restarting(vec![listening.id() as i32, restarting.id() as i32]);
+        assert!(reload_may_be_lost());
+        assert!(!reload_may_be_lost(), "said once");
+        for child in [&mut restarting, &mut listening] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 
     #[test]
     fn user_sessions_are_found_by_title_and_real_uid() {

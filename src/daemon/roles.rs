@@ -34,13 +34,14 @@ const PROMOTE_PATIENCE: Duration = Duration::from_secs(45);
 /// open then are watched: one still logging in (sshd's LoginGraceTime is 2
 /// minutes by default) would get the config it was accepted with, writable.
 pub const FENCE_WINDOW: Duration = Duration::from_secs(180);
-/// How long after a fence sshd is reloaded once more. OpenSSH ignores SIGHUP
-/// while it re-executes itself for an earlier one (tens of milliseconds): a
-/// fence's reload that lands in that window, right after a reload from
-/// elsewhere that read the config before the read-only drop-in was written,
-/// would be lost, and that sshd would serve new logins writable until its
-/// next reload. A second reload a second later reaches an sshd that is
-/// listening again.
+/// How long after a fence sshd is reloaded once more, if the fence's reload
+/// found it restarting ([`crate::sshd::reload_may_be_lost`]). OpenSSH
+/// ignores SIGHUP while it re-executes itself for an earlier one (tens of
+/// milliseconds): a fence's reload that lands in that window, right after a
+/// reload from elsewhere that read the config before the read-only drop-in
+/// was written, would be lost, and that sshd would serve new logins
+/// writable until its next reload. A second reload a second later reaches
+/// an sshd that is listening again.
 pub const FENCE_RELOAD_AGAIN: Duration = Duration::from_secs(1);
 /// How often the fence looks at the connections again (see [`Daemon::keep_fencing`]).
 const FENCE_LOOK_EVERY: Duration = Duration::from_millis(200);
@@ -440,7 +441,9 @@ impl Daemon {
             // one (sshd_ok false, or the lease's fence refused), sshd is kept
             // running on purpose and must not be signalled into exiting.
             let refused = !self.sshd_ok || self.gate.unfenced().is_some();
-            if !refused {
+            // Only when the fence's reload found an sshd restarting for
+            // another one: every reload refuses connections for a moment.
+            if !refused && crate::sshd::reload_may_be_lost() {
                 match crate::sshd::reload_again() {
                     Ok(crate::sshd::Installed::Reloaded) => tracing::info!(
                         "sshd reloaded a second time after the fence, in case the first reload reached it while it restarted for another one"
