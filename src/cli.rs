@@ -697,7 +697,11 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
             };
             // The first standby (or the only one) keeps the one-standby pin
             // file; any other host, listed yet or not, gets one of its own.
-            let first = config.sync.standbys.first().is_none_or(|e| *e == endpoint);
+            // With none listed yet, the first host paired is the first.
+            let first = match config.sync.standbys.first() {
+                Some(listed) => *listed == endpoint,
+                None => crate::pair::one_standby_pin_free_for(&config.state_dir, &endpoint),
+            };
             crate::pair::trust_standby(&endpoint, &config.state_dir, replace, first).map(|fp| {
                 println!("pinned the ed25519 host key of {endpoint}: {fp}");
                 eprintln!(

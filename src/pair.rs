@@ -240,6 +240,17 @@ pub fn trust_standby(
     Ok(new)
 }
 
+/// Whether the one-standby pin file may hold `endpoint`'s key: there is
+/// none yet, or it was pinned for that address. With no standby listed in
+/// the config yet, a second host paired (before the list is written) gets
+/// a file of its own instead of being compared with the first one's key.
+pub fn one_standby_pin_free_for(state_dir: &Path, endpoint: &Endpoint) -> bool {
+    match fs::read_to_string(state_dir.join(PINNED_FILE)) {
+        Ok(text) => text.split_whitespace().nth(2) == Some(endpoint.to_string().as_str()),
+        Err(_) => true,
+    }
+}
+
 /// The pinned standby host key, for the sync transport to compare against.
 pub fn pinned_host_key(state_dir: &Path) -> Option<String> {
     read_pinned(state_dir)
@@ -306,6 +317,11 @@ mod several_standbys {
         );
         // One never pinned has none (not the first one's).
         assert_eq!(pinned_host_key_of(dir, 2, &s3), None);
+        // Paired before any standby is listed: the one-standby file is s1's.
+        assert!(one_standby_pin_free_for(dir, &s1));
+        assert!(!one_standby_pin_free_for(dir, &s3));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(one_standby_pin_free_for(empty.path(), &s3));
         // The first standby keeps a pin made under another name for it.
         assert_eq!(
             pinned_host_key_of(dir, 0, &endpoint("10.0.0.2")).as_deref(),
