@@ -900,6 +900,22 @@ impl Daemon {
                     ),
                 );
             }
+            // Master already by another path: in automatic mode the old
+            // master releases its lease as it hands over, and the failover
+            // thread may take over with the witness before the handover's
+            // claim is read here. The switchover is done either way.
+            Stage::AwaitHandover if self.live.role == Role::Master => {
+                self.wants_master = false;
+                self.publish_role();
+                self.answer(
+                    &pending.id,
+                    true,
+                    format!(
+                        "switchover complete: this host is the master at epoch {} ({})",
+                        self.live.epoch, self.live.reason
+                    ),
+                );
+            }
             Stage::AwaitHandover if pending.started.elapsed() >= PROMOTE_PATIENCE => {
                 self.wants_master = false;
                 self.publish_role();
