@@ -5,8 +5,7 @@
 mod util;
 
 use util::{
-    MASTER, PATIENCE, STANDBY, Testbed, USERS, WITNESS, describe, listing, package, stdout,
-    wait_for, wait_for_or,
+    MASTER, STANDBY, Testbed, USERS, WITNESS, converged_with, describe, package, stdout, wait_for,
 };
 
 /// The third host, here a standby.
@@ -47,36 +46,6 @@ fn master_with_two_standbys() -> Testbed {
     tb
 }
 
-/// Waits until `host` lists the same tree as the master; on failure, what
-/// differs and the master's status.
-fn same_as_master(tb: &Testbed, host: &str, what: &str) {
-    let mut last = (String::new(), String::new());
-    let same = wait_for_or(what, || {
-        last = (listing(tb, MASTER), listing(tb, host));
-        (last.0 == last.1).then_some(())
-    });
-    if same.is_none() {
-        let only = |a: &str, b: &str| -> Vec<String> {
-            let theirs: std::collections::HashSet<&str> = b.lines().collect();
-            a.lines()
-                .filter(|l| !theirs.contains(l))
-                .take(10)
-                .map(String::from)
-                .collect()
-        };
-        panic!(
-            "gave up waiting for {what} after {PATIENCE:?}\nonly on the master:\n{}\nonly on {host}:\n{}\n\
-             the master's status and journal:\n{}",
-            only(&last.0, &last.1).join("\n"),
-            only(&last.1, &last.0).join("\n"),
-            stdout(&tb.sh(
-                MASTER,
-                "sftp-ha status; journalctl -u sftp-ha --no-pager -n 60 -o short-precise"
-            ))
-        );
-    }
-}
-
 /// Files in the burst folder on `host`.
 fn burst_count(tb: &Testbed, host: &str) -> usize {
     stdout(&tb.sh(host, &format!("ls {UPLOAD}/burst 2>/dev/null | wc -l")))
@@ -94,8 +63,8 @@ fn two_standbys_get_everything_and_a_cut_off_one_catches_up() {
     let tb = master_with_two_standbys();
     // An upload with the stock sftp client reaches both.
     util::upload_ok(&tb, MASTER, "10.231.0.1", "first.txt", "to both\n");
-    same_as_master(&tb, STANDBY, "first.txt on the standby");
-    same_as_master(&tb, SECOND, "first.txt on the second standby");
+    converged_with(&tb, STANDBY, "first.txt on the standby");
+    converged_with(&tb, SECOND, "first.txt on the second standby");
     let status = tb.ok(MASTER, "sftp-ha status");
     for addr in ["10.231.0.2", "10.231.0.3"] {
         assert!(
@@ -123,7 +92,7 @@ fn two_standbys_get_everything_and_a_cut_off_one_catches_up() {
     assert!(burst.status.success(), "{}", describe(&burst));
     util::upload_ok(&tb, MASTER, "10.231.0.1", "during.txt", "while cut off\n");
     // The reachable standby gets all of it while the other is away.
-    same_as_master(&tb, STANDBY, "the burst on the reachable standby");
+    converged_with(&tb, STANDBY, "the burst on the reachable standby");
     assert_eq!(
         burst_count(&tb, SECOND),
         0,
@@ -147,14 +116,14 @@ fn two_standbys_get_everything_and_a_cut_off_one_catches_up() {
 
     // Back: it catches up by itself, without waiting for the fallback walk.
     tb.uncut(SECOND);
-    same_as_master(&tb, SECOND, "the second standby to catch up");
-    same_as_master(&tb, STANDBY, "the standby still identical");
+    converged_with(&tb, SECOND, "the second standby to catch up");
+    converged_with(&tb, STANDBY, "the standby still identical");
     assert_eq!(burst_count(&tb, SECOND), 400);
 
     // A delete reaches both.
     tb.ok(MASTER, &format!("rm {UPLOAD}/first.txt"));
-    same_as_master(&tb, STANDBY, "the delete on the standby");
-    same_as_master(&tb, SECOND, "the delete on the second standby");
+    converged_with(&tb, STANDBY, "the delete on the standby");
+    converged_with(&tb, SECOND, "the delete on the second standby");
     // The same users log in on each standby (read-only there).
     for (host, addr) in [(STANDBY, "10.231.0.2"), (SECOND, "10.231.0.3")] {
         let out = tb.sftp(host, addr, "EPuser", "1234", "ls /upload/during.txt\n");

@@ -403,9 +403,14 @@ pub fn listing(tb: &Testbed, host: &str) -> String {
 
 /// Waits until master and standby list the same tree.
 pub fn converged(tb: &Testbed, what: &str) {
+    converged_with(tb, STANDBY, what)
+}
+
+/// Waits until the master and `host` list the same tree.
+pub fn converged_with(tb: &Testbed, host: &str, what: &str) {
     let mut last = (String::new(), String::new());
     let same = wait_for_or(what, || {
-        last = (listing(tb, MASTER), listing(tb, STANDBY));
+        last = (listing(tb, MASTER), listing(tb, host));
         (last.0 == last.1).then_some(())
     });
     if same.is_none() {
@@ -422,7 +427,7 @@ pub fn converged(tb: &Testbed, what: &str) {
             "sftp-ha status; journalctl -u sftp-ha --no-pager -n 40 -o short-precise",
         );
         panic!(
-            "gave up waiting for {what} after {PATIENCE:?}\nonly on the master:\n{}\nonly on the standby:\n{}\n\
+            "gave up waiting for {what} after {PATIENCE:?}\nonly on the master:\n{}\nonly on {host}:\n{}\n\
              the master's status and journal:\n{}",
             only(&last.0, &last.1).join("\n"),
             only(&last.1, &last.0).join("\n"),

@@ -302,15 +302,21 @@ pub fn share(primary: &mut Tree, other: &mut Tree) {
     if Arc::ptr_eq(&primary.base, &other.base) && other.changes.is_empty() {
         return;
     }
-    let differing = diff(&primary.base, other).count();
+    put_on_base(&primary.base, other);
+}
+
+/// Puts `other` on `base`, keeping apart where it differs; or, if it differs
+/// in more than half of its paths, gives it a compact base of its own.
+fn put_on_base(base: &Arc<Base>, other: &mut Tree) {
+    let differing = diff(base, other).count();
     if differing > other.len / 2 {
         other.compact();
         return;
     }
-    let changes = diff(&primary.base, other)
+    let changes = diff(base, other)
         .map(|(path, e)| (path.into(), e.copied()))
         .collect();
-    other.base = Arc::clone(&primary.base);
+    other.base = Arc::clone(base);
     other.changes = changes;
 }
 
@@ -326,16 +332,7 @@ pub fn share_base(primary: &Tree, other: &mut Tree) {
             return;
         }
     }
-    let differing = diff(&primary.base, other).count();
-    if differing > other.len / 2 {
-        other.compact();
-        return;
-    }
-    let changes = diff(&primary.base, other)
-        .map(|(path, e)| (path.into(), e.copied()))
-        .collect();
-    other.base = Arc::clone(&primary.base);
-    other.changes = changes;
+    put_on_base(&primary.base, other);
 }
 
 /// Where `tree` differs from `base`: its entry, or `None` where it has none.
