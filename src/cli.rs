@@ -101,7 +101,12 @@ pub enum Command {
     /// higher epoch, stops taking uploads, and is reconciled: whatever it has
     /// that this host lacks is brought back, and a file changed on both sides
     /// is kept as a NAME.sftp-ha-conflict-HOST-TIME copy. Nothing is deleted.
-    /// With shared storage ([sync] storage = "shared") both hosts write into
+    /// With several standbys ([sync] peer lists the master first, then the
+    /// other standbys), a failover first asks the other standbys how far
+    /// each is caught up (what the master last told it) and refuses, naming
+    /// it, if one is further than this host or was promoted already: promote
+    /// that one instead; the others follow it once its [sync] peer lists
+    /// them. --force skips the comparison. With shared storage ([sync] storage = "shared") both hosts write into
     /// one tree and nothing can be reconciled, so a master that does not
     /// answer is not taken over without --force: make sure it is down
     /// (powered off, or its sftp-ha stopped and its sshd fenced) first. With
@@ -113,7 +118,8 @@ pub enum Command {
     /// running.
     Promote {
         /// Take over even if the master answers but does not hand over (or,
-        /// with shared storage, does not answer)
+        /// with shared storage, does not answer, or another standby is
+        /// further caught up)
         #[arg(long)]
         force: bool,
     },
@@ -254,7 +260,11 @@ pub enum PairCommand {
     /// Creates the account sftp-ha-sync (uid 0, so files keep their owners),
     /// installs the key with `restrict`, and makes sshd confine the account to
     /// the data dir with internal-sftp; on the current master the account may
-    /// only read. Idempotent: accepting again replaces the key.
+    /// only read. Keys add up, one per peer: with several standbys, every
+    /// file host accepts every other one's key, so whichever is promoted can
+    /// replicate to the rest. Idempotent: the same key is kept once, and a
+    /// key with the same comment (`sftp-ha-sync@HOST`, that host's new key)
+    /// replaces the old one. The keys are in /etc/sftp-ha/sync_authorized_keys.
     #[command(visible_alias = "accept-peer")]
     AcceptMaster {
         /// The public key line printed by `sftp-ha pair show-key` on the master

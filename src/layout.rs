@@ -35,6 +35,8 @@ pub const ROLE_FILE: &str = "role.json";
 /// In [`CONTROL_DIR`]: written there by the peer while it is this host's
 /// master: its epoch, and a handover when it gives the role away.
 pub const CLAIM_FILE: &str = "claim.json";
+/// How far the master found this standby caught up ([`crate::role::Position`]).
+pub const POSITION_FILE: &str = "position.json";
 /// In [`CONTROL_DIR`] of a host that stepped down from master: the files it
 /// had written that its standby had not confirmed (hex paths, one a line),
 /// so the new master treats them as changed there even where size and mtime

@@ -136,8 +136,12 @@ pub fn accept_master(
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io_err("create", dir))?;
     }
-    // `restrict` turns off every forwarding and the TTY even if sshd's config changed.
-    let text = format!("restrict {key_line}\n");
+    let old = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err("read", path)(e)),
+    };
+    let text = authorized_with(&old, key_line);
     crate::fsutil::write_atomic(path, text.as_bytes(), 0o600, Some((0, 0)))
         .map_err(io_err("write", path))?;
     if sync_root != data_dir {
@@ -145,6 +149,37 @@ pub fn accept_master(
     }
     crate::sshd::install(data_dir, sync_root, role)?;
     Ok(())
+}
+
+/// The sync account's authorized keys with `key_line` accepted: several
+/// file hosts (a master with several standbys) each accept every other
+/// one's key, so a standby that is promoted can replicate to the others.
+/// A key already there is kept once; a key with the same comment
+/// (`sftp-ha-sync@HOST`: that host made a new key) replaces the old one, so
+/// re-pairing a host does not leave its old key working.
+fn authorized_with(old: &str, key_line: &str) -> String {
+    let words = |line: &str| -> (String, String) {
+        let mut w = line.split_whitespace();
+        // Each line is `restrict TYPE DATA [COMMENT]`.
+        if line.starts_with("restrict ") {
+            w.next();
+        }
+        let key = format!("{} {}", w.next().unwrap_or(""), w.next().unwrap_or(""));
+        (key, w.collect::<Vec<_>>().join(" "))
+    };
+    let (new_key, new_comment) = words(key_line);
+    let mut text: String = old
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .filter(|line| {
+            let (key, comment) = words(line);
+            key != new_key && (new_comment.is_empty() || comment != new_comment)
+        })
+        .map(|line| format!("{}\n", line.trim()))
+        .collect();
+    // `restrict` turns off every forwarding and the TTY even if sshd's config changed.
+    text.push_str(&format!("restrict {key_line}\n"));
+    text
 }
 
 /// The file that pins a standby's host key: the first standby of `[sync]
@@ -285,6 +320,33 @@ mod several_standbys {
             host: host.into(),
             port: 22,
         }
+    }
+
+    #[test]
+    fn accepting_a_peer_keeps_the_other_peers_keys_and_replaces_a_hosts_old_key() {
+        let master = "ssh-ed25519 AAAAmasterkey0000000 sftp-ha-sync@master";
+        let standby2 = "ssh-ed25519 AAAAstandby2key00000 sftp-ha-sync@standby2";
+        let one = authorized_with("", master);
+        assert_eq!(one, format!("restrict {master}\n"));
+        let two = authorized_with(&one, standby2);
+        assert_eq!(two, format!("restrict {master}\nrestrict {standby2}\n"));
+        // The same key again: once.
+        assert_eq!(
+            authorized_with(&two, master),
+            format!("restrict {standby2}\nrestrict {master}\n")
+        );
+        // The master made a new key: its old one goes.
+        let rekeyed = "ssh-ed25519 AAAAmasternewkey00000 sftp-ha-sync@master";
+        assert_eq!(
+            authorized_with(&two, rekeyed),
+            format!("restrict {standby2}\nrestrict {rekeyed}\n")
+        );
+        // A key without a comment replaces nothing but itself.
+        let bare = "ssh-ed25519 AAAAbarekey000000000";
+        assert_eq!(
+            authorized_with(&two, bare),
+            format!("restrict {master}\nrestrict {standby2}\nrestrict {bare}\n")
+        );
     }
 
     #[test]

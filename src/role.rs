@@ -179,6 +179,107 @@ pub struct Claim {
     pub reconciled: Option<u64>,
 }
 
+/// What a master writes into each standby's control folder
+/// (`position.json`) once that standby confirmed everything of one look at
+/// the master's data dir: how far it is caught up. `promote` on a standby
+/// whose master is gone compares its own with the other standbys' (see
+/// [`judge_among_standbys`]), so that the most caught-up one is promoted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The master that wrote it, and its epoch then.
+    pub master: String,
+    pub epoch: u64,
+    /// The standby has everything the master's tree held at this time
+    /// (unix milliseconds of the master's clock, when that look began).
+    pub through_ms: u64,
+}
+
+impl Position {
+    /// Newer epochs first: a standby that followed a newer master is ahead
+    /// of one that still has an older master's position.
+    fn ahead_of(&self, other: &Position) -> bool {
+        (self.epoch, self.through_ms) > (other.epoch, other.through_ms)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "everything of master {} at epoch {} through {}",
+            self.master,
+            self.epoch,
+            crate::timefmt::format_unix_ms(self.through_ms)
+        )
+    }
+}
+
+/// What `promote` learns of another standby listed in `[sync] peer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OtherStandby {
+    Answered {
+        role: Published,
+        position: Option<Position>,
+    },
+    /// Not reached, or not readable: why.
+    Unknown(String),
+}
+
+/// `promote` on a standby whose master does not answer, with other standbys
+/// listed: refuses (with what to do) when another standby is the master
+/// already or is further caught up than this host, so that the most
+/// caught-up one is promoted and the others follow it; otherwise says what
+/// was compared. Nothing would be lost either way (the new master
+/// reconciles the others: what only they have comes back), but a standby
+/// further behind would be the master of an older tree until then, and
+/// its users would miss files a moment.
+pub fn judge_among_standbys(
+    me: &Live,
+    mine: Option<&Position>,
+    others: &[(String, OtherStandby)],
+) -> Result<String, String> {
+    let mut notes = Vec::new();
+    for (name, other) in others {
+        match other {
+            OtherStandby::Answered { role, .. }
+                if role.role == Role::Master && role.epoch > me.epoch =>
+            {
+                return Err(format!(
+                    "the other standby {name} is the master already, at epoch {} (promoted since); nothing changed. This host follows it once {name}'s [sync] peer lists it (see `sftp-ha status` there)",
+                    role.epoch
+                ));
+            }
+            OtherStandby::Answered {
+                position: Some(theirs),
+                ..
+            } if mine.is_none_or(|m| theirs.ahead_of(m)) => {
+                let here = mine.map_or("nothing confirmed by a master".to_string(), |m| {
+                    m.describe()
+                });
+                return Err(format!(
+                    "the other standby {name} is further caught up (it has {}; this host has {here}); nothing changed. Promote {name} instead (`sftp-ha promote` there), or if it cannot serve, `sftp-ha promote --force` here: {name} is then reconciled with this host when it is reached (what only it has comes here, nothing is lost)",
+                    theirs.describe()
+                ));
+            }
+            OtherStandby::Answered { position, .. } => notes.push(format!(
+                "{name} has {}",
+                position.as_ref().map_or(
+                    "nothing confirmed by a master".to_string(),
+                    Position::describe
+                )
+            )),
+            OtherStandby::Unknown(why) => {
+                notes.push(format!("{name} could not be compared: {why}"))
+            }
+        }
+    }
+    Ok(format!(
+        "this host has {}; {}",
+        mine.map_or(
+            "nothing confirmed by a master".to_string(),
+            Position::describe
+        ),
+        notes.join("; ")
+    ))
+}
+
 /// What a master's replication worker does after reading its peer's role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerVerdict {
@@ -871,5 +972,95 @@ mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn position(epoch: u64, through_ms: u64) -> Position {
+        Position {
+            master: "m".into(),
+            epoch,
+            through_ms,
+        }
+    }
+
+    fn answered(role: Role, epoch: u64, position: Option<Position>) -> OtherStandby {
+        OtherStandby::Answered {
+            role: Published {
+                node: "s2".into(),
+                role,
+                epoch,
+                wants_master: false,
+                users: None,
+                unreconciled: None,
+                shared: false,
+            },
+            position,
+        }
+    }
+
+    #[test]
+    fn promote_among_standbys_refuses_when_another_is_further_caught_up() {
+        let me = live(Role::Standby, 3);
+        let mine = position(3, 5_000);
+        let ahead = [(
+            "s2".to_string(),
+            answered(Role::Standby, 3, Some(position(3, 9_000))),
+        )];
+        let why = judge_among_standbys(&me, Some(&mine), &ahead).unwrap_err();
+        assert!(
+            why.contains("s2 is further caught up") && why.contains("promote --force"),
+            "{why}"
+        );
+        // A newer master's position is ahead whatever the times.
+        let newer = [(
+            "s2".to_string(),
+            answered(Role::Standby, 4, Some(position(4, 1_000))),
+        )];
+        assert!(judge_among_standbys(&me, Some(&mine), &newer).is_err());
+        // This host never confirmed anything, the other did.
+        assert!(judge_among_standbys(&me, None, &ahead).is_err());
+    }
+
+    #[test]
+    fn promote_among_standbys_goes_ahead_when_this_host_is_level_or_ahead() {
+        let me = live(Role::Standby, 3);
+        let mine = position(3, 9_000);
+        let others = [
+            (
+                "s2".to_string(),
+                answered(Role::Standby, 3, Some(position(3, 5_000))),
+            ),
+            (
+                "s3".to_string(),
+                answered(Role::Standby, 3, Some(position(3, 9_000))),
+            ),
+            ("s4".to_string(), answered(Role::Standby, 3, None)),
+            (
+                "s5".to_string(),
+                OtherStandby::Unknown("cannot connect".into()),
+            ),
+        ];
+        let note = judge_among_standbys(&me, Some(&mine), &others).unwrap();
+        assert!(
+            note.contains("s2 has everything of master m at epoch 3")
+                && note.contains("s4 has nothing confirmed")
+                && note.contains("s5 could not be compared: cannot connect"),
+            "{note}"
+        );
+        // Nothing to compare with: nothing refused.
+        assert!(judge_among_standbys(&me, None, &[]).is_ok());
+    }
+
+    #[test]
+    fn promote_among_standbys_refuses_when_another_was_promoted_already() {
+        let me = live(Role::Standby, 3);
+        let promoted = [("s2".to_string(), answered(Role::Master, 4, None))];
+        let why = judge_among_standbys(&me, Some(&position(3, 9_000)), &promoted).unwrap_err();
+        assert!(
+            why.contains("s2 is the master already, at epoch 4"),
+            "{why}"
+        );
+        // The old master itself listed again (same epoch) is not "promoted since".
+        let old = [("m".to_string(), answered(Role::Master, 3, None))];
+        assert!(judge_among_standbys(&me, Some(&position(3, 9_000)), &old).is_ok());
     }
 }

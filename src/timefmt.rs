@@ -94,6 +94,13 @@ pub fn format_utc(unix_secs: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
+/// `2026-11-24 08:35:33.250 UTC` for milliseconds since the Unix epoch.
+pub fn format_unix_ms(unix_ms: u64) -> String {
+    let text = format_utc(unix_ms / 1000);
+    let (time, zone) = text.split_at(text.len() - 4);
+    format!("{time}.{:03}{zone}", unix_ms % 1000)
+}
+
 /// `20261124T083533Z` (ISO 8601 basic format) for seconds since the Unix
 /// epoch: for file names, so no spaces and no colons.
 pub fn format_utc_compact(unix_secs: u64) -> String {
@@ -115,7 +122,6 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// Seconds since the Unix epoch, now.
 /// Milliseconds since the epoch (0 if the clock is before it).
 pub fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -123,6 +129,7 @@ pub fn unix_now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -155,6 +162,15 @@ mod tests {
         assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("99999999999999999999s").is_err());
         assert!(parse_duration("18446744073709551615d").is_err());
+    }
+
+    #[test]
+    fn milliseconds_show_after_the_seconds() {
+        assert_eq!(
+            format_unix_ms(1_764_405_333_250),
+            "2025-11-29 08:35:33.250 UTC"
+        );
+        assert_eq!(format_unix_ms(7), "1970-01-01 00:00:00.007 UTC");
     }
 
     #[test]

@@ -4,23 +4,11 @@
 
 mod util;
 
-use util::{MASTER, STANDBY, Testbed, describe, replicating_pair, upload, upload_ok, wait_for};
+use util::{
+    MASTER, STANDBY, Testbed, describe, replicating_pair, role_of, upload, upload_ok, wait_for,
+};
 
 const DIR: &str = "/srv/sftp-ha/EPuser/upload";
-
-fn status_json(tb: &Testbed, host: &str) -> serde_json::Value {
-    let text = tb.ok(host, "sftp-ha status --json");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-fn role_of(tb: &Testbed, host: &str) -> (String, u64) {
-    let s = status_json(tb, host);
-    let s = &s["status"];
-    (
-        s["role"].as_str().unwrap_or_default().to_string(),
-        s["epoch"].as_u64().unwrap_or_default(),
-    )
-}
 
 /// Like [`wait_for`], but a timeout shows both hosts' status and journal.
 fn wait_or_dump(tb: &Testbed, what: &str, probe: impl FnMut() -> Option<()>) {

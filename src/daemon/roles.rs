@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::layout::{CHANGED_FILE, CLAIM_FILE, CONTROL_DIR, ROLE_FILE};
+use crate::layout::{CHANGED_FILE, CLAIM_FILE, CONTROL_DIR, POSITION_FILE, ROLE_FILE};
 use crate::role::{
-    self, Claim, ClaimVerdict, Live, PeerAnswer, PromoteVerdict, Published, Role, UsersOutcome,
+    self, Claim, ClaimVerdict, Live, OtherStandby, PeerAnswer, Position, PromoteVerdict, Published,
+    Role, UsersOutcome,
 };
 use crate::status::{PeerSeen, RequestOutcome};
 use crate::sync::BASELINE_FILE;
@@ -80,6 +81,15 @@ enum Stage {
     Probing {
         probe: JoinHandle<PeerAnswer>,
         force: bool,
+    },
+    /// `promote` with the master gone and other standbys listed: asking
+    /// them how far they are caught up (on a thread), before this host
+    /// becomes the master as `live`; `epoch` is this host's epoch when it
+    /// began (a claim meanwhile calls it off).
+    Comparing {
+        probe: JoinHandle<Vec<(String, OtherStandby)>>,
+        live: Live,
+        epoch: u64,
     },
     /// `promote`: the master was asked to hand over.
     AwaitHandover,
@@ -251,8 +261,10 @@ impl Daemon {
         if !self.persist(live) {
             return false;
         }
-        // The claim of the master this host followed is history now.
+        // The claim of the master this host followed is history now, and
+        // so is how far that master found this host caught up.
         let _ = fs::remove_file(self.control_dir().join(CLAIM_FILE));
+        let _ = fs::remove_file(self.control_dir().join(POSITION_FILE));
         self.wants_master = false;
         self.switch_role_parts(false);
         true
@@ -857,23 +869,29 @@ impl Daemon {
                         self.answer(&id, true, "already the master".into())
                     }
                     PromoteVerdict::Refuse(why) => self.answer(&id, false, why),
-                    PromoteVerdict::Failover(live) => {
-                        let epoch = live.epoch;
-                        let reason = live.reason.clone();
-                        if self.become_master(live) {
-                            self.answer(
-                                &id,
-                                true,
-                                format!("this host is the master at epoch {epoch}: {reason}"),
-                            );
-                        } else {
-                            self.answer(
-                                &id,
-                                false,
-                                "cannot become master: see journalctl -u sftp-ha".into(),
-                            );
-                        }
+                    // The master is gone and other standbys are listed:
+                    // the most caught-up one is to be promoted.
+                    PromoteVerdict::Failover(live)
+                        if matches!(answer, PeerAnswer::Unreachable(_))
+                            && !force
+                            && !self.config.shared()
+                            && self.config.sync.standbys.len() > 1 =>
+                    {
+                        self.progress(
+                            &id,
+                            "the master does not answer; asking the other standbys how far they are caught up".into(),
+                        );
+                        self.pending = Some(Pending {
+                            id,
+                            started: Instant::now(),
+                            stage: Stage::Comparing {
+                                probe: self.probe_other_standbys(),
+                                live,
+                                epoch: self.live.epoch,
+                            },
+                        });
                     }
+                    PromoteVerdict::Failover(live) => self.fail_over(&id, live, None),
                     PromoteVerdict::AskHandover => {
                         self.wants_master = true;
                         self.publish_role();
@@ -887,6 +905,29 @@ impl Daemon {
                             started: Instant::now(),
                             stage: Stage::AwaitHandover,
                         });
+                    }
+                }
+            }
+            Stage::Comparing { probe, live, epoch } if probe.is_finished() => {
+                let others = probe.join().unwrap_or_default();
+                let id = pending.id;
+                if self.live.role != Role::Standby || self.live.epoch != epoch {
+                    self.answer(
+                        &id,
+                        false,
+                        format!(
+                            "this host's role changed while the other standbys were asked (it is {} at epoch {} now); nothing else changed: see `sftp-ha status`",
+                            self.live.role, self.live.epoch
+                        ),
+                    );
+                    return;
+                }
+                let mine = read_json::<Position>(&self.control_dir().join(POSITION_FILE)).ok();
+                match role::judge_among_standbys(&self.live, mine.as_ref(), &others) {
+                    Ok(compared) => self.fail_over(&id, live, Some(compared)),
+                    Err(why) => {
+                        tracing::warn!("promote refused: {why}");
+                        self.answer(&id, false, why);
                     }
                 }
             }
@@ -979,6 +1020,67 @@ impl Daemon {
                 });
             }
         }
+    }
+
+    /// Becomes the master as `live` (a failover) and answers the request.
+    fn fail_over(&mut self, id: &str, live: Live, compared: Option<String>) {
+        let epoch = live.epoch;
+        let reason = live.reason.clone();
+        if self.become_master(live) {
+            let compared = compared.map_or(String::new(), |c| format!("; compared: {c}"));
+            self.answer(
+                id,
+                true,
+                format!("this host is the master at epoch {epoch}: {reason}{compared}"),
+            );
+        } else {
+            self.answer(
+                id,
+                false,
+                "cannot become master: see journalctl -u sftp-ha".into(),
+            );
+        }
+    }
+
+    /// Asks every other standby of `[sync] peer` (all but the first, the
+    /// master) for its role and how far it is caught up, at once, on threads.
+    fn probe_other_standbys(&self) -> JoinHandle<Vec<(String, OtherStandby)>> {
+        let state = self.config.state_dir.clone();
+        let others: Vec<_> = self
+            .config
+            .sync
+            .standbys
+            .iter()
+            .cloned()
+            .enumerate()
+            .skip(1)
+            .collect();
+        std::thread::spawn(move || {
+            let asks: Vec<_> = others
+                .into_iter()
+                .map(|(position, endpoint)| {
+                    let state = state.clone();
+                    let name = endpoint.to_string();
+                    let ask = std::thread::spawn(move || {
+                        let pinned = crate::pair::pinned_host_key_of(&state, position, &endpoint);
+                        ask_other_standby(
+                            &endpoint,
+                            pinned.as_deref(),
+                            &crate::pair::key_path(&state),
+                        )
+                    });
+                    (name, ask)
+                })
+                .collect();
+            asks.into_iter()
+                .map(|(name, ask)| {
+                    let answer = ask
+                        .join()
+                        .unwrap_or_else(|_| OtherStandby::Unknown("the probe failed".into()));
+                    (name, answer)
+                })
+                .collect()
+        })
     }
 
     /// Connects to the peer as the sync account and reads its role, on a thread.
@@ -1211,6 +1313,33 @@ impl Daemon {
 }
 
 /// A small JSON file of ours (root's, in a root-only folder).
+/// Another standby's role and position, read over its sync account.
+fn ask_other_standby(
+    endpoint: &crate::config::Endpoint,
+    pinned: Option<&str>,
+    key: &Path,
+) -> OtherStandby {
+    let mut session = match crate::sync::transport::Standby::connect(endpoint, pinned, key) {
+        Ok(s) => s,
+        Err(err) => return OtherStandby::Unknown(err.to_string()),
+    };
+    let mut read = |name: &str| {
+        session
+            .sftp
+            .read_all(format!("/{CONTROL_DIR}/{name}").as_bytes(), 64 * 1024)
+    };
+    let role = match read(ROLE_FILE).map(|bytes| serde_json::from_slice::<Published>(&bytes)) {
+        Ok(Ok(role)) => role,
+        Ok(Err(e)) => return OtherStandby::Unknown(format!("an unreadable role: {e}")),
+        Err(e) => return OtherStandby::Unknown(format!("its role cannot be read: {e}")),
+    };
+    // None written yet (or unreadable): nothing confirmed by a master.
+    let position = read(POSITION_FILE)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    OtherStandby::Answered { role, position }
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     let bytes = fs::read(path).map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())

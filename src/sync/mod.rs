@@ -105,8 +105,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Endpoint;
-use crate::layout::{CLAIM_FILE, CONTROL_DIR, ROLE_FILE};
-use crate::role::{Claim, Live, PeerVerdict, Published, Role};
+use crate::layout::{CLAIM_FILE, CONTROL_DIR, POSITION_FILE, ROLE_FILE};
+use crate::role::{Claim, Live, PeerVerdict, Position, Published, Role};
 use crate::timefmt::unix_now;
 use push::{OpError, put_file, remote_path};
 use round::Changed;
@@ -494,6 +494,8 @@ struct Update {
     /// The last walk ticket ([`Asked::walk_tickets`]) served by a walk that
     /// began after it was asked for.
     served: u64,
+    /// When the look that made `tree` began (unix milliseconds).
+    looked_ms: u64,
 }
 
 /// One standby's mailbox from the local side, with a bell.
@@ -513,9 +515,11 @@ impl Inbox {
         closed: &HashSet<Vec<u8>>,
         walks: u64,
         served: u64,
+        looked_ms: u64,
     ) {
         if let Ok(mut u) = self.update.lock() {
             u.tree = Some(Arc::clone(tree));
+            u.looked_ms = looked_ms;
             match changed {
                 Some(c) if !u.all => {
                     u.changed.exact.extend(c.exact.iter().cloned());
@@ -555,6 +559,10 @@ impl Inbox {
 /// the whole tree instead (a pass over it, less than keeping them when a
 /// standby is away for long).
 const CHANGED_MAX: usize = 100_000;
+
+/// A standby is told how far it is caught up ([`Position`]) at most this
+/// often: one small write, not one per round, while files stream in.
+const POSITION_EVERY: Duration = Duration::from_secs(1);
 
 fn too_many(c: &Changed) -> bool {
     c.exact.len() + c.subtrees.len() > CHANGED_MAX
@@ -726,6 +734,7 @@ impl Local {
     /// own time, so a slow one holds up nobody.
     fn pass(&mut self) {
         self.take_asked();
+        let looked_ms = crate::timefmt::unix_now_ms();
         match self.look() {
             Ok(changed) => {
                 if self.current.needs_compacting() {
@@ -744,6 +753,7 @@ impl Local {
                         &closed,
                         self.walks,
                         self.tickets_served,
+                        looked_ms,
                     );
                 }
                 let again = !self.dirty.is_empty();
@@ -986,6 +996,13 @@ struct Worker<C: Connector> {
     /// The last connection failure logged, so a repeated one is said once;
     /// cleared once an audit succeeds.
     said: Option<String>,
+    /// When the look that made `current` began (unix milliseconds).
+    current_looked_ms: u64,
+    /// The standby confirmed everything of the look that began then
+    /// ([`Position`]); told to it at most every [`POSITION_EVERY`].
+    caught_up_ms: u64,
+    caught_up_told: u64,
+    caught_up_told_at: Option<Instant>,
 }
 
 impl<C: Connector> Worker<C> {
@@ -1054,6 +1071,10 @@ impl<C: Connector> Worker<C> {
             refused: std::collections::HashMap::new(),
             refusals_logged: LogBudget::new(Instant::now(), REFUSALS_LOGGED),
             said: None,
+            current_looked_ms: 0,
+            caught_up_ms: 0,
+            caught_up_told: 0,
+            caught_up_told_at: None,
         }
     }
 
@@ -1105,6 +1126,9 @@ impl<C: Connector> Worker<C> {
             {
                 self.failed(err);
             }
+            if !self.stepped_down() {
+                self.tell_position_if_due();
+            }
             if self.stepped_down() {
                 break;
             }
@@ -1133,6 +1157,7 @@ impl<C: Connector> Worker<C> {
                 _ => {
                     self.reconcile_walk = None;
                     self.current = tree;
+                    self.current_looked_ms = update.looked_ms;
                 }
             }
         }
@@ -1194,6 +1219,9 @@ impl<C: Connector> Worker<C> {
             self.schedule.round_done(Instant::now(), None, true);
             return;
         }
+        // What this round plans from: a round that sends all of it leaves
+        // the standby with everything of that look.
+        let looked_ms = self.current_looked_ms;
         let changed = if self.replan_all {
             None
         } else {
@@ -1270,6 +1298,9 @@ impl<C: Connector> Worker<C> {
         } else {
             self.apply(ops)
         };
+        if retry.is_none() && !settling && !mass_delete && self.standby.is_some() {
+            self.caught_up_ms = self.caught_up_ms.max(looked_ms);
+        }
         self.keep_trees_shared();
         let again = settling || !self.changed.exact.is_empty() || !self.changed.subtrees.is_empty();
         self.schedule.round_done(Instant::now(), retry, again);
@@ -1822,6 +1853,36 @@ impl<C: Connector> Worker<C> {
         }
     }
 
+    /// Tells the standby how far it is caught up (`position.json`), for a
+    /// `promote` there to compare with the other standbys when this master
+    /// is gone.
+    fn tell_position_if_due(&mut self) {
+        let due = self.caught_up_ms > self.caught_up_told
+            && self
+                .caught_up_told_at
+                .is_none_or(|at| at.elapsed() >= POSITION_EVERY);
+        if !due {
+            return;
+        }
+        let position = Position {
+            master: self.settings.node.clone(),
+            epoch: self.settings.live.epoch,
+            through_ms: self.caught_up_ms,
+        };
+        let Some(standby) = self.standby.as_mut() else {
+            return;
+        };
+        match write_control(standby.sftp(), POSITION_FILE, &position) {
+            Ok(()) => {
+                self.caught_up_told = position.through_ms;
+                self.caught_up_told_at = Some(Instant::now());
+            }
+            Err(err) => {
+                self.failed(err.into());
+            }
+        }
+    }
+
     fn flush_index(&mut self) {
         if self.settings.shared {
             return;
@@ -2355,11 +2416,21 @@ fn read_claim(
     }
 }
 
-/// Writes a claim into the peer's control folder: a fresh temporary there,
-/// then renamed over the last claim, so the peer never reads half of one.
+/// Writes a claim into the peer's control folder.
 fn write_claim(
     sftp: &mut sftp::SftpClient<impl std::io::Read + std::io::Write>,
     claim: &Claim,
+) -> Result<(), sftp::SftpError> {
+    write_control(sftp, CLAIM_FILE, claim)
+}
+
+/// Writes `value` as the file `name` into the peer's control folder: a fresh
+/// temporary there, then renamed over the last one, so the peer never reads
+/// half of one.
+fn write_control(
+    sftp: &mut sftp::SftpClient<impl std::io::Read + std::io::Write>,
+    name: &str,
+    value: &impl serde::Serialize,
 ) -> Result<(), sftp::SftpError> {
     let dir = remote_path(CONTROL_DIR.as_bytes());
     if sftp.lstat(&dir)?.is_none() {
@@ -2371,17 +2442,14 @@ fn write_claim(
             },
         )?;
     }
-    let text = serde_json::to_vec(claim).unwrap_or_default();
-    let temp = join(
-        &dir,
-        format!("{CLAIM_FILE}.{}", std::process::id()).as_bytes(),
-    );
+    let text = serde_json::to_vec(value).unwrap_or_default();
+    let temp = join(&dir, format!("{name}.{}", std::process::id()).as_bytes());
     // Left over from a crash of this same process id: replaced.
     let _ = sftp.remove(&temp);
     let handle = sftp.create(&temp, sftp::Attrs::default())?;
     sftp.write_from(&handle, &mut text.as_slice())?;
     sftp.close(&handle)?;
-    sftp.posix_rename(&temp, &join(&dir, CLAIM_FILE.as_bytes()))
+    sftp.posix_rename(&temp, &join(&dir, name.as_bytes()))
 }
 
 /// Appends one line to a report file (created 0600 by root if missing).
@@ -2713,6 +2781,45 @@ mod tests {
             // After the walk the index is the master's tree: held once.
             assert!(tree::held_once(&b.local.current, &b.worker.index));
             assert_eq!(b.worker.index.len(), 4);
+        }
+
+        /// The position a standby was told, if any.
+        fn told_position(fs: &Arc<Mutex<FakeFs>>) -> Option<Position> {
+            node(fs, "/.sftp-ha-ctl/position.json")
+                .map(|n| serde_json::from_slice(&n.data).unwrap())
+        }
+
+        #[test]
+        fn each_standby_is_told_how_far_it_is_caught_up_and_a_cut_off_one_is_not_moved_on() {
+            let mut b = beds(vec![FakeFs::default(), FakeFs::default()]);
+            let root = b.data.path().to_path_buf();
+            put(&root, "a", b"a", 0o640, OLD);
+            let before = crate::timefmt::unix_now_ms();
+            b.round();
+            b.worker.tell_position_if_due();
+            b.more[0].1.tell_position_if_due();
+            let first = told_position(&b.fs).expect("the first standby was told");
+            assert_eq!((first.master.as_str(), first.epoch), ("alpha", 1));
+            assert!(first.through_ms >= before, "{first:?}");
+            assert_eq!(told_position(&b.more[0].0), Some(first.clone()));
+
+            // The second standby is cut off; a new file reaches the first only.
+            b.more[0].0.lock().unwrap().cut_off = true;
+            put(&root, "b", b"b", 0o640, OLD);
+            std::thread::sleep(Duration::from_millis(5));
+            b.round();
+            // Not told again within POSITION_EVERY: one write a second at most.
+            b.worker.tell_position_if_due();
+            assert_eq!(told_position(&b.fs), Some(first.clone()));
+            b.worker.caught_up_told_at = Some(Instant::now() - POSITION_EVERY);
+            b.more[0].1.caught_up_told_at = Some(Instant::now() - POSITION_EVERY);
+            b.worker.tell_position_if_due();
+            b.more[0].1.tell_position_if_due();
+            let second = told_position(&b.fs).unwrap();
+            assert!(second.through_ms > first.through_ms, "{second:?} {first:?}");
+            // The cut-off one keeps what it had: it is behind the first.
+            b.more[0].0.lock().unwrap().cut_off = false;
+            assert_eq!(told_position(&b.more[0].0), Some(first));
         }
 
         #[test]
@@ -3577,7 +3684,7 @@ mod tests {
             b.more[0]
                 .1
                 .inbox
-                .post(&before_pull, None, &HashSet::new(), walks, 0);
+                .post(&before_pull, None, &HashSet::new(), walks, 0, 0);
             b.more[0].1.round();
             assert!(
                 node(&b.more[0].0, "/u/only-there").is_some(),

@@ -401,6 +401,22 @@ pub fn listing(tb: &Testbed, host: &str) -> String {
     }
 }
 
+/// `sftp-ha status --json` on `host`.
+pub fn status_json(tb: &Testbed, host: &str) -> serde_json::Value {
+    let text = tb.ok(host, "sftp-ha status --json");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `host`'s live role and epoch, as its status says.
+pub fn role_of(tb: &Testbed, host: &str) -> (String, u64) {
+    let s = status_json(tb, host);
+    let s = &s["status"];
+    (
+        s["role"].as_str().unwrap_or_default().to_string(),
+        s["epoch"].as_u64().unwrap_or_default(),
+    )
+}
+
 /// Waits until master and standby list the same tree.
 pub fn converged(tb: &Testbed, what: &str) {
     converged_with(tb, STANDBY, what)
