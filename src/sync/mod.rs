@@ -322,6 +322,36 @@ pub fn index_files(state_dir: &std::path::Path) -> Vec<PathBuf> {
     found
 }
 
+/// The files of `current` (the master's tree) that some standby may lack:
+/// what a master that steps down lists for the next master's
+/// reconciliation (with several standbys the next master may be any of
+/// them). A file counts as there only if every standby confirmed it as it
+/// is. A standby listed in `standbys` (`[sync] peer`) without an index file
+/// was never reached since it was listed or since this host was promoted
+/// (which removes every index): it confirmed nothing, so every file is
+/// listed, not none. Index files of standbys no longer listed still count:
+/// listing too much costs a comparison, too little loses an upload.
+pub fn unconfirmed_by_any(
+    state_dir: &std::path::Path,
+    standbys: &[Endpoint],
+    current: &Tree,
+) -> Vec<Vec<u8>> {
+    let indexes = index_files(state_dir);
+    let never_reached = standbys
+        .iter()
+        .enumerate()
+        .any(|(position, s)| !state_dir.join(index_file(position, s)).exists());
+    if indexes.is_empty() || never_reached {
+        return reconcile::unconfirmed_files(current, &Tree::new());
+    }
+    let mut files = BTreeSet::new();
+    for index in indexes {
+        let confirmed = tree::load_index(&index);
+        files.extend(reconcile::unconfirmed_files(current, &confirmed));
+    }
+    files.into_iter().collect()
+}
+
 /// The running workers; dropping it does not stop them, [`SyncHandle::stop`] does.
 pub struct SyncHandle {
     stop: Arc<AtomicBool>,
@@ -2626,6 +2656,44 @@ pub fn settings(config: &crate::config::Config) -> Option<SyncSettings> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_standby_never_reached_counts_as_having_confirmed_nothing() {
+        let data = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::create_dir(data.path().join("u")).unwrap();
+        std::fs::write(data.path().join("u/a"), b"alpha").unwrap();
+        std::fs::write(data.path().join("u/b"), b"beta").unwrap();
+        let (current, _) = tree::scan(data.path(), &mut |_| {}).unwrap();
+        let endpoint = |host: &str| Endpoint {
+            host: host.into(),
+            port: 22,
+        };
+        let standbys = [endpoint("s1"), endpoint("s2")];
+        let index = |position: usize| state.path().join(index_file(position, &standbys[position]));
+        let everything = vec![b"u/a".to_vec(), b"u/b".to_vec()];
+
+        // The first confirmed everything; the second was never reached
+        // since the promotion: it has no index, and nothing is safe there.
+        tree::save_index(&index(0), &current).unwrap();
+        assert_eq!(
+            unconfirmed_by_any(state.path(), &standbys, &current),
+            everything
+        );
+        // Once it confirmed what the first has but one file, that one.
+        let mut confirmed = current.clone();
+        confirmed.remove(b"u/b");
+        tree::save_index(&index(1), &confirmed).unwrap();
+        assert_eq!(
+            unconfirmed_by_any(state.path(), &standbys, &current),
+            vec![b"u/b".to_vec()]
+        );
+        tree::save_index(&index(1), &current).unwrap();
+        assert!(unconfirmed_by_any(state.path(), &standbys, &current).is_empty());
+        // No standby listed and no index: nothing was confirmed anywhere.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(unconfirmed_by_any(empty.path(), &[], &current), everything);
+    }
 
     #[test]
     fn same_bytes_tells_equal_content_from_other_bytes_and_lengths() {
