@@ -1209,22 +1209,9 @@ fn write_changed_list(
     }
     let (current, _) = tree::scan(&config.data_dir, &mut |_| progress())?;
     // With several standbys, the next master may be any of them: a file
-    // any of them has not confirmed counts as changed here.
-    let mut files = std::collections::BTreeSet::new();
-    let indexes = crate::sync::index_files(&config.state_dir);
-    if indexes.is_empty() {
-        files.extend(crate::sync::reconcile::unconfirmed_files(
-            &current,
-            &tree::Tree::new(),
-        ));
-    }
-    for index in indexes {
-        let confirmed = tree::load_index(&index);
-        files.extend(crate::sync::reconcile::unconfirmed_files(
-            &current, &confirmed,
-        ));
-    }
-    let files: Vec<Vec<u8>> = files.into_iter().collect();
+    // any of them has not confirmed (one never reached: all) counts as
+    // changed here.
+    let files = crate::sync::unconfirmed_by_any(&config.state_dir, &config.sync.standbys, &current);
     let dir = config.sync_root().join(CONTROL_DIR);
     prepare_control_dir(&dir)?;
     let text = crate::sync::reconcile::changed_list_text(&files);

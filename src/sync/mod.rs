@@ -89,6 +89,7 @@
 pub mod audit;
 pub mod lease;
 mod memory;
+pub mod owner;
 pub mod push;
 pub mod reconcile;
 pub mod round;
@@ -101,7 +102,7 @@ pub mod watch;
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Endpoint;
@@ -321,9 +322,42 @@ pub fn index_files(state_dir: &std::path::Path) -> Vec<PathBuf> {
     found
 }
 
+/// The files of `current` (the master's tree) that some standby may lack:
+/// what a master that steps down lists for the next master's
+/// reconciliation (with several standbys the next master may be any of
+/// them). A file counts as there only if every standby confirmed it as it
+/// is. A standby listed in `standbys` (`[sync] peer`) without an index file
+/// was never reached since it was listed or since this host was promoted
+/// (which removes every index): it confirmed nothing, so every file is
+/// listed, not none. Index files of standbys no longer listed still count:
+/// listing too much costs a comparison, too little loses an upload.
+pub fn unconfirmed_by_any(
+    state_dir: &std::path::Path,
+    standbys: &[Endpoint],
+    current: &Tree,
+) -> Vec<Vec<u8>> {
+    let indexes = index_files(state_dir);
+    let never_reached = standbys
+        .iter()
+        .enumerate()
+        .any(|(position, s)| !state_dir.join(index_file(position, s)).exists());
+    if indexes.is_empty() || never_reached {
+        return reconcile::unconfirmed_files(current, &Tree::new());
+    }
+    let mut files = BTreeSet::new();
+    for index in indexes {
+        let confirmed = tree::load_index(&index);
+        files.extend(reconcile::unconfirmed_files(current, &confirmed));
+    }
+    files.into_iter().collect()
+}
+
 /// The running workers; dropping it does not stop them, [`SyncHandle::stop`] does.
 pub struct SyncHandle {
     stop: Arc<AtomicBool>,
+    /// Whether the workers may still write their index files: true until
+    /// [`SyncHandle::stop`] gives up waiting for them (see there).
+    may_save: Arc<RwLock<bool>>,
     /// The first standby's status (`sync` in `sftp-ha status`).
     pub status: Arc<Mutex<SyncStatus>>,
     /// Every standby's, the first first.
@@ -346,7 +380,20 @@ impl SyncHandle {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Blocked in the network: it holds nothing that needs saving beyond what is saved.
+        // A worker blocked in the network: the daemon goes on without it
+        // (a promotion removes the index files, a step-down lists what they
+        // lack, a reload starts new workers), so from here on its index is
+        // not written again: a late write would bring back a removed index
+        // or change one after it was read. A write under way is waited for
+        // (a local file). What it holds of the index beyond what is saved
+        // costs no re-upload: the next audit confirms what the standby has.
+        // It writes nothing more to the standby either (it checks `stop`
+        // between requests), and a new worker for that standby waits until
+        // it is gone (see [`owner`]).
+        match self.may_save.write() {
+            Ok(mut may) => *may = false,
+            Err(poisoned) => *poisoned.into_inner() = false,
+        }
     }
 
     pub fn snapshot(&self) -> SyncStatus {
@@ -389,15 +436,17 @@ pub fn start(settings: SyncSettings) -> std::io::Result<SyncHandle> {
             position,
         })
         .collect();
-    start_with(settings, connectors)
+    start_with(settings, connectors, &owner::process())
 }
 
-/// [`start`] with a connector per standby (in memory, in tests).
+/// [`start`] with a connector per standby (in memory, in tests), and the
+/// owners of standbys it shares with earlier starts (see [`owner`]).
 fn start_with<C: Connector + Send + 'static>(
     settings: SyncSettings,
     connectors: Vec<C>,
+    owners: &Arc<owner::Owners>,
 ) -> std::io::Result<SyncHandle> {
-    let (local, workers) = assemble(settings, connectors)?;
+    let (local, workers) = assemble(settings, connectors, owners)?;
     spawn(local, workers)
 }
 
@@ -405,8 +454,11 @@ fn start_with<C: Connector + Send + 'static>(
 fn assemble<C: Connector>(
     settings: SyncSettings,
     connectors: Vec<C>,
+    owners: &Arc<owner::Owners>,
 ) -> std::io::Result<(Local, Vec<Worker<C>>)> {
     let stop = Arc::new(AtomicBool::new(false));
+    let may_save = Arc::new(RwLock::new(true));
+    let start = owners.start();
     let control = Arc::new(Mutex::new(Control::default()));
     let (mut local, inboxes) = Local::new(&settings, stop.clone(), control.clone())?;
     let baseline = if settings.shared {
@@ -432,6 +484,11 @@ fn assemble<C: Connector>(
             control.clone(),
             stop.clone(),
             &baseline,
+            Ownership {
+                owners: owners.clone(),
+                start,
+                may_save: may_save.clone(),
+            },
         ));
     }
     local.statuses = workers.iter().map(|w| w.status.clone()).collect();
@@ -445,6 +502,10 @@ fn spawn<C: Connector + Send + 'static>(
 ) -> std::io::Result<SyncHandle> {
     let statuses = local.statuses.clone();
     let (stop, control) = (local.stop.clone(), local.control.clone());
+    let may_save = workers
+        .first()
+        .map(|w| w.ownership.may_save.clone())
+        .unwrap_or_default();
     let Some(first) = statuses.first().cloned() else {
         return Err(std::io::Error::other("no standby to replicate to"));
     };
@@ -470,6 +531,7 @@ fn spawn<C: Connector + Send + 'static>(
     }
     Ok(SyncHandle {
         stop,
+        may_save,
         status: first,
         statuses,
         control,
@@ -987,6 +1049,11 @@ struct Worker<C: Connector> {
     /// Extra sessions that share a run of uploads with `standby`.
     helpers: Vec<C::Session>,
     stop: Arc<AtomicBool>,
+    ownership: Ownership,
+    /// The standby, its index file and its host key, held by this worker
+    /// alone (see [`owner`]); `None` until then: nothing is written, not
+    /// even the index, which is read only once it is held.
+    owned: Option<owner::Owned>,
     status: Arc<Mutex<SyncStatus>>,
     /// Paths whose operation the standby refused, with the refusal: each is
     /// logged once, shown in the status, and dropped when it succeeds.
@@ -1005,9 +1072,21 @@ struct Worker<C: Connector> {
     caught_up_told_at: Option<Instant>,
 }
 
+/// What a worker needs to write to its standby and its index alone, and
+/// only while the daemon waits for it (see [`owner`] and [`SyncHandle::stop`]).
+struct Ownership {
+    owners: Arc<owner::Owners>,
+    /// Its start of the workers ([`owner::Owners::start`]).
+    start: u64,
+    /// False once [`SyncHandle::stop`] gave up waiting: the index is not
+    /// written any more.
+    may_save: Arc<RwLock<bool>>,
+}
+
 impl<C: Connector> Worker<C> {
     /// A worker for the standby at `position` that opens its sessions with
-    /// `connector`: its index loaded from the state dir, nothing sent yet.
+    /// `connector`: its index loaded from the state dir (once it owns the
+    /// standby, see [`Worker::own`]), nothing sent yet.
     #[allow(clippy::too_many_arguments)]
     fn new(
         settings: SyncSettings,
@@ -1018,6 +1097,7 @@ impl<C: Connector> Worker<C> {
         control: Arc<Mutex<Control>>,
         stop: Arc<AtomicBool>,
         baseline: &Baseline,
+        ownership: Ownership,
     ) -> Worker<C> {
         let status = Arc::new(Mutex::new(SyncStatus {
             standby: settings.standby.to_string(),
@@ -1028,7 +1108,7 @@ impl<C: Connector> Worker<C> {
         let index_path = settings
             .state_dir
             .join(index_file(position, &settings.standby));
-        Worker {
+        let mut worker = Worker {
             baseline: baseline.tree.clone(),
             baseline_waiting: baseline.waiting.clone(),
             peer_unreconciled: None,
@@ -1041,11 +1121,8 @@ impl<C: Connector> Worker<C> {
                 settings.fallback_interval,
                 settings.audit_interval,
             ),
-            index: if settings.shared {
-                Tree::new()
-            } else {
-                tree::load_index(&index_path)
-            },
+            // Read by `own`.
+            index: Tree::new(),
             index_path,
             shared_base: 0,
             settings,
@@ -1067,6 +1144,8 @@ impl<C: Connector> Worker<C> {
             standby: None,
             helpers: Vec::new(),
             stop,
+            ownership,
+            owned: None,
             status,
             refused: std::collections::HashMap::new(),
             refusals_logged: LogBudget::new(Instant::now(), REFUSALS_LOGGED),
@@ -1075,6 +1154,64 @@ impl<C: Connector> Worker<C> {
             caught_up_ms: 0,
             caught_up_told: 0,
             caught_up_told_at: None,
+        };
+        // Taken at once if free, else at its rounds (see `own`).
+        let _ = worker.own();
+        worker
+    }
+
+    /// Takes the standby and its index file for this worker (see
+    /// [`owner`]), if not held yet. While another worker holds one of them
+    /// (one started before a reload or role change, still ending), this one
+    /// writes nothing and says why; the schedule tries again at the retry.
+    /// The index is read once they are held: the worker before may have
+    /// written it until it ended.
+    fn own(&mut self) -> Result<(), Instant> {
+        if self.owned.is_some() {
+            return Ok(());
+        }
+        let entry = self.settings.standby.to_string();
+        let keys = vec![
+            owner::Key::Endpoint(entry.clone()),
+            owner::Key::Index(self.index_path.clone()),
+        ];
+        let owners = self.ownership.owners.clone();
+        match owners.take(self.ownership.start, &entry, keys) {
+            Ok(owned) => {
+                self.owned = Some(owned);
+                if !self.settings.shared {
+                    self.index = tree::load_index(&self.index_path);
+                    self.shared_base = 0;
+                }
+                Ok(())
+            }
+            Err(conflict) => Err(self.failed(self.held_by_another(conflict))),
+        }
+    }
+
+    /// What another worker holding this one's standby means.
+    fn held_by_another(&self, conflict: owner::Conflict) -> TransportError {
+        let endpoint = self.settings.standby.to_string();
+        if conflict.same_start {
+            TransportError::SameHost {
+                endpoint,
+                other: conflict.entry,
+            }
+        } else {
+            TransportError::PreviousWorker {
+                endpoint,
+                other: conflict.entry,
+            }
+        }
+    }
+
+    /// `Err(Stopped)` once the worker was told to stop: checked between
+    /// writes that are not operations of a round (the audit, a reconcile).
+    fn go_on(&self) -> Result<(), TransportError> {
+        if self.stop.load(Ordering::Relaxed) {
+            Err(TransportError::Stopped)
+        } else {
+            Ok(())
         }
     }
 
@@ -1213,6 +1350,9 @@ impl<C: Connector> Worker<C> {
     /// the standby unreachable), if at all.
     fn round(&mut self) {
         self.take_update(Duration::ZERO);
+        if self.own().is_err() {
+            return;
+        }
         if self.walks == 0 {
             // The local side has not walked the data dir yet: nothing to
             // plan from (an empty tree would look like everything deleted).
@@ -1311,6 +1451,9 @@ impl<C: Connector> Worker<C> {
     /// `audit_interval`) writes this master's claim there. Nothing is
     /// scanned, listed or sent.
     fn claim_round(&mut self) {
+        if self.own().is_err() {
+            return;
+        }
         self.replan_all = false;
         self.changed = Changed::default();
         self.closed.clear();
@@ -1381,8 +1524,21 @@ impl<C: Connector> Worker<C> {
         if self.standby.is_some() {
             return Ok(());
         }
+        self.own()?;
         match self.open_session() {
             Ok(s) => {
+                // The session was checked against this pinned key: another
+                // entry of `[sync] peer` whose worker reached the same key
+                // first is the same host, and that one replicates to it (see
+                // `owner`). Only keys that a session was checked against
+                // count: a stale pin of an entry that cannot connect blocks
+                // no other entry.
+                let key = self.connector.host_key();
+                if let Some(Err(conflict)) = self.owned.as_mut().map(|o| o.set_host_key(key)) {
+                    drop(s);
+                    let err = self.held_by_another(conflict);
+                    return Err(self.failed(err));
+                }
                 // Not said again on every retry of a failure only the admin can fix.
                 if self.said.is_none() {
                     tracing::info!(standby = %self.settings.standby, "connected to the standby");
@@ -1498,6 +1654,12 @@ impl<C: Connector> Worker<C> {
             temporaries,
             planted,
         } = listing.finish();
+        // Listing a big tree takes a while: a worker told to stop meanwhile
+        // removes nothing (a new one may already wait for this standby).
+        self.go_on()?;
+        let Some(standby) = self.standby.as_mut() else {
+            return Err(TransportError::NotPinned);
+        };
         for temp in &temporaries {
             match standby.sftp().remove(&remote_path(temp)) {
                 Err(e) if !e.is_no_such_file() => return Err(e.into()),
@@ -1539,6 +1701,7 @@ impl<C: Connector> Worker<C> {
             self.union = true;
             self.set_status(|s| s.reconciling = true);
         }
+        self.go_on()?;
         let differing = if self.baseline.is_some() {
             self.reconcile(&remote)?
         } else {
@@ -1557,6 +1720,7 @@ impl<C: Connector> Worker<C> {
         self.schedule.audited(Instant::now());
         self.said = None;
         if self.baseline.is_some() {
+            self.go_on()?;
             // The peer may be mirrored over from now on, and it knows it;
             // the baseline goes only once it does.
             if let Some(standby) = self.standby.as_mut() {
@@ -1740,7 +1904,7 @@ impl<C: Connector> Worker<C> {
                         let mut results: Vec<(usize, Result<u64, OpError>)> = small
                             .iter()
                             .map(|(i, _)| *i)
-                            .zip(push::put_batch(session.sftp(), data_dir, &items))
+                            .zip(push::put_batch(session.sftp(), data_dir, &items, stop))
                             .collect();
                         let mut broke = results.iter().any(|(_, r)| {
                             matches!(r, Err(OpError::Transport(_) | OpError::Aborted))
@@ -1749,7 +1913,7 @@ impl<C: Connector> Worker<C> {
                             let result = if broke {
                                 Err(OpError::Aborted)
                             } else {
-                                put_file(session.sftp(), data_dir, path, e)
+                                put_file(session.sftp(), data_dir, path, e, stop)
                             };
                             broke |= matches!(result, Err(OpError::Transport(_)));
                             results.push((i, result));
@@ -1815,11 +1979,16 @@ impl<C: Connector> Worker<C> {
             self.helpers.remove(n);
         }
         for i in redo {
+            // Told to stop: not one more file (a new worker may wait for this standby).
+            if self.stop.load(Ordering::Relaxed) {
+                self.replan_all = true;
+                break;
+            }
             if let Op::Put(path, e) = &run[i] {
                 let Some(main) = self.standby.as_mut() else {
                     return Err(OpError::Transport(TransportError::NotPinned));
                 };
-                match put_file(main.sftp(), &self.settings.data_dir, path, e) {
+                match put_file(main.sftp(), &self.settings.data_dir, path, e, &self.stop) {
                     Ok(bytes) => {
                         *done += 1;
                         confirm(&mut self.index, &self.status, &run[i], bytes, total - *done);
@@ -1861,7 +2030,8 @@ impl<C: Connector> Worker<C> {
             && self
                 .caught_up_told_at
                 .is_none_or(|at| at.elapsed() >= POSITION_EVERY);
-        if !due {
+        // A worker told to stop writes nothing more (see `go_on`).
+        if !due || self.go_on().is_err() {
             return;
         }
         let position = Position {
@@ -1883,11 +2053,23 @@ impl<C: Connector> Worker<C> {
         }
     }
 
+    /// Writes the index if it changed; only while this worker owns it (see
+    /// [`Worker::own`]) and the daemon still waits for it (see
+    /// [`SyncHandle::stop`]): the read lock is held until the file is in
+    /// place, so once `stop` has given up no write of it is under way.
     fn flush_index(&mut self) {
-        if self.settings.shared {
+        if self.settings.shared || self.owned.is_none() {
             return;
         }
         if !self.schedule.index_unsaved() {
+            return;
+        }
+        let may_save = self.ownership.may_save.clone();
+        let Ok(may) = may_save.read() else {
+            return;
+        };
+        if !*may {
+            tracing::debug!(standby = %self.settings.standby, "the daemon stopped waiting for this worker: its index is not written");
             return;
         }
         if let Err(err) = tree::save_index(&self.index_path, &self.index) {
@@ -1906,9 +2088,11 @@ impl<C: Connector> Worker<C> {
         // What was planned and not done is planned again.
         self.replan_all = true;
         let first = self.said.as_deref() != Some(message.as_str());
+        // Stopping is no failure to report.
+        let stopping = matches!(err, TransportError::Stopped);
         // A connection that works but is refused for a reason only the admin
         // can fix is retried often; it is said once, not on every retry.
-        if first || (was_connected && !needs_admin) {
+        if !stopping && (first || (was_connected && !needs_admin)) {
             self.said = Some(message.clone());
             if err.needs_admin() {
                 tracing::error!(standby = %self.settings.standby, "{message}");
@@ -2017,6 +2201,11 @@ impl<C: Connector> Worker<C> {
         let report_path = self.settings.state_dir.join(RECONCILE_REPORT);
         let (mut back, mut conflicts) = (0u64, 0u64);
         for action in &actions {
+            // Told to stop: the rest is done by the next worker's reconcile
+            // (the baseline stays until one completes).
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(TransportError::Stopped);
+            }
             let (what, path, copy) = match action {
                 reconcile::Action::MakeDir { path, entry } => {
                     reconcile::make_dir(&data_dir, path, entry)
@@ -2268,10 +2457,12 @@ impl<C: Connector> Worker<C> {
         }
         // From here on the daemon waits for the outcome instead of calling
         // the handover off: the standby may take over as soon as it is written.
-        let go = self.control.lock().is_ok_and(|mut c| {
-            c.writing_handover = c.hand_over;
-            c.hand_over
-        });
+        // Told to stop meanwhile: the daemon no longer waits for this one.
+        let go = !self.stop.load(Ordering::Relaxed)
+            && self.control.lock().is_ok_and(|mut c| {
+                c.writing_handover = c.hand_over;
+                c.hand_over
+            });
         if !go {
             return;
         }
@@ -2347,7 +2538,7 @@ impl<C: Connector> Worker<C> {
         let Some(standby) = self.standby.as_mut() else {
             return Err(OpError::Transport(TransportError::NotPinned));
         };
-        push::execute(standby.sftp(), &self.settings.data_dir, op)
+        push::execute(standby.sftp(), &self.settings.data_dir, op, &self.stop)
     }
 
     fn set_status(&self, f: impl FnOnce(&mut SyncStatus)) {
@@ -2536,6 +2727,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_standby_never_reached_counts_as_having_confirmed_nothing() {
+        let data = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::create_dir(data.path().join("u")).unwrap();
+        std::fs::write(data.path().join("u/a"), b"alpha").unwrap();
+        std::fs::write(data.path().join("u/b"), b"beta").unwrap();
+        let (current, _) = tree::scan(data.path(), &mut |_| {}).unwrap();
+        let endpoint = |host: &str| Endpoint {
+            host: host.into(),
+            port: 22,
+        };
+        let standbys = [endpoint("s1"), endpoint("s2")];
+        let index = |position: usize| state.path().join(index_file(position, &standbys[position]));
+        let everything = vec![b"u/a".to_vec(), b"u/b".to_vec()];
+
+        // The first confirmed everything; the second was never reached
+        // since the promotion: it has no index, and nothing is safe there.
+        tree::save_index(&index(0), &current).unwrap();
+        assert_eq!(
+            unconfirmed_by_any(state.path(), &standbys, &current),
+            everything
+        );
+        // Once it confirmed what the first has but one file, that one.
+        let mut confirmed = current.clone();
+        confirmed.remove(b"u/b");
+        tree::save_index(&index(1), &confirmed).unwrap();
+        assert_eq!(
+            unconfirmed_by_any(state.path(), &standbys, &current),
+            vec![b"u/b".to_vec()]
+        );
+        tree::save_index(&index(1), &current).unwrap();
+        assert!(unconfirmed_by_any(state.path(), &standbys, &current).is_empty());
+        // No standby listed and no index: nothing was confirmed anywhere.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(unconfirmed_by_any(empty.path(), &[], &current), everything);
+    }
+
+    #[test]
     fn same_bytes_tells_equal_content_from_other_bytes_and_lengths() {
         use std::io::Write as _;
         let check = |local: &[u8], chunks: &[&[u8]]| {
@@ -2577,10 +2806,14 @@ mod tests {
             }
         }
 
-        /// Every session it opens is one more stream to the same file system.
+        /// Every session it opens is one more stream to the same file system,
+        /// tagged `tag` (see [`FakeFs::by`]).
         struct FakeConnector {
             fs: Arc<Mutex<FakeFs>>,
-            opened: std::sync::atomic::AtomicUsize,
+            opened: Arc<std::sync::atomic::AtomicUsize>,
+            tag: u8,
+            /// The "pinned" host key of the standby.
+            host_key: Option<String>,
         }
 
         impl Connector for FakeConnector {
@@ -2594,9 +2827,13 @@ mod tests {
                     ))));
                 }
                 self.opened.fetch_add(1, Ordering::Relaxed);
-                let sftp = SftpClient::new(FakeStream::new(self.fs.clone()))
+                let sftp = SftpClient::new(FakeStream::tagged(self.fs.clone(), self.tag))
                     .map_err(|e: SftpError| TransportError::Sftp(e))?;
                 Ok(FakeSession { sftp })
+            }
+
+            fn host_key(&self) -> Option<String> {
+                self.host_key.clone()
             }
         }
 
@@ -2650,9 +2887,17 @@ mod tests {
         }
 
         fn connector(fs: &Arc<Mutex<FakeFs>>) -> FakeConnector {
+            tagged(fs, 0, None)
+        }
+
+        /// A connector whose changes are recorded with `tag`, to a standby
+        /// with this host key.
+        fn tagged(fs: &Arc<Mutex<FakeFs>>, tag: u8, host_key: Option<&str>) -> FakeConnector {
             FakeConnector {
                 fs: fs.clone(),
                 opened: Default::default(),
+                tag,
+                host_key: host_key.map(String::from),
             }
         }
 
@@ -2690,7 +2935,12 @@ mod tests {
                 .collect();
             let mut settings = settings(data.path(), state.path(), fss.len());
             settings.shared = shared;
-            let (local, workers) = assemble(settings, fss.iter().map(connector).collect()).unwrap();
+            let (local, workers) = assemble(
+                settings,
+                fss.iter().map(connector).collect(),
+                &Arc::default(),
+            )
+            .unwrap();
             let mut pairs = fss.into_iter().zip(workers);
             let (fs, worker) = pairs.next().unwrap();
             Bed {
@@ -3559,6 +3809,7 @@ mod tests {
             let handle = start_with(
                 settings(&root, state.path(), 2),
                 vec![connector(&one), connector(&two)],
+                &Arc::default(),
             )
             .unwrap();
             let level = |fs: &Arc<Mutex<FakeFs>>| files(fs) == master_files(&root);
@@ -3847,6 +4098,152 @@ mod tests {
                 assert!(files(fs).is_empty());
             }
             assert!(index_files(b._state.path()).is_empty());
+        }
+
+        /// A master whose standby stopped answering while a big file is
+        /// sent, until after the daemon's `stop` (a reload, a step-down, a
+        /// handover) gave up on the worker.
+        fn blocked_in_a_request(
+            root: &Path,
+            state: &Path,
+            fs: &Arc<Mutex<FakeFs>>,
+            owners: &Arc<owner::Owners>,
+        ) -> SyncHandle {
+            mkdir(root, "u", 0o750);
+            put(root, "u/a", b"alpha", 0o640, OLD);
+            let handle =
+                start_with(settings(root, state, 1), vec![tagged(fs, 1, None)], owners).unwrap();
+            assert!(within(Duration::from_secs(15), || files(fs) == master_files(root)));
+            fs.lock().unwrap().stalled = true;
+            put(root, "u/big", &vec![7u8; 600_000], 0o640, OLD);
+            assert!(within(Duration::from_secs(15), || handle
+                .snapshot()
+                .pending
+                == 1));
+            // In its request now (each one waits while the standby is stalled).
+            std::thread::sleep(Duration::from_millis(100));
+            handle
+        }
+
+        #[test]
+        fn a_worker_that_outlives_its_stop_sends_nothing_more_and_the_next_one_waits_for_it() {
+            let data = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let root = data.path().to_path_buf();
+            let fs = Arc::new(Mutex::new(FakeFs::default()));
+            let owners: Arc<owner::Owners> = Arc::default();
+            let old = blocked_in_a_request(&root, state.path(), &fs, &owners);
+            old.stop(Duration::from_millis(100));
+            let stopped_at = fs.lock().unwrap().by.len();
+
+            // The new workers (after a reload) for the same standby.
+            let next = tagged(&fs, 2, None);
+            let opened = next.opened.clone();
+            let new = start_with(settings(&root, state.path(), 1), vec![next], &owners).unwrap();
+            assert!(within(Duration::from_secs(5), || new
+                .snapshot()
+                .last_error
+                .is_some_and(|e| e.contains(
+                    "still being written to by the replication to standby.test:22"
+                ))));
+            assert_eq!(
+                opened.load(Ordering::Relaxed),
+                0,
+                "it waits, not even connected"
+            );
+
+            // The old one gets its answer, sees it was told to stop, and ends;
+            // then the new one connects and sends what is missing.
+            fs.lock().unwrap().stalled = false;
+            assert!(within(Duration::from_secs(30), || files(&fs)
+                == master_files(&root)));
+            let by = fs.lock().unwrap().by.clone();
+            for (tag, _, path) in &by[stopped_at..] {
+                assert!(
+                    *tag != 1 || path.starts_with(b"/.sftp-ha-tmp/"),
+                    "the old worker wrote {} after its stop",
+                    sftp::show(path)
+                );
+            }
+            let first_new = by.iter().position(|(tag, _, _)| *tag == 2).unwrap();
+            assert!(
+                by[first_new..].iter().all(|(tag, _, _)| *tag == 2),
+                "the two never write to the standby at the same time"
+            );
+            assert!(within(Duration::from_secs(15), || new
+                .snapshot()
+                .last_error
+                .is_none()));
+            new.stop(Duration::from_secs(5));
+        }
+
+        #[test]
+        fn a_worker_that_outlives_its_stop_does_not_write_its_index_when_it_ends() {
+            let data = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let root = data.path().to_path_buf();
+            let fs = Arc::new(Mutex::new(FakeFs::default()));
+            let owners: Arc<owner::Owners> = Arc::default();
+            let old = blocked_in_a_request(&root, state.path(), &fs, &owners);
+            old.stop(Duration::from_millis(100));
+            // What the daemon may do once `stop` returned: a promotion
+            // removes the index files (a step-down reads them).
+            let index = state.path().join(INDEX_FILE);
+            let _ = std::fs::remove_file(&index);
+
+            fs.lock().unwrap().stalled = false;
+            // The worker has ended once its standby is free.
+            let probe = || vec![owner::Key::Endpoint("standby.test:22".into())];
+            assert!(within(Duration::from_secs(30), || owners
+                .take(0, "probe", probe())
+                .is_ok()));
+            assert!(!index.exists(), "no index brought back by the late worker");
+        }
+
+        /// One host listed under two names in `[sync] peer` (the same
+        /// pinned host key): the first name replicates to it; the second
+        /// refuses, says why naming both entries, and writes nothing.
+        #[test]
+        fn one_host_under_two_names_is_replicated_to_once_and_the_second_name_says_why() {
+            let data = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let root = data.path().to_path_buf();
+            let fs = Arc::new(Mutex::new(FakeFs::default()));
+            let key = Some("ssh-ed25519 AAAAsame");
+            let (mut local, mut workers) = assemble(
+                settings(&root, state.path(), 2),
+                vec![tagged(&fs, 1, key), tagged(&fs, 2, key)],
+                &Arc::default(),
+            )
+            .unwrap();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/a", b"alpha", 0o640, OLD);
+            put(&root, "u/b", b"beta", 0o640, OLD);
+            // Again and again, as its retries would.
+            for _ in 0..3 {
+                local.pass();
+                for w in &mut workers {
+                    w.round();
+                }
+            }
+            assert_eq!(files(&fs), master_files(&root));
+            let by = fs.lock().unwrap().by.clone();
+            assert!(!by.is_empty());
+            assert!(
+                by.iter().all(|(tag, _, _)| *tag == 1),
+                "only the first name's worker writes"
+            );
+            let second = workers[1].status.lock().unwrap().clone();
+            assert!(!second.connected);
+            let said = second.last_error.unwrap();
+            assert!(
+                said.contains(
+                    "standby1.test:22 has the same host key as the standby standby.test:22"
+                ) && said.contains("[sync] peer")
+                    && said.contains("fix:"),
+                "{said}"
+            );
+            assert!(workers[0].status.lock().unwrap().connected);
         }
     }
 }

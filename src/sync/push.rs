@@ -12,17 +12,19 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::sftp::{self, Attrs, SftpClient, SftpError};
 use super::transport::TransportError;
 use super::tree::{self, Entry, Kind, Op, TEMP_DIR};
 
-/// Runs one operation on the standby; returns the file bytes sent.
+/// Runs one operation on the standby; returns the file bytes sent. `stop`:
+/// see [`put_file`].
 pub fn execute(
     sftp: &mut SftpClient<impl Read + Write>,
     data_dir: &Path,
     op: &Op,
+    stop: &AtomicBool,
 ) -> Result<u64, OpError> {
     let path = op.path();
     let t = |e: SftpError| OpError::from_sftp(path, e);
@@ -92,7 +94,7 @@ pub fn execute(
             }
             Ok(0)
         }
-        Op::Put(path, e) => put_file(sftp, data_dir, path, e),
+        Op::Put(path, e) => put_file(sftp, data_dir, path, e, stop),
     }
 }
 
@@ -173,22 +175,37 @@ fn is_file(a: &Attrs) -> bool {
 /// Uploads one file: to a temporary name beside the target, fsynced, with
 /// owner, mode and mtime, then renamed over the target. A reader on the
 /// standby sees the old file or the new one, never a part.
+///
+/// Once `stop` is set (the worker was told to stop: a reload, a step-down,
+/// a handover) nothing more is sent and the file is not renamed into place
+/// ([`OpError::Aborted`]): a new worker for the same standby may start as
+/// soon as this one is gone, so a big file must not keep it waiting, and
+/// after a step-down the standby may be the new master. The temporary left
+/// there is removed by the next audit.
 pub fn put_file(
     sftp: &mut SftpClient<impl Read + Write>,
     data_dir: &Path,
     path: &[u8],
     e: &Entry,
+    stop: &AtomicBool,
 ) -> Result<u64, OpError> {
     let t = |e: SftpError| OpError::from_sftp(path, e);
     let local = |err| OpError::Local(path.to_vec(), err);
-    let mut file = open_as_scanned(data_dir, path, e).map_err(local)?;
+    if stop.load(Ordering::Relaxed) {
+        return Err(OpError::Aborted);
+    }
+    let file = open_as_scanned(data_dir, path, e).map_err(local)?;
     let remote = remote_path(path);
     let temp = temp_path();
     let handle = sftp.create(&temp, TEMPORARY).map_err(t)?;
+    let mut source = UntilStopped { file, stop };
     let sent = sftp
-        .write_from(&handle, &mut file)
+        .write_from(&handle, &mut source)
         .and_then(|written| sftp.finish(&handle, attrs(e, true)).map(|()| written));
+    let file = source.file;
     let written = match sent {
+        // Answers may still be due on the session: the worker ends anyway.
+        Err(_) if stop.load(Ordering::Relaxed) => return Err(OpError::Aborted),
         Ok(written) => written,
         Err(err) => {
             if err.is_refusal() {
@@ -202,11 +219,30 @@ pub fn put_file(
         let _ = sftp.remove(&temp);
         return Err(local(err));
     }
+    if stop.load(Ordering::Relaxed) {
+        return Err(OpError::Aborted);
+    }
     if let Err(err) = sftp.posix_rename(&temp, &remote) {
         let _ = sftp.remove(&temp);
         return Err(t(err));
     }
     Ok(written)
+}
+
+/// A file to send that reads as failed once `stop` is set, so a big upload
+/// ends at its next chunk.
+struct UntilStopped<'a> {
+    file: std::fs::File,
+    stop: &'a AtomicBool,
+}
+
+impl Read for UntilStopped<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("replication was told to stop"));
+        }
+        self.file.read(buf)
+    }
 }
 
 /// Whether the peer takes replication: it is a standby only if the sync
@@ -306,11 +342,13 @@ pub const SMALL: u64 = 256 * 1024;
 /// the lot instead of three per file, with the guarantees of [`put_file`]: a
 /// file is renamed into place only after it was written, fsynced and closed.
 /// Returns one result per item, in order; after a transport error the
-/// remaining ones are [`OpError::Aborted`].
+/// remaining ones are [`OpError::Aborted`], and so are all those not yet
+/// renamed into place once `stop` is set (see [`put_file`]).
 pub fn put_batch(
     sftp: &mut SftpClient<impl Read + Write>,
     data_dir: &Path,
     items: &[(&[u8], &Entry)],
+    stop: &AtomicBool,
 ) -> Vec<Result<u64, OpError>> {
     let mut results: Vec<Result<u64, OpError>> = Vec::with_capacity(items.len());
     // The content now, as scanned; a file that changed waits for the next round.
@@ -327,7 +365,7 @@ pub fn put_batch(
             }
         }
     }
-    if let Err(err) = send_batch(sftp, items, &contents, &mut results) {
+    if let Err(err) = send_batch(sftp, items, &contents, &mut results, stop) {
         // Only a broken session gets here: refusals were recorded per item.
         for r in results.iter_mut().filter(|r| r.is_ok()) {
             *r = Err(OpError::Aborted);
@@ -349,6 +387,7 @@ fn send_batch(
     items: &[(&[u8], &Entry)],
     contents: &[Option<Vec<u8>>],
     results: &mut [Result<u64, OpError>],
+    stop: &AtomicBool,
 ) -> Result<(), sftp::SftpError> {
     let names: Vec<(Vec<u8>, Vec<u8>)> = items
         .iter()
@@ -391,7 +430,7 @@ fn send_batch(
         let finish = sftp.start_finish(handle, attrs(items[i].1, true))?;
         pending.push((writes, finish));
     }
-    let mut renames = Vec::with_capacity(handles.len());
+    let mut written = Vec::with_capacity(handles.len());
     for ((i, _), (writes, finish)) in handles.iter().zip(pending) {
         let i = *i;
         let mut outcome = Ok(());
@@ -400,12 +439,24 @@ fn send_batch(
         }
         outcome = outcome.and(sftp.expect_finished(finish));
         match outcome {
-            Ok(()) => renames.push((i, sftp.start_posix_rename(&names[i].0, &names[i].1)?)),
+            Ok(()) => written.push(i),
             Err(e) => {
                 refused(results, i, e)?;
                 sftp.remove(&names[i].0).or_else(ignore_refusal)?;
             }
         }
+    }
+    // Every answer is in: a worker told to stop leaves the session clean
+    // and puts nothing in place (the audit removes the temporaries).
+    if stop.load(Ordering::Relaxed) {
+        for i in written {
+            results[i] = Err(OpError::Aborted);
+        }
+        return Ok(());
+    }
+    let mut renames = Vec::with_capacity(written.len());
+    for i in written {
+        renames.push((i, sftp.start_posix_rename(&names[i].0, &names[i].1)?));
     }
     for (i, id) in renames {
         if let Err(e) = sftp.expect_ok(id, || format!("rename into {}", sftp::show(&names[i].1))) {

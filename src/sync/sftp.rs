@@ -1009,9 +1009,18 @@ pub(crate) mod fake {
         /// Requests hang while this is set, as on a standby that has stopped
         /// answering without the connection breaking.
         pub(crate) stalled: bool,
+        /// `changes` with the tag of the stream that made each (see
+        /// [`FakeStream::tagged`]): which client wrote what, in order.
+        pub(crate) by: Vec<(u8, u8, Vec<u8>)>,
     }
 
     impl FakeFs {
+        /// Records a change made by the stream tagged `tag`.
+        fn note(&mut self, tag: u8, change: (u8, Vec<u8>)) {
+            self.by.push((tag, change.0, change.1.clone()));
+            self.changes.push(change);
+        }
+
         fn parent_is_dir(&self, path: &[u8]) -> bool {
             match path.iter().rposition(|b| *b == b'/') {
                 Some(0) => true,
@@ -1081,16 +1090,19 @@ pub(crate) mod fake {
         next_handle: u32,
         input: Vec<u8>,
         output: std::collections::VecDeque<u8>,
+        tag: u8,
     }
 
     impl FakeStream {
-        pub(crate) fn new(fs: std::sync::Arc<std::sync::Mutex<FakeFs>>) -> FakeStream {
+        /// A stream whose changes [`FakeFs::by`] records with `tag`.
+        pub(crate) fn tagged(fs: std::sync::Arc<std::sync::Mutex<FakeFs>>, tag: u8) -> FakeStream {
             FakeStream {
                 fs,
                 open: HashMap::new(),
                 next_handle: 0,
                 input: Vec::new(),
                 output: Default::default(),
+                tag,
             }
         }
 
@@ -1152,6 +1164,7 @@ pub(crate) mod fake {
         /// Answers one request; returns the status to answer with, if not
         /// answered already.
         fn serve(&mut self, kind: u8, id: u32, r: &mut Reader<'_>) -> Option<u32> {
+            let tag = self.tag;
             let fs = self.fs.clone();
             let mut fs = fs.lock().unwrap();
             let mut peek = Reader { data: r.data };
@@ -1184,7 +1197,7 @@ pub(crate) mod fake {
                         }
                         let node = Node::file(b"", attrs.mode.unwrap_or(0o644) & 0o7777);
                         fs.nodes.insert(path.clone(), node);
-                        fs.changes.push((OPEN, path.clone()));
+                        fs.note(tag, (OPEN, path.clone()));
                     } else if !fs.is_dir(&path) && !fs.nodes.contains_key(&path) {
                         return Some(FX_NO_SUCH_FILE);
                     }
@@ -1272,7 +1285,7 @@ pub(crate) mod fake {
                         return Some(FX_NO_SUCH_FILE);
                     };
                     node.set(&attrs);
-                    fs.changes.push((FSETSTAT, path));
+                    fs.note(tag, (FSETSTAT, path));
                     Some(FX_OK)
                 }
                 CLOSE => {
@@ -1310,7 +1323,7 @@ pub(crate) mod fake {
                     }
                     let node = Node::dir(attrs.mode.unwrap_or(0o755) & 0o7777);
                     fs.nodes.insert(path.clone(), node);
-                    fs.changes.push((MKDIR, path));
+                    fs.note(tag, (MKDIR, path));
                     Some(FX_OK)
                 }
                 RMDIR | REMOVE => {
@@ -1322,7 +1335,7 @@ pub(crate) mod fake {
                         return Some(FX_FAILURE);
                     }
                     fs.nodes.remove(&path);
-                    fs.changes.push((kind, path));
+                    fs.note(tag, (kind, path));
                     Some(FX_OK)
                 }
                 EXTENDED => {
@@ -1333,7 +1346,7 @@ pub(crate) mod fake {
                             let to = r.string().unwrap();
                             let code = fs.rename(from, to);
                             if code == FX_OK {
-                                fs.changes.push((EXTENDED, to.to_vec()));
+                                fs.note(tag, (EXTENDED, to.to_vec()));
                             }
                             code
                         }
@@ -1349,7 +1362,7 @@ pub(crate) mod fake {
                                 return Some(FX_NO_SUCH_FILE);
                             };
                             node.set(&attrs);
-                            fs.changes.push((EXTENDED, path.to_vec()));
+                            fs.note(tag, (EXTENDED, path.to_vec()));
                             FX_OK
                         }
                         b"fsync@openssh.com" => {

@@ -57,6 +57,16 @@ pub enum TransportError {
     Reconcile { endpoint: String, message: String },
     #[error("this host steps down: {reason}")]
     SteppedDown { reason: String },
+    #[error(
+        "the standby {endpoint} has the same host key as the standby {other}, also listed in `[sync] peer` of config.toml: they are one host under two names, and two workers writing to it at once would undo each other's work; nothing is replicated to {endpoint} (everything goes through {other}); fix: list the host once in `[sync] peer` and run `systemctl reload sftp-ha` (if they really are two hosts, pin each one's own key with `sftp-ha pair trust-peer --replace HOST[:PORT]`)"
+    )]
+    SameHost { endpoint: String, other: String },
+    #[error(
+        "the standby {endpoint} is still being written to by the replication to {other} started before the last reload or role change, which was told to stop and has not yet (it ends after its current request); nothing is sent to {endpoint} until it has"
+    )]
+    PreviousWorker { endpoint: String, other: String },
+    #[error("replication was told to stop")]
+    Stopped,
     #[error("SFTP with the standby: {0}")]
     Sftp(#[from] SftpError),
 }
@@ -74,6 +84,7 @@ impl TransportError {
                 | TransportError::BadPeerRole { .. }
                 | TransportError::SteppedDown { .. }
                 | TransportError::Reconcile { .. }
+                | TransportError::SameHost { .. }
         )
     }
 }
@@ -147,6 +158,11 @@ impl Session for Standby {
 pub trait Connector: Sync {
     type Session: Session;
     fn open(&self) -> Result<Self::Session, TransportError>;
+    /// The host key a session it opened was checked against (the pinned
+    /// one): two names of one host have the same (see [`super::owner`]).
+    fn host_key(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The real connector: SSH to the standby with the pinned host key and this
@@ -165,6 +181,10 @@ impl Connector for SshConnector {
         let pinned = crate::pair::pinned_host_key_of(&self.state_dir, self.position, &self.standby);
         let key = crate::pair::key_path(&self.state_dir);
         Standby::connect(&self.standby, pinned.as_deref(), &key)
+    }
+
+    fn host_key(&self) -> Option<String> {
+        crate::pair::pinned_host_key_of(&self.state_dir, self.position, &self.standby)
     }
 }
 
