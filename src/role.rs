@@ -201,7 +201,8 @@ impl Position {
         (self.epoch, self.through_ms) > (other.epoch, other.through_ms)
     }
 
-    fn describe(&self) -> String {
+    /// "everything of master M at epoch E through TIME".
+    pub fn describe(&self) -> String {
         format!(
             "everything of master {} at epoch {} through {}",
             self.master,

@@ -89,6 +89,9 @@ pub struct DaemonStatus {
     /// The peer as last seen (its published role, or its claim).
     #[serde(default)]
     pub peer: Option<PeerSeen>,
+    /// On a standby: how far its master last told it it is caught up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caught_up: Option<crate::role::Position>,
     /// The answer to the last `sftp-ha promote` / `demote`.
     #[serde(default)]
     pub last_request: Option<RequestOutcome>,
@@ -242,6 +245,16 @@ impl DaemonStatus {
                     ),
                 );
             }
+        }
+        if let Some(p) = self
+            .caught_up
+            .as_ref()
+            .filter(|_| self.role == Role::Standby)
+        {
+            row(
+                "caught up:",
+                format!("{} (as that master last told this host)", p.describe()),
+            );
         }
         if let Some(r) = &self.last_request {
             row(
@@ -643,6 +656,7 @@ mod tests {
             role_reason: "first start".into(),
             node: "m1".into(),
             peer: None,
+            caught_up: None,
             last_request: None,
             answers: Vec::new(),
             failover: None,
@@ -675,6 +689,26 @@ mod tests {
         assert!(text.contains("none configured"), "{text}");
         assert!(text.contains("REFUSED: config error"), "{text}");
         assert!(text.contains("full scan every 1m40s"), "{text}");
+    }
+
+    #[test]
+    fn a_standby_shows_how_far_it_is_caught_up() {
+        let mut status = sample();
+        status.caught_up = Some(crate::role::Position {
+            master: "m1".into(),
+            epoch: 3,
+            through_ms: 1_000_250,
+        });
+        // Only on a standby: a master's would be a leftover.
+        assert!(!status.render(1_000).contains("caught up:"));
+        status.role = Role::Standby;
+        let text = status.render(1_000);
+        assert!(
+            text.contains(
+                "caught up:   everything of master m1 at epoch 3 through 1970-01-01 00:16:40.250 UTC"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -220,6 +220,11 @@ fn failover_with_two_standbys_promotes_the_most_caught_up_and_the_other_follows(
     });
 
     // The master dies; the cut-off standby is back, still behind.
+    let status = tb.ok(STANDBY, "sftp-ha status");
+    assert!(
+        status.contains("caught up:   everything of master"),
+        "{status}"
+    );
     tb.poweroff(MASTER);
     tb.uncut(SECOND);
     let out = tb.sh(SECOND, "sftp-ha promote");

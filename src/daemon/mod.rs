@@ -103,6 +103,8 @@ struct Daemon {
     node: String,
     /// The claim file as last judged.
     claim_seen: Option<roles::ClaimMark>,
+    /// The same for the position file (see [`Daemon::check_position`]).
+    position_seen: Option<roles::ClaimMark>,
     /// A `promote` / `demote` under way.
     pending: Option<roles::Pending>,
     /// Until when, and against which connections, users' sessions are ended
@@ -205,6 +207,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
             role_reason: live.reason.clone(),
             node: String::new(),
             peer: None,
+            caught_up: None,
             last_request: None,
             answers: Vec::new(),
             failover: None,
@@ -232,6 +235,7 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         live,
         node: crate::role::node_name(),
         claim_seen: None,
+        position_seen: None,
         pending: None,
         fencing: None,
         fence_reload_at: None,
@@ -356,6 +360,7 @@ impl Daemon {
             }
             self.clean_up_temporaries();
             self.check_claim();
+            self.check_position();
             self.keep_fencing();
             self.check_sync_control();
             self.advance_request();

@@ -494,6 +494,25 @@ impl Daemon {
         }
     }
 
+    /// Shows how far the master told this standby it is caught up
+    /// (`position.json`), read again when the file changed.
+    pub(super) fn check_position(&mut self) {
+        let path = self.control_dir().join(POSITION_FILE);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && self.live.role == Role::Standby => m,
+            _ => {
+                self.status.caught_up = None;
+                self.position_seen = None;
+                return;
+            }
+        };
+        let mark = (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.size());
+        if self.position_seen != Some(mark) {
+            self.position_seen = Some(mark);
+            self.status.caught_up = read_json::<Position>(&path).ok();
+        }
+    }
+
     /// Reads the claim file if it changed, and acts on it.
     pub(super) fn check_claim(&mut self) {
         let path = self.control_dir().join(CLAIM_FILE);

@@ -93,6 +93,7 @@ pub(super) fn run(
         role_reason: "role = \"witness\" in config.toml".into(),
         node,
         peer: None,
+        caught_up: None,
         last_request: None,
         answers: Vec::new(),
         failover: Some(failover.status()),

@@ -31,6 +31,7 @@ fn base(role: Role) -> DaemonStatus {
         role_reason: String::new(),
         node: "m1".into(),
         peer: None,
+        caught_up: None,
         last_request: None,
         answers: Vec::new(),
         failover: None,
