@@ -262,13 +262,29 @@ pub enum PairCommand {
     /// the data dir with internal-sftp; on the current master the account may
     /// only read. Keys add up, one per peer: with several standbys, every
     /// file host accepts every other one's key, so whichever is promoted can
-    /// replicate to the rest. Idempotent: the same key is kept once, and a
-    /// key with the same comment (`sftp-ha-sync@HOST`, that host's new key)
-    /// replaces the old one. The keys are in /etc/sftp-ha/sync_authorized_keys.
+    /// replicate to the rest. Idempotent: the same key is kept once. A host
+    /// that made a new key: `forget-peer` its old one. The keys are in
+    /// /etc/sftp-ha/sync_authorized_keys (`list-peers` shows them).
     #[command(visible_alias = "accept-peer")]
     AcceptMaster {
         /// The public key line printed by `sftp-ha pair show-key` on the master
         key: String,
+    },
+    /// Print the peers' sync keys this host accepts, one a line
+    ///
+    /// `TYPE DATA COMMENT`; the comment is `sftp-ha-sync@HOST` of the host
+    /// that made the key. Exits 0 (also with none).
+    ListPeers,
+    /// Stop accepting a peer's sync key
+    ///
+    /// WHICH is the key data, the whole key line, or the comment (every key
+    /// with that comment, e.g. `sftp-ha-sync@oldmaster`). New sessions with
+    /// it are refused; one already open ends when it ends. For a host
+    /// decommissioned, or one that made a new key (then `accept-peer` the new
+    /// one). Exits 0 if a key was removed, 1 if none matched.
+    ForgetPeer {
+        /// The key data, the key line or the comment of the key(s) to forget
+        which: String,
     },
     /// Fetch, pin and print the peer's ed25519 host key
     ///
@@ -687,6 +703,24 @@ fn pair(config_path: &Path, cmd: PairCommand) -> Exit {
                 },
             )
         }
+        PairCommand::ListPeers => crate::pair::accepted_peers().map(|keys| {
+            for key in keys {
+                println!("{key}");
+            }
+        }),
+        PairCommand::ForgetPeer { which } => match crate::pair::forget_peer(&which) {
+            Ok(0) => {
+                eprintln!(
+                    "sftp-ha: no accepted key matches `{which}`; nothing changed (see sftp-ha pair list-peers)"
+                );
+                return Exit::Failure;
+            }
+            Ok(n) => {
+                println!("forgot {n} key(s): new sessions with them are refused");
+                Ok(())
+            }
+            Err(err) => Err(err),
+        },
         PairCommand::TrustStandby { standby, replace } => {
             let endpoint = match standby.as_deref().map(config::Endpoint::parse) {
                 Some(Ok(e)) => e,

@@ -151,35 +151,87 @@ pub fn accept_master(
     Ok(())
 }
 
+/// One accepted line: `restrict TYPE DATA [COMMENT]` as (TYPE DATA, COMMENT).
+fn key_and_comment(line: &str) -> (String, String) {
+    let mut w = line.split_whitespace();
+    if line.starts_with("restrict ") {
+        w.next();
+    }
+    let key = format!("{} {}", w.next().unwrap_or(""), w.next().unwrap_or(""));
+    (key, w.collect::<Vec<_>>().join(" "))
+}
+
 /// The sync account's authorized keys with `key_line` accepted: several
 /// file hosts (a master with several standbys) each accept every other
 /// one's key, so a standby that is promoted can replicate to the others.
-/// A key already there is kept once; a key with the same comment
-/// (`sftp-ha-sync@HOST`: that host made a new key) replaces the old one, so
-/// re-pairing a host does not leave its old key working.
+/// A key already there is kept once. Nothing is replaced by a comment (two
+/// hosts may share a hostname): a host's old key goes with `forget-peer`.
 fn authorized_with(old: &str, key_line: &str) -> String {
-    let words = |line: &str| -> (String, String) {
-        let mut w = line.split_whitespace();
-        // Each line is `restrict TYPE DATA [COMMENT]`.
-        if line.starts_with("restrict ") {
-            w.next();
-        }
-        let key = format!("{} {}", w.next().unwrap_or(""), w.next().unwrap_or(""));
-        (key, w.collect::<Vec<_>>().join(" "))
-    };
-    let (new_key, new_comment) = words(key_line);
+    let (new_key, _) = key_and_comment(key_line);
     let mut text: String = old
         .lines()
-        .filter(|line| !line.trim().is_empty())
-        .filter(|line| {
-            let (key, comment) = words(line);
-            key != new_key && (new_comment.is_empty() || comment != new_comment)
-        })
+        .filter(|line| !line.trim().is_empty() && key_and_comment(line).0 != new_key)
         .map(|line| format!("{}\n", line.trim()))
         .collect();
     // `restrict` turns off every forwarding and the TTY even if sshd's config changed.
     text.push_str(&format!("restrict {key_line}\n"));
     text
+}
+
+/// The accepted keys without the ones `which` names (the key data, the
+/// whole `TYPE DATA` pair, or the comment, e.g. `sftp-ha-sync@master`),
+/// and how many went.
+fn authorized_without(old: &str, which: &str) -> (String, usize) {
+    let which = which.trim();
+    let mut gone = 0;
+    let text = old
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .filter(|line| {
+            let (key, comment) = key_and_comment(line);
+            let data = key.split(' ').nth(1).unwrap_or("");
+            let named = which == key
+                || which == data
+                || (!comment.is_empty() && which == comment)
+                || key_and_comment(which).0 == key;
+            gone += usize::from(named);
+            !named
+        })
+        .map(|line| format!("{}\n", line.trim()))
+        .collect();
+    (text, gone)
+}
+
+/// The accepted peers' keys, one `TYPE DATA COMMENT` line each.
+pub fn accepted_peers() -> Result<Vec<String>, PairError> {
+    let path = Path::new(SYNC_KEYS);
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim().trim_start_matches("restrict ").to_string())
+            .collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+/// Removes the accepted keys `which` names (see [`authorized_without`]);
+/// returns how many. That peer's sessions already open go on until they
+/// end; new ones are refused.
+pub fn forget_peer(which: &str) -> Result<usize, PairError> {
+    let path = Path::new(SYNC_KEYS);
+    let old = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("read", path)(e)),
+    };
+    let (text, gone) = authorized_without(&old, which);
+    if gone > 0 {
+        crate::fsutil::write_atomic(path, text.as_bytes(), 0o600, Some((0, 0)))
+            .map_err(io_err("write", path))?;
+    }
+    Ok(gone)
 }
 
 /// The file that pins a standby's host key: the first standby of `[sync]
@@ -323,7 +375,7 @@ mod several_standbys {
     }
 
     #[test]
-    fn accepting_a_peer_keeps_the_other_peers_keys_and_replaces_a_hosts_old_key() {
+    fn accepted_keys_add_up_and_forget_peer_removes_the_one_named() {
         let master = "ssh-ed25519 AAAAmasterkey0000000 sftp-ha-sync@master";
         let standby2 = "ssh-ed25519 AAAAstandby2key00000 sftp-ha-sync@standby2";
         let one = authorized_with("", master);
@@ -335,17 +387,24 @@ mod several_standbys {
             authorized_with(&two, master),
             format!("restrict {standby2}\nrestrict {master}\n")
         );
-        // The master made a new key: its old one goes.
-        let rekeyed = "ssh-ed25519 AAAAmasternewkey00000 sftp-ha-sync@master";
-        assert_eq!(
-            authorized_with(&two, rekeyed),
-            format!("restrict {standby2}\nrestrict {rekeyed}\n")
+        // Two hosts with one hostname (one image, `localhost.localdomain`,
+        // or none): both keys stay.
+        let clone = "ssh-ed25519 AAAAclonekey000000000 sftp-ha-sync@master";
+        let three = authorized_with(&two, clone);
+        assert!(
+            three.contains("AAAAmasterkey") && three.contains("AAAAclonekey"),
+            "{three}"
         );
-        // A key without a comment replaces nothing but itself.
-        let bare = "ssh-ed25519 AAAAbarekey000000000";
+        // Forgotten by key data, by the whole line, or by comment (all of that name).
+        assert_eq!(authorized_without(&three, "AAAAstandby2key00000").1, 1);
+        assert_eq!(authorized_without(&three, standby2).1, 1);
+        let (left, gone) = authorized_without(&three, "sftp-ha-sync@master");
+        assert_eq!((left, gone), (format!("restrict {standby2}\n"), 2));
+        // Nothing named: nothing goes; an empty name names nothing.
+        assert_eq!(authorized_without(&three, "sftp-ha-sync@nobody").1, 0);
         assert_eq!(
-            authorized_with(&two, bare),
-            format!("restrict {master}\nrestrict {standby2}\nrestrict {bare}\n")
+            authorized_without("restrict ssh-ed25519 AAAAbare0000000000\n", "").1,
+            0
         );
     }
 

@@ -219,66 +219,85 @@ pub enum OtherStandby {
         role: Published,
         position: Option<Position>,
     },
-    /// Not reached, or not readable: why.
-    Unknown(String),
+    /// Nobody answered (down, or the link is): why. Not waited for.
+    Unreachable(String),
+    /// Something answered but could not be asked (pairing: no pinned host
+    /// key, another host key, the key refused; an unreadable role or
+    /// position): it may well be further caught up, or a master.
+    Unasked(String),
 }
 
 /// `promote` on a standby whose master does not answer, with other standbys
-/// listed: refuses (with what to do) when another standby is the master
-/// already or is further caught up than this host, so that the most
-/// caught-up one is promoted and the others follow it; otherwise says what
-/// was compared. Nothing would be lost either way (the new master
-/// reconciles the others: what only they have comes back), but a standby
-/// further behind would be the master of an older tree until then, and
-/// its users would miss files a moment.
+/// listed: refuses (with what to do) when another host is further caught up
+/// than this one, is a master, follows a newer master, could not be asked,
+/// or is level with this host and its node name sorts first (two standbys
+/// promoted at once must not both go ahead); otherwise says what was
+/// compared. Nothing would be lost either way (the new master reconciles
+/// the others: what only they have comes back), but a standby further
+/// behind would be the master of an older tree until then, and its users
+/// would miss files a moment. `node` is this host's node name.
 pub fn judge_among_standbys(
     me: &Live,
+    node: &str,
     mine: Option<&Position>,
     others: &[(String, OtherStandby)],
 ) -> Result<String, String> {
+    let nothing = || "nothing confirmed by a master".to_string();
+    let here = mine.map_or_else(nothing, Position::describe);
     let mut notes = Vec::new();
     for (name, other) in others {
-        match other {
-            OtherStandby::Answered { role, .. }
-                if role.role == Role::Master && role.epoch > me.epoch =>
-            {
+        let (role, theirs) = match other {
+            OtherStandby::Unreachable(why) => {
+                notes.push(format!("{name} could not be compared: {why}"));
+                continue;
+            }
+            OtherStandby::Unasked(why) => {
                 return Err(format!(
-                    "the other standby {name} is the master already, at epoch {} (promoted since); nothing changed. This host follows it once {name}'s [sync] peer lists it (see `sftp-ha status` there)",
-                    role.epoch
+                    "the other standby {name} answered but could not be asked ({why}), so it may be further caught up, or a master; nothing changed. Fix the pairing with it (sftp-ha pair trust-peer / accept-peer), or if it cannot serve, sftp-ha promote --force"
                 ));
             }
-            OtherStandby::Answered {
-                position: Some(theirs),
-                ..
-            } if mine.is_none_or(|m| theirs.ahead_of(m)) => {
-                let here = mine.map_or("nothing confirmed by a master".to_string(), |m| {
-                    m.describe()
-                });
-                return Err(format!(
-                    "the other standby {name} is further caught up (it has {}; this host has {here}); nothing changed. Promote {name} instead (`sftp-ha promote` there), or if it cannot serve, `sftp-ha promote --force` here: {name} is then reconciled with this host when it is reached (what only it has comes here, nothing is lost)",
-                    theirs.describe()
-                ));
-            }
-            OtherStandby::Answered { position, .. } => notes.push(format!(
-                "{name} has {}",
-                position.as_ref().map_or(
-                    "nothing confirmed by a master".to_string(),
-                    Position::describe
-                )
-            )),
-            OtherStandby::Unknown(why) => {
-                notes.push(format!("{name} could not be compared: {why}"))
-            }
+            OtherStandby::Answered { role, position } => (role, position.as_ref()),
+        };
+        if role.role == Role::Master && role.epoch >= me.epoch {
+            return Err(format!(
+                "{name} is a master, at epoch {} (this host is at epoch {}), and takes uploads; nothing changed. A promotion asks the first host of [sync] peer for a handover: put {name} first there (and `systemctl reload sftp-ha`), then sftp-ha promote again",
+                role.epoch, me.epoch
+            ));
         }
+        if role.epoch > me.epoch {
+            return Err(format!(
+                "the other standby {name} follows a newer master, at epoch {} (this host is at epoch {}): a host was promoted since; nothing changed. This host follows that master once its [sync] peer lists this host (see `sftp-ha status` on {name})",
+                role.epoch, me.epoch
+            ));
+        }
+        let further = match (theirs, mine) {
+            (Some(t), Some(m)) => t.ahead_of(m),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if further {
+            return Err(format!(
+                "the other standby {name} is further caught up (it has {}; this host has {here}); nothing changed. Promote {name} instead (`sftp-ha promote` there), or if it cannot serve, `sftp-ha promote --force` here: {name} is then reconciled with this host when it is reached (what only it has comes here, nothing is lost)",
+                theirs.map_or_else(nothing, Position::describe)
+            ));
+        }
+        let level = match (theirs, mine) {
+            (Some(t), Some(m)) => !m.ahead_of(t),
+            (None, None) => true,
+            _ => false,
+        };
+        if level && role.node.as_str() < node {
+            return Err(format!(
+                "the other standby {name} (node {}) is as far caught up as this host (both have {here}); of two level standbys the one whose node name sorts first is promoted, so that two promotions at once make one master; nothing changed. Promote {name} instead, or if it cannot serve, `sftp-ha promote --force` here",
+                role.node
+            ));
+        }
+        notes.push(format!(
+            "{name} has {}",
+            theirs.map_or_else(nothing, Position::describe)
+        ));
     }
-    Ok(format!(
-        "this host has {}; {}",
-        mine.map_or(
-            "nothing confirmed by a master".to_string(),
-            Position::describe
-        ),
-        notes.join("; ")
-    ))
+    Ok(format!("this host has {here}; {}", notes.join("; ")))
 }
 
 /// What a master's replication worker does after reading its peer's role.
@@ -984,9 +1003,13 @@ mod tests {
     }
 
     fn answered(role: Role, epoch: u64, position: Option<Position>) -> OtherStandby {
+        answered_by("s2", role, epoch, position)
+    }
+
+    fn answered_by(node: &str, role: Role, epoch: u64, position: Option<Position>) -> OtherStandby {
         OtherStandby::Answered {
             role: Published {
-                node: "s2".into(),
+                node: node.into(),
                 role,
                 epoch,
                 wants_master: false,
@@ -998,6 +1021,15 @@ mod tests {
         }
     }
 
+    /// This host is node "s1" in these tests.
+    fn judge(
+        me: &Live,
+        mine: Option<&Position>,
+        others: &[(String, OtherStandby)],
+    ) -> Result<String, String> {
+        judge_among_standbys(me, "s1", mine, others)
+    }
+
     #[test]
     fn promote_among_standbys_refuses_when_another_is_further_caught_up() {
         let me = live(Role::Standby, 3);
@@ -1006,23 +1038,17 @@ mod tests {
             "s2".to_string(),
             answered(Role::Standby, 3, Some(position(3, 9_000))),
         )];
-        let why = judge_among_standbys(&me, Some(&mine), &ahead).unwrap_err();
+        let why = judge(&me, Some(&mine), &ahead).unwrap_err();
         assert!(
             why.contains("s2 is further caught up") && why.contains("promote --force"),
             "{why}"
         );
-        // A newer master's position is ahead whatever the times.
-        let newer = [(
-            "s2".to_string(),
-            answered(Role::Standby, 4, Some(position(4, 1_000))),
-        )];
-        assert!(judge_among_standbys(&me, Some(&mine), &newer).is_err());
         // This host never confirmed anything, the other did.
-        assert!(judge_among_standbys(&me, None, &ahead).is_err());
+        assert!(judge(&me, None, &ahead).is_err());
     }
 
     #[test]
-    fn promote_among_standbys_goes_ahead_when_this_host_is_level_or_ahead() {
+    fn promote_among_standbys_goes_ahead_when_this_host_is_further_or_level_and_first() {
         let me = live(Role::Standby, 3);
         let mine = position(3, 9_000);
         let others = [
@@ -1030,17 +1056,18 @@ mod tests {
                 "s2".to_string(),
                 answered(Role::Standby, 3, Some(position(3, 5_000))),
             ),
+            // Level, but its node name sorts after this host's.
             (
                 "s3".to_string(),
-                answered(Role::Standby, 3, Some(position(3, 9_000))),
+                answered_by("s3", Role::Standby, 3, Some(position(3, 9_000))),
             ),
-            ("s4".to_string(), answered(Role::Standby, 3, None)),
+            ("s4".to_string(), answered_by("s4", Role::Standby, 3, None)),
             (
                 "s5".to_string(),
-                OtherStandby::Unknown("cannot connect".into()),
+                OtherStandby::Unreachable("cannot connect".into()),
             ),
         ];
-        let note = judge_among_standbys(&me, Some(&mine), &others).unwrap();
+        let note = judge(&me, Some(&mine), &others).unwrap();
         assert!(
             note.contains("s2 has everything of master m at epoch 3")
                 && note.contains("s4 has nothing confirmed")
@@ -1048,20 +1075,79 @@ mod tests {
             "{note}"
         );
         // Nothing to compare with: nothing refused.
-        assert!(judge_among_standbys(&me, None, &[]).is_ok());
+        assert!(judge(&me, None, &[]).is_ok());
     }
 
     #[test]
-    fn promote_among_standbys_refuses_when_another_was_promoted_already() {
+    fn promote_among_standbys_refuses_when_another_is_a_master_or_follows_a_newer_one() {
         let me = live(Role::Standby, 3);
+        let mine = position(3, 9_000);
+        // Promoted since.
         let promoted = [("s2".to_string(), answered(Role::Master, 4, None))];
-        let why = judge_among_standbys(&me, Some(&position(3, 9_000)), &promoted).unwrap_err();
+        let why = judge(&me, Some(&mine), &promoted).unwrap_err();
+        assert!(why.contains("s2 is a master, at epoch 4"), "{why}");
+        // A master at this host's epoch takes uploads too (a switchover
+        // made it master; this host's list still names the old one first).
+        let live_master = [("s2".to_string(), answered(Role::Master, 3, None))];
+        let why = judge(&me, Some(&mine), &live_master).unwrap_err();
+        assert!(why.contains("put s2 first"), "{why}");
+        // A standby at a newer epoch follows a master this host does not know,
+        // even with an older position (not told one by it yet).
+        let follows = [(
+            "s2".to_string(),
+            answered(Role::Standby, 4, Some(position(3, 5_000))),
+        )];
+        let why = judge(&me, Some(&mine), &follows).unwrap_err();
+        assert!(why.contains("follows a newer master, at epoch 4"), "{why}");
+    }
+
+    #[test]
+    fn promote_among_standbys_refuses_one_that_could_not_be_asked() {
+        let me = live(Role::Standby, 3);
+        let unasked = [(
+            "s2".to_string(),
+            OtherStandby::Unasked("the host key changed".into()),
+        )];
+        let why = judge(&me, Some(&position(3, 9_000)), &unasked).unwrap_err();
         assert!(
-            why.contains("s2 is the master already, at epoch 4"),
+            why.contains("could not be asked (the host key changed)") && why.contains("--force"),
             "{why}"
         );
-        // The old master itself listed again (same epoch) is not "promoted since".
-        let old = [("m".to_string(), answered(Role::Master, 3, None))];
-        assert!(judge_among_standbys(&me, Some(&position(3, 9_000)), &old).is_ok());
+    }
+
+    #[test]
+    fn of_two_level_standbys_promoted_at_once_only_one_goes_ahead() {
+        let me = live(Role::Standby, 3);
+        let level = position(3, 9_000);
+        // On "a", asking "b"; on "b", asking "a".
+        let a_sees_b = judge_among_standbys(
+            &me,
+            "a",
+            Some(&level),
+            &[(
+                "b".to_string(),
+                answered_by("b", Role::Standby, 3, Some(level.clone())),
+            )],
+        );
+        let b_sees_a = judge_among_standbys(
+            &me,
+            "b",
+            Some(&level),
+            &[(
+                "a".to_string(),
+                answered_by("a", Role::Standby, 3, Some(level.clone())),
+            )],
+        );
+        assert!(a_sees_b.is_ok(), "{a_sees_b:?}");
+        let why = b_sees_a.unwrap_err();
+        assert!(why.contains("sorts first"), "{why}");
+        // Neither confirmed anything: level too.
+        let none = judge_among_standbys(
+            &me,
+            "b",
+            None,
+            &[("a".into(), answered_by("a", Role::Standby, 3, None))],
+        );
+        assert!(none.is_err());
     }
 }

@@ -165,6 +165,11 @@ fn three_file_hosts() -> Testbed {
             tb.ok(host, &format!("sftp-ha pair trust-peer {addr}"));
         }
     }
+    // Each accepts both others' keys: they add up.
+    for (host, _, _) in hosts {
+        let keys = tb.ok(host, "sftp-ha pair list-peers");
+        assert_eq!(keys.lines().count(), 2, "{host}: {keys}");
+    }
     for (host, _, _) in [hosts[1], hosts[2], hosts[0]] {
         tb.ok(host, "systemctl restart sftp-ha");
     }

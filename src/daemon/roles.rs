@@ -26,6 +26,10 @@ use super::Daemon;
 /// for the last changes to reach the standby, before giving up (and undoing
 /// what it did).
 const HANDOVER_PATIENCE: Duration = Duration::from_secs(30);
+/// How long `promote` waits for the other standbys' answers (after the
+/// master's probe, within the command's own 90 s): one that has not
+/// answered by then counts as unreachable.
+const COMPARE_PATIENCE: Duration = Duration::from_secs(20);
 /// How long `demote` waits for the standby to accept the role.
 const ACCEPT_PATIENCE: Duration = Duration::from_secs(20);
 /// How long `promote` waits for the master's handover: longer than the
@@ -87,9 +91,14 @@ enum Stage {
     /// becomes the master as `live`; `epoch` is this host's epoch when it
     /// began (a claim meanwhile calls it off).
     Comparing {
-        probe: JoinHandle<Vec<(String, OtherStandby)>>,
+        answers: std::sync::mpsc::Receiver<(String, OtherStandby)>,
+        asked: Vec<String>,
+        got: Vec<(String, OtherStandby)>,
         live: Live,
         epoch: u64,
+        /// The master's claim file as it was: a master that writes it
+        /// meanwhile is back, and is asked for a handover instead.
+        claim: Option<ClaimMark>,
     },
     /// `promote`: the master was asked to hand over.
     AwaitHandover,
@@ -509,7 +518,11 @@ impl Daemon {
         let mark = (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.size());
         if self.position_seen != Some(mark) {
             self.position_seen = Some(mark);
-            self.status.caught_up = read_json::<Position>(&path).ok();
+            // One from a master older than this host's epoch (one that
+            // wrote it before it learnt it had been replaced) is not shown.
+            self.status.caught_up = read_json::<Position>(&path)
+                .ok()
+                .filter(|p| p.epoch >= self.live.epoch);
         }
     }
 
@@ -900,13 +913,17 @@ impl Daemon {
                             &id,
                             "the master does not answer; asking the other standbys how far they are caught up".into(),
                         );
+                        let (answers, asked) = self.probe_other_standbys();
                         self.pending = Some(Pending {
                             id,
                             started: Instant::now(),
                             stage: Stage::Comparing {
-                                probe: self.probe_other_standbys(),
+                                answers,
+                                asked,
+                                got: Vec::new(),
                                 live,
                                 epoch: self.live.epoch,
+                                claim: self.claim_seen,
                             },
                         });
                     }
@@ -927,8 +944,36 @@ impl Daemon {
                     }
                 }
             }
-            Stage::Comparing { probe, live, epoch } if probe.is_finished() => {
-                let others = probe.join().unwrap_or_default();
+            Stage::Comparing {
+                answers,
+                asked,
+                mut got,
+                live,
+                epoch,
+                claim,
+            } => {
+                got.extend(answers.try_iter());
+                let late = pending.started.elapsed() >= COMPARE_PATIENCE;
+                if got.len() < asked.len() && !late {
+                    self.pending = Some(Pending {
+                        stage: Stage::Comparing {
+                            answers,
+                            asked,
+                            got,
+                            live,
+                            epoch,
+                            claim,
+                        },
+                        ..pending
+                    });
+                    return;
+                }
+                for name in asked {
+                    if !got.iter().any(|(n, _)| *n == name) {
+                        let why = format!("no answer within {} s", COMPARE_PATIENCE.as_secs());
+                        got.push((name, OtherStandby::Unreachable(why)));
+                    }
+                }
                 let id = pending.id;
                 if self.live.role != Role::Standby || self.live.epoch != epoch {
                     self.answer(
@@ -941,8 +986,16 @@ impl Daemon {
                     );
                     return;
                 }
+                if self.claim_seen != claim {
+                    self.answer(
+                        &id,
+                        false,
+                        "the master wrote its claim here while the other standbys were asked: it is back; nothing changed. Run sftp-ha promote again (it asks the master to hand over)".into(),
+                    );
+                    return;
+                }
                 let mine = read_json::<Position>(&self.control_dir().join(POSITION_FILE)).ok();
-                match role::judge_among_standbys(&self.live, mine.as_ref(), &others) {
+                match role::judge_among_standbys(&self.live, &self.node, mine.as_ref(), &got) {
                     Ok(compared) => self.fail_over(&id, live, Some(compared)),
                     Err(why) => {
                         tracing::warn!("promote refused: {why}");
@@ -1062,44 +1115,30 @@ impl Daemon {
     }
 
     /// Asks every other standby of `[sync] peer` (all but the first, the
-    /// master) for its role and how far it is caught up, at once, on threads.
-    fn probe_other_standbys(&self) -> JoinHandle<Vec<(String, OtherStandby)>> {
-        let state = self.config.state_dir.clone();
-        let others: Vec<_> = self
-            .config
-            .sync
-            .standbys
-            .iter()
-            .cloned()
-            .enumerate()
-            .skip(1)
-            .collect();
-        std::thread::spawn(move || {
-            let asks: Vec<_> = others
-                .into_iter()
-                .map(|(position, endpoint)| {
-                    let state = state.clone();
-                    let name = endpoint.to_string();
-                    let ask = std::thread::spawn(move || {
-                        let pinned = crate::pair::pinned_host_key_of(&state, position, &endpoint);
-                        ask_other_standby(
-                            &endpoint,
-                            pinned.as_deref(),
-                            &crate::pair::key_path(&state),
-                        )
-                    });
-                    (name, ask)
-                })
-                .collect();
-            asks.into_iter()
-                .map(|(name, ask)| {
-                    let answer = ask
-                        .join()
-                        .unwrap_or_else(|_| OtherStandby::Unknown("the probe failed".into()));
-                    (name, answer)
-                })
-                .collect()
-        })
+    /// master) for its role and how far it is caught up, each on a thread of
+    /// its own; the answers come on the channel, one per name returned.
+    fn probe_other_standbys(
+        &self,
+    ) -> (
+        std::sync::mpsc::Receiver<(String, OtherStandby)>,
+        Vec<String>,
+    ) {
+        let (tell, answers) = std::sync::mpsc::channel();
+        let mut asked = Vec::new();
+        for (position, endpoint) in self.config.sync.standbys.iter().enumerate().skip(1) {
+            let state = self.config.state_dir.clone();
+            let endpoint = endpoint.clone();
+            let tell = tell.clone();
+            asked.push(endpoint.to_string());
+            std::thread::spawn(move || {
+                let pinned = crate::pair::pinned_host_key_of(&state, position, &endpoint);
+                let answer =
+                    ask_other_standby(&endpoint, pinned.as_deref(), &crate::pair::key_path(&state));
+                // The request may have been given up on: nobody listens then.
+                let _ = tell.send((endpoint.to_string(), answer));
+            });
+        }
+        (answers, asked)
     }
 
     /// Connects to the peer as the sync account and reads its role, on a thread.
@@ -1319,15 +1358,21 @@ impl Daemon {
 }
 
 /// A small JSON file of ours (root's, in a root-only folder).
-/// Another standby's role and position, read over its sync account.
+/// Another standby's role and position, read over its sync account. Only
+/// "nobody there" counts as unreachable; a host that answers but cannot be
+/// asked may be further caught up, or a master.
 fn ask_other_standby(
     endpoint: &crate::config::Endpoint,
     pinned: Option<&str>,
     key: &Path,
 ) -> OtherStandby {
-    let mut session = match crate::sync::transport::Standby::connect(endpoint, pinned, key) {
+    use crate::sync::transport::{Standby, TransportError};
+    let mut session = match Standby::connect(endpoint, pinned, key) {
         Ok(s) => s,
-        Err(err) => return OtherStandby::Unknown(err.to_string()),
+        Err(err @ TransportError::Connect { .. }) => {
+            return OtherStandby::Unreachable(err.to_string());
+        }
+        Err(err) => return OtherStandby::Unasked(err.to_string()),
     };
     let mut read = |name: &str| {
         session
@@ -1336,13 +1381,18 @@ fn ask_other_standby(
     };
     let role = match read(ROLE_FILE).map(|bytes| serde_json::from_slice::<Published>(&bytes)) {
         Ok(Ok(role)) => role,
-        Ok(Err(e)) => return OtherStandby::Unknown(format!("an unreadable role: {e}")),
-        Err(e) => return OtherStandby::Unknown(format!("its role cannot be read: {e}")),
+        Ok(Err(e)) => return OtherStandby::Unasked(format!("an unreadable role: {e}")),
+        Err(e) => return OtherStandby::Unasked(format!("its role cannot be read: {e}")),
     };
-    // None written yet (or unreadable): nothing confirmed by a master.
-    let position = read(POSITION_FILE)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let position = match read(POSITION_FILE) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(p) => Some(p),
+            Err(e) => return OtherStandby::Unasked(format!("an unreadable position: {e}")),
+        },
+        // None written yet: nothing confirmed by a master.
+        Err(e) if e.is_no_such_file() => None,
+        Err(e) => return OtherStandby::Unasked(format!("its position cannot be read: {e}")),
+    };
     OtherStandby::Answered { role, position }
 }
 

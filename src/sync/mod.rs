@@ -87,6 +87,7 @@
 //! several, stepped by hand or in their threads.
 
 pub mod audit;
+mod clock;
 pub mod lease;
 mod memory;
 pub mod owner;
@@ -695,6 +696,8 @@ struct Local {
     skipped_logged: HashSet<Vec<u8>>,
     stop: Arc<AtomicBool>,
     control: Arc<Mutex<Control>>,
+    /// Stamps each look for the standbys' positions.
+    clock: clock::LookClock,
 }
 
 impl Local {
@@ -733,6 +736,7 @@ impl Local {
             skipped_logged: HashSet::new(),
             stop,
             control,
+            clock: clock::LookClock::load(&settings.state_dir),
         };
         Ok((local, inboxes))
     }
@@ -796,7 +800,7 @@ impl Local {
     /// own time, so a slow one holds up nobody.
     fn pass(&mut self) {
         self.take_asked();
-        let looked_ms = crate::timefmt::unix_now_ms();
+        let looked_ms = self.clock.stamp(crate::timefmt::unix_now_ms());
         match self.look() {
             Ok(changed) => {
                 if self.current.needs_compacting() {
@@ -1070,6 +1074,11 @@ struct Worker<C: Connector> {
     caught_up_ms: u64,
     caught_up_told: u64,
     caught_up_told_at: Option<Instant>,
+    /// The standby refused the last position write: said once.
+    position_refused: bool,
+    /// An operation of this round was skipped (refused, changed locally,
+    /// aborted): the standby lacks part of the look.
+    round_skipped: bool,
 }
 
 /// What a worker needs to write to its standby and its index alone, and
@@ -1154,6 +1163,8 @@ impl<C: Connector> Worker<C> {
             caught_up_ms: 0,
             caught_up_told: 0,
             caught_up_told_at: None,
+            position_refused: false,
+            round_skipped: false,
         };
         // Taken at once if free, else at its rounds (see `own`).
         let _ = worker.own();
@@ -1433,12 +1444,26 @@ impl<C: Connector> Worker<C> {
             s.pending = ops.len();
             s.deletes_held_back = mass_delete;
         });
+        self.round_skipped = false;
         let retry = if ops.is_empty() {
             None
         } else {
             self.apply(ops)
         };
-        if retry.is_none() && !settling && !mass_delete && self.standby.is_some() {
+        // Everything of that look is there only if nothing was skipped, now
+        // or in an earlier round (a refused path waits for a full round).
+        if changed.is_none() && !self.round_skipped && retry.is_none() && !self.refused.is_empty() {
+            // A round of the whole tree did all it planned: what was
+            // refused before is there now or no longer to be sent (deleted
+            // on this host meanwhile).
+            self.refused.clear();
+            self.set_status(|s| {
+                s.refused = 0;
+                s.last_refused = None;
+            });
+        }
+        let complete = !self.round_skipped && self.refused.is_empty();
+        if retry.is_none() && complete && !settling && !mass_delete && self.standby.is_some() {
             self.caught_up_ms = self.caught_up_ms.max(looked_ms);
         }
         self.keep_trees_shared();
@@ -1796,13 +1821,18 @@ impl<C: Connector> Worker<C> {
                     // Changed or gone under us: looked at again next round.
                     tracing::debug!(path = %sftp::show(&path), "skipped for now: {err}");
                     self.ask_again([path]);
+                    self.round_skipped = true;
                 }
                 Err(OpError::Refused(path, err)) => {
                     done += 1;
                     self.note_refused(path, &err);
                     self.set_status(|s| s.pending = total - done);
+                    self.round_skipped = true;
                 }
-                Err(OpError::Aborted) => self.replan_all = true,
+                Err(OpError::Aborted) => {
+                    self.replan_all = true;
+                    self.round_skipped = true;
+                }
             }
         }
         self.save_index(changed);
@@ -2046,6 +2076,15 @@ impl<C: Connector> Worker<C> {
             Ok(()) => {
                 self.caught_up_told = position.through_ms;
                 self.caught_up_told_at = Some(Instant::now());
+                self.position_refused = false;
+            }
+            // Refused (a full disk): like a refused upload, said once and
+            // the session kept; tried again a second later.
+            Err(err) if err.is_refusal() => {
+                self.caught_up_told_at = Some(Instant::now());
+                if !std::mem::replace(&mut self.position_refused, true) {
+                    tracing::warn!(standby = %self.settings.standby, "the standby refused to store how far it is caught up ({POSITION_FILE}); a promote there then compares with an older position: {err}");
+                }
             }
             Err(err) => {
                 self.failed(err.into());
@@ -3070,6 +3109,82 @@ mod tests {
             // The cut-off one keeps what it had: it is behind the first.
             b.more[0].0.lock().unwrap().cut_off = false;
             assert_eq!(told_position(&b.more[0].0), Some(first));
+        }
+
+        /// Lets the worker tell its standby at once (as a second later).
+        fn tell_now(w: &mut Worker<FakeConnector>) {
+            w.caught_up_told_at = None;
+            w.tell_position_if_due();
+        }
+
+        /// An upload the standby refuses (a full disk, a permission, a name
+        /// its file system cannot hold) is skipped "until the next full scan";
+        /// the round returns no retry, and the position moved past it: the
+        /// standby claims everything of a look that had a file it lacks, and
+        /// every later round scoped to other paths moves it further.
+        #[test]
+        fn a_refused_upload_is_not_counted_as_caught_up() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            put(&root, "a", b"a", 0o640, OLD);
+            b.round();
+            tell_now(&mut b.worker);
+            assert!(told_position(&b.fs).is_some());
+
+            // The standby refuses changes for one round.
+            b.fs.lock().unwrap().read_only = true;
+            put(&root, "b", b"b", 0o640, OLD);
+            std::thread::sleep(Duration::from_millis(5));
+            let b_looked = crate::timefmt::unix_now_ms();
+            b.local.rescan_all = true;
+            b.round();
+            assert_eq!(b.worker.refused.len(), 1, "{:?}", b.worker.refused);
+            b.fs.lock().unwrap().read_only = false;
+            std::thread::sleep(Duration::from_millis(5));
+
+            // A later upload, sent by a round scoped to it alone.
+            put(&root, "c", b"c", 0o640, OLD);
+            b.local.dirty.insert(b"c".to_vec());
+            b.round();
+            assert!(node(&b.fs, "/c").is_some());
+            tell_now(&mut b.worker);
+
+            assert!(node(&b.fs, "/b").is_none(), "b never reached the standby");
+            let told = told_position(&b.fs).unwrap();
+            assert!(
+                told.through_ms < b_looked,
+                "the standby lacks b, yet is told it has everything the master had at {} (b was there from {b_looked})",
+                told.through_ms
+            );
+        }
+
+        /// A standby that refuses writes (a full disk) has its refused
+        /// uploads skipped and "the session is kept" (README). The position
+        /// write it refuses too drops the session instead: every new look
+        /// then costs a reconnect and a full audit listing of the standby.
+        #[test]
+        fn a_refused_position_write_keeps_the_session_like_a_refused_upload() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            put(&root, "a", b"a", 0o640, OLD);
+            b.round();
+            tell_now(&mut b.worker);
+            b.fs.lock().unwrap().read_only = true;
+            put(&root, "b", b"b", 0o640, OLD);
+            std::thread::sleep(Duration::from_millis(5));
+            b.local.rescan_all = true;
+            b.round();
+            assert_eq!(b.worker.refused.len(), 1);
+            assert!(
+                b.worker.standby.is_some(),
+                "a refused upload keeps the session"
+            );
+            tell_now(&mut b.worker);
+            assert!(
+                b.worker.standby.is_some(),
+                "a refused position write dropped the session: {:?}",
+                b.worker.status.lock().unwrap().last_error
+            );
         }
 
         #[test]
