@@ -88,7 +88,7 @@
 
 pub mod audit;
 pub mod lease;
-mod memory;
+pub mod memory;
 pub mod owner;
 pub mod push;
 pub mod reconcile;
