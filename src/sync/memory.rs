@@ -12,10 +12,10 @@ const MMAP_THRESHOLD: i32 = 128 * 1024;
 /// 32 MiB): after the first walk the next big lists go into the heaps of the
 /// threads that made them, and what is freed between live blocks there stays
 /// resident, malloc_trim or not. Measured on the test bed (100,000 files
-/// indexed, idle after a restart and the audit): 38.9 MiB RSS with the rising
-/// threshold, 24.0 MiB with it fixed (`MALLOC_MMAP_THRESHOLD_=131072`); one
-/// arena instead of one per thread (`MALLOC_ARENA_MAX=1`) gave 30.6 MiB alone
-/// and nothing on top of the fixed threshold.
+/// indexed, idle after a restart and the audit, tests/bench/ab): 37.8 MiB RSS
+/// with the rising threshold, 23.2 MiB with it fixed; one arena instead of
+/// one per thread (`MALLOC_ARENA_MAX=1`) gave 29.9 MiB alone and nothing on
+/// top of the fixed threshold.
 /// Called once at start, before the threads that allocate exist.
 pub fn configure() {
     // SAFETY: mallopt only sets a glibc tunable; no pointer is involved. A
