@@ -150,6 +150,8 @@ pub fn run(config_path: &Path, log: LogHandle) -> Result<(), DaemonError> {
         what: "signal handling",
         source,
     })?;
+    // Also before any thread: see memory::configure.
+    crate::sync::memory::configure();
     let notifier = Notifier::from_env();
     notifier.status(&format!("loading {}", config_path.display()));
 

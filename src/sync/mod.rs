@@ -89,7 +89,7 @@
 pub mod audit;
 mod clock;
 pub mod lease;
-mod memory;
+pub mod memory;
 pub mod owner;
 pub mod push;
 pub mod reconcile;
