@@ -136,12 +136,7 @@ pub fn accept_master(
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io_err("create", dir))?;
     }
-    let old = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io_err("read", path)(e)),
-    };
-    let text = authorized_with(&old, key_line);
+    let text = authorized_with(&read_accepted()?, key_line);
     crate::fsutil::write_atomic(path, text.as_bytes(), 0o600, Some((0, 0)))
         .map_err(io_err("write", path))?;
     if sync_root != data_dir {
@@ -202,18 +197,23 @@ fn authorized_without(old: &str, which: &str) -> (String, usize) {
     (text, gone)
 }
 
-/// The accepted peers' keys, one `TYPE DATA COMMENT` line each.
-pub fn accepted_peers() -> Result<Vec<String>, PairError> {
+/// The sync account's authorized keys file as it is; empty if there is none yet.
+fn read_accepted() -> Result<String, PairError> {
     let path = Path::new(SYNC_KEYS);
     match fs::read_to_string(path) {
-        Ok(text) => Ok(text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| l.trim().trim_start_matches("restrict ").to_string())
-            .collect()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
         Err(e) => Err(io_err("read", path)(e)),
     }
+}
+
+/// The accepted peers' keys, one `TYPE DATA COMMENT` line each.
+pub fn accepted_peers() -> Result<Vec<String>, PairError> {
+    Ok(read_accepted()?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches("restrict ").to_string())
+        .collect())
 }
 
 /// Removes the accepted keys `which` names (see [`authorized_without`]);
@@ -221,12 +221,7 @@ pub fn accepted_peers() -> Result<Vec<String>, PairError> {
 /// end; new ones are refused.
 pub fn forget_peer(which: &str) -> Result<usize, PairError> {
     let path = Path::new(SYNC_KEYS);
-    let old = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_err("read", path)(e)),
-    };
-    let (text, gone) = authorized_without(&old, which);
+    let (text, gone) = authorized_without(&read_accepted()?, which);
     if gone > 0 {
         crate::fsutil::write_atomic(path, text.as_bytes(), 0o600, Some((0, 0)))
             .map_err(io_err("write", path))?;

@@ -1008,15 +1008,7 @@ mod tests {
 
     fn answered_by(node: &str, role: Role, epoch: u64, position: Option<Position>) -> OtherStandby {
         OtherStandby::Answered {
-            role: Published {
-                node: node.into(),
-                role,
-                epoch,
-                wants_master: false,
-                users: None,
-                unreconciled: None,
-                shared: false,
-            },
+            role: peer(node, role, epoch),
             position,
         }
     }
