@@ -468,13 +468,22 @@ impl Config {
         let standby = match &self.sync.peer {
             Some(s) if self.sync.standbys.len() <= 1 => format!(", peer {s}"),
             Some(_) => format!(
-                ", peers {} (several standbys: manual failover)",
+                ", peers {}{}",
                 self.sync
                     .standbys
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                match (&f.mode, &f.peer) {
+                    (FailoverMode::Auto, Some(voter)) => {
+                        format!(
+                            " (automatic failover with {}: the others follow)",
+                            voter.host
+                        )
+                    }
+                    _ => String::new(),
+                }
             ),
             None => ", no peer".to_string(),
         };
@@ -895,7 +904,7 @@ impl ConfigFile {
             host,
             role_span,
             peer.as_ref(),
-            standbys.len(),
+            &standbys,
             &fail,
         )?;
         Ok(Config {
@@ -930,7 +939,7 @@ fn checked_failover(
     host: HostKind,
     role_span: Range<usize>,
     sync_peer: Option<&Endpoint>,
-    standbys: usize,
+    standbys: &[Endpoint],
     fail: &Fail,
 ) -> Result<FailoverConfig, ConfigError> {
     let mut config = FailoverConfig::default();
@@ -963,6 +972,7 @@ fn checked_failover(
             })
             .transpose()
     };
+    let file_peer_span = file.peer.as_ref().map(Spanned::span);
     config.peer = endpoint(file.peer, "failover.peer", "the other file host")?.or_else(|| {
         sync_peer.map(|p| Endpoint {
             host: p.host.clone(),
@@ -1032,16 +1042,21 @@ fn checked_failover(
         config.key_file = path.to_path_buf();
     }
     let auto = config.mode == FailoverMode::Auto;
-    if auto && host == HostKind::FileHost && standbys > 1 {
-        // The failover core votes with two file hosts and a witness; with
-        // more, "the most caught-up standby takes over" is not decided yet.
+    if auto
+        && host == HostKind::FileHost
+        && standbys.len() > 1
+        && let (Some(voter), Some(f)) = (&config.peer, &file_peer_span)
+        && !standbys.iter().any(|s| s.host == voter.host)
+    {
+        // The voter takes over when the master dies: it must hold the files.
         return Err(fail(
-            mode_span,
-            "failover.mode",
+            f.clone(),
+            "failover.peer",
             format!(
-                "mode = \"auto\" works with exactly one standby, and [sync] peer lists {standbys}; several standbys work with manual failover for now"
+                "`{}` is not one of the hosts of [sync] peer, so it would take over without the files",
+                voter.host
             ),
-            "write mode = \"manual\" under [failover] (promote a standby by hand with `sftp-ha promote`), or list a single peer under [sync]",
+            "with several standbys, name in [failover] peer the standby that votes and takes over automatically (one of [sync] peer), or leave it out: the first entry of [sync] peer is taken",
         ));
     }
     if auto && host == HostKind::FileHost {
@@ -1767,28 +1782,35 @@ mod tests {
     }
 
     #[test]
-    fn automatic_failover_with_several_standbys_is_refused_for_now() {
+    fn automatic_failover_with_several_standbys_votes_with_one_of_them() {
         let (_dir, key) = key_file();
-        let e = parse_err(&format!(
-            "role = \"master\"\n[sync]\npeer = [\"b\", \"c\"]\n[failover]\nmode = \"auto\"\nwitness = \"w\"\nkey_file = \"{key}\"\n"
-        ));
+        let auto = |extra: &str| {
+            format!(
+                "role = \"master\"\n[sync]\npeer = [\"b\", \"c\"]\n[failover]\nmode = \"auto\"\nwitness = \"w\"\nkey_file = \"{key}\"\n{extra}"
+            )
+        };
+        let c = parse_ok(&auto(""));
+        assert_eq!(c.failover.peer.as_ref().map(|p| p.host.as_str()), Some("b"));
         assert!(
-            e.contains("line 5")
-                && e.contains("`failover.mode`")
-                && e.contains("exactly one standby")
-                && e.contains("manual failover for now"),
+            c.summary()
+                .contains("peers b:22, c:22 (automatic failover with b: the others follow)"),
+            "{}",
+            c.summary()
+        );
+        let c = parse_ok(&auto("peer = \"c\"\n"));
+        assert_eq!(c.failover.peer.as_ref().map(|p| p.host.as_str()), Some("c"));
+        let e = parse_err(&auto("peer = \"d\"\n"));
+        assert!(
+            e.contains("line 8")
+                && e.contains("`failover.peer`")
+                && e.contains("`d` is not one of the hosts of [sync] peer"),
             "{e}"
         );
         let c = parse_ok(
             "role = \"master\"\n[sync]\npeer = [\"b\", \"c\"]\n[failover]\nmode = \"manual\"\n",
         );
         assert_eq!(c.sync.standbys.len(), 2);
-        assert!(
-            c.summary()
-                .contains("peers b:22, c:22 (several standbys: manual failover)"),
-            "{}",
-            c.summary()
-        );
+        assert!(c.summary().contains("peers b:22, c:22"), "{}", c.summary());
     }
 
     #[test]

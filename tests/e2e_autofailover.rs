@@ -7,6 +7,7 @@ mod util;
 
 use util::{
     MASTER, STANDBY, Testbed, WITNESS, describe, replicating_pair, upload, upload_ok, wait_for_or,
+    writable,
 };
 
 const VIP: &str = "10.231.0.10";
@@ -97,14 +98,9 @@ fn role_of(tb: &Testbed, host: &str) -> (String, u64) {
     )
 }
 
-fn writable(tb: &Testbed, host: &str) -> bool {
-    status_json(tb, host)["status"]["failover"]["writable"].as_bool() == Some(true)
-}
-
 /// The host's interfaces hold the virtual IP (asked of the kernel, not the daemon).
 fn holds_vip(tb: &Testbed, host: &str) -> bool {
-    let out = tb.sh(host, "ip -o addr show");
-    out.status.success() && util::stdout(&out).contains(&format!("inet {VIP}/24"))
+    util::holds_address(tb, host, VIP)
 }
 
 /// The first upload after a role or lease change: sshd re-executes itself

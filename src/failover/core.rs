@@ -49,6 +49,17 @@ pub enum Body {
         holding: bool,
         /// Voter → the newest freshness token heard from it ([`Message::fresh`]).
         echo: BTreeMap<String, u64>,
+        /// A takeover: the master this host last gave its vote to, as a
+        /// voter ([`Core::with_vote`]). The witness grants a takeover only
+        /// to the master's own voter: with several standbys, one that the
+        /// master never asked (a further standby) must never take over,
+        /// since the master may hold its lease through the one it asks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        voted: Option<Holder>,
+        /// A master renewing: the voters whose grants its lease rests on
+        /// now, so that the witness knows which file host votes for it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        voters: Vec<String>,
     },
     /// The promise was given, for the ask with this nonce.
     Grant {
@@ -133,6 +144,10 @@ pub enum Action {
     /// before the grant leaves (a restarted witness must never grant an
     /// older epoch again).
     Persist(Holder),
+    /// A file host remembers the master it gave its vote to (a newer master
+    /// or epoch than before): after a restart it may still take over from
+    /// that master ([`Body::Ask::voted`]).
+    RememberVote(Holder),
     /// One journal line: a decision and its reason.
     Journal {
         warn: bool,
@@ -257,6 +272,15 @@ pub struct Core {
     /// log in stops renewing its lease, so that the standby takes over, and
     /// a standby in that state does not take over.
     serving: bool,
+    /// A file host: the master it last granted a renewal to, as a voter.
+    /// A standby that never voted is not the voter of any master (a further
+    /// standby): it never asks to take over.
+    voted_for: Option<Holder>,
+    /// The journal said once that this host is no master's voter.
+    told_not_a_voter: bool,
+    /// The witness: the voters the master at the highest epoch last said
+    /// its lease rests on, other than the witness (node, epoch, voters).
+    reported_voters: Option<(String, u64, Vec<String>)>,
 }
 
 /// A token stays good for this many slots of `renew_every` (five quarters
@@ -304,7 +328,17 @@ impl Core {
             ask_echo: BTreeMap::new(),
             peer_manual: None,
             serving: true,
+            voted_for: None,
+            told_not_a_voter: false,
+            reported_voters: None,
         }
+    }
+
+    /// A file host: the master it gave its vote to before a restart
+    /// ([`Action::RememberVote`]).
+    pub fn with_vote(mut self, vote: Option<Holder>) -> Core {
+        self.voted_for = vote;
+        self
     }
 
     /// "Are you there?", for the driver to send to a host it has not heard
@@ -549,6 +583,12 @@ impl Core {
                 takeover,
                 holding: self.writable,
                 echo: self.tokens.clone(),
+                voted: self.voted_for.clone().filter(|_| takeover),
+                voters: if takeover {
+                    Vec::new()
+                } else {
+                    self.granted.keys().cloned().collect()
+                },
             };
             actions.push(self.send(Target::Witness, ask.clone(), now));
             if !takeover {
@@ -632,6 +672,20 @@ impl Core {
         {
             return;
         }
+        if self.voted_for.is_none() {
+            // No master ever asked this host for its vote: with several
+            // standbys it is a further one, and the master may hold its
+            // lease through the standby it asks; a takeover from here
+            // would make two writers.
+            if !self.told_not_a_voter {
+                self.told_not_a_voter = true;
+                actions.push(Action::Journal {
+                    warn: true,
+                    line: "no master has ever asked this host for its vote, so it never takes over automatically: only the standby a master asks (the first entry of the master's [sync] peer, or its [failover] peer) does; a further standby follows the master and is promoted by hand (run mode = \"manual\" on it)".into(),
+                });
+            }
+            return;
+        }
         let epoch = self.highest.epoch.max(self.epoch).max(1) + 1;
         let silent = match &self.promise {
             Some(p) => format!(
@@ -689,6 +743,8 @@ impl Core {
                 takeover,
                 holding,
                 echo,
+                voted,
+                voters,
             } => {
                 // The newest only: a replayed older ask does not lower it.
                 if let Some(&token) = echo.get(&self.me) {
@@ -699,7 +755,26 @@ impl Core {
                     // It asks for a lease: it runs automatic failover again.
                     self.peer_manual = None;
                 }
-                self.on_ask(from, epoch, nonce, after_ms, (takeover, holding), now)
+                if self.kind == Kind::Witness {
+                    if takeover {
+                        if let Some(reason) = self.not_the_voter(&from, voted.as_ref()) {
+                            return vec![self.refusal(nonce, reason, false, now)];
+                        }
+                    } else if self
+                        .reported_voters
+                        .as_ref()
+                        .is_none_or(|(_, e, _)| epoch >= *e)
+                    {
+                        let others = voters.into_iter().filter(|v| *v != self.me).collect();
+                        self.reported_voters = Some((from.clone(), epoch, others));
+                    }
+                }
+                let mut actions =
+                    self.on_ask(from, epoch, nonce, after_ms, (takeover, holding), now);
+                if !takeover {
+                    actions.extend(self.remember_vote(&actions));
+                }
+                actions
             }
             Body::Grant { nonce, epoch } => self.on_grant(from, nonce, epoch, now),
             Body::Refuse {
@@ -747,6 +822,70 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The witness, asked for a takeover by `from`: the reason to refuse it
+    /// if `from` is not the voter of the newest master known here. With
+    /// several standbys only the one the master asks for its vote may take
+    /// over: the master may hold its lease through that one, unseen here.
+    fn not_the_voter(&self, from: &str, voted: Option<&Holder>) -> Option<String> {
+        let Some(voted) = voted else {
+            return Some(format!(
+                "{from} has never given its vote to a master (a further standby, which follows the master and is promoted by hand, or an sftp-ha older than the witness's): only the standby the master asks for its vote takes over automatically"
+            ));
+        };
+        let known = &self.highest;
+        // The witness granted it the newest epoch itself (a promotion that
+        // failed there): it asks again.
+        if !known.node.is_empty()
+            && known.node != from
+            && (voted.epoch < known.epoch
+                || (voted.epoch == known.epoch && voted.node != known.node))
+        {
+            return Some(format!(
+                "{from} last gave its vote to {} at epoch {}, but the newest master is {} at epoch {}: {from} is not its voter",
+                voted.node, voted.epoch, known.node, known.epoch
+            ));
+        }
+        if let Some((node, at, voters)) = &self.reported_voters
+            && (node.as_str(), *at) == (voted.node.as_str(), voted.epoch)
+            && !voters.is_empty()
+            && !voters.iter().any(|v| v == from)
+        {
+            return Some(format!(
+                "the master {node} at epoch {at} last said its lease rests on {} (and the witness), not on {from}",
+                voters.join(" and ")
+            ));
+        }
+        None
+    }
+
+    /// A file host that granted a master's renewal remembers that master,
+    /// once per master and epoch: the driver keeps it on disk. It comes
+    /// after the grant: a lost record costs only a takeover after a
+    /// restart, never a second writer.
+    fn remember_vote(&mut self, actions: &[Action]) -> Option<Action> {
+        if self.kind != Kind::FileHost {
+            return None;
+        }
+        let promise = self.promise.as_ref()?;
+        let granted = actions.iter().any(|a| match a {
+            Action::Send { message, .. } => {
+                matches!(message.body, Body::Grant { nonce, .. } if nonce == promise.nonce)
+            }
+            _ => false,
+        });
+        let vote = Holder {
+            node: promise.node.clone(),
+            epoch: promise.epoch,
+            manual: false,
+        };
+        if !granted || self.voted_for.as_ref() == Some(&vote) {
+            return None;
+        }
+        self.voted_for = Some(vote.clone());
+        self.told_not_a_voter = false;
+        Some(Action::RememberVote(vote))
     }
 
     /// The newest token heard from `node`; an older one of the same run

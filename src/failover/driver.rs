@@ -33,6 +33,8 @@ const ANNOUNCE_AT_MS: [u64; 5] = [0, 200, 1000, 2000, 5000];
 const BAD_LOG_EVERY: Duration = Duration::from_secs(60);
 /// The witness's memory: the highest epoch it granted, and to whom.
 pub const WITNESS_STATE_FILE: &str = "witness.json";
+/// A file host's memory: the master it last gave its vote to.
+pub const VOTE_STATE_FILE: &str = "vote.json";
 
 /// What the thread needs.
 pub struct Settings {
@@ -572,6 +574,9 @@ impl Thread {
         let highest = (settings.kind == Kind::Witness)
             .then(|| load_witness_state(&settings.state_dir))
             .flatten();
+        let vote = (settings.kind == Kind::FileHost)
+            .then(|| load_vote(&settings.state_dir))
+            .flatten();
         let core = Core::new(
             settings.node.clone(),
             settings.kind,
@@ -579,7 +584,8 @@ impl Thread {
             now,
             seed,
             highest,
-        );
+        )
+        .with_vote(vote);
         let mut thread = Thread {
             witness: settings.witness.clone().map(Address::new),
             peer: settings.peer.clone().map(Address::new),
@@ -744,6 +750,7 @@ impl Thread {
                 Action::Persist(holder) => {
                     unsaved = !save_witness_state(&self.settings.state_dir, &holder);
                 }
+                Action::RememberVote(holder) => save_vote(&self.settings.state_dir, &holder),
                 Action::Journal { warn: true, line } => tracing::warn!("failover: {line}"),
                 Action::Journal { warn: false, line } => tracing::info!("failover: {line}"),
             }
@@ -999,6 +1006,26 @@ impl Thread {
         } else if self.vip_held {
             self.remove_vip();
         }
+    }
+}
+
+/// The master this file host voted for before a restart; none (it is then
+/// no master's voter until one asks it) if missing or unreadable.
+fn load_vote(state_dir: &std::path::Path) -> Option<Holder> {
+    let path = state_dir.join(VOTE_STATE_FILE);
+    let text = std::fs::read(&path).ok()?;
+    serde_json::from_slice(&text)
+        .inspect_err(|err| {
+            tracing::warn!(path = %path.display(), "failover: the record of this host's vote is unreadable ({err}); it takes over automatically only once a master has asked it for its vote again");
+        })
+        .ok()
+}
+
+fn save_vote(state_dir: &std::path::Path, holder: &Holder) {
+    let path = state_dir.join(VOTE_STATE_FILE);
+    let text = serde_json::to_vec_pretty(holder).unwrap_or_default();
+    if let Err(err) = crate::fsutil::write_atomic(&path, &text, 0o600, None) {
+        tracing::warn!(path = %path.display(), "failover: cannot record that this host votes for {} at epoch {} ({err}); after a restart it would not take over from that master automatically; fix: make the state folder writable", holder.node, holder.epoch);
     }
 }
 

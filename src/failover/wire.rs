@@ -89,6 +89,8 @@ mod tests {
                 takeover: false,
                 holding: true,
                 echo: [("witness".to_owned(), 9 << 32 | 11)].into(),
+                voted: None,
+                voters: Vec::new(),
             },
         }
     }

@@ -13,6 +13,8 @@ pub const STANDBY: &str = "standby";
 /// The third host on the link, 10.231.0.3: a tie-breaker for automatic
 /// failover, so that any one host can be cut off from the other two.
 pub const WITNESS: &str = "witness";
+/// A fourth host, 10.231.0.4, only in a test bed made by [`Testbed::up_four`].
+pub const STANDBY2: &str = "standby2";
 
 /// How long any wait may last before the test fails: far above what each step
 /// needs, so a slow CI machine is never mistaken for a bug.
@@ -154,6 +156,12 @@ impl Testbed {
     /// is `/srv/sftp-ha` on both master and standby (`SFTP_HA_TESTBED_SHARED=1`).
     pub fn up_shared() -> Testbed {
         Testbed::up_env(&[("SFTP_HA_TESTBED_SHARED", "1")])
+    }
+
+    /// Like [`Testbed::up`], with a fourth host, [`STANDBY2`] at 10.231.0.4
+    /// (`SFTP_HA_TESTBED_FOURTH=1`).
+    pub fn up_four() -> Testbed {
+        Testbed::up_env(&[("SFTP_HA_TESTBED_FOURTH", "1")])
     }
 
     fn up_env(env: &[(&str, &str)]) -> Testbed {
@@ -415,6 +423,20 @@ pub fn role_of(tb: &Testbed, host: &str) -> (String, u64) {
         s["role"].as_str().unwrap_or_default().to_string(),
         s["epoch"].as_u64().unwrap_or_default(),
     )
+}
+
+/// In automatic failover: users may write on `host` now (its status says
+/// so; false while it does not answer).
+pub fn writable(tb: &Testbed, host: &str) -> bool {
+    let out = tb.sh(host, "sftp-ha status --json");
+    serde_json::from_str::<serde_json::Value>(&stdout(&out))
+        .is_ok_and(|s| s["status"]["failover"]["writable"].as_bool() == Some(true))
+}
+
+/// `host`'s interfaces hold the address `addr`/24 (asked of the kernel, not the daemon).
+pub fn holds_address(tb: &Testbed, host: &str, addr: &str) -> bool {
+    let out = tb.sh(host, "ip -o addr show");
+    out.status.success() && stdout(&out).contains(&format!("inet {addr}/24"))
 }
 
 /// Waits until master and standby list the same tree.

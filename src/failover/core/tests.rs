@@ -48,6 +48,8 @@ struct Net {
     flight: Vec<InFlight>,
     /// What the witness persisted.
     persisted: Option<Holder>,
+    /// What each file host recorded of its vote.
+    votes: [Option<Holder>; 3],
     promotions: Vec<(usize, u64, Instant)>,
     step_downs: Vec<(usize, u64)>,
     journal: Vec<String>,
@@ -77,6 +79,7 @@ impl Net {
             link: [[true; 3]; 3],
             flight: Vec::new(),
             persisted: None,
+            votes: [None, None, None],
             promotions: Vec::new(),
             step_downs: Vec::new(),
             journal: Vec::new(),
@@ -154,6 +157,10 @@ impl Net {
                 Action::Persist(holder) => {
                     assert_eq!(host, W, "only the witness persists");
                     self.persisted = Some(holder);
+                }
+                Action::RememberVote(holder) => {
+                    assert_ne!(host, W, "only a file host votes for a master");
+                    self.votes[host] = Some(holder);
                 }
                 Action::Journal { line, .. } => {
                     self.journal.push(format!("{}: {line}", NAMES[host]))
@@ -252,7 +259,8 @@ impl Net {
             now,
             100 + host as u64 + self.rng.below(1000),
             persisted,
-        );
+        )
+        .with_vote(self.votes[host].clone());
         self.up[host] = true;
         if host != W {
             let actions = self.cores[host].set_role(role, epoch, now);
@@ -277,6 +285,8 @@ fn ask_of(from: &str, epoch: u64, nonce: u64, voter: &Core, now: Instant) -> Mes
             takeover: false,
             holding: true,
             echo: [(voter.me.clone(), voter.token(now))].into(),
+            voted: None,
+            voters: Vec::new(),
         },
     }
 }
@@ -1102,4 +1112,236 @@ fn a_manual_notice_older_than_the_masters_last_ask_is_ignored_even_while_fresh()
     witness.on_message(older, t2);
     witness.on_message(notice, t2);
     assert!(!witness.highest.manual);
+}
+
+/// Several standbys: alpha the master, bravo the standby it asks for its
+/// vote, charlie a further standby, and the witness. Charlie runs
+/// `mode = "auto"` by mistake (its peer is alpha, the first entry of its
+/// `[sync] peer`); the master asks only bravo. Messages arrive at once; a
+/// cut link drops them.
+struct FourHosts {
+    now: Instant,
+    cores: Vec<Core>,
+    up: [bool; 4],
+    cut: Vec<(usize, usize)>,
+    journal: Vec<String>,
+    promotions: Vec<(usize, u64)>,
+}
+
+const C: usize = 2;
+const W4: usize = 3;
+const NAMES4: [&str; 4] = ["alpha", "bravo", "charlie", "witness"];
+
+impl FourHosts {
+    fn new(charlie_voted: Option<Holder>) -> FourHosts {
+        let now = Instant::now();
+        let core =
+            |i: usize, kind| Core::new(NAMES4[i].into(), kind, timing(), now, 1 + i as u64, None);
+        let mut hosts = FourHosts {
+            now,
+            cores: vec![
+                core(A, Kind::FileHost),
+                core(B, Kind::FileHost),
+                core(C, Kind::FileHost).with_vote(charlie_voted),
+                core(W4, Kind::Witness),
+            ],
+            up: [true; 4],
+            cut: Vec::new(),
+            journal: Vec::new(),
+            promotions: Vec::new(),
+        };
+        let actions = hosts.cores[A].set_role(Role::Master, 1, now);
+        hosts.carry_out(A, None, actions);
+        hosts
+    }
+
+    fn cut_both_ways(&mut self, a: usize, b: usize) {
+        self.cut.extend([(a, b), (b, a)]);
+    }
+
+    fn carry_out(&mut self, host: usize, sender: Option<usize>, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { to, message } => {
+                    let to = match to {
+                        Target::Witness => W4,
+                        Target::Peer if host == A => B,
+                        Target::Peer => A,
+                        Target::Sender => sender.unwrap_or(host),
+                    };
+                    if !self.up[to] || !self.up[host] || self.cut.contains(&(host, to)) {
+                        continue;
+                    }
+                    let now = self.now;
+                    let answer = self.cores[to].on_message(message, now);
+                    self.carry_out(to, Some(host), answer);
+                }
+                Action::Promote { epoch, .. } => {
+                    self.promotions.push((host, epoch));
+                    let now = self.now;
+                    let more = self.cores[host].set_role(Role::Master, epoch, now);
+                    self.carry_out(host, None, more);
+                }
+                Action::StepDown { epoch, .. } => {
+                    let now = self.now;
+                    let more = self.cores[host].set_role(Role::Standby, epoch, now);
+                    self.carry_out(host, None, more);
+                }
+                Action::Journal { line, .. } => {
+                    self.journal.push(format!("{}: {line}", NAMES4[host]))
+                }
+                Action::Writable { .. } | Action::Persist(_) | Action::RememberVote(_) => {}
+            }
+        }
+    }
+
+    /// Runs in steps of 10 ms; after every step at most one host takes uploads.
+    fn run(&mut self, span: Duration) {
+        let end = self.now + span;
+        while self.now < end {
+            self.now += Duration::from_millis(10);
+            for host in 0..4 {
+                if self.up[host] {
+                    let now = self.now;
+                    let actions = self.cores[host].tick(now);
+                    self.carry_out(host, None, actions);
+                }
+            }
+            let writers: Vec<_> = (0..4)
+                .filter(|h| self.up[*h] && self.cores[*h].view(self.now).writable)
+                .collect();
+            assert!(
+                writers.len() <= 1,
+                "two writers {writers:?}: {:#?}",
+                self.journal
+            );
+        }
+    }
+
+    fn writable(&self, host: usize) -> bool {
+        self.cores[host].view(self.now).writable
+    }
+}
+
+#[test]
+fn a_further_standby_that_no_master_asked_never_asks_to_take_over() {
+    let mut hosts = FourHosts::new(None);
+    hosts.run(secs(5.0));
+    assert!(hosts.writable(A));
+    // The master keeps its lease through bravo alone; charlie, in automatic
+    // mode by mistake, hears from no master and asks nothing.
+    hosts.cut_both_ways(A, W4);
+    hosts.cut_both_ways(A, C);
+    hosts.run(secs(15.0));
+    assert!(hosts.writable(A));
+    assert!(hosts.promotions.is_empty(), "{:#?}", hosts.journal);
+    let told: Vec<_> = hosts
+        .journal
+        .iter()
+        .filter(|l| {
+            l.starts_with("charlie:")
+                && l.contains("no master has ever asked this host for its vote")
+        })
+        .collect();
+    assert_eq!(told.len(), 1, "said once: {:#?}", hosts.journal);
+    assert!(
+        !hosts
+            .journal
+            .iter()
+            .any(|l| l.starts_with("charlie:") && l.contains("asking the witness"))
+    );
+}
+
+#[test]
+fn the_witness_refuses_a_takeover_from_a_standby_the_master_does_not_ask() {
+    // Charlie was alpha's voter once (its record says so), then alpha's
+    // config made bravo the standby it asks.
+    let stale = Holder {
+        node: "alpha".into(),
+        epoch: 1,
+        manual: false,
+    };
+    let mut hosts = FourHosts::new(Some(stale));
+    hosts.run(secs(5.0));
+    hosts.cut_both_ways(A, W4);
+    hosts.cut_both_ways(A, C);
+    hosts.run(secs(15.0));
+    assert!(hosts.writable(A), "{:#?}", hosts.journal);
+    assert!(hosts.promotions.is_empty(), "{:#?}", hosts.journal);
+    assert!(
+        hosts
+            .journal
+            .iter()
+            .any(|l| l.starts_with("charlie:") && l.contains("rests on bravo")),
+        "{:#?}",
+        hosts.journal
+    );
+}
+
+#[test]
+fn with_a_further_standby_the_dead_masters_voter_takes_over_and_the_other_does_not() {
+    let mut hosts = FourHosts::new(None);
+    hosts.run(secs(5.0));
+    hosts.up[A] = false;
+    hosts.run(secs(10.0));
+    assert_eq!(hosts.promotions, vec![(B, 2)], "{:#?}", hosts.journal);
+    assert!(hosts.writable(B));
+    assert_eq!(hosts.cores[C].role, Role::Standby);
+}
+
+#[test]
+fn the_witness_refuses_a_takeover_from_the_voter_of_an_older_master() {
+    let start = Instant::now();
+    let mut witness = Core::new("witness".into(), Kind::Witness, timing(), start, 3, None);
+    let t = start + secs(4.0);
+    witness.on_message(ask_of("alpha", 2, 5, &witness, t), t);
+    let later = t + secs(10.0);
+    let token = witness.token(later);
+    let takeover = |voted: Option<Holder>| Message {
+        from: "charlie".into(),
+        fresh: 0,
+        body: Body::Ask {
+            epoch: 3,
+            nonce: 9,
+            after_ms: 3000,
+            takeover: true,
+            holding: false,
+            echo: [("witness".to_owned(), token)].into(),
+            voted,
+            voters: Vec::new(),
+        },
+    };
+    let refused = |actions: &[Action], why: &str| matches!(actions, [Action::Send { message: Message { body: Body::Refuse { reason, .. }, .. }, .. }] if reason.contains(why));
+    let older = Holder {
+        node: "alpha".into(),
+        epoch: 1,
+        manual: false,
+    };
+    let answer = witness.on_message(takeover(Some(older)), later);
+    assert!(refused(&answer, "is not its voter"), "{answer:?}");
+    let answer = witness.on_message(takeover(None), later);
+    assert!(refused(&answer, "never given its vote"), "{answer:?}");
+    // The voter of alpha at epoch 2 is granted once alpha's lease is over.
+    let current = Holder {
+        node: "alpha".into(),
+        epoch: 2,
+        manual: false,
+    };
+    let answer = witness.on_message(takeover(Some(current)), later);
+    assert!(
+        matches!(
+            &answer[..],
+            [
+                ..,
+                Action::Send {
+                    message: Message {
+                        body: Body::Grant { epoch: 3, .. },
+                        ..
+                    },
+                    ..
+                }
+            ]
+        ),
+        "{answer:?}"
+    );
 }
