@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use super::sftp::Attrs;
-use super::tree::{Entry, Kind, TEMP_DIR, Tree, join};
+use super::tree::{Entry, Kind, TEMP_DIR, Tree, in_temp_dir, join};
 use crate::layout::CONTROL_DIR;
 
 /// The standby's tree being listed, folder by folder.
@@ -56,8 +56,15 @@ impl Listing {
     pub fn add(&mut self, folder: &[u8], entries: Vec<(Vec<u8>, Attrs)>) {
         for (name, a) in entries {
             let path = join(folder, &name);
-            if folder == TEMP_DIR {
-                self.found.temporaries.push(path);
+            if in_temp_dir(folder) {
+                // In the folder of temporaries: the sessions' folders are
+                // listed in turn, any file is an unfinished temporary, and
+                // nothing else there is ours (nor can a user reach it).
+                match a.mode.unwrap_or(0) & 0o170000 {
+                    0o040000 if folder == TEMP_DIR => self.folders.push(path),
+                    0o100000 => self.found.temporaries.push(path),
+                    _ => {}
+                }
                 continue;
             }
             // The peer's own role and claims: never compared, never removed.
@@ -359,16 +366,31 @@ mod tests {
             ),
             (
                 ".sftp-ha-tmp",
-                vec![("t1", attrs(0o100600, 3, 1)), ("t2", attrs(0o100600, 0, 1))],
+                vec![
+                    ("t1", attrs(0o100600, 3, 1)),
+                    ("t2", attrs(0o100600, 0, 1)),
+                    ("s0", attrs(0o040700, 4096, 1)),
+                ],
+            ),
+            // A session's folder: its files are temporaries, nothing else
+            // there is listed or removed.
+            (
+                ".sftp-ha-tmp/s0",
+                vec![
+                    ("t3", attrs(0o100600, 9, 1)),
+                    ("odd", attrs(0o040700, 4096, 1)),
+                    ("link", attrs(0o120777, 4, 1)),
+                ],
             ),
             // A user's file of a temporary-looking name is a file like any other.
             ("u", vec![(".sftp-ha-tmp", attrs(0o100644, 1, 1))]),
         ]);
-        assert_eq!(listed, ["", ".sftp-ha-tmp", "u"]);
+        assert_eq!(listed, ["", ".sftp-ha-tmp", ".sftp-ha-tmp/s0", "u"]);
         assert_eq!(
             paths(&found.temporaries),
-            [".sftp-ha-tmp/t1", ".sftp-ha-tmp/t2"]
+            [".sftp-ha-tmp/t1", ".sftp-ha-tmp/t2", ".sftp-ha-tmp/s0/t3"]
         );
+        assert!(found.planted.is_empty());
         let compared: Vec<&[u8]> = found.tree.keys().collect();
         assert_eq!(compared, [b"u".as_slice(), b"u/.sftp-ha-tmp"]);
     }

@@ -114,7 +114,7 @@ use push::{OpError, put_file, remote_path};
 use round::Changed;
 use schedule::{LogBudget, Schedule};
 use transport::{Connector, Session, SshConnector, TransportError};
-use tree::{Entry, Kind, Op, TEMP_DIR, Tree, join};
+use tree::{Entry, Kind, Op, Tree, join};
 
 pub const INDEX_FILE: &str = "sync-index";
 /// The master's tree when this host was promoted (see [`reconcile`]).
@@ -1669,7 +1669,7 @@ impl<C: Connector> Worker<C> {
         while let Some(folder) = listing.next_folder() {
             let entries = match standby.sftp().read_dir(&remote_path(&folder)) {
                 // Gone since its parent was listed: no temporaries to remove.
-                Err(e) if folder.as_slice() == TEMP_DIR && e.is_no_such_file() => Vec::new(),
+                Err(e) if tree::in_temp_dir(&folder) && e.is_no_such_file() => Vec::new(),
                 other => other?,
             };
             listing.add(&folder, entries);
@@ -3020,10 +3020,11 @@ mod tests {
         /// Files left in the standby's folder of temporaries.
         fn temporaries(fs: &Arc<Mutex<FakeFs>>) -> Vec<String> {
             let fs = fs.lock().unwrap();
+            // Files only: the sessions' folders of temporaries stay.
             fs.nodes
-                .keys()
-                .filter(|k| k.starts_with(b"/.sftp-ha-tmp/"))
-                .map(|k| sftp::show(k))
+                .iter()
+                .filter(|(k, n)| k.starts_with(b"/.sftp-ha-tmp/") && n.mode & 0o170000 != 0o040000)
+                .map(|(k, _)| sftp::show(k))
                 .collect()
         }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::sftp::{self, Attrs, SftpClient, SftpError};
 use super::transport::TransportError;
-use super::tree::{self, Entry, Kind, Op, TEMP_DIR};
+use super::tree::{self, Entry, Kind, Op, TEMP_DIR, TEMP_SLOTS, temp_folder};
 
 /// Runs one operation on the standby; returns the file bytes sent. `stop`:
 /// see [`put_file`].
@@ -196,7 +196,7 @@ pub fn put_file(
     }
     let file = open_as_scanned(data_dir, path, e).map_err(local)?;
     let remote = remote_path(path);
-    let temp = temp_path();
+    let temp = temp_path(sftp.temp_slot());
     let handle = sftp.create(&temp, TEMPORARY).map_err(t)?;
     let mut source = UntilStopped { file, stop };
     let sent = sftp
@@ -247,9 +247,9 @@ impl Read for UntilStopped<'_> {
 
 /// Whether the peer takes replication: it is a standby only if the sync
 /// account may write there (on a master it may only read). Makes the
-/// folder of temporaries if missing, then creates and removes a probe in it.
+/// folders of temporaries if missing (every session's: the others may not
+/// pass here), then creates and removes a probe in this session's.
 pub fn accepts_writes(sftp: &mut SftpClient<impl Read + Write>) -> Result<bool, SftpError> {
-    let dir = remote_path(TEMP_DIR);
     let denied = |e: SftpError| {
         if e.is_permission_denied() {
             Ok(false)
@@ -257,19 +257,23 @@ pub fn accepts_writes(sftp: &mut SftpClient<impl Read + Write>) -> Result<bool, 
             Err(e)
         }
     };
-    if sftp.lstat(&dir)?.is_none() {
-        let made = sftp.mkdir(
-            &dir,
-            Attrs {
-                mode: Some(0o700),
-                ..Attrs::default()
-            },
-        );
-        if let Err(e) = made {
-            return denied(e);
+    let folders = std::iter::once(TEMP_DIR.to_vec()).chain((0..TEMP_SLOTS).map(temp_folder));
+    for folder in folders {
+        let dir = remote_path(&folder);
+        if sftp.lstat(&dir)?.is_none() {
+            let made = sftp.mkdir(
+                &dir,
+                Attrs {
+                    mode: Some(0o700),
+                    ..Attrs::default()
+                },
+            );
+            if let Err(e) = made {
+                return denied(e);
+            }
         }
     }
-    let probe = temp_path();
+    let probe = temp_path(sftp.temp_slot());
     match sftp.create(&probe, TEMPORARY) {
         Ok(handle) => {
             sftp.close(&handle)?;
@@ -389,9 +393,10 @@ fn send_batch(
     results: &mut [Result<u64, OpError>],
     stop: &AtomicBool,
 ) -> Result<(), sftp::SftpError> {
+    let slot = sftp.temp_slot();
     let names: Vec<(Vec<u8>, Vec<u8>)> = items
         .iter()
-        .map(|(path, _)| (temp_path(), remote_path(path)))
+        .map(|(path, _)| (temp_path(slot), remote_path(path)))
         .collect();
     // A refusal (disk full, say) fails its own item; any other error is a
     // broken session and fails the batch.
@@ -491,14 +496,15 @@ pub fn remote_path(rel: &[u8]) -> Vec<u8> {
     p
 }
 
-/// A fresh name in the standby's [`TEMP_DIR`]: in the data dir (one file
-/// system, so the rename into place is atomic) but outside every chroot, so
-/// no user can make, see or take that name; O_EXCL does the rest.
-fn temp_path() -> Vec<u8> {
+/// A fresh name in one of the standby's folders of temporaries (in
+/// [`TEMP_DIR`]): in the data dir (one file system, so the rename into
+/// place is atomic) but outside every chroot, so no user can make, see or
+/// take that name; O_EXCL does the rest.
+fn temp_path(slot: u8) -> Vec<u8> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let now = crate::timefmt::unix_now();
-    let mut p = remote_path(TEMP_DIR);
+    let mut p = remote_path(&temp_folder(slot));
     p.extend_from_slice(format!("/{:x}-{now:x}-{n:x}", std::process::id()).as_bytes());
     p
 }
@@ -530,9 +536,10 @@ mod tests {
 
     #[test]
     fn temporaries_are_fresh_names_outside_every_chroot() {
-        let (a, b) = (temp_path(), temp_path());
-        assert!(a.starts_with(b"/.sftp-ha-tmp/"), "{}", sftp::show(&a));
+        let (a, b) = (temp_path(3), temp_path(3));
+        assert!(a.starts_with(b"/.sftp-ha-tmp/s3/"), "{}", sftp::show(&a));
         assert_ne!(a, b);
+        assert!(temp_path(TEMP_SLOTS + 1).starts_with(b"/.sftp-ha-tmp/s1/"));
         assert_eq!(remote_path(b"u/x"), b"/u/x".to_vec());
     }
 

@@ -229,6 +229,8 @@ pub struct SftpClient<S: Read + Write> {
     extensions: HashSet<String>,
     /// Replies read while waiting for another id (pipelining).
     early: HashMap<u32, Reply>,
+    /// Which folder of temporaries this session writes in ([`super::tree::temp_folder`]).
+    temp_slot: u8,
 }
 
 impl<S: Read + Write> SftpClient<S> {
@@ -259,13 +261,23 @@ impl<S: Read + Write> SftpClient<S> {
             let _data = r.string()?;
             extensions.insert(String::from_utf8_lossy(name).into_owned());
         }
+        // By turns: the sessions opened together get different folders.
+        static NEXT_SLOT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let temp_slot =
+            NEXT_SLOT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % super::tree::TEMP_SLOTS;
         Ok(SftpClient {
             stream,
             queued: Vec::new(),
             next_id: 1,
             extensions,
             early: HashMap::new(),
+            temp_slot,
         })
+    }
+
+    /// The folder of temporaries this session writes in.
+    pub fn temp_slot(&self) -> u8 {
+        self.temp_slot
     }
 
     /// Queues a request; it is written with the others before the next wait.

@@ -26,6 +26,25 @@ pub use map::{Pair, Tree, drifted, same_base, share, share_base, side_by_side};
 /// Every name a user gives a file is replicated as it is.
 pub const TEMP_DIR: &[u8] = b".sftp-ha-tmp";
 
+/// Folders of temporaries in [`TEMP_DIR`], one per session by turns: each
+/// session creates its temporaries in its own folder and renames them out of
+/// it, so that the sessions do not all queue on the lock of one folder
+/// (ext4 takes it for every create and rename there).
+pub const TEMP_SLOTS: u8 = 8;
+
+/// `TEMP_DIR/sN`, the folder of temporaries of slot `slot`.
+pub fn temp_folder(slot: u8) -> Vec<u8> {
+    let mut p = TEMP_DIR.to_vec();
+    p.extend_from_slice(format!("/s{}", slot % TEMP_SLOTS).as_bytes());
+    p
+}
+
+/// `path` is [`TEMP_DIR`] or a folder in it.
+pub fn in_temp_dir(path: &[u8]) -> bool {
+    path.strip_prefix(TEMP_DIR)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     File,
@@ -479,44 +498,57 @@ pub fn open_file(root: &Path, rel: &[u8]) -> io::Result<(File, Entry)> {
     Ok((File::from(fd), Entry::from_stat(&st, Kind::File)))
 }
 
-/// On a standby: removes temporaries in [`TEMP_DIR`] not written to for
-/// `older_than`, left behind by a transfer the master never finished (it
-/// crashed, or the file was deleted before it could retry). Returns how many.
-/// Nothing outside that folder is touched: users' files may have any name.
+/// On a standby: removes temporaries in [`TEMP_DIR`] and its sessions'
+/// folders ([`temp_folder`]) not written to for `older_than`, left behind by
+/// a transfer the master never finished (it crashed, or the file was deleted
+/// before it could retry). Returns how many. Nothing outside that folder is
+/// touched: users' files may have any name. The folders stay.
 pub fn remove_stale_temporaries(root: &Path, older_than: std::time::Duration) -> io::Result<usize> {
     let limit = crate::timefmt::unix_now() as i64 - older_than.as_secs() as i64;
-    let mut removed = 0;
-    {
-        let dir_fd = match open_dir(root, TEMP_DIR) {
-            Ok(fd) => fd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+    let dir_fd = match open_dir(root, TEMP_DIR) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = remove_old_files_in(&dir_fd, limit)?;
+    for slot in 0..TEMP_SLOTS {
+        match open_dir(root, &temp_folder(slot)) {
+            Ok(fd) => removed += remove_old_files_in(&fd, limit)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
-        };
-        let mut dir = Dir::from_fd(dir_fd.try_clone()?).map_err(io::Error::from)?;
-        let names: Vec<Vec<u8>> = dir
-            .iter()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_bytes().to_vec())
-            .filter(|n| n != b"." && n != b"..")
-            .collect();
-        for name in names {
-            let cname = std::ffi::OsStr::from_bytes(&name);
-            let old = fstatat(
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes the files (never a folder) of the open folder `dir_fd` last
+/// changed before `limit` (unix seconds); returns how many.
+fn remove_old_files_in(dir_fd: &OwnedFd, limit: i64) -> io::Result<usize> {
+    let mut dir = Dir::from_fd(dir_fd.try_clone()?).map_err(io::Error::from)?;
+    let names: Vec<Vec<u8>> = dir
+        .iter()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_bytes().to_vec())
+        .filter(|n| n != b"." && n != b"..")
+        .collect();
+    let mut removed = 0;
+    for name in names {
+        let cname = std::ffi::OsStr::from_bytes(&name);
+        let old = fstatat(
+            dir_fd.as_fd(),
+            cname,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| st.st_mtime < limit);
+        if old
+            && nix::unistd::unlinkat(
                 dir_fd.as_fd(),
                 cname,
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
             )
-            .is_ok_and(|st| st.st_mtime < limit);
-            if old
-                && nix::unistd::unlinkat(
-                    dir_fd.as_fd(),
-                    cname,
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                )
-                .is_ok()
-            {
-                removed += 1;
-            }
+            .is_ok()
+        {
+            removed += 1;
         }
     }
     Ok(removed)
@@ -1048,6 +1080,8 @@ mod tests {
         std::fs::create_dir_all(root.join(".sftp-ha-tmp")).unwrap();
         std::fs::write(root.join("u/upload/a file\n"), b"x").unwrap();
         std::fs::write(root.join(".sftp-ha-tmp/x"), b"partial").unwrap();
+        std::fs::create_dir_all(root.join(".sftp-ha-tmp/s2/deeper")).unwrap();
+        std::fs::write(root.join(".sftp-ha-tmp/s2/y"), b"partial").unwrap();
         // A user's file may have any name, this one too.
         std::fs::write(root.join("u/upload/.sftp-ha-tmp.x"), b"mine").unwrap();
         symlink("/etc/shadow", root.join("u/upload/evil")).unwrap();
@@ -1082,7 +1116,11 @@ mod tests {
             0
         );
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
-        for f in [".sftp-ha-tmp/x", "u/upload/.sftp-ha-tmp.x"] {
+        for f in [
+            ".sftp-ha-tmp/x",
+            ".sftp-ha-tmp/s2/y",
+            "u/upload/.sftp-ha-tmp.x",
+        ] {
             std::fs::File::options()
                 .write(true)
                 .open(root.join(f))
@@ -1092,9 +1130,11 @@ mod tests {
         }
         assert_eq!(
             remove_stale_temporaries(root, std::time::Duration::from_secs(3600)).unwrap(),
-            1
+            2
         );
         assert!(!root.join(".sftp-ha-tmp/x").exists());
+        assert!(!root.join(".sftp-ha-tmp/s2/y").exists());
+        assert!(root.join(".sftp-ha-tmp/s2/deeper").is_dir(), "folders stay");
         assert!(
             root.join("u/upload/.sftp-ha-tmp.x").exists(),
             "a user's file is kept"
