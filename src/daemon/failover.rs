@@ -108,6 +108,7 @@ impl Daemon {
             role: self.live.role,
             epoch: self.live.epoch,
             main_alive: None,
+            several_standbys: self.config.sync.standbys.len() > 1,
         }
     }
 

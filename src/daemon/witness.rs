@@ -59,6 +59,7 @@ pub(super) fn run(
         role: Role::Standby,
         epoch: 0,
         main_alive: None,
+        several_standbys: false,
     };
     let failover = Failover::start(settings, Gate::new(false))
         .map_err(|err| DaemonError::Witness(err.to_string()))?;

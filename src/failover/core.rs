@@ -65,6 +65,14 @@ pub enum Body {
     Grant {
         nonce: u64,
         epoch: u64,
+        /// Sent by the witness, which names the file host it holds for the
+        /// asking master's voter at this epoch ([`Holder::voter`]): with
+        /// several standbys a master counts a file host's grant only while
+        /// the witness names that host.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        witness: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        voter: Option<String>,
     },
     /// It was not; `holder` is whom the voter holds for the master.
     Refuse {
@@ -105,6 +113,18 @@ pub struct Holder {
     /// The master runs `mode = "manual"`: no automatic takeover from it.
     #[serde(default)]
     pub manual: bool,
+    /// The witness's record: the file host this master's lease may rest on
+    /// besides the witness (the one its renewals named first). Only that
+    /// host may take over from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voter: Option<String>,
+}
+
+impl Holder {
+    /// The same master at the same epoch, in the same mode (the voter aside).
+    fn same_master(&self, other: &Holder) -> bool {
+        (&self.node, self.epoch, self.manual) == (&other.node, other.epoch, other.manual)
+    }
 }
 
 /// Where a message goes.
@@ -278,9 +298,18 @@ pub struct Core {
     voted_for: Option<Holder>,
     /// The journal said once that this host is no master's voter.
     told_not_a_voter: bool,
-    /// The witness: the voters the master at the highest epoch last said
-    /// its lease rests on, other than the witness (node, epoch, voters).
-    reported_voters: Option<(String, u64, Vec<String>)>,
+    /// This host's `[sync] peer` lists more than one other file host: a
+    /// master counts a file host's grant only while the witness names that
+    /// host its voter at this epoch ([`Body::Grant::voter`]), so that the
+    /// witness always knows whom a lease may rest on. (With one standby it
+    /// can only be that one, and a master made without the witness, by a
+    /// handover or `promote --force`, keeps its lease through the other
+    /// file host while the witness is away.)
+    several: bool,
+    /// The node the witness's grants come from.
+    witness_node: Option<String>,
+    /// The voter the witness's latest grant named, and at which epoch.
+    named_voter: Option<(u64, Option<String>)>,
 }
 
 /// A token stays good for this many slots of `renew_every` (five quarters
@@ -304,6 +333,7 @@ impl Core {
                 node: String::new(),
                 epoch: 0,
                 manual: false,
+                voter: None,
             }),
             me,
             kind,
@@ -330,8 +360,17 @@ impl Core {
             serving: true,
             voted_for: None,
             told_not_a_voter: false,
-            reported_voters: None,
+            several: false,
+            witness_node: None,
+            named_voter: None,
         }
+    }
+
+    /// A file host whose `[sync] peer` lists more than one other file host
+    /// (see [`Core::several`]).
+    pub fn with_several_standbys(mut self, several: bool) -> Core {
+        self.several = several;
+        self
     }
 
     /// A file host: the master it gave its vote to before a restart
@@ -432,6 +471,7 @@ impl Core {
             },
             epoch,
             manual: role == Role::Master && self.kind == Kind::Manual,
+            voter: None,
         });
         self.peer_manual = None;
         // The grant of a takeover is the new master's first lease: kept.
@@ -531,9 +571,24 @@ impl Core {
             return None;
         }
         self.granted
-            .values()
+            .iter()
+            .filter(|(node, _)| self.grant_counts(node))
+            .map(|(_, sent)| *sent + self.timing.after)
             .max()
-            .map(|sent| *sent + self.timing.after)
+    }
+
+    /// `node`'s grant counts for the lease: always with one standby; with
+    /// several, the witness's, and a file host's only while the witness's
+    /// latest grant at this epoch named it the voter.
+    fn grant_counts(&self, node: &str) -> bool {
+        let current = if self.role == Role::Master {
+            self.epoch
+        } else {
+            self.promoting.unwrap_or(0)
+        };
+        !self.several
+            || self.witness_node.as_deref() == Some(node)
+            || matches!(&self.named_voter, Some((e, Some(v))) if *e == current && v == node)
     }
 
     /// The clock moved on: ask again, notice a lease running out, or a
@@ -587,7 +642,11 @@ impl Core {
                 voters: if takeover {
                     Vec::new()
                 } else {
-                    self.granted.keys().cloned().collect()
+                    self.granted
+                        .keys()
+                        .filter(|n| self.witness_node.as_ref() != Some(*n))
+                        .cloned()
+                        .collect()
                 },
             };
             actions.push(self.send(Target::Witness, ask.clone(), now));
@@ -672,11 +731,11 @@ impl Core {
         {
             return;
         }
-        if self.voted_for.is_none() {
-            // No master ever asked this host for its vote: with several
-            // standbys it is a further one, and the master may hold its
-            // lease through the standby it asks; a takeover from here
-            // would make two writers.
+        if self.voted_for.as_ref().is_none_or(|v| v.epoch < self.epoch) {
+            // No master ever asked this host for its vote, or the master it
+            // follows never did: with several standbys it is a further one,
+            // and the master may hold its lease through the standby it
+            // asks; a takeover from here would make two writers.
             if !self.told_not_a_voter {
                 self.told_not_a_voter = true;
                 actions.push(Action::Journal {
@@ -755,28 +814,38 @@ impl Core {
                     // It asks for a lease: it runs automatic failover again.
                     self.peer_manual = None;
                 }
-                if self.kind == Kind::Witness {
-                    if takeover {
-                        if let Some(reason) = self.not_the_voter(&from, voted.as_ref()) {
-                            return vec![self.refusal(nonce, reason, false, now)];
-                        }
-                    } else if self
-                        .reported_voters
-                        .as_ref()
-                        .is_none_or(|(_, e, _)| epoch >= *e)
-                    {
-                        let others = voters.into_iter().filter(|v| *v != self.me).collect();
-                        self.reported_voters = Some((from.clone(), epoch, others));
-                    }
+                if self.kind == Kind::Witness
+                    && takeover
+                    && let Some(reason) = self.not_the_voter(&from, voted.as_ref())
+                {
+                    return vec![self.refusal(nonce, reason, false, now)];
                 }
-                let mut actions =
-                    self.on_ask(from, epoch, nonce, after_ms, (takeover, holding), now);
+                let mut actions = self.on_ask(
+                    from,
+                    epoch,
+                    nonce,
+                    after_ms,
+                    (takeover, holding, &voters),
+                    now,
+                );
                 if !takeover {
                     actions.extend(self.remember_vote(&actions));
                 }
                 actions
             }
-            Body::Grant { nonce, epoch } => self.on_grant(from, nonce, epoch, now),
+            Body::Grant {
+                nonce,
+                epoch,
+                witness,
+                voter,
+            } => {
+                // Only the answer to an ask of this run (a replay names nothing).
+                if witness && self.asks.iter().any(|(n, _)| *n == nonce) {
+                    self.witness_node = Some(from.clone());
+                    self.named_voter = Some((epoch, voter));
+                }
+                self.on_grant(from, nonce, epoch, now)
+            }
             Body::Refuse {
                 nonce,
                 reason,
@@ -813,6 +882,12 @@ impl Core {
                     actions
                 } else if self.promise.as_ref().is_some_and(matches) {
                     self.promise = None;
+                    if self.kind == Kind::FileHost {
+                        // The master stepped down for a successor (a planned
+                        // switchover): that one asks for votes, or its
+                        // replication tells this host the new epoch.
+                        self.quiet_until = now + self.timing.after;
+                    }
                     vec![Action::Journal {
                         warn: false,
                         line: format!("{from} released the master's lease at epoch {epoch}"),
@@ -828,36 +903,35 @@ impl Core {
     /// if `from` is not the voter of the newest master known here. With
     /// several standbys only the one the master asks for its vote may take
     /// over: the master may hold its lease through that one, unseen here.
+    /// The witness records that voter from the master's renewals before it
+    /// names it in a grant, and a master counts no other file host's grant.
     fn not_the_voter(&self, from: &str, voted: Option<&Holder>) -> Option<String> {
-        let Some(voted) = voted else {
-            return Some(format!(
-                "{from} has never given its vote to a master (a further standby, which follows the master and is promoted by hand, or an sftp-ha older than the witness's): only the standby the master asks for its vote takes over automatically"
-            ));
-        };
         let known = &self.highest;
-        // The witness granted it the newest epoch itself (a promotion that
-        // failed there): it asks again.
-        if !known.node.is_empty()
-            && known.node != from
-            && (voted.epoch < known.epoch
-                || (voted.epoch == known.epoch && voted.node != known.node))
-        {
-            return Some(format!(
-                "{from} last gave its vote to {} at epoch {}, but the newest master is {} at epoch {}: {from} is not its voter",
-                voted.node, voted.epoch, known.node, known.epoch
-            ));
+        // Nothing known, or the witness granted it the newest epoch itself
+        // (a promotion that failed there): it asks again.
+        if known.node.is_empty() || known.node == from {
+            return None;
         }
-        if let Some((node, at, voters)) = &self.reported_voters
-            && (node.as_str(), *at) == (voted.node.as_str(), voted.epoch)
-            && !voters.is_empty()
-            && !voters.iter().any(|v| v == from)
-        {
-            return Some(format!(
-                "the master {node} at epoch {at} last said its lease rests on {} (and the witness), not on {from}",
-                voters.join(" and ")
-            ));
+        if let Some(voter) = &known.voter {
+            return (voter != from).then(|| {
+                format!(
+                    "the master {} at epoch {} has {voter} for its voter (the witness's record), so only {voter} takes over from it automatically; {from} follows the new master and is promoted by hand",
+                    known.node, known.epoch
+                )
+            });
         }
-        None
+        // No voter recorded: the master's lease rests on no file host, or
+        // it runs with one standby. A host that voted for an older master
+        // than the newest one known is not that one's voter; one that says
+        // nothing is an sftp-ha older than the witness's (with one standby).
+        let voted = voted?;
+        (voted.epoch < known.epoch || (voted.epoch == known.epoch && voted.node != known.node))
+            .then(|| {
+                format!(
+                    "{from} last gave its vote to {} at epoch {}, but the newest master is {} at epoch {}: {from} is not its voter",
+                    voted.node, voted.epoch, known.node, known.epoch
+                )
+            })
     }
 
     /// A file host that granted a master's renewal remembers that master,
@@ -879,6 +953,7 @@ impl Core {
             node: promise.node.clone(),
             epoch: promise.epoch,
             manual: false,
+            voter: None,
         };
         if !granted || self.voted_for.as_ref() == Some(&vote) {
             return None;
@@ -916,10 +991,11 @@ impl Core {
             node: from.clone(),
             epoch,
             manual: true,
+            voter: None,
         };
         match self.kind {
             Kind::Witness => {
-                if *known == holder {
+                if known.same_master(&holder) {
                     return Vec::new();
                 }
                 self.highest = holder.clone();
@@ -987,7 +1063,7 @@ impl Core {
         epoch: u64,
         nonce: u64,
         after_ms: u64,
-        (takeover, holding): (bool, bool),
+        (takeover, holding, voters): (bool, bool, &[String]),
         now: Instant,
     ) -> Vec<Action> {
         let refuse =
@@ -1111,14 +1187,16 @@ impl Core {
             last_ask: now,
             refused_until: None,
         });
+        let mut persist = false;
         if newer {
             let holder = Holder {
                 node: from.clone(),
                 epoch,
                 manual: false,
+                voter: None,
             };
             if self.kind == Kind::Witness {
-                actions.push(Action::Persist(holder.clone()));
+                persist = true;
                 actions.push(Action::Journal {
                     warn: takeover,
                     line: if takeover {
@@ -1132,7 +1210,36 @@ impl Core {
             }
             self.highest = holder;
         }
-        actions.push(self.send(Target::Sender, Body::Grant { nonce, epoch }, now));
+        let witness = self.kind == Kind::Witness;
+        if witness && !takeover {
+            // The master's voter: the one recorded if it still names it,
+            // else the first it names. Kept on disk before a grant names it.
+            let named = |v: &&String| **v != self.me;
+            let mut reported = voters.iter().filter(named);
+            let kept = self.highest.voter.as_ref().filter(|v| voters.contains(v));
+            if kept.is_none()
+                && let Some(voter) = reported.next()
+            {
+                self.highest.voter = Some(voter.clone());
+                persist = true;
+                actions.push(Action::Journal {
+                    warn: false,
+                    line: format!(
+                        "{from}'s lease at epoch {epoch} rests on {voter} besides the witness: only {voter} takes over from it"
+                    ),
+                });
+            }
+        }
+        if persist {
+            actions.push(Action::Persist(self.highest.clone()));
+        }
+        let grant = Body::Grant {
+            nonce,
+            epoch,
+            witness,
+            voter: self.highest.voter.clone().filter(|_| witness),
+        };
+        actions.push(self.send(Target::Sender, grant, now));
         actions
     }
 

@@ -59,6 +59,9 @@ pub struct Settings {
     /// stalled daemon (stopped, or this thread blocked) is killed, and the
     /// unit's ExecStopPost fences, before its lease can end.
     pub main_alive: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// A file host whose `[sync] peer` lists more than one other file host
+    /// ([`Core::with_several_standbys`]).
+    pub several_standbys: bool,
 }
 
 /// What the thread tells the daemon.
@@ -585,7 +588,8 @@ impl Thread {
             seed,
             highest,
         )
-        .with_vote(vote);
+        .with_vote(vote)
+        .with_several_standbys(settings.several_standbys);
         let mut thread = Thread {
             witness: settings.witness.clone().map(Address::new),
             peer: settings.peer.clone().map(Address::new),
@@ -1095,6 +1099,7 @@ mod tests {
             node: "bravo".into(),
             epoch: 7,
             manual: true,
+            voter: None,
         };
         assert!(save_witness_state(dir.path(), &holder));
         assert_eq!(load_witness_state(dir.path()), Some(holder));
