@@ -308,8 +308,10 @@ pub struct Core {
     several: bool,
     /// The node the witness's grants come from.
     witness_node: Option<String>,
-    /// The voter the witness's latest grant named, and at which epoch.
-    named_voter: Option<(u64, Option<String>)>,
+    /// The voter the witness's newest grant named: at which epoch, for the
+    /// ask with which nonce (a grant that arrives late, for an older ask,
+    /// does not bring back a voter named before).
+    named_voter: Option<(u64, Option<String>, u64)>,
 }
 
 /// A token stays good for this many slots of `renew_every` (five quarters
@@ -588,7 +590,7 @@ impl Core {
         };
         !self.several
             || self.witness_node.as_deref() == Some(node)
-            || matches!(&self.named_voter, Some((e, Some(v))) if *e == current && v == node)
+            || matches!(&self.named_voter, Some((e, Some(v), _)) if *e == current && v == node)
     }
 
     /// The clock moved on: ask again, notice a lease running out, or a
@@ -842,7 +844,9 @@ impl Core {
                 // Only the answer to an ask of this run (a replay names nothing).
                 if witness && self.asks.iter().any(|(n, _)| *n == nonce) {
                     self.witness_node = Some(from.clone());
-                    self.named_voter = Some((epoch, voter));
+                    if self.named_voter.as_ref().is_none_or(|(_, _, n)| nonce > *n) {
+                        self.named_voter = Some((epoch, voter, nonce));
+                    }
                 }
                 self.on_grant(from, nonce, epoch, now)
             }
