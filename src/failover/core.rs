@@ -747,7 +747,10 @@ impl Core {
             }
             return;
         }
-        let epoch = self.highest.epoch.max(self.epoch).max(1) + 1;
+        // Newer than the master it voted for too: its live epoch may lag
+        // its vote (a restart before replication told it the new epoch).
+        let voted = self.voted_for.as_ref().map_or(0, |v| v.epoch);
+        let epoch = self.highest.epoch.max(self.epoch).max(voted).max(1) + 1;
         let silent = match &self.promise {
             Some(p) => format!(
                 "the master {} at epoch {} has not renewed its lease for {}",
@@ -1099,6 +1102,21 @@ impl Core {
             return refuse(
                 self,
                 format!("{} is the master at epoch {}", self.me, self.epoch),
+            );
+        }
+        if takeover
+            && epoch <= self.highest.epoch
+            && !self.highest.node.is_empty()
+            && self.highest.node != from
+        {
+            // A takeover makes a newer master: never a second one at the
+            // epoch of the master it replaces.
+            return refuse(
+                self,
+                format!(
+                    "a takeover at epoch {epoch} is not newer than epoch {} of {}",
+                    self.highest.epoch, self.highest.node
+                ),
             );
         }
         if epoch < self.highest.epoch {

@@ -1750,7 +1750,6 @@ fn several_standbys_under_random_faults_never_have_two_writers() {
 /// own, and never steps down; each takes uploads whenever the witness
 /// promises it (a split history at one epoch).
 #[test]
-#[ignore = "review4: a voter whose live epoch lags its vote takes over at the master's own epoch; two masters at one epoch never converge"]
 fn review4_a_voter_behind_its_vote_takes_over_at_the_same_epoch() {
     let mut hosts = FourHosts::new(None);
     hosts.run(secs(5.0));
