@@ -83,6 +83,10 @@ pub enum Body {
         /// asker just started, or the ask is a replay): ask again at once
         /// with the token this refusal carries.
         stale: bool,
+        /// Sent by the witness: its `holder` is the one its grants made,
+        /// which a master at the same epoch made without it yields to.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        witness: bool,
     },
     /// A master that stepped down frees the promise its last ask (`nonce`)
     /// got, so its successor need not wait for it to run out.
@@ -858,7 +862,8 @@ impl Core {
                 reason,
                 holder,
                 stale,
-            } => self.on_refuse(from, nonce, (reason, stale), holder, now),
+                witness,
+            } => self.on_refuse(from, nonce, (reason, stale, witness), holder, now),
             Body::Ping => vec![self.send(Target::Sender, Body::Pong, now)],
             Body::Pong => Vec::new(),
             Body::Manual { epoch, echo } => {
@@ -1059,6 +1064,7 @@ impl Core {
                 reason,
                 holder,
                 stale,
+                witness: self.kind == Kind::Witness,
             },
             now,
         )
@@ -1102,6 +1108,24 @@ impl Core {
             return refuse(
                 self,
                 format!("{} is the master at epoch {}", self.me, self.epoch),
+            );
+        }
+        if self.kind == Kind::Witness
+            && epoch == self.highest.epoch
+            && !takeover
+            && !self.highest.node.is_empty()
+            && self.highest.node != from
+            && !self.highest.manual
+        {
+            // A second master at the epoch of the one this voter holds (a
+            // standby promoted by hand to an epoch a takeover used already):
+            // told who holds it, it steps down.
+            return refuse(
+                self,
+                format!(
+                    "{} is the master at epoch {}; a second master at the same epoch steps down",
+                    self.highest.node, self.highest.epoch
+                ),
             );
         }
         if takeover
@@ -1303,7 +1327,7 @@ impl Core {
         &mut self,
         from: String,
         nonce: u64,
-        (reason, stale): (String, bool),
+        (reason, stale, from_witness): (String, bool, bool),
         holder: Option<Holder>,
         now: Instant,
     ) -> Vec<Action> {
@@ -1362,10 +1386,15 @@ impl Core {
             self.quiet_until = now + self.timing.after;
             return actions;
         }
+        // A newer master, or another one at this epoch that the witness
+        // holds (made by its grant, where this one was made without it: two
+        // masters at one epoch would split the history). A file host's word
+        // on who holds its own epoch is not enough: a standby knows its
+        // epoch, not always its master's name.
         if self.role == Role::Master
             && let Some(h) = holder
             && h.node != self.me
-            && h.epoch > self.epoch
+            && (h.epoch > self.epoch || (h.epoch == self.epoch && from_witness))
         {
             self.note_epoch(&h);
             actions.push(Action::StepDown {

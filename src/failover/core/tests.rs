@@ -1781,7 +1781,6 @@ fn review4_a_voter_behind_its_vote_takes_over_at_the_same_epoch() {
 /// used (a follower behind, promoted by hand) alternates with the real one
 /// instead of being told to step down.
 #[test]
-#[ignore = "review4: a second master at the witness's highest epoch is granted, not told to step down"]
 fn review4_a_second_master_at_the_same_epoch_is_told_to_step_down() {
     let mut hosts = FourHosts::new(None);
     hosts.run(secs(5.0));
@@ -1804,7 +1803,7 @@ fn review4_a_second_master_at_the_same_epoch_is_told_to_step_down() {
 /// the takeover. Two writers. ("With one standby it can only be that one"
 /// holds only while the standby is never replaced at the same epoch.)
 #[test]
-#[ignore = "review4: with several = false, a replaced standby still running takes over beside the master (two writers)"]
+#[ignore = "known limit, in the README: with one standby, stop sftp-ha on a standby before replacing it by another (else, cut off at the wrong moment, it can take over beside the master)"]
 fn review4_a_replaced_single_standby_takes_over_beside_the_master() {
     let mut hosts = FourHosts::new(None);
     hosts.several = [false; 4];
