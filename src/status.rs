@@ -483,6 +483,9 @@ fn failover_rows(
             ),
         ));
     }
+    if let Some(vote) = &f.vote {
+        rows.push(("vote:", vote.clone()));
+    }
     if f.sshd_down {
         rows.push((
             "SSHD:",

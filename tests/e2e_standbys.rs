@@ -373,6 +373,17 @@ fn automatic_failover_with_two_standbys_the_voter_takes_over_and_the_other_follo
     converged_with(&tb, STANDBY, "first.txt on the standby");
     converged_with(&tb, STANDBY2, "first.txt on standby2");
 
+    // The status says whose voter each file host is.
+    wait_for("the master's status to name its voter", || {
+        tb.ok(MASTER, "sftp-ha status")
+            .contains("the witness names standby this master's voter at epoch 1")
+            .then_some(())
+    });
+    let status = tb.ok(STANDBY2, "sftp-ha status");
+    assert!(status.contains("it never takes over automatically"), "{status}");
+    let status = tb.ok(STANDBY, "sftp-ha status");
+    assert!(status.contains("last gave its vote to master at epoch 1"), "{status}");
+
     // standby2 is asked by no master: it says so once, and asks nothing.
     wait_for("standby2 to know it is no master's voter", || {
         tb.journal(STANDBY2, "")

@@ -243,6 +243,8 @@ pub struct View {
     pub serving: bool,
     /// A master known to run `mode = "manual"`: no automatic takeover from it.
     pub manual_master: Option<Holder>,
+    /// A file host: whether it may take over, in words (whose voter it is).
+    pub vote: Option<String>,
 }
 
 /// The state machine of one host.
@@ -422,7 +424,12 @@ impl Core {
                 .as_ref()
                 .filter(|p| p.until > now)
                 .map(|p| (p.node.clone(), p.epoch, p.until)),
-            granted_by: self.granted.keys().cloned().collect(),
+            granted_by: self
+                .granted
+                .keys()
+                .filter(|n| self.grant_counts(n))
+                .cloned()
+                .collect(),
             writable: self.writable,
             candidate: self.candidate.map(|(e, _)| e),
             serving: self.serving,
@@ -431,7 +438,29 @@ impl Core {
                 .clone()
                 .or_else(|| self.highest.manual.then(|| self.highest.clone()))
                 .filter(|h| h.node != self.me),
+            vote: self.vote_in_words(),
         }
+    }
+
+    /// Whose voter this file host is, for the status.
+    fn vote_in_words(&self) -> Option<String> {
+        if self.kind != Kind::FileHost {
+            return None;
+        }
+        Some(match (self.role, &self.voted_for) {
+            (Role::Master, _) if self.several => match &self.named_voter {
+                Some((e, Some(v), _)) if *e == self.epoch => format!(
+                    "the witness names {v} this master's voter at epoch {e}: only {v} takes over from it"
+                ),
+                _ => "the witness has named no voter for this master yet: its lease rests on the witness alone".into(),
+            },
+            (Role::Master, _) => "this master's lease rests on the witness and its peer".into(),
+            (_, Some(v)) if v.epoch >= self.epoch => format!(
+                "this host last gave its vote to {} at epoch {}: it takes over if that master's lease runs out and the witness agrees",
+                v.node, v.epoch
+            ),
+            _ => "no master this host follows has asked it for its vote: it never takes over automatically (a further standby; promote it by hand)".into(),
+        })
     }
 
     /// The driver tells the core the live role (at start, and after every change).

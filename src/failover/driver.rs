@@ -240,6 +240,9 @@ pub struct FailoverStatus {
     /// Another host known to be the master in `mode = "manual"`, at this epoch.
     #[serde(default)]
     pub manual_master: Option<(String, u64)>,
+    /// A file host: whose voter it is, in words.
+    #[serde(default)]
+    pub vote: Option<String>,
 }
 
 /// Another host of the vote, as this one hears it.
@@ -987,6 +990,7 @@ impl Thread {
             unfenced: None,
             sshd_down: !view.serving,
             manual_master: view.manual_master.map(|h| (h.node, h.epoch)),
+            vote: view.vote,
         };
         let mut shared = lock_status(&self.status);
         // While an install holds the gate, the last known answer stands.

@@ -1820,3 +1820,23 @@ fn review4_a_replaced_single_standby_takes_over_beside_the_master() {
     hosts.restart(A, Kind::FileHost, Role::Master, 1);
     hosts.run(secs(15.0));
 }
+
+#[test]
+fn the_status_says_whose_voter_each_file_host_is() {
+    let mut hosts = FourHosts::new(None);
+    hosts.run(secs(5.0));
+    let vote = |h: &FourHosts, host: usize| h.cores[host].view(h.now).vote.unwrap_or_default();
+    assert!(
+        vote(&hosts, A).contains("the witness names bravo this master's voter at epoch 1"),
+        "{}",
+        vote(&hosts, A)
+    );
+    assert!(vote(&hosts, B).contains("last gave its vote to alpha at epoch 1"));
+    assert!(vote(&hosts, C).contains("never takes over automatically"));
+    assert_eq!(hosts.cores[W4].view(hosts.now).vote, None);
+    // The lease as the status shows it: the grants that count.
+    assert_eq!(
+        hosts.cores[A].view(hosts.now).granted_by,
+        vec!["bravo", "witness"]
+    );
+}
