@@ -1363,8 +1363,13 @@ impl Core {
         if self.kind == Kind::Manual {
             // The answer to a notice: a newer master exists.
             return match holder {
+                // A newer master, or (the witness's word) another one that
+                // holds this very epoch: as an automatic master does below.
                 Some(h)
-                    if self.role == Role::Master && h.node != self.me && h.epoch > self.epoch =>
+                    if self.role == Role::Master
+                        && h.node != self.me
+                        && (h.epoch > self.epoch
+                            || (h.epoch == self.epoch && from_witness && !h.manual)) =>
                 {
                     self.note_epoch(&h);
                     vec![

@@ -1864,7 +1864,6 @@ impl FourHosts {
 /// manual master writes whatever the lease) beside bravo, whose renewals the
 /// witness keeps granting. Two writers, with no message lost.
 #[test]
-#[ignore = "review5: a manual master refused by the witness at its own epoch never steps down: two writers"]
 fn review5_a_manual_second_master_at_the_witness_epoch_is_told_but_never_steps_down() {
     let mut hosts = FourHosts::new(None);
     hosts.run(secs(5.0));
