@@ -380,9 +380,15 @@ fn automatic_failover_with_two_standbys_the_voter_takes_over_and_the_other_follo
             .then_some(())
     });
     let status = tb.ok(STANDBY2, "sftp-ha status");
-    assert!(status.contains("it never takes over automatically"), "{status}");
+    assert!(
+        status.contains("it never takes over automatically"),
+        "{status}"
+    );
     let status = tb.ok(STANDBY, "sftp-ha status");
-    assert!(status.contains("last gave its vote to master at epoch 1"), "{status}");
+    assert!(
+        status.contains("last gave its vote to master at epoch 1"),
+        "{status}"
+    );
 
     // standby2 is asked by no master: it says so once, and asks nothing.
     wait_for("standby2 to know it is no master's voter", || {

@@ -455,7 +455,11 @@ impl Core {
                 _ => "the witness has named no voter for this master yet: its lease rests on the witness alone".into(),
             },
             (Role::Master, _) => "this master's lease rests on the witness and its peer".into(),
-            (_, Some(v)) if v.epoch >= self.epoch => format!(
+            (_, Some(v)) if v.node == self.me && (v.epoch >= self.epoch || !self.several) => format!(
+                "this host was the master at epoch {}: it takes over again only if the witness holds it for the newest master",
+                v.epoch
+            ),
+            (_, Some(v)) if v.epoch >= self.epoch || !self.several => format!(
                 "this host last gave its vote to {} at epoch {}: it takes over if that master's lease runs out and the witness agrees",
                 v.node, v.epoch
             ),
@@ -509,6 +513,22 @@ impl Core {
             voter: None,
         });
         self.peer_manual = None;
+        // A master votes for itself: should it step down at its own epoch
+        // (two masters at one epoch, the other kept), it may still take over
+        // later, if the witness holds it for the newest master.
+        let own = Holder {
+            node: self.me.clone(),
+            epoch,
+            manual: false,
+            voter: None,
+        };
+        if role == Role::Master
+            && self.kind == Kind::FileHost
+            && self.voted_for.as_ref() != Some(&own)
+        {
+            self.voted_for = Some(own.clone());
+            actions.push(Action::RememberVote(own));
+        }
         // The grant of a takeover is the new master's first lease: kept.
         let promoted = role == Role::Master && self.promoting == Some(epoch);
         if !promoted {
@@ -766,7 +786,9 @@ impl Core {
         {
             return;
         }
-        if self.voted_for.as_ref().is_none_or(|v| v.epoch < self.epoch) {
+        // With one standby there is no other file host whose master could
+        // hold a lease unseen: the witness decides alone, as it always did.
+        if self.several && self.voted_for.as_ref().is_none_or(|v| v.epoch < self.epoch) {
             // No master ever asked this host for its vote, or the master it
             // follows never did: with several standbys it is a further one,
             // and the master may hold its lease through the standby it
@@ -964,8 +986,10 @@ impl Core {
         // No voter recorded: the master's lease rests on no file host, or
         // it runs with one standby. A host that voted for an older master
         // than the newest one known is not that one's voter; one that says
-        // nothing is an sftp-ha older than the witness's (with one standby).
-        let voted = voted?;
+        // nothing is an sftp-ha older than the witness's (with one standby),
+        // and one whose last vote was for itself (a former master) voted for
+        // nobody else.
+        let voted = voted.filter(|v| v.node != from)?;
         (voted.epoch < known.epoch || (voted.epoch == known.epoch && voted.node != known.node))
             .then(|| {
                 format!(

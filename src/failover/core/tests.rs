@@ -1911,7 +1911,6 @@ fn review5_a_manual_second_master_at_the_witness_epoch_is_told_but_never_steps_d
 /// vote older than epoch 2 (not a voter), the witness refuses any renewal at
 /// 2 from bravo. The admin has to promote again.
 #[test]
-#[ignore = "review5: the witness's same-epoch winner and replication's name tie-break disagree: both step down, no master ever"]
 fn review5_the_same_epoch_tie_is_broken_both_ways_and_no_master_remains() {
     let mut hosts = FourHosts::new(None);
     hosts.peer[A] = C;
@@ -1939,7 +1938,11 @@ fn review5_the_same_epoch_tie_is_broken_both_ways_and_no_master_remains() {
         "masters {masters:?}; {:#?}",
         hosts.journal
     );
-    assert!(masters.iter().any(|h| hosts.writable(*h)), "{:#?}", hosts.journal);
+    assert!(
+        masters.iter().any(|h| hosts.writable(*h)),
+        "{:#?}",
+        hosts.journal
+    );
 }
 
 /// Two file hosts, one standby. alpha is cut off; bravo takes over at 2
@@ -1953,7 +1956,6 @@ fn review5_the_same_epoch_tie_is_broken_both_ways_and_no_master_remains() {
 /// itself and does not. (Same after bravo's promotion fails for good:
 /// alpha steps down to the epoch granted to bravo, and never asks.)
 #[test]
-#[ignore = "review5: two hosts: the old master, back after the new one died, steps down and never takes over"]
 fn review5_two_hosts_the_old_master_back_after_the_new_one_died_never_takes_over() {
     let mut net = Net::new(31);
     net.run(secs(5.0));
