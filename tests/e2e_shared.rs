@@ -386,10 +386,10 @@ fn shared_storage_failover_and_the_old_master_rejoins_without_touching_a_file() 
         let error = s["status"]["sync"]["last_error"].as_str()?.to_string();
         error.contains("storage = \"shared\"").then_some(())
     });
-    // Its control folder and the (empty) folder of its write probes only.
+    // Its control folder and the (empty) folders of its write probes only.
     let copied = tb.ok(
         MASTER,
-        "find /var/lib/sftp-ha/peer -mindepth 1 ! -path '*/.sftp-ha-ctl*' ! -path '*/.sftp-ha-tmp'",
+        "find /var/lib/sftp-ha/peer -mindepth 1 ! -path '*/.sftp-ha-ctl*' ! -path '*/.sftp-ha-tmp*' -o -path '*/.sftp-ha-tmp/*' -type f",
     );
     assert_eq!(copied.trim(), "", "copied into the standby's own folder");
     let files = user_files(&tb, STANDBY);
