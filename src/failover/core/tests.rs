@@ -1294,6 +1294,15 @@ impl FourHosts {
         self.fenced[from] = false;
     }
 
+    /// A dead host boots again as it was: same mode, its live role and epoch.
+    fn revive(&mut self, host: usize) {
+        let (kind, role, epoch) = {
+            let c = &self.cores[host];
+            (c.kind, c.role, c.epoch)
+        };
+        self.restart(host, kind, role, epoch);
+    }
+
     /// A host restarts (or its config changed and it restarted) with
     /// `kind`, from what it persisted.
     fn restart(&mut self, host: usize, kind: Kind, role: Role, epoch: u64) {
@@ -1463,6 +1472,8 @@ fn the_witness_refuses_a_takeover_from_the_voter_of_an_older_master() {
 }
 
 // ---- review3: attacks on the several-standbys design ----
+// Each comment tells the interleaving a hostile review found; the test
+// checks what happens now (one writer, and a master in the end).
 
 fn holder(node: &str, epoch: u64) -> Holder {
     Holder {
@@ -1482,7 +1493,7 @@ fn holder(node: &str, epoch: u64) -> Holder {
 /// standby) before bravo's (the daemon takes a moment to promote): charlie
 /// holds the lease through alpha, bravo through the witness. No fault at all.
 #[test]
-fn review3_a_handover_to_a_further_standby_makes_two_writers() {
+fn a_handover_to_a_further_standby_makes_no_second_writer() {
     let mut hosts = FourHosts::new(None);
     hosts.promote_delay = secs(0.2);
     hosts.run(secs(5.0));
@@ -1521,7 +1532,7 @@ fn a_handover_to_a_follower_cut_from_the_witness_makes_no_second_writer() {
 /// names one, so it stops taking uploads; the witness lets only charlie, the
 /// voter it recorded, take over. One writer at every step.
 #[test]
-fn review3_a_voter_changed_at_the_same_epoch_lets_the_old_voter_take_over() {
+fn a_voter_changed_at_the_same_epoch_leaves_one_writer() {
     let mut hosts = FourHosts::new(None);
     hosts.peer[A] = C;
     hosts.run(secs(5.0));
@@ -1547,7 +1558,7 @@ fn review3_a_voter_changed_at_the_same_epoch_lets_the_old_voter_take_over() {
 /// But the witness restarts while cut off from alpha: `reported_voters` is
 /// not persisted, and the epoch check alone lets charlie through.
 #[test]
-fn review3_a_restarted_witness_forgets_whom_the_lease_rests_on() {
+fn a_restarted_witness_remembers_whom_the_lease_rests_on() {
     let mut hosts = FourHosts::new(Some(holder("alpha", 1)));
     hosts.run(secs(5.0));
     hosts.cut_both_ways(A, W4);
@@ -1565,7 +1576,7 @@ fn review3_a_restarted_witness_forgets_whom_the_lease_rests_on() {
 /// The witness refuses bravo for good: no automatic failover until bravo is
 /// upgraded, although the master itself said its lease rests on bravo.
 #[test]
-fn review3_an_old_version_voter_the_master_names_may_take_over() {
+fn an_old_version_voter_the_master_names_may_take_over() {
     let start = Instant::now();
     let mut witness = Core::new("witness".into(), Kind::Witness, timing(), start, 3, None);
     let t = start + secs(4.0);
@@ -1609,7 +1620,7 @@ fn review3_an_old_version_voter_the_master_names_may_take_over() {
 /// Checked safe: takeover by the voter, the old master back as a standby
 /// votes for it, the new master dies: the old master takes over.
 #[test]
-fn review3_the_old_master_back_as_a_standby_votes_and_takes_over_again() {
+fn the_old_master_back_as_a_standby_votes_and_takes_over_again() {
     let mut hosts = FourHosts::new(None);
     hosts.run(secs(5.0));
     hosts.up[A] = false;
@@ -1646,7 +1657,7 @@ fn review3_the_old_master_back_as_a_standby_votes_and_takes_over_again() {
 /// Checked safe: the voter restarts while the master is dead (vote.json
 /// read back), and the witness restarts too: the voter takes over.
 #[test]
-fn review3_the_voter_and_the_witness_restart_while_the_master_is_dead() {
+fn the_voter_and_the_witness_restart_while_the_master_is_dead() {
     let mut hosts = FourHosts::new(None);
     hosts.run(secs(5.0));
     hosts.up[A] = false;
@@ -1665,7 +1676,7 @@ fn review3_the_voter_and_the_witness_restart_while_the_master_is_dead() {
 /// witness. charlie (no vote) never asks. One writer at every step, and one
 /// at the end.
 #[test]
-fn review3_a_master_restarted_while_cut_from_the_witness_keeps_one_writer() {
+fn a_master_restarted_while_cut_from_the_witness_keeps_one_writer() {
     let mut hosts = FourHosts::new(None);
     hosts.run(secs(5.0));
     hosts.cut_both_ways(A, W4);
@@ -1698,11 +1709,7 @@ fn several_standbys_under_random_faults_never_have_two_writers() {
                     let h = rng.below(4) as usize;
                     hosts.up[h] = !hosts.up[h];
                     if hosts.up[h] {
-                        let (kind, role, epoch) = {
-                            let c = &hosts.cores[h];
-                            (c.kind, c.role, c.epoch)
-                        };
-                        hosts.restart(h, kind, role, epoch);
+                        hosts.revive(h);
                     }
                 }
                 1 => {
@@ -1722,12 +1729,7 @@ fn several_standbys_under_random_faults_never_have_two_writers() {
         hosts.cut.clear();
         for h in 0..4 {
             if !hosts.up[h] {
-                hosts.up[h] = true;
-                let (kind, role, epoch) = {
-                    let c = &hosts.cores[h];
-                    (c.kind, c.role, c.epoch)
-                };
-                hosts.restart(h, kind, role, epoch);
+                hosts.revive(h);
             }
         }
         hosts.run(secs(20.0));
@@ -1737,6 +1739,8 @@ fn several_standbys_under_random_faults_never_have_two_writers() {
 }
 
 // ---- review4: attacks on the voter record ----
+// Each comment tells the interleaving a hostile review found; the test
+// checks what happens now (one writer, and a master in the end).
 
 /// bravo took over from a dead alpha at epoch 2; alpha stays dead, so the
 /// admin makes charlie bravo's voter ([failover] peer) and restarts bravo.
@@ -1750,7 +1754,7 @@ fn several_standbys_under_random_faults_never_have_two_writers() {
 /// own, and never steps down; each takes uploads whenever the witness
 /// promises it (a split history at one epoch).
 #[test]
-fn review4_a_voter_behind_its_vote_takes_over_at_the_same_epoch() {
+fn a_voter_behind_its_vote_takes_over_at_a_newer_epoch() {
     let mut hosts = FourHosts::new(None);
     hosts.run(secs(5.0));
     hosts.up[A] = false;
@@ -1781,7 +1785,7 @@ fn review4_a_voter_behind_its_vote_takes_over_at_the_same_epoch() {
 /// used (a follower behind, promoted by hand) alternates with the real one
 /// instead of being told to step down.
 #[test]
-fn review4_a_second_master_at_the_same_epoch_is_told_to_step_down() {
+fn a_second_master_at_the_same_epoch_is_told_to_step_down() {
     let mut hosts = FourHosts::new(None);
     hosts.run(secs(5.0));
     hosts.up[A] = false;
@@ -1804,7 +1808,7 @@ fn review4_a_second_master_at_the_same_epoch_is_told_to_step_down() {
 /// holds only while the standby is never replaced at the same epoch.)
 #[test]
 #[ignore = "known limit, in the README: with one standby, stop sftp-ha on a standby before replacing it by another (else, cut off at the wrong moment, it can take over beside the master)"]
-fn review4_a_replaced_single_standby_takes_over_beside_the_master() {
+fn a_replaced_single_standby_left_running_can_take_over_beside_the_master() {
     let mut hosts = FourHosts::new(None);
     hosts.several = [false; 4];
     for h in [A, B, C] {
@@ -1842,6 +1846,8 @@ fn the_status_says_whose_voter_each_file_host_is() {
 }
 
 // ---- review5: attacks on the same-epoch rules (c5fce83, 172aebb) ----
+// Each comment tells the interleaving a hostile review found; the test
+// checks what happens now (one writer, and a master in the end).
 
 impl FourHosts {
     /// As the driver does: `from` pings `to`, whose pong brings its token.
@@ -1864,7 +1870,7 @@ impl FourHosts {
 /// manual master writes whatever the lease) beside bravo, whose renewals the
 /// witness keeps granting. Two writers, with no message lost.
 #[test]
-fn review5_a_manual_second_master_at_the_witness_epoch_is_told_but_never_steps_down() {
+fn a_manual_second_master_at_the_witness_epoch_is_told_and_steps_down() {
     let mut hosts = FourHosts::new(None);
     hosts.run(secs(5.0));
     hosts.up[A] = false;
@@ -1911,7 +1917,7 @@ fn review5_a_manual_second_master_at_the_witness_epoch_is_told_but_never_steps_d
 /// vote older than epoch 2 (not a voter), the witness refuses any renewal at
 /// 2 from bravo. The admin has to promote again.
 #[test]
-fn review5_the_same_epoch_tie_is_broken_both_ways_and_no_master_remains() {
+fn the_same_epoch_tie_broken_both_ways_leaves_one_master() {
     let mut hosts = FourHosts::new(None);
     hosts.peer[A] = C;
     hosts.run(secs(5.0));
@@ -1956,7 +1962,7 @@ fn review5_the_same_epoch_tie_is_broken_both_ways_and_no_master_remains() {
 /// itself and does not. (Same after bravo's promotion fails for good:
 /// alpha steps down to the epoch granted to bravo, and never asks.)
 #[test]
-fn review5_two_hosts_the_old_master_back_after_the_new_one_died_never_takes_over() {
+fn two_hosts_the_old_master_back_after_the_new_one_died_takes_over_again() {
     let mut net = Net::new(31);
     net.run(secs(5.0));
     net.cut(A);
