@@ -157,6 +157,15 @@ pub fn parse(message: &str) -> SftpEvent {
     other()
 }
 
+/// True if `path` (not followed) is the file `socket` describes.
+fn same_file(path: &Path, socket: &Option<fs::Metadata>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(path), socket) {
+        (Ok(m), Some(s)) => m.dev() == s.dev() && m.ino() == s.ino(),
+        _ => false,
+    }
+}
+
 impl SftpEvent {
     /// What the event counts as for the rate limit.
     fn kind(&self) -> Kind {
@@ -222,6 +231,7 @@ impl SftpLog {
         if !link {
             return;
         }
+        let socket = fs::symlink_metadata(&self.path).ok();
         for name in self.names.values() {
             let root = data_dir.join(name);
             // Only inside a real, root-owned chroot folder; never through a symlink.
@@ -237,6 +247,12 @@ impl SftpLog {
                 }
             }
             let link = dev.join("log");
+            // Already this socket: left alone. Replacing it anyway would
+            // touch `dev` at every look (each REWATCH_EVERY), and the sync
+            // would send that folder's new mtime and save its index again.
+            if same_file(&link, &socket) {
+                continue;
+            }
             let _ = fs::remove_file(&link);
             if let Err(err) = fs::hard_link(&self.path, &link) {
                 tracing::warn!(path = %link.display(), "cannot link the SFTP log socket: {err}");
@@ -398,6 +414,25 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_link_to_the_socket_is_told_apart_from_another_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("sock");
+        let _bound = UnixDatagram::bind(&socket).unwrap();
+        let meta = fs::symlink_metadata(&socket).ok();
+        fs::hard_link(&socket, dir.path().join("log")).unwrap();
+        assert!(same_file(&dir.path().join("log"), &meta));
+        let _other = UnixDatagram::bind(dir.path().join("old")).unwrap();
+        assert!(!same_file(&dir.path().join("old"), &meta));
+        std::os::unix::fs::symlink(&socket, dir.path().join("sym")).unwrap();
+        assert!(
+            !same_file(&dir.path().join("sym"), &meta),
+            "a symlink is not the socket"
+        );
+        assert!(!same_file(&dir.path().join("missing"), &meta));
+        assert!(!same_file(&dir.path().join("log"), &None));
+    }
 
     #[test]
     fn syslog_framing_is_stripped() {

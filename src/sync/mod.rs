@@ -1250,7 +1250,7 @@ impl<C: Connector> Worker<C> {
                 } else {
                     self.round();
                 }
-            } else if self.schedule.index_save_due(now) {
+            } else if self.schedule.index_save_due(now, self.index.len()) {
                 self.flush_index();
             } else if self.standby.is_some() && self.handing_over() {
                 self.hand_over();
@@ -2037,7 +2037,7 @@ impl<C: Connector> Worker<C> {
     }
 
     /// Notes that the index changed and writes it if the schedule says so
-    /// ([`schedule::INDEX_SAVE_INTERVAL`]). What a crash loses of it costs no
+    /// ([`schedule::index_save_interval`]). What a crash loses of it costs no
     /// re-upload, since the audit after a restart confirms files already
     /// there as they are.
     fn save_index(&mut self, changed: bool) {
@@ -2047,7 +2047,10 @@ impl<C: Connector> Worker<C> {
         if changed {
             self.schedule.index_changed();
         }
-        if self.schedule.index_save_due(Instant::now()) {
+        if self
+            .schedule
+            .index_save_due(Instant::now(), self.index.len())
+        {
             self.flush_index();
         }
     }

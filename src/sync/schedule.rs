@@ -24,15 +24,28 @@ pub const AGAIN: Duration = Duration::from_millis(500);
 /// While a handover waits for the last operations to be confirmed, how soon
 /// it looks again.
 pub const HANDOVER_AGAIN: Duration = Duration::from_millis(200);
-/// At most one write of the index per this interval: written more often, a
-/// big index would cost more than the transfers.
+/// At most one write of the index per this interval, and this again per
+/// [`INDEX_PATHS_PER_INTERVAL`] paths (see [`index_save_interval`]).
 pub const INDEX_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+/// The index's size that earns one more [`INDEX_SAVE_INTERVAL`] between writes.
+pub const INDEX_PATHS_PER_INTERVAL: usize = 100_000;
 /// How often a connected master reads its peer's role: a promotion there (or
 /// a switchover request) is noticed within this.
 pub const PEER_CHECK: Duration = Duration::from_secs(1);
 /// The worker's loop never sleeps longer than this: a stop request, the
 /// daemon's handover, keepalives and peer checks are looked at in between.
 pub const MAX_SLEEP: Duration = Duration::from_millis(200);
+
+/// How long an index of `paths` paths waits between writes: each write is
+/// the whole file (128 MB and about half a second of CPU at a million
+/// paths), so a big index under a steady trickle of uploads is written less
+/// often. Nothing is lost by the wait: what a crash loses of the index costs
+/// no re-upload (the audit after a restart confirms files already on the
+/// standby as they are), and a step-down or stop writes it at once.
+pub fn index_save_interval(paths: usize) -> Duration {
+    let steps = u32::try_from(paths / INDEX_PATHS_PER_INTERVAL).unwrap_or(u32::MAX);
+    INDEX_SAVE_INTERVAL.saturating_mul(steps.max(1))
+}
 
 /// The worker's timers.
 #[derive(Debug, Clone)]
@@ -198,9 +211,11 @@ impl Schedule {
         self.index_unsaved
     }
 
-    /// The index has changes and the last write is [`INDEX_SAVE_INTERVAL`] old.
-    pub fn index_save_due(&self, now: Instant) -> bool {
-        self.index_unsaved && now.saturating_duration_since(self.index_saved) >= INDEX_SAVE_INTERVAL
+    /// The index of `paths` paths has changes and its last write is
+    /// [`index_save_interval`] old.
+    pub fn index_save_due(&self, now: Instant, paths: usize) -> bool {
+        self.index_unsaved
+            && now.saturating_duration_since(self.index_saved) >= index_save_interval(paths)
     }
 
     /// The index was written (or its write failed: it is tried again after
@@ -498,18 +513,33 @@ mod tests {
     fn the_index_is_written_at_most_every_five_seconds_and_only_when_changed() {
         let t0 = Instant::now();
         let mut s = idle(t0);
+        let small = 1000;
         assert!(!s.index_unsaved());
-        assert!(!s.index_save_due(t0 + secs(60)));
+        assert!(!s.index_save_due(t0 + secs(60), small));
         s.index_changed();
         assert!(s.index_unsaved());
-        assert!(!s.index_save_due(t0 + INDEX_SAVE_INTERVAL - ms(1)));
-        assert!(s.index_save_due(t0 + INDEX_SAVE_INTERVAL));
+        assert!(!s.index_save_due(t0 + INDEX_SAVE_INTERVAL - ms(1), small));
+        assert!(s.index_save_due(t0 + INDEX_SAVE_INTERVAL, small));
         let saved = t0 + secs(7);
         s.index_saved(saved);
         assert!(!s.index_unsaved());
         s.index_changed();
-        assert!(!s.index_save_due(saved + secs(4)));
-        assert!(s.index_save_due(saved + INDEX_SAVE_INTERVAL));
+        assert!(!s.index_save_due(saved + secs(4), small));
+        assert!(s.index_save_due(saved + INDEX_SAVE_INTERVAL, small));
+    }
+
+    #[test]
+    fn a_big_index_is_written_less_often() {
+        assert_eq!(index_save_interval(0), secs(5));
+        assert_eq!(index_save_interval(199_999), secs(5));
+        assert_eq!(index_save_interval(200_000), secs(10));
+        assert_eq!(index_save_interval(1_010_020), secs(50));
+        assert!(index_save_interval(usize::MAX) >= secs(3600));
+        let t0 = Instant::now();
+        let mut s = idle(t0);
+        s.index_changed();
+        assert!(!s.index_save_due(t0 + secs(49), 1_000_000));
+        assert!(s.index_save_due(t0 + secs(50), 1_000_000));
     }
 
     #[test]

@@ -241,24 +241,24 @@ impl Rewalk {
     }
 
     /// One path the walk found (a path found twice keeps the last entry).
-    pub fn found(&mut self, path: Box<[u8]>, entry: Entry) {
-        match self.base.binary_search_by(|(p, _)| p.as_ref().cmp(&path)) {
+    pub fn found(&mut self, path: &[u8], entry: Entry) {
+        match self.base.binary_search_by(|(p, _)| p.as_ref().cmp(path)) {
             Ok(i) => {
                 let (word, bit) = (i / 64, 1u64 << (i % 64));
                 let again = self.seen[word] & bit != 0;
                 self.seen[word] |= bit;
                 if identical(&self.base[i].1, &entry) {
                     // Found twice, the first time otherwise: this one counts.
-                    self.changes.remove(&path);
+                    self.changes.remove(path);
                 } else {
-                    self.changes.insert(path, Some(entry));
+                    self.changes.insert(path.into(), Some(entry));
                 }
                 if !again {
                     self.len += 1;
                 }
             }
             Err(_) => {
-                if self.changes.insert(path, Some(entry)).is_none() {
+                if self.changes.insert(path.into(), Some(entry)).is_none() {
                     self.len += 1;
                 }
             }
@@ -607,6 +607,45 @@ mod tests {
         for (p, e) in model {
             assert!(tree.get(p).is_some_and(|t| identical(t, e)));
         }
+    }
+
+    #[test]
+    fn a_rewalk_keeps_the_base_and_notes_what_changed_whatever_sorts_between() {
+        // Names that sort between a folder's paths and its siblings': `a-b`
+        // and `a.b` before `a/`, `a0` after it, a file named like a folder.
+        let names: [&[u8]; 12] = [
+            b"a", b"a-b", b"a-b/x", b"a.b", b"a/x", b"a/x/y", b"a/x-y", b"a/z", b"a0", b"a0/a",
+            b"b", b"b/a",
+        ];
+        let model: BTreeMap<Vec<u8>, Entry> = names
+            .iter()
+            .enumerate()
+            .map(|(n, p)| (p.to_vec(), entry(n as u64 + 1)))
+            .collect();
+        let first = Tree::from_walk(
+            model
+                .iter()
+                .map(|(p, e)| (p.as_slice().into(), *e))
+                .collect(),
+        );
+        // In a walk's order (folders' entries interleaved with what is below
+        // them), with one path changed, one new and one gone.
+        let order: [&[u8]; 12] = [
+            b"b", b"a0", b"a", b"a/z", b"a/x", b"a/x/new", b"a/x-y", b"b/a", b"a0/a", b"a-b",
+            b"a-b/x", b"a.b",
+        ];
+        let mut rewalk = Rewalk::new(&first);
+        let mut want = model.clone();
+        want.remove(b"a/x/y".as_slice());
+        want.insert(b"a/x/new".to_vec(), entry(100));
+        want.insert(b"a/z".to_vec(), entry(200));
+        for p in order {
+            rewalk.found(p, want[p]);
+        }
+        let again = rewalk.finish();
+        same_as(&again, &want);
+        assert!(same_base(&again, &first), "a few changes keep the base");
+        assert_eq!(again.changes.len(), 3);
     }
 
     #[test]
