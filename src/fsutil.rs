@@ -1,6 +1,8 @@
 //! File writing that readers can rely on: a temporary file in the same folder,
 //! fsync, then rename over the target, so a reader sees the old or the new
-//! content, never half of it.
+//! content, never half of it; then an fsync of the folder, so a power cut
+//! after the write returned cannot bring the old content back (a vote, an
+//! epoch, a peer's accepted key).
 
 use std::ffi::OsStr;
 use std::fs;
@@ -81,6 +83,8 @@ pub fn write_atomic_at(
         file.sync_all()?;
         let written = file.metadata()?;
         nix::fcntl::renameat(dir.as_fd(), tmp, dir.as_fd(), name).map_err(io::Error::from)?;
+        // The rename is durable only with its folder.
+        nix::unistd::fsync(dir.as_fd()).map_err(io::Error::from)?;
         Ok(written)
     })();
     if result.is_err() {

@@ -64,6 +64,21 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Error) -> PairE
     }
 }
 
+/// Holds an exclusive lock on `folder` (created if needed) until dropped:
+/// the accepted keys are read, changed and written under it, so two
+/// `accept-peer` (or `forget-peer`) at once cannot lose one of the keys.
+fn lock_folder(folder: &Path) -> Result<nix::fcntl::Flock<fs::File>, PairError> {
+    fs::create_dir_all(folder).map_err(io_err("create", folder))?;
+    let file = fs::File::open(folder).map_err(io_err("open", folder))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io_err("lock", folder)(io::Error::from(errno)))
+}
+
+/// [`lock_folder`] for the folder of [`SYNC_KEYS`].
+fn lock_accepted() -> Result<nix::fcntl::Flock<fs::File>, PairError> {
+    lock_folder(Path::new(SYNC_KEYS).parent().unwrap_or(Path::new("/")))
+}
+
 fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, PairError> {
     Ok(crate::command::run(
         program,
@@ -133,9 +148,7 @@ pub fn accept_master(
         run("usermod", &["-p", "*", SYNC_USER], None)?;
     }
     let path = Path::new(SYNC_KEYS);
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    }
+    let _locked = lock_accepted()?;
     let text = authorized_with(&read_accepted()?, key_line);
     crate::fsutil::write_atomic(path, text.as_bytes(), 0o600, Some((0, 0)))
         .map_err(io_err("write", path))?;
@@ -221,6 +234,7 @@ pub fn accepted_peers() -> Result<Vec<String>, PairError> {
 /// end; new ones are refused.
 pub fn forget_peer(which: &str) -> Result<usize, PairError> {
     let path = Path::new(SYNC_KEYS);
+    let _locked = lock_accepted()?;
     let (text, gone) = authorized_without(&read_accepted()?, which);
     if gone > 0 {
         crate::fsutil::write_atomic(path, text.as_bytes(), 0o600, Some((0, 0)))
@@ -361,6 +375,24 @@ pub fn pinned_host_key_of(
 #[cfg(test)]
 mod several_standbys {
     use super::*;
+
+    #[test]
+    fn the_accepted_keys_are_changed_by_one_command_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("etc");
+        let held = lock_folder(&folder).unwrap();
+        let other = fs::File::open(&folder).unwrap();
+        let busy = nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock);
+        assert!(
+            busy.is_err(),
+            "a second command waits while the first holds the lock"
+        );
+        drop(held);
+        let other = fs::File::open(&folder).unwrap();
+        assert!(
+            nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+        );
+    }
 
     fn endpoint(host: &str) -> Endpoint {
         Endpoint {

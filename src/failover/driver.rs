@@ -1053,10 +1053,9 @@ fn load_witness_state(state_dir: &std::path::Path) -> Option<Holder> {
 fn save_witness_state(state_dir: &std::path::Path, holder: &Holder) -> bool {
     let path = state_dir.join(WITNESS_STATE_FILE);
     let text = serde_json::to_vec_pretty(holder).unwrap_or_default();
-    // The file is synced before its rename; the folder after it, so a
-    // power cut right after the grant cannot undo the rename.
-    let saved = crate::fsutil::write_atomic(&path, &text, 0o600, None)
-        .and_then(|()| std::fs::File::open(state_dir)?.sync_all());
+    // The file is synced before its rename and the folder after it
+    // (write_atomic), so a power cut right after the grant cannot undo it.
+    let saved = crate::fsutil::write_atomic(&path, &text, 0o600, None);
     match saved {
         Ok(()) => true,
         Err(err) => {
