@@ -6,7 +6,8 @@
 //! ```
 //!
 //! For each count N it makes N empty files in N/100 folders (ten chroots)
-//! under /dev/shm (tmpfs, kept between runs, removed with `--clean`), then
+//! under /dev/shm (tmpfs, kept between runs, removed with `--clean`; or
+//! under `$SFTP_HA_TREE_DIR`, to measure on a disk or an overlayfs), then
 //! does what the worker holds at steady state: the master's tree from a
 //! walk (`current`) and the standby's confirmed index equal to it, as the
 //! worker reads it back from its index file after a full sync. It prints
@@ -91,7 +92,12 @@ fn mib(bytes: u64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let base = PathBuf::from("/dev/shm/sftp-ha-tree-memory");
+    // Where the trees are made: tmpfs unless SFTP_HA_TREE_DIR names another
+    // file system (a disk, an overlayfs as on the test bed).
+    let base = std::env::var_os("SFTP_HA_TREE_DIR").map_or_else(
+        || PathBuf::from("/dev/shm/sftp-ha-tree-memory"),
+        PathBuf::from,
+    );
     if args.iter().any(|a| a == "--clean") {
         if base.exists() {
             std::fs::remove_dir_all(&base)?;
