@@ -245,6 +245,25 @@ fn a_burst_of_10000_files_and_a_1_gib_file_arrive_identical() {
     );
     converged(&tb, "the rename on the standby");
     assert_eq!(inode("/srv/sftp-ha/EPuser/upload/burst/moved.bin"), before);
+
+    // A big file uploaded on its own goes over every session at once, in
+    // stripes of one temporary: it arrives whole (the listings compare
+    // sha256 sums), and nothing of it is left in the temporaries.
+    tb.ok(MASTER, "head -c 104857601 /dev/urandom > /var/tmp/striped.bin");
+    let local = tb.path(MASTER, "/var/tmp/striped.bin");
+    let out = tb.sftp(
+        MASTER,
+        "10.231.0.1",
+        "EPuser",
+        "1234",
+        &format!("put {} /upload/striped.bin\n", local.display()),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    converged(&tb, "the striped file on the standby");
+    assert_eq!(
+        tb.ok(STANDBY, "find /srv/sftp-ha/.sftp-ha-tmp -type f | wc -l").trim(),
+        "0"
+    );
 }
 
 #[test]

@@ -2577,10 +2577,36 @@ impl<C: Connector> Worker<C> {
     }
 
     fn execute(&mut self, op: &Op) -> Result<u64, OpError> {
+        if let Op::Put(path, e) = op {
+            if e.size >= push::STRIPED_MIN {
+                return self.put_striped(path, e);
+            }
+        }
         let Some(standby) = self.standby.as_mut() else {
             return Err(OpError::Transport(TransportError::NotPinned));
         };
         push::execute(standby.sftp(), &self.settings.data_dir, op, &self.stop)
+    }
+
+    /// A big file over all sessions at once ([`push::put_striped`]); the
+    /// extra sessions that broke are dropped (opened again before the next).
+    fn put_striped(&mut self, path: &[u8], e: &Entry) -> Result<u64, OpError> {
+        self.open_helpers();
+        let Some(standby) = self.standby.as_mut() else {
+            return Err(OpError::Transport(TransportError::NotPinned));
+        };
+        let (result, broken) = push::put_striped(
+            standby,
+            &mut self.helpers,
+            &self.settings.data_dir,
+            path,
+            e,
+            &self.stop,
+        );
+        for n in broken.into_iter().rev() {
+            self.helpers.remove(n);
+        }
+        result
     }
 
     fn set_status(&self, f: impl FnOnce(&mut SyncStatus)) {
@@ -3311,6 +3337,106 @@ mod tests {
                 assert_eq!((f.mode, f.uid), (0o100640, 1000));
             }
             assert_eq!(b.worker.status.lock().unwrap().files_synced, 40);
+            assert_eq!(temporaries(&b.fs), Vec::<String>::new());
+        }
+
+        /// A big file's bytes: no stripe looks like another.
+        fn big_content() -> Vec<u8> {
+            let size = push::STRIPED_MIN + push::STRIPE + 12_345;
+            (0..size)
+                .map(|i| (i ^ (i >> 11) ^ (i >> 19)) as u8)
+                .collect()
+        }
+
+        #[test]
+        fn a_big_file_goes_over_every_session_in_stripes() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            let data = big_content();
+            put(&root, "u/big", &data, 0o640, OLD);
+            b.round();
+            assert_eq!(
+                b.worker.connector.opened.load(Ordering::Relaxed),
+                SESSIONS,
+                "the main session and its helpers"
+            );
+            let f = node(&b.fs, "/u/big").unwrap();
+            assert!(f.data == data, "the file arrived whole and in order");
+            assert_eq!((f.mode, f.uid, f.gid), (0o100640, 1000, 1001));
+            assert_eq!(temporaries(&b.fs), Vec::<String>::new());
+            assert_eq!(b.worker.status.lock().unwrap().files_synced, 1);
+            assert_eq!(
+                b.worker.status.lock().unwrap().bytes_synced,
+                data.len() as u64
+            );
+        }
+
+        #[test]
+        fn a_helper_session_that_breaks_midway_leaves_its_stripes_to_the_main_one() {
+            let data = big_content();
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/big", &data, 0o640, OLD);
+            // Stream 0 is the main session; 1 to 3 are its helpers.
+            b.fs.lock().unwrap().break_stream = Some((2, 6));
+            b.round();
+            let f = node(&b.fs, "/u/big").expect("in place in the same round");
+            assert!(f.data == data, "whole");
+            assert_eq!(
+                b.worker.helpers.len(),
+                SESSIONS - 2,
+                "the broken one dropped"
+            );
+            assert_eq!(temporaries(&b.fs), Vec::<String>::new());
+        }
+
+        #[test]
+        fn a_big_file_is_in_place_only_whole_when_the_main_session_breaks_midway() {
+            let data = big_content();
+            for after in [2, 5, 9, 14] {
+                let mut b = bed(FakeFs::default());
+                let root = b.data.path().to_path_buf();
+                mkdir(&root, "u", 0o750);
+                put(&root, "u/big", &data, 0o640, OLD);
+                b.fs.lock().unwrap().break_stream = Some((0, after));
+                b.round();
+                assert!(
+                    node(&b.fs, "/u/big").is_none(),
+                    "after {after} writes: in place"
+                );
+                b.round();
+                let f = node(&b.fs, "/u/big").expect("sent again, whole");
+                assert!(f.data == data, "after {after} writes: not whole");
+                // What the broken session left is the audit's to remove.
+                b.worker.audit().unwrap();
+                assert_eq!(
+                    temporaries(&b.fs),
+                    Vec::<String>::new(),
+                    "after {after} writes"
+                );
+            }
+        }
+
+        #[test]
+        fn a_big_file_changed_after_the_look_is_not_put_in_place() {
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            let data = big_content();
+            put(&root, "u/big", &data, 0o640, OLD);
+            b.local.pass();
+            // Cut short after the look, its mtime as before: only the size tells.
+            let f = std::fs::File::options()
+                .write(true)
+                .open(root.join("u/big"))
+                .unwrap();
+            f.set_len(push::STRIPE + 1).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(OLD))
+                .unwrap();
+            b.worker.round();
+            assert!(node(&b.fs, "/u/big").is_none());
             assert_eq!(temporaries(&b.fs), Vec::<String>::new());
         }
 

@@ -282,12 +282,20 @@ impl<S: Read + Write> SftpClient<S> {
 
     /// Queues a request; it is written with the others before the next wait.
     fn send(&mut self, kind: u8, payload: &[u8]) -> Result<u32, SftpError> {
+        self.send_parts(kind, &[payload])
+    }
+
+    /// [`SftpClient::send`] of a payload given in pieces, put end to end.
+    fn send_parts(&mut self, kind: u8, parts: &[&[u8]]) -> Result<u32, SftpError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        put_u32(&mut self.queued, (payload.len() + 5) as u32);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        put_u32(&mut self.queued, (len + 5) as u32);
         self.queued.push(kind);
         put_u32(&mut self.queued, id);
-        self.queued.extend_from_slice(payload);
+        for part in parts {
+            self.queued.extend_from_slice(part);
+        }
         if self.queued.len() >= SEND_BATCH {
             self.send_queued()?;
         }
@@ -359,6 +367,20 @@ impl<S: Read + Write> SftpClient<S> {
         self.send(OPEN, &p)
     }
 
+    /// Opens the existing file `path` for writing, without creating or
+    /// truncating it: a further handle on a temporary that
+    /// [`SftpClient::create`] made (on another session), so several sessions
+    /// can write parts of one big file. Only for names in the folders of
+    /// temporaries, where no user can put anything.
+    pub fn open_write(&mut self, path: &[u8]) -> Result<Vec<u8>, SftpError> {
+        let mut p = Vec::new();
+        put_str(&mut p, path);
+        put_u32(&mut p, OPEN_WRITE);
+        Attrs::default().encode(&mut p);
+        let id = self.send(OPEN, &p)?;
+        self.handle(id, path)
+    }
+
     /// The handle an OPEN sent as `id` (for `path`, named in errors) returned.
     pub fn handle(&mut self, id: u32, path: &[u8]) -> Result<Vec<u8>, SftpError> {
         let reply = self.reply(id)?;
@@ -379,11 +401,13 @@ impl<S: Read + Write> SftpClient<S> {
         offset: u64,
         data: &[u8],
     ) -> Result<u32, SftpError> {
-        let mut p = Vec::with_capacity(data.len() + handle.len() + 16);
-        put_str(&mut p, handle);
-        p.extend_from_slice(&offset.to_be_bytes());
-        put_str(&mut p, data);
-        self.send(WRITE, &p)
+        // The data goes straight into the queue, not through a payload copy
+        // first: a big file is copied once less.
+        let mut head = Vec::with_capacity(handle.len() + 16);
+        put_str(&mut head, handle);
+        head.extend_from_slice(&offset.to_be_bytes());
+        put_u32(&mut head, data.len() as u32);
+        self.send_parts(WRITE, &[&head, data])
     }
 
     /// Waits for the answer to request `id`; an error status names `what`.
@@ -1021,6 +1045,11 @@ pub(crate) mod fake {
         /// Requests hang while this is set, as on a standby that has stopped
         /// answering without the connection breaking.
         pub(crate) stalled: bool,
+        /// Streams made so far ([`FakeStream::tagged`]), each numbered in turn.
+        pub(crate) streams_made: usize,
+        /// The stream numbered `.0` breaks after `.1` writes to it (one
+        /// session lost, the others fine).
+        pub(crate) break_stream: Option<(usize, usize)>,
         /// `changes` with the tag of the stream that made each (see
         /// [`FakeStream::tagged`]): which client wrote what, in order.
         pub(crate) by: Vec<(u8, u8, Vec<u8>)>,
@@ -1103,18 +1132,31 @@ pub(crate) mod fake {
         input: Vec<u8>,
         output: std::collections::VecDeque<u8>,
         tag: u8,
+        /// Its number among the streams to its file system, and the writes made.
+        number: usize,
+        writes: usize,
+        /// This stream broke ([`FakeFs::break_stream`]).
+        broken: bool,
     }
 
     impl FakeStream {
         /// A stream whose changes [`FakeFs::by`] records with `tag`.
         pub(crate) fn tagged(fs: std::sync::Arc<std::sync::Mutex<FakeFs>>, tag: u8) -> FakeStream {
+            let number = {
+                let mut fs = fs.lock().unwrap();
+                fs.streams_made += 1;
+                fs.streams_made - 1
+            };
             FakeStream {
+                number,
+                writes: 0,
                 fs,
                 open: HashMap::new(),
                 next_handle: 0,
                 input: Vec::new(),
                 output: Default::default(),
                 tag,
+                broken: false,
             }
         }
 
@@ -1197,7 +1239,18 @@ pub(crate) mod fake {
                     let path = r.string().unwrap().to_vec();
                     let flags = r.u32().unwrap();
                     let attrs = Attrs::decode(r).unwrap();
-                    if flags & OPEN_WRITE != 0 {
+                    if flags & OPEN_WRITE != 0 && flags & OPEN_CREATE == 0 {
+                        // A further handle on a temporary (a big file's
+                        // stripes): never anything outside the folders of
+                        // temporaries, never a folder, never a new file.
+                        let is_file = fs
+                            .nodes
+                            .get(&path)
+                            .is_some_and(|n| n.mode & 0o170000 == 0o100000);
+                        if !path.starts_with(b"/.sftp-ha-tmp/") || !is_file {
+                            return Some(FX_FAILURE);
+                        }
+                    } else if flags & OPEN_WRITE != 0 {
                         if flags & OPEN_EXCLUSIVE == 0 {
                             return Some(FX_FAILURE);
                         }
@@ -1397,9 +1450,13 @@ pub(crate) mod fake {
             loop {
                 let (cut_off, stalled) = {
                     let fs = self.fs.lock().map_err(|_| io::Error::other("poisoned"))?;
+                    self.writes += 1;
+                    if fs.break_stream == Some((self.number, self.writes)) {
+                        self.broken = true;
+                    }
                     (fs.cut_off, fs.stalled)
                 };
-                if cut_off {
+                if cut_off || self.broken {
                     return Err(io::Error::new(io::ErrorKind::BrokenPipe, "cut off"));
                 }
                 if !stalled {
@@ -1430,6 +1487,9 @@ pub(crate) mod fake {
 
     impl Read for FakeStream {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.broken {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "broken"));
+            }
             if self.output.is_empty() {
                 // A real stream would block forever: a test bug, said at once.
                 return Err(io::Error::new(
