@@ -249,7 +249,10 @@ fn a_burst_of_10000_files_and_a_1_gib_file_arrive_identical() {
     // A big file uploaded on its own goes over every session at once, in
     // stripes of one temporary: it arrives whole (the listings compare
     // sha256 sums), and nothing of it is left in the temporaries.
-    tb.ok(MASTER, "head -c 104857601 /dev/urandom > /var/tmp/striped.bin");
+    tb.ok(
+        MASTER,
+        "head -c 104857601 /dev/urandom > /var/tmp/striped.bin",
+    );
     let local = tb.path(MASTER, "/var/tmp/striped.bin");
     let out = tb.sftp(
         MASTER,
@@ -261,7 +264,8 @@ fn a_burst_of_10000_files_and_a_1_gib_file_arrive_identical() {
     assert!(out.status.success(), "{}", describe(&out));
     converged(&tb, "the striped file on the standby");
     assert_eq!(
-        tb.ok(STANDBY, "find /srv/sftp-ha/.sftp-ha-tmp -type f | wc -l").trim(),
+        tb.ok(STANDBY, "find /srv/sftp-ha/.sftp-ha-tmp -type f | wc -l")
+            .trim(),
         "0"
     );
 }

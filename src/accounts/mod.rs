@@ -403,7 +403,15 @@ pub fn publish(
     };
     if let Some(text) = users_text {
         let path = data_dir.join(crate::layout::PUBLISHED_USERS);
-        if let Err(err) = crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600, Some((0, 0))) {
+        // Left alone when it already says this (an unchanged apply, every
+        // start): a new copy would be replicated again and applied again on
+        // every standby for nothing. (Root's file in root's folder: no user
+        // can put a link there.)
+        let same = std::fs::read(&path).is_ok_and(|now| now == text.as_bytes());
+        if !same
+            && let Err(err) =
+                crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600, Some((0, 0)))
+        {
             tracing::warn!(path = %path.display(), "cannot write the users.yaml for the standby: {err}");
         }
     }
@@ -504,6 +512,21 @@ fn with_note(status: &str, tag: &str, note: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_standbys_copy_of_users_yaml_is_rewritten_only_when_it_changes() {
+        let data = tempfile::tempdir().unwrap();
+        let copy = data.path().join(crate::layout::PUBLISHED_USERS);
+        let source = data.path().join("admin/admin/users.yaml");
+        let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&copy).unwrap());
+        publish(data.path(), &[], &source, Some("users: {}\n"), "OK");
+        let first = inode();
+        publish(data.path(), &[], &source, Some("users: {}\n"), "OK");
+        assert_eq!(inode(), first, "the same text: not written again");
+        publish(data.path(), &[], &source, Some("users: {a: 1}\n"), "OK");
+        assert_ne!(inode(), first, "replaced, atomically");
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), "users: {a: 1}\n");
+    }
 
     #[test]
     fn notes_are_added_replaced_and_removed_by_kind() {

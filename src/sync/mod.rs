@@ -2591,6 +2591,9 @@ impl<C: Connector> Worker<C> {
     /// A big file over all sessions at once ([`push::put_striped`]); the
     /// extra sessions that broke are dropped (opened again before the next).
     fn put_striped(&mut self, path: &[u8], e: &Entry) -> Result<u64, OpError> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(OpError::Aborted);
+        }
         self.open_helpers();
         let Some(standby) = self.standby.as_mut() else {
             return Err(OpError::Transport(TransportError::NotPinned));
@@ -3388,6 +3391,29 @@ mod tests {
                 b.worker.helpers.len(),
                 SESSIONS - 2,
                 "the broken one dropped"
+            );
+            assert_eq!(temporaries(&b.fs), Vec::<String>::new());
+        }
+
+        #[test]
+        fn a_helper_whose_close_fails_has_its_stripes_written_again() {
+            let data = big_content();
+            let mut b = bed(FakeFs::default());
+            let root = b.data.path().to_path_buf();
+            mkdir(&root, "u", 0o750);
+            put(&root, "u/big", &data, 0o640, OLD);
+            // Helper 3's writes are lost at close, which says so.
+            b.fs.lock().unwrap().fail_close_on_stream = Some(3);
+            b.round();
+            let f = node(&b.fs, "/u/big").expect("in place in the same round");
+            assert!(
+                f.data == data,
+                "whole: the main session wrote its stripes again"
+            );
+            assert_eq!(
+                b.worker.helpers.len(),
+                SESSIONS - 1,
+                "a refusal breaks no session"
             );
             assert_eq!(temporaries(&b.fs), Vec::<String>::new());
         }

@@ -309,14 +309,19 @@ pub fn put_striped<S: Session>(
         Err(err) => return (Err(t(err)), Vec::new()),
     };
     let next = AtomicU64::new(0);
+    let abandoned = AtomicBool::new(false);
     let stripes = Stripes {
         file: &file,
         size: e.size,
         next: &next,
         stop,
+        abandoned: &abandoned,
     };
     let mut broken = Vec::new();
     let mut redo = Vec::new();
+    // A helper thread that ended abnormally: which of its stripes were
+    // confirmed is unknown, so the upload fails (and is tried again).
+    let mut lost_stripes = false;
     let sent = std::thread::scope(|scope| {
         let others: Vec<_> = helpers
             .iter_mut()
@@ -327,14 +332,18 @@ pub fn put_striped<S: Session>(
                     let handle = sftp
                         .open_write(temp)
                         .map_err(|err| (Sent::Sftp(err), Vec::new()))?;
-                    let sent = stripes.send(sftp, &handle);
-                    let closed = sftp.close(&handle);
-                    sent?;
-                    closed.map_err(|err| (Sent::Sftp(err), Vec::new()))
+                    let taken = stripes.send(sftp, &handle)?;
+                    // Some file systems report a failed write only at close:
+                    // then none of this session's stripes counts as written.
+                    sftp.close(&handle).map_err(|err| (Sent::Sftp(err), taken))
                 })
             })
             .collect();
         let sent = stripes.send(main.sftp(), &handle);
+        if sent.is_err() {
+            // The upload is lost anyway: the helpers stop at their next piece.
+            abandoned.store(true, Ordering::Relaxed);
+        }
         for (n, other) in others.into_iter().enumerate() {
             match other.join() {
                 Ok(Ok(())) => {}
@@ -347,7 +356,10 @@ pub fn put_striped<S: Session>(
                     }
                     redo.extend(claimed);
                 }
-                Err(_) => broken.push(n),
+                Err(_) => {
+                    broken.push(n);
+                    lost_stripes = true;
+                }
             }
         }
         sent
@@ -355,7 +367,12 @@ pub fn put_striped<S: Session>(
     let sftp = main.sftp();
     // What a helper could not confirm, `main` writes again (a stripe it did
     // confirm is only written twice).
-    let sent = sent.map_err(|(err, _)| err).and_then(|()| {
+    let sent = sent.map_err(|(err, _)| err).and_then(|_| {
+        if lost_stripes {
+            return Err(Sent::Local(std::io::Error::other(
+                "a session's thread ended abnormally while it sent this file",
+            )));
+        }
         let mut in_flight = std::collections::VecDeque::new();
         for start in redo {
             stripes.send_one(sftp, &handle, start, &mut in_flight)?;
@@ -380,17 +397,19 @@ struct Stripes<'a> {
     /// Where the next stripe not yet taken starts.
     next: &'a AtomicU64,
     stop: &'a AtomicBool,
+    /// Set when the main session failed: the upload will not be completed.
+    abandoned: &'a AtomicBool,
 }
 
 impl Stripes<'_> {
     /// Takes stripes and writes them on `handle`, pipelined, until none is
-    /// left. On failure, the stripes this session took (any of them may be
-    /// unconfirmed).
+    /// left; returns the stripes it took. On failure, the stripes this
+    /// session took, too (any of them may be unconfirmed).
     fn send(
         &self,
         sftp: &mut SftpClient<impl Read + Write>,
         handle: &[u8],
-    ) -> Result<(), (Sent, Vec<u64>)> {
+    ) -> Result<Vec<u64>, (Sent, Vec<u64>)> {
         let mut taken = Vec::new();
         let mut in_flight = std::collections::VecDeque::new();
         loop {
@@ -403,7 +422,10 @@ impl Stripes<'_> {
                 return Err((err, taken));
             }
         }
-        drain(sftp, &mut in_flight).map_err(|err| (err, taken))
+        match drain(sftp, &mut in_flight) {
+            Ok(()) => Ok(taken),
+            Err(err) => Err((err, taken)),
+        }
     }
 
     /// Writes the stripe at `start`, keeping up to [`sftp::WINDOW`] writes
@@ -420,7 +442,7 @@ impl Stripes<'_> {
         let mut buf = vec![0u8; sftp::CHUNK];
         let mut offset = start;
         while offset < end {
-            if self.stop.load(Ordering::Relaxed) {
+            if self.stop.load(Ordering::Relaxed) || self.abandoned.load(Ordering::Relaxed) {
                 return Err(Sent::Local(std::io::Error::other(
                     "replication was told to stop",
                 )));

@@ -1050,6 +1050,10 @@ pub(crate) mod fake {
         /// The stream numbered `.0` breaks after `.1` writes to it (one
         /// session lost, the others fine).
         pub(crate) break_stream: Option<(usize, usize)>,
+        /// The stream numbered so has its CLOSEs refused, and what it wrote
+        /// through that handle lost (zeroed): a write error reported late,
+        /// as NFS or a FUSE file system may.
+        pub(crate) fail_close_on_stream: Option<usize>,
         /// `changes` with the tag of the stream that made each (see
         /// [`FakeStream::tagged`]): which client wrote what, in order.
         pub(crate) by: Vec<(u8, u8, Vec<u8>)>,
@@ -1135,6 +1139,8 @@ pub(crate) mod fake {
         /// Its number among the streams to its file system, and the writes made.
         number: usize,
         writes: usize,
+        /// What each open handle wrote (offset, length), for a failed CLOSE.
+        written: HashMap<u32, Vec<(usize, usize)>>,
         /// This stream broke ([`FakeFs::break_stream`]).
         broken: bool,
     }
@@ -1150,6 +1156,7 @@ pub(crate) mod fake {
             FakeStream {
                 number,
                 writes: 0,
+                written: HashMap::new(),
                 fs,
                 open: HashMap::new(),
                 next_handle: 0,
@@ -1338,6 +1345,10 @@ pub(crate) mod fake {
                         node.data.resize(offset + data.len(), 0);
                     }
                     node.data[offset..offset + data.len()].copy_from_slice(data);
+                    self.written
+                        .entry(h)
+                        .or_default()
+                        .push((offset, data.len()));
                     Some(FX_OK)
                 }
                 FSETSTAT => {
@@ -1355,11 +1366,20 @@ pub(crate) mod fake {
                 }
                 CLOSE => {
                     let h = Self::handle_of(r);
-                    Some(if self.open.remove(&h).is_some() {
-                        FX_OK
-                    } else {
-                        FX_FAILURE
-                    })
+                    let written = self.written.remove(&h).unwrap_or_default();
+                    let Some(Open::File(path) | Open::Dir { path, .. }) = self.open.remove(&h)
+                    else {
+                        return Some(FX_FAILURE);
+                    };
+                    if fs.fail_close_on_stream == Some(self.number) {
+                        if let Some(node) = fs.nodes.get_mut(&path) {
+                            for (offset, len) in written {
+                                node.data[offset..offset + len].fill(0);
+                            }
+                        }
+                        return Some(FX_FAILURE);
+                    }
+                    Some(FX_OK)
                 }
                 LSTAT => {
                     let path = r.string().unwrap();
