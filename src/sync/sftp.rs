@@ -373,9 +373,14 @@ impl<S: Read + Write> SftpClient<S> {
     /// can write parts of one big file. Only for names in the folders of
     /// temporaries, where no user can put anything.
     pub fn open_write(&mut self, path: &[u8]) -> Result<Vec<u8>, SftpError> {
+        self.open_existing(path, OPEN_WRITE)
+    }
+
+    /// Opens the existing `path` with `flags` (nothing created) and returns its handle.
+    fn open_existing(&mut self, path: &[u8], flags: u32) -> Result<Vec<u8>, SftpError> {
         let mut p = Vec::new();
         put_str(&mut p, path);
-        put_u32(&mut p, OPEN_WRITE);
+        put_u32(&mut p, flags);
         Attrs::default().encode(&mut p);
         let id = self.send(OPEN, &p)?;
         self.handle(id, path)
@@ -474,12 +479,7 @@ impl<S: Read + Write> SftpClient<S> {
 
     /// Opens `path` (a file or a folder) read-only, for [`SftpClient::fsetstat`].
     pub fn open_read(&mut self, path: &[u8]) -> Result<Vec<u8>, SftpError> {
-        let mut p = Vec::new();
-        put_str(&mut p, path);
-        put_u32(&mut p, OPEN_READ);
-        Attrs::default().encode(&mut p);
-        let id = self.send(OPEN, &p)?;
-        self.handle(id, path)
+        self.open_existing(path, OPEN_READ)
     }
 
     /// Sets attributes on an open handle (fchmod, fchown, futimes).
